@@ -1,0 +1,3 @@
+from localtable.cli import main
+
+main()

