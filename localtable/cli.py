@@ -1,0 +1,229 @@
+"""The command line: parse options, call one library function, print, exit.
+
+Only this module knows about click. A LocaltableError becomes one line on
+stderr and its exit code (1 run failed, 2 usage or config error, 130
+interrupted); any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from localtable.config import LoadedConfig, load_config
+from localtable.errors import ConfigError, LocaltableError
+from localtable.protocol import ProgressEvent
+from localtable.record import find_run, read_record
+from localtable.render import render
+from localtable.templates import TemplateSet
+
+F = TypeVar("F", bound=Callable[..., Any])
+FORMATS = ["text", "md", "json", "html"]
+
+
+def default_config() -> Path:
+    env = os.environ.get("LOCALTABLE_CONFIG")
+    if env:
+        return Path(env)
+    here = Path("models.toml")
+    if here.is_file():
+        return here
+    bundled = Path(__file__).parent / "models.toml"
+    return bundled if bundled.is_file() else Path(__file__).resolve().parent.parent / "models.toml"
+
+
+def user_errors(fn: F) -> F:
+    """Turn LocaltableError into a one-line message and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LocaltableError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    help="models.toml to use (default: ./models.toml, else the bundled one).",
+)
+runs_dir_option = click.option(
+    "--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"),
+    show_default=True, help="Where run records are written and looked up.",
+)
+template_option = click.option(
+    "--template", "template_path", type=click.Path(path_type=Path), default=None,
+    help="A layout template file, or a folder of templates overriding the built-ins.",
+)
+
+
+def _config(path: Path | None) -> LoadedConfig:
+    return load_config(path or default_config())
+
+
+def _templates(path: Path | None) -> tuple[TemplateSet, str | None]:
+    """Built-in templates, or a user folder over them, or one user layout file."""
+    if path is None:
+        return TemplateSet(), None
+    if path.is_dir():
+        return TemplateSet(path), None
+    if not path.is_file():
+        raise ConfigError(f"{path}: template file does not exist")
+    return TemplateSet(path.parent), path.name
+
+
+def _write_output(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise LocaltableError(f"cannot write {output} ({exc.strerror})") from None
+    click.echo(f"Wrote {output}", err=True)
+
+
+class ProgressPrinter:
+    """One stderr line per turn: which round and panelist, then how it ended."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.started = time.monotonic()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.quiet:
+            return
+        what = (
+            f"round {event.round}/{event.rounds}" if event.stage == "turn" else "summary"
+        )
+        if event.status == "generating":
+            self.started = time.monotonic()
+            click.echo(f"[{event.done + 1}/{event.total}] {what} · {event.panelist} ... ",
+                       err=True, nl=False)
+        else:
+            click.echo(f"{event.status} ({time.monotonic() - self.started:.1f}s)", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="localtable")
+def cli() -> None:
+    """localtable: offline AI roundtable debates between local GGUF models."""
+
+
+def _read_question(question: str | None, question_file: Path | None, default: str) -> str:
+    if question_file is not None:
+        try:
+            return question_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{question_file}: cannot read the question ({exc})") from None
+    if question == "-":
+        return sys.stdin.read()
+    if question is not None:
+        return question
+    return default
+
+
+@cli.command()
+@click.argument("question", required=False)
+@click.option("--file", "question_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read the question from a file.")
+@click.option("--panel", help="Panel from models.toml (default: [debate] panel).")
+@click.option("--rounds", type=click.IntRange(1, 10), help="Number of debate rounds.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), help="Run seed.")
+@config_option
+@runs_dir_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the rendered debate to this file instead of stdout.")
+@template_option
+@click.option("--verify", is_flag=True, help="Re-hash every model file before the run.")
+@click.option("--reuse/--no-reuse", default=True, show_default=True,
+              help="Reuse each panelist's evaluated prompt prefix across rounds.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@user_errors
+def debate(question: str | None, question_file: Path | None, panel: str | None,
+           rounds: int | None, seed: int | None, config_path: Path | None, runs_dir: Path,
+           fmt: str, output: Path | None, template_path: Path | None, verify: bool,
+           reuse: bool, quiet: bool) -> None:
+    """Run a debate on QUESTION ('-' reads stdin) and print it.
+
+    Example: localtable debate "Should cities ban cars from their centres?" --rounds 2
+    """
+    from localtable.run import DebateRequest, run_debate
+
+    loaded = _config(config_path)
+    defaults = loaded.config.debate
+    text = _read_question(question, question_file, defaults.question)
+    req = DebateRequest(
+        question=text, panel=panel or defaults.panel, rounds=rounds or defaults.rounds,
+        seed=defaults.seed if seed is None else seed, runs_dir=runs_dir, verify=verify,
+        reuse_prefix=reuse,
+    )
+    templates, layout = _templates(template_path)
+    run_dir, record = run_debate(req, loaded, TemplateSet(), ProgressPrinter(quiet))
+    _write_output(render(record, fmt, templates, layout), output)
+    click.echo(f"Run record: {run_dir / 'record.json'}", err=True)
+    if record.transcript_sha256:
+        click.echo(f"Transcript sha256: {record.transcript_sha256}", err=True)
+    if record.status != "complete":
+        click.echo(f"Error: run {record.status}: {record.error}", err=True)
+        sys.exit(1)
+
+
+@cli.command("render")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False))
+@runs_dir_option
+@template_option
+@user_errors
+def render_cmd(run: str, fmt: str, output: Path | None, runs_dir: Path,
+               template_path: Path | None) -> None:
+    """Re-render a stored run (an id, a run folder or its record.json) without re-running it.
+
+    Example: localtable render 20261126-101500-a1b2c3 --format md
+    """
+    record = read_record(find_run(run, runs_dir))
+    templates, layout = _templates(template_path)
+    _write_output(render(record, fmt, templates, layout), output)
+
+
+@cli.command()
+@config_option
+@click.option("--verify", is_flag=True, help="Re-hash every present file (full sha256).")
+@user_errors
+def models(config_path: Path | None, verify: bool) -> None:
+    """List the models of models.toml and whether their files are present.
+
+    Example: localtable models --verify
+    """
+    from localtable.modelstatus import model_statuses
+
+    loaded = _config(config_path)
+    rows = model_statuses(loaded, verify=verify)
+    header = ("MODEL", "SOURCE", "REVISION", "SIZE", "SHA256", "STATE")
+    table = [header] + [
+        (r.name, r.source, r.revision or "-", f"{r.size:,}" if r.size else "-",
+         (r.sha256 or "")[:12] or "-", r.state + (f" ({r.detail})" if r.detail else ""))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def main() -> None:
+    cli(prog_name="localtable")

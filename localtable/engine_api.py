@@ -1,0 +1,90 @@
+"""The messages between the run and the engine worker process (both sides import this)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from localtable.config import Sampling
+
+
+class EngineFailure(Exception):
+    """The engine could not do what was asked (the worker survived)."""
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PromptPiece(Message):
+    """Part of a prompt. Only template text is tokenized with control tokens enabled:
+    text from the question or from a panelist can never become a control token."""
+
+    text: str
+    special: bool
+
+
+class LoadRequest(Message):
+    model_key: str
+    path: Path
+    n_ctx: int
+    n_batch: int = 512
+    n_ubatch: int = 512
+    threads: int
+    gpu_layers: int = 0
+    flash_attn: bool = False
+
+
+class ModelInfo(Message):
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    threads: int
+    type_k: str
+    type_v: str
+    bos_token: str
+    eos_token: str
+    add_bos: bool
+    chat_template: str | None
+    system_info: str
+    llama_cpp_python: str
+    load_seconds: float
+
+
+class TokenizeRequest(Message):
+    model_key: str
+    pieces: list[PromptPiece]
+    add_bos: bool = False
+
+
+class TokenizeResult(Message):
+    n_tokens: int
+
+
+class GenerateRequest(Message):
+    model_key: str
+    pieces: list[PromptPiece]
+    add_bos: bool = False
+    grammar: str | None
+    seed: int
+    sampling: Sampling
+    stop: list[str] = []
+    reuse_prefix: bool = False
+
+
+class GenerateResult(Message):
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_eval_tokens: int
+    prompt_sha256: str
+    seconds: float
+
+
+class UnloadRequest(Message):
+    model_key: str
+
+
+Request = LoadRequest | TokenizeRequest | GenerateRequest | UnloadRequest

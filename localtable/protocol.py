@@ -1,0 +1,332 @@
+"""The debate: round 1 alone, later rounds reading the others, then the summary.
+
+The protocol never prints and never touches llama.cpp: it asks a Speaker for
+generations and hands every finished turn to a callback that saves it. It
+skips turns the record already holds, which is what makes resume work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from localtable.chatformat import ChatMessage
+from localtable.config import Sampling
+from localtable.consensus import compute_consensus
+from localtable.engine_api import EngineFailure
+from localtable.parsing import ParseFailure, parse_summary, parse_turn
+from localtable.record import (
+    Generation,
+    PanelistRecord,
+    RunRecord,
+    SummaryRecord,
+    TurnRecord,
+)
+from localtable.templates import TemplateSet
+
+ANSWER_MAX_CHARS = 240
+SUMMARY_LINE_MAX_CHARS = 300
+MIN_MAX_TOKENS = 48
+SUMMARY_MAX_TOKENS = 256  # the summary has more fields than a turn
+
+# Applied in order until the prompt fits the model's context; each is recorded.
+SHORTENING_RULES = [
+    "others' reasoning trimmed to 200 characters",
+    "others' reasoning dropped",
+    "own earlier reasoning dropped",
+    "earlier rounds dropped",
+]
+
+
+class PromptTooLong(EngineFailure):
+    pass
+
+
+class Speaker(Protocol):
+    """What the protocol needs from the engine side, per panelist."""
+
+    def count_tokens(self, panelist: str, messages: list[ChatMessage]) -> int: ...
+
+    def context_size(self, panelist: str) -> int: ...
+
+    def generate(
+        self,
+        panelist: str,
+        messages: list[ChatMessage],
+        *,
+        grammar: str,
+        seed: int,
+        sampling: Sampling,
+        shortened: list[str],
+    ) -> Generation: ...
+
+
+class ProgressEvent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    stage: str  # "turn" | "summary"
+    round: int
+    rounds: int
+    panelist: str
+    done: int
+    total: int
+    status: str = "generating"  # generating | ok | failed
+
+
+TurnSink = Callable[[RunRecord], None]
+ProgressSink = Callable[[ProgressEvent], None]
+
+
+def derive_seed(run_seed: int, round_no: int, panelist_index: int) -> int:
+    """A per-generation seed from (run seed, round, panelist), never 0 or -1."""
+    digest = hashlib.sha256(f"{run_seed}/{round_no}/{panelist_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
+
+
+def normalize_answer(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def anonymous_label(index: int) -> str:
+    return f"Panelist {'ABCDEFGH'[index]}"
+
+
+class Debate:
+    """One debate over a record: runs whatever turns the record does not have yet."""
+
+    def __init__(
+        self,
+        record: RunRecord,
+        speaker: Speaker,
+        templates: TemplateSet,
+        save: TurnSink,
+        progress: ProgressSink,
+    ) -> None:
+        self.record = record
+        self.speaker = speaker
+        self.templates = templates
+        self.save = save
+        self.progress = progress
+        self.panel = record.panelists
+        self.total = len(self.panel) * record.rounds + 1
+        self.current: tuple[int, str] | None = None  # the turn being generated
+
+    # -- messages -------------------------------------------------------------
+
+    def _system(self, p: PanelistRecord) -> ChatMessage:
+        text = self.templates.render(
+            "system.j2", persona=p.persona, name=p.label, panel_size=len(self.panel)
+        )
+        return ChatMessage(role="system", content=text.strip())
+
+    def _latest_ok(self, name: str, before_round: int) -> TurnRecord | None:
+        turns = [
+            t for t in self.record.turns
+            if t.panelist == name and t.round < before_round and t.status == "ok"
+        ]
+        return max(turns, key=lambda t: t.round) if turns else None
+
+    def _peers_view(self, p: PanelistRecord, round_no: int, level: int) -> list[dict[str, str]]:
+        view = []
+        for other in self.panel:
+            if other.name == p.name:
+                continue
+            turn = self._latest_ok(other.name, round_no)
+            if turn is None or turn.parsed is None:
+                continue
+            reasoning = turn.parsed.reasoning
+            if level >= 2:
+                reasoning = ""
+            elif level >= 1 and len(reasoning) > 200:
+                reasoning = reasoning[:200].rstrip() + "..."
+            view.append({"label": other.label, "answer": turn.parsed.answer,
+                         "reasoning": reasoning})
+        return view
+
+    def _own_reply(self, p: PanelistRecord, round_no: int, level: int) -> str:
+        turn = self.record.turn(round_no, p.name)
+        if turn is None or turn.generation is None or turn.parsed is None:
+            return "Answer: (no valid answer)"
+        if level >= 3:
+            return f"Answer: {turn.parsed.answer}"
+        return turn.generation.raw_output
+
+    def conversation(self, p: PanelistRecord, round_no: int, level: int) -> list[ChatMessage]:
+        """The panelist's whole conversation up to its turn in round_no.
+
+        Each round extends the previous round's conversation, so the prompt of
+        round r starts with the prompt and answer of round r-1 (prefix reuse).
+        """
+        question = self.templates.render("round1.j2", question=self.record.question).strip()
+        messages = [self._system(p), ChatMessage(role="user", content=question)]
+        first_kept = round_no - 1 if level >= 4 else 2
+        for r in range(2, round_no + 1):
+            if r < first_kept:
+                continue
+            messages.append(
+                ChatMessage(role="assistant", content=self._own_reply(p, r - 1, level))
+            )
+            later = self.templates.render(
+                "round_later.j2", round=r, others=self._peers_view(p, r, level)
+            )
+            messages.append(ChatMessage(role="user", content=later.strip()))
+        return messages
+
+    def _grammar(self, p: PanelistRecord, round_no: int) -> str:
+        peers = [o.label for o in self.panel if o.name != p.name]
+        return self.templates.render(
+            "turn.gbnf.j2", later_round=round_no > 1, peers=peers, answer_max=ANSWER_MAX_CHARS
+        )
+
+    # -- fitting ----------------------------------------------------------------
+
+    def fit(
+        self, who: str, build: Callable[[int], list[ChatMessage]], sampling: Sampling
+    ) -> tuple[list[ChatMessage], Sampling, list[str]]:
+        """The conversation at the first shortening level that fits, and the rules used."""
+        n_ctx = self.speaker.context_size(who)
+        levels = range(len(SHORTENING_RULES) + 1)
+        for level in levels:
+            messages = build(level)
+            n = self.speaker.count_tokens(who, messages)
+            if n + sampling.max_tokens <= n_ctx:
+                return messages, sampling, SHORTENING_RULES[:level]
+            if level == levels[-1] and n + MIN_MAX_TOKENS <= n_ctx:
+                fitted = sampling.model_copy(update={"max_tokens": n_ctx - n})
+                rules = [*SHORTENING_RULES, f"max_tokens reduced to {n_ctx - n}"]
+                return messages, fitted, rules
+        raise PromptTooLong(
+            f"prompt does not fit {who}'s context of {n_ctx} tokens even after shortening "
+            f"({n} tokens); raise n_ctx for its model in models.toml"
+        )
+
+    # -- turns ------------------------------------------------------------------
+
+    def _emit(self, stage: str, round_no: int, who: str, status: str) -> None:
+        done = len([t for t in self.record.turns if t.status != "interrupted"])
+        self.progress(ProgressEvent(stage=stage, round=round_no, rounds=self.record.rounds,
+                                    panelist=who, done=done, total=self.total, status=status))
+
+    def _store(self, turn: TurnRecord) -> None:
+        turns = [
+            t for t in self.record.turns
+            if not (t.round == turn.round and t.panelist == turn.panelist)
+        ]
+        self.record.turns = [*turns, turn]
+        self.save(self.record)
+
+    def run_turn(self, p: PanelistRecord, round_no: int) -> None:
+        self.current = (round_no, p.name)
+        self._emit("turn", round_no, p.name, "generating")
+        seed = derive_seed(self.record.seed, round_no, p.index)
+        peers = {o.label: o.name for o in self.panel if o.name != p.name}
+        generation: Generation | None = None
+        try:
+            messages, sampling, rules = self.fit(
+                p.name, lambda level: self.conversation(p, round_no, level), p.sampling
+            )
+            generation = self.speaker.generate(
+                p.name, messages, grammar=self._grammar(p, round_no), seed=seed,
+                sampling=sampling, shortened=rules,
+            )
+            parsed = parse_turn(generation.raw_output, later_round=round_no > 1, peers=peers)
+        except (EngineFailure, ParseFailure) as exc:
+            reason = str(exc)
+            if isinstance(exc, ParseFailure):
+                reason = f"unusable answer: {reason}"
+            self._store(TurnRecord(round=round_no, panelist=p.name, status="failed",
+                                   error=reason, generation=generation))
+            self._emit("turn", round_no, p.name, "failed")
+            return
+        previous = self._latest_ok(p.name, round_no)
+        turn = TurnRecord(round=round_no, panelist=p.name, status="ok",
+                          generation=generation, parsed=parsed)
+        if round_no > 1:
+            turn.changed_mind_stated = parsed.stance == "change"
+            if previous is not None and previous.parsed is not None:
+                turn.answer_changed = (
+                    normalize_answer(parsed.answer) != normalize_answer(previous.parsed.answer)
+                )
+        self._store(turn)
+        self._emit("turn", round_no, p.name, "ok")
+
+    # -- summary ----------------------------------------------------------------
+
+    def run_summary(self) -> None:
+        summarizer = next(p for p in self.panel if p.name == self.record.summarizer)
+        self.current = (self.record.rounds + 1, summarizer.name)
+        self._emit("summary", self.record.rounds + 1, summarizer.name, "generating")
+        finals = {t.panelist: t for t in self.record.final_turns()}
+        valid = [p for p in self.panel if p.name in finals and finals[p.name].status == "ok"]
+        members = {p.label: p.name for p in valid}
+        seed = derive_seed(self.record.seed, self.record.rounds + 1, summarizer.index)
+        generation: Generation | None = None
+        try:
+            if not valid:
+                raise EngineFailure("no panelist gave a valid final answer")
+            view = []
+            for p in self.panel:
+                t = finals.get(p.name)
+                ok = t is not None and t.status == "ok" and t.parsed is not None
+                view.append({"label": p.label, "failed": not ok,
+                             "answer": t.parsed.answer if ok and t and t.parsed else ""})
+            max_positions = min(len(valid), 4)
+            letters = list("ABCDEFGH"[:max_positions])
+
+            def build(level: int) -> list[ChatMessage]:
+                system = self.templates.render("summary_system.j2").strip()
+                user = self.templates.render(
+                    "summarize.j2", question=self.record.question, finals=view, letters=letters
+                ).strip()
+                return [ChatMessage(role="system", content=system),
+                        ChatMessage(role="user", content=user)]
+
+            grammar = self.templates.render(
+                "summary.gbnf.j2", members=list(members), max_positions=max_positions,
+                line_max=SUMMARY_LINE_MAX_CHARS,
+            )
+            wanted = summarizer.sampling.model_copy(
+                update={"max_tokens": max(summarizer.sampling.max_tokens, SUMMARY_MAX_TOKENS)}
+            )
+            messages, sampling, rules = self.fit(summarizer.name, build, wanted)
+            generation = self.speaker.generate(
+                summarizer.name, messages, grammar=grammar, seed=seed, sampling=sampling,
+                shortened=rules,
+            )
+            parsed = parse_summary(generation.raw_output, members=members)
+        except (EngineFailure, ParseFailure) as exc:
+            reason = str(exc)
+            if isinstance(exc, ParseFailure):
+                reason = f"unusable summary: {reason}"
+            self.record.summary = SummaryRecord(
+                status="failed", summarizer=summarizer.name, error=reason,
+                generation=generation,
+                consensus=compute_consensus([], len(self.panel)),
+            )
+            self.save(self.record)
+            self._emit("summary", self.record.rounds + 1, summarizer.name, "failed")
+            return
+        self.record.summary = SummaryRecord(
+            status="ok", summarizer=summarizer.name, generation=generation,
+            headline=parsed.headline, groups=parsed.groups, counterpoint=parsed.counterpoint,
+            summary=parsed.summary, consensus=compute_consensus(parsed.groups, len(self.panel)),
+        )
+        self.save(self.record)
+        self._emit("summary", self.record.rounds + 1, summarizer.name, "ok")
+
+    def run(self) -> RunRecord:
+        """Run every missing turn, round by round, then the summary."""
+        for round_no in range(1, self.record.rounds + 1):
+            for p in self.panel:
+                existing = self.record.turn(round_no, p.name)
+                if existing is not None and existing.status != "interrupted":
+                    continue
+                self.run_turn(p, round_no)
+        self.current = None
+        if self.record.summary is None or self.record.summary.status == "interrupted":
+            self.run_summary()
+        self.current = None
+        return self.record

@@ -1,0 +1,236 @@
+"""The engine worker: the only process that loads llama.cpp.
+
+llama.cpp can die in ways no `try` catches (SIGSEGV on a bad grammar, SIGABRT
+on a backend assert, SIGKILL when memory runs out). Running it here, in a
+child process, turns each of those into a failed turn in the parent instead of
+a dead run. The worker ignores SIGINT: Ctrl-C is the parent's to handle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import signal
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+from localtable.engine_api import (
+    EngineFailure,
+    GenerateRequest,
+    GenerateResult,
+    LoadRequest,
+    ModelInfo,
+    PromptPiece,
+    Request,
+    TokenizeRequest,
+    TokenizeResult,
+    UnloadRequest,
+)
+
+# The last lines llama.cpp logged: the real reason a model failed to load is only there.
+_LOG: deque[str] = deque(maxlen=40)
+
+
+def _install_log_capture() -> Any:
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def capture(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", errors="replace").strip()
+        if line:
+            _LOG.append(line)
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    return capture  # keep a reference: llama.cpp holds a raw pointer to it
+
+
+def _load_failure_reason() -> str:
+    keep = ("error", "failed", "invalid", "unknown", "unsupported", "corrupt", "exceed")
+    for line in reversed(_LOG):
+        if any(k in line.lower() for k in keep):
+            return line
+    return _LOG[-1] if _LOG else "no details from llama.cpp"
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.models: dict[str, Any] = {}
+        self.valid_grammars: set[str] = set()
+        # For prefix reuse: per model, the tokens whose KV entries came from a
+        # prompt batch (never generated tokens, whose KV entries differ).
+        self.batch_evaluated: dict[str, list[int]] = {}
+
+    def handle(self, req: Request) -> Any:
+        if isinstance(req, LoadRequest):
+            return self.load(req)
+        if isinstance(req, TokenizeRequest):
+            n = len(self.tokens(req.model_key, req.pieces)) + int(req.add_bos)
+            return TokenizeResult(n_tokens=n)
+        if isinstance(req, GenerateRequest):
+            return self.generate(req)
+        if isinstance(req, UnloadRequest):
+            self.models.pop(req.model_key, None)
+            self.batch_evaluated.pop(req.model_key, None)
+            return None
+        raise EngineFailure(f"unknown request {type(req).__name__}")
+
+    def load(self, req: LoadRequest) -> ModelInfo:
+        import llama_cpp
+
+        started = time.monotonic()
+        _LOG.clear()
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(req.path),
+                n_ctx=req.n_ctx,
+                n_batch=req.n_batch,
+                n_ubatch=req.n_ubatch,
+                n_threads=req.threads,
+                n_threads_batch=req.threads,
+                n_gpu_layers=req.gpu_layers,
+                flash_attn=req.flash_attn,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise EngineFailure(
+                f"llama.cpp could not load {req.path}: {_load_failure_reason()} ({exc})"
+            ) from None
+        self.models[req.model_key] = llm
+        self.batch_evaluated[req.model_key] = []
+        vocab = llm._model.vocab
+        bos, eos = llm.token_bos(), llm.token_eos()
+
+        def text_of(tok: int) -> str:
+            if tok < 0:
+                return ""
+            return llm._model.token_get_text(tok)  # type: ignore[no-any-return]
+
+        return ModelInfo(
+            n_ctx=llm.n_ctx(),
+            n_batch=llm.n_batch,
+            n_ubatch=llm.context_params.n_ubatch,
+            threads=req.threads,
+            type_k="f16" if llm.context_params.type_k == 1 else str(llm.context_params.type_k),
+            type_v="f16" if llm.context_params.type_v == 1 else str(llm.context_params.type_v),
+            bos_token=text_of(bos),
+            eos_token=text_of(eos),
+            add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+            chat_template=llm.metadata.get("tokenizer.chat_template"),
+            system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
+            llama_cpp_python=llama_cpp.__version__,
+            load_seconds=time.monotonic() - started,
+        )
+
+    def _model(self, key: str) -> Any:
+        if key not in self.models:
+            raise EngineFailure(f"model {key[:12]} is not loaded in the engine")
+        return self.models[key]
+
+    def tokens(self, key: str, pieces: list[PromptPiece]) -> list[int]:
+        """Tokenize piece by piece: only template text may contain control tokens."""
+        llm = self._model(key)
+        out: list[int] = []
+        for piece in pieces:
+            out += llm.tokenize(piece.text.encode("utf-8"), add_bos=False, special=piece.special)
+        return out
+
+    def check_grammar(self, llm: Any, grammar: str) -> None:
+        """llama.cpp returns NULL for a grammar it cannot parse; using it would segfault."""
+        import llama_cpp
+
+        digest = hashlib.sha256(grammar.encode()).hexdigest()
+        if digest in self.valid_grammars:
+            return
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            llm._model.vocab, grammar.encode("utf-8"), b"root"
+        )
+        if not sampler:
+            raise EngineFailure(f"invalid grammar (sha256 {digest[:12]}): {_load_failure_reason()}")
+        llama_cpp.llama_sampler_free(sampler)
+        self.valid_grammars.add(digest)
+
+    def generate(self, req: GenerateRequest) -> GenerateResult:
+        import llama_cpp
+
+        llm = self._model(req.model_key)
+        tokens = self.tokens(req.model_key, req.pieces)
+        if req.add_bos:
+            tokens = [llm.token_bos(), *tokens]
+        n_ctx = llm.n_ctx()
+        if len(tokens) + req.sampling.max_tokens > n_ctx:
+            raise EngineFailure(
+                f"prompt of {len(tokens)} tokens + {req.sampling.max_tokens} to generate "
+                f"exceeds the context of {n_ctx}"
+            )
+        grammar = None
+        if req.grammar is not None:
+            self.check_grammar(llm, req.grammar)
+            grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)
+        reused = self._prepare_cache(req.model_key, llm, tokens, req.reuse_prefix)
+        started = time.monotonic()
+        out = llm.create_completion(
+            prompt=tokens,
+            max_tokens=req.sampling.max_tokens,
+            temperature=req.sampling.temperature,
+            top_p=req.sampling.top_p,
+            top_k=req.sampling.top_k,
+            min_p=req.sampling.min_p,
+            repeat_penalty=req.sampling.repeat_penalty,
+            seed=req.seed,
+            stop=req.stop or None,
+            grammar=grammar,
+        )
+        seconds = time.monotonic() - started
+        # Keep only the prompt's KV entries: generated tokens were decoded one at
+        # a time and would make a reusing run differ from a cold one.
+        llm.n_tokens = min(llm.n_tokens, len(tokens))
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+        self.batch_evaluated[req.model_key] = tokens[: llm.n_tokens]
+        choice = out["choices"][0]
+        return GenerateResult(
+            text=choice["text"],
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=len(tokens),
+            completion_tokens=out["usage"]["completion_tokens"],
+            prompt_eval_tokens=len(tokens) - reused,
+            prompt_sha256=hashlib.sha256(",".join(map(str, tokens)).encode()).hexdigest(),
+            seconds=seconds,
+        )
+
+    def _prepare_cache(self, key: str, llm: Any, tokens: list[int], reuse: bool) -> int:
+        """Leave in the KV cache only a prefix this prompt shares; return its length."""
+        if not reuse:
+            llm.reset()
+            return 0
+        kept = self.batch_evaluated.get(key, [])
+        common = 0
+        for a, b in zip(kept, tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        # Evaluate at least two tokens: a one-token batch takes another kernel
+        # path, and its numbers differ from the same token inside a batch.
+        common = max(0, min(common, len(tokens) - 2))
+        llm.n_tokens = common
+        llm._ctx.kv_cache_seq_rm(-1, common, -1)
+        return common
+
+
+def serve(conn: Connection) -> None:
+    """Answer requests until the parent closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _keep = _install_log_capture()  # noqa: F841
+    worker = Worker()
+    while True:
+        try:
+            req = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(("ok", worker.handle(req)))
+        except EngineFailure as exc:
+            conn.send(("error", str(exc)))
+        except Exception as exc:  # an engine bug must not kill the run: report it
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,31 @@
+"""Shared fixtures: an isolated cache, the repo's models.toml, a fake speaker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_TOML = REPO / "models.toml"
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("localtable-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(session_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Never touch the user's ~/.cache/localtable (hash cache, joined model files)."""
+    monkeypatch.setenv("LOCALTABLE_CACHE", str(session_cache))
+    monkeypatch.delenv("LOCALTABLE_CONFIG", raising=False)
+    return session_cache
+
+
+def subprocess_env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LOCALTABLE_CACHE"] = str(cache)
+    env["PYTHONPATH"] = str(REPO)
+    return env
