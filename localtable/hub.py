@@ -189,17 +189,21 @@ def _reason(exc: BaseException) -> str:
 def _explain(exc: BaseException, name: str, source: HubSource, filename: str) -> ModelFileError:
     """One line naming the model, what went wrong and the fix."""
     again = f"run `localtable pull {name}` again"
+    toml = "in models.toml"
     if isinstance(exc, hf_errors.GatedRepoError):
         msg = (
             f"{source.repo} is gated: accept its terms on its Hub page, log in with "
             f"`hf auth login`, then {again}"
         )
     elif isinstance(exc, hf_errors.RepositoryNotFoundError):
-        msg = f"repository {source.repo!r} is not on the Hub (or is private); check its repo"
+        msg = (
+            f"repository {source.repo!r} is not on the Hub (or is private); check `repo` in "
+            "models.toml"
+        )
     elif isinstance(exc, hf_errors.RevisionNotFoundError):
-        msg = f"revision {source.revision!r} is not in {source.repo}; check its revision"
+        msg = f"revision {source.revision!r} is not in {source.repo}; check `revision` {toml}"
     elif isinstance(exc, hf_errors.RemoteEntryNotFoundError):
-        msg = f"{source.repo}@{source.revision} has no file {filename!r}; check its file"
+        msg = f"{source.repo}@{source.revision} has no file {filename!r}; check `file` {toml}"
     elif isinstance(exc, hf_errors.OfflineModeIsEnabled):
         msg = f"HF_HUB_OFFLINE is set, so nothing can be downloaded; unset it and {again}"
     elif isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout) or (
@@ -222,7 +226,7 @@ def _explain(exc: BaseException, name: str, source: HubSource, filename: str) ->
             f"disk space or point HF_HUB_CACHE at a bigger disk, then {again}"
         )
     elif isinstance(exc, hf_errors.HFValidationError):
-        msg = f"invalid Hub repository or file name ({_reason(exc)}); check its repo and file"
+        msg = f"invalid Hub repository or file name ({_reason(exc)}); check models.toml"
     else:
         msg = f"cannot download {filename} ({_reason(exc)}); {again}"
     return ModelFileError(f"model {name!r}: {msg}")
@@ -249,7 +253,7 @@ def _remote_files(name: str, source: HubSource, files: list[str]) -> tuple[str, 
             has = f" (GGUF files there: {', '.join(ggufs[:8])}{', ...' if len(ggufs) > 8 else ''})"
             raise ModelFileError(
                 f"model {name!r}: {source.repo}@{commit[:12]} has no file {filename!r}"
-                f"{has if ggufs else ''}; check its file in models.toml"
+                f"{has if ggufs else ''}; check `file` in models.toml"
             )
         size: int | None
         if sibling.lfs is not None:
@@ -387,7 +391,14 @@ def pull(
             try:
                 result = _pull_one(name, source, loaded, progress)
             except LocaltableError as exc:
-                result = ModelPull(name=name, state="failed", repo=source.repo, detail=str(exc))
+                kept = read_lock(loaded).get(name)
+                still = (
+                    f" (models.lock still pins {kept.commit[:12]})"
+                    if kept is not None and kept.matches(source)
+                    else ""
+                )
+                result = ModelPull(name=name, state="failed", repo=source.repo,
+                                   detail=f"{exc}{still}")  # fmt: skip
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -204,6 +204,8 @@ def test_pull_real_smollm2_then_resolve_offline(bench: Bench, hub: HubServer) ->
     assert again["state"] == "present" and again["bytes_downloaded"] == 0, again
 
     hub.stop()
+    down = bench.pull("smol")["smol"]
+    assert_one_line_failure(down, "smol", "cannot reach the Hub", f"still pins {commit[:12]}")
     for offline in (True, False):  # with the port closed, any network use would fail
         model = bench.resolve("smol", offline=offline)
         assert model["sha256"] == SMOL_SHA256 and model["size"] == SMOL_SIZE, model
