@@ -54,8 +54,8 @@ def chat_mode(requested: str, info: ModelInfo) -> Literal["template", "completio
     if info.chat_template is None:
         if requested == "template":
             raise ConfigError(
-                "chat = \"template\" but the GGUF has no chat template; "
-                "set chat = \"completion\" (or \"auto\") for this model in models.toml"
+                'chat = "template" but the GGUF has no chat template; '
+                'set chat = "completion" (or "auto") for this model in models.toml'
             )
         return "completion"
     return "template"
@@ -75,9 +75,7 @@ def _raise(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
-def _render_gguf_template(
-    info: ModelInfo, messages: list[ChatMessage], today: date
-) -> str:
+def _render_gguf_template(info: ModelInfo, messages: list[ChatMessage], today: date) -> str:
     assert info.chat_template is not None
     env = ImmutableSandboxedEnvironment(
         loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True
@@ -147,7 +145,7 @@ def format_prompt(
         except (jinja2.TemplateError, ValueError) as exc:
             raise ConfigError(
                 f"the model's chat template cannot render this conversation ({exc}); "
-                "set chat = \"completion\" for this model in models.toml"
+                'set chat = "completion" for this model in models.toml'
             ) from None
         notes.append("system message folded into the first user turn")
     add_bos = info.add_bos and not (info.bos_token and rendered.startswith(info.bos_token))

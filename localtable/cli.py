@@ -57,15 +57,24 @@ def user_errors(fn: F) -> F:
 
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
     help="models.toml to use (default: ./models.toml, else the bundled one).",
 )
 runs_dir_option = click.option(
-    "--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"),
-    show_default=True, help="Where run records are written and looked up.",
+    "--runs-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("runs"),
+    show_default=True,
+    help="Where run records are written and looked up.",
 )
 template_option = click.option(
-    "--template", "template_path", type=click.Path(path_type=Path), default=None,
+    "--template",
+    "template_path",
+    type=click.Path(path_type=Path),
+    default=None,
     help="A layout template file, or a folder of templates overriding the built-ins.",
 )
 
@@ -106,13 +115,14 @@ class ProgressPrinter:
     def __call__(self, event: ProgressEvent) -> None:
         if self.quiet:
             return
-        what = (
-            f"round {event.round}/{event.rounds}" if event.stage == "turn" else "summary"
-        )
+        what = f"round {event.round}/{event.rounds}" if event.stage == "turn" else "summary"
         if event.status == "generating":
             self.started = time.monotonic()
-            click.echo(f"[{event.done + 1}/{event.total}] {what} · {event.panelist} ... ",
-                       err=True, nl=False)
+            click.echo(
+                f"[{event.done + 1}/{event.total}] {what} · {event.panelist} ... ",
+                err=True,
+                nl=False,
+            )
         else:
             click.echo(f"{event.status} ({time.monotonic() - self.started:.1f}s)", err=True)
 
@@ -138,26 +148,48 @@ def _read_question(question: str | None, question_file: Path | None, default: st
 
 @cli.command()
 @click.argument("question", required=False)
-@click.option("--file", "question_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Read the question from a file.")
+@click.option(
+    "--file",
+    "question_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the question from a file.",
+)
 @click.option("--panel", help="Panel from models.toml (default: [debate] panel).")
 @click.option("--rounds", type=click.IntRange(1, 10), help="Number of debate rounds.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), help="Run seed.")
 @config_option
 @runs_dir_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
-@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the rendered debate to this file instead of stdout.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the rendered debate to this file instead of stdout.",
+)
 @template_option
 @click.option("--verify", is_flag=True, help="Re-hash every model file before the run.")
-@click.option("--reuse/--no-reuse", default=True, show_default=True,
-              help="Reuse each panelist's evaluated prompt prefix across rounds.")
+@click.option(
+    "--reuse/--no-reuse",
+    default=True,
+    show_default=True,
+    help="Reuse each panelist's evaluated prompt prefix across rounds.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @user_errors
-def debate(question: str | None, question_file: Path | None, panel: str | None,
-           rounds: int | None, seed: int | None, config_path: Path | None, runs_dir: Path,
-           fmt: str, output: Path | None, template_path: Path | None, verify: bool,
-           reuse: bool, quiet: bool) -> None:
+def debate(
+    question: str | None,
+    question_file: Path | None,
+    panel: str | None,
+    rounds: int | None,
+    seed: int | None,
+    config_path: Path | None,
+    runs_dir: Path,
+    fmt: str,
+    output: Path | None,
+    template_path: Path | None,
+    verify: bool,
+    reuse: bool,
+    quiet: bool,
+) -> None:
     """Run a debate on QUESTION ('-' reads stdin) and print it.
 
     Example: localtable debate "Should cities ban cars from their centres?" --rounds 2
@@ -168,8 +200,12 @@ def debate(question: str | None, question_file: Path | None, panel: str | None,
     defaults = loaded.config.debate
     text = _read_question(question, question_file, defaults.question)
     req = DebateRequest(
-        question=text, panel=panel or defaults.panel, rounds=rounds or defaults.rounds,
-        seed=defaults.seed if seed is None else seed, runs_dir=runs_dir, verify=verify,
+        question=text,
+        panel=panel or defaults.panel,
+        rounds=rounds or defaults.rounds,
+        seed=defaults.seed if seed is None else seed,
+        runs_dir=runs_dir,
+        verify=verify,
         reuse_prefix=reuse,
     )
     templates, layout = _templates(template_path)
@@ -190,8 +226,9 @@ def debate(question: str | None, question_file: Path | None, panel: str | None,
 @runs_dir_option
 @template_option
 @user_errors
-def render_cmd(run: str, fmt: str, output: Path | None, runs_dir: Path,
-               template_path: Path | None) -> None:
+def render_cmd(
+    run: str, fmt: str, output: Path | None, runs_dir: Path, template_path: Path | None
+) -> None:
     """Re-render a stored run (an id, a run folder or its record.json) without re-running it.
 
     Example: localtable render 20261126-101500-a1b2c3 --format md
@@ -215,14 +252,77 @@ def models(config_path: Path | None, verify: bool) -> None:
     loaded = _config(config_path)
     rows = model_statuses(loaded, verify=verify)
     header = ("MODEL", "SOURCE", "REVISION", "SIZE", "SHA256", "STATE")
+
+    def short(source: str) -> str:
+        parts = source.split(", ")
+        return parts[0] + (f" (+{len(parts) - 1} parts)" if len(parts) > 1 else "")
+
     table = [header] + [
-        (r.name, r.source, r.revision or "-", f"{r.size:,}" if r.size else "-",
-         (r.sha256 or "")[:12] or "-", r.state + (f" ({r.detail})" if r.detail else ""))
+        (
+            r.name,
+            short(r.source),
+            (f"{r.revision}@{r.commit[:12]}" if r.commit else r.revision) or "-",
+            f"{r.size:,}" if r.size else "-",
+            (r.sha256 or "")[:12] or "-",
+            r.state,
+        )
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]))
+    notes = [r for r in rows if r.detail]
+    if notes:
+        click.echo("")
+    for r in notes:
+        click.echo(f"{r.name}: {r.detail}")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--panel", help="Pull the Hub models of this panel.")
+@click.option("--all", "pull_all", is_flag=True, help="Pull every Hub model in models.toml.")
+@config_option
+@click.option("--quiet", "-q", is_flag=True, help="No download progress bars.")
+@user_errors
+def pull(
+    names: tuple[str, ...], panel: str | None, pull_all: bool, config_path: Path | None, quiet: bool
+) -> None:
+    """Download Hub models once, verify their sha256 and pin them in models.lock.
+
+    The only command that uses the network. Example: localtable pull --panel hub-small
+    """
+    from localtable import hub
+
+    loaded = _config(config_path)
+    if sum([bool(names), panel is not None, pull_all]) != 1:
+        raise ConfigError("name the models to pull, or give --panel P, or --all")
+    if panel is not None:
+        loaded.config.panel(panel)  # an unknown panel is a usage error
+    wanted = list(names) if names else hub.hub_models(loaded, panel)
+    if not wanted:
+        click.echo("Nothing to pull: no Hub models there.", err=True)
+        return
+
+    def line(result: hub.ModelPull) -> None:
+        click.echo(
+            f"{result.name}: {result.state}" + (f" - {result.detail}" if result.detail else ""),
+            err=True,
+        )
+
+    summary = hub.pull(loaded, wanted, progress=not quiet, on_result=line)
+    counts = {
+        state: sum(m.state == state for m in summary.models)
+        for state in ("pulled", "present", "skipped", "failed")
+    }
+    click.echo(
+        ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        + f"; {summary.bytes_downloaded:,} bytes downloaded",
+        err=True,
+    )
+    if summary.failed:
+        sys.exit(1)
 
 
 def main() -> None:

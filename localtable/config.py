@@ -196,8 +196,10 @@ def describe_validation_error(path: Path, err: ValidationError) -> str:
         what = "required key is missing"
     else:
         what = first["msg"].removeprefix("Value error, ")
-        if "input" in first and kind not in ("model_type",) and not isinstance(
-            first["input"], dict
+        if (
+            "input" in first
+            and kind not in ("model_type",)
+            and not isinstance(first["input"], dict)
         ):
             what += f" (got {first['input']!r})"
     more = len(err.errors()) - 1
@@ -210,7 +212,9 @@ def load_config(path: Path) -> LoadedConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; pass --config with the path of models.toml")
+        raise ConfigError(
+            f"{path}: no such file; pass --config with the path of models.toml"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it ({exc})") from None
     try:

@@ -14,10 +14,15 @@ def compute_consensus(groups: list[PositionGroup], panel_size: int) -> Consensus
     sizes = sorted((len(g.members) for g in groups), reverse=True)
     largest = sizes[0] if sizes else 0
     if panel_size > 0 and largest == panel_size:
-        return Consensus(kind="all", agreeing=largest, total=panel_size,
-                         line=f"All {panel_size} models agreed")
+        return Consensus(
+            kind="all", agreeing=largest, total=panel_size, line=f"All {panel_size} models agreed"
+        )
     unique = len(sizes) < 2 or sizes[1] < largest
     if largest >= 2 and unique:
-        return Consensus(kind="majority", agreeing=largest, total=panel_size,
-                         line=f"{largest} of {panel_size} agreed")
+        return Consensus(
+            kind="majority",
+            agreeing=largest,
+            total=panel_size,
+            line=f"{largest} of {panel_size} agreed",
+        )
     return Consensus(kind="none", agreeing=largest, total=panel_size, line="No consensus")

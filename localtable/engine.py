@@ -89,7 +89,7 @@ class Engine:
         if status == "error":
             raise EngineFailure(payload)
         if expect is type(None):
-            return None  # type: ignore[return-value]
+            return None
         assert isinstance(payload, expect)
         return payload
 

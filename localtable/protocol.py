@@ -28,7 +28,7 @@ from localtable.record import (
 )
 from localtable.templates import TemplateSet
 
-ANSWER_MAX_CHARS = 240
+ANSWER_MAX_CHARS = 400
 SUMMARY_LINE_MAX_CHARS = 300
 MIN_MAX_TOKENS = 48
 SUMMARY_MAX_TOKENS = 256  # the summary has more fields than a turn
@@ -124,7 +124,8 @@ class Debate:
 
     def _latest_ok(self, name: str, before_round: int) -> TurnRecord | None:
         turns = [
-            t for t in self.record.turns
+            t
+            for t in self.record.turns
             if t.panelist == name and t.round < before_round and t.status == "ok"
         ]
         return max(turns, key=lambda t: t.round) if turns else None
@@ -142,8 +143,9 @@ class Debate:
                 reasoning = ""
             elif level >= 1 and len(reasoning) > 200:
                 reasoning = reasoning[:200].rstrip() + "..."
-            view.append({"label": other.label, "answer": turn.parsed.answer,
-                         "reasoning": reasoning})
+            view.append(
+                {"label": other.label, "answer": turn.parsed.answer, "reasoning": reasoning}
+            )
         return view
 
     def _own_reply(self, p: PanelistRecord, round_no: int, level: int) -> str:
@@ -166,9 +168,7 @@ class Debate:
         for r in range(2, round_no + 1):
             if r < first_kept:
                 continue
-            messages.append(
-                ChatMessage(role="assistant", content=self._own_reply(p, r - 1, level))
-            )
+            messages.append(ChatMessage(role="assistant", content=self._own_reply(p, r - 1, level)))
             later = self.templates.render(
                 "round_later.j2", round=r, others=self._peers_view(p, r, level)
             )
@@ -207,12 +207,22 @@ class Debate:
 
     def _emit(self, stage: str, round_no: int, who: str, status: str) -> None:
         done = len([t for t in self.record.turns if t.status != "interrupted"])
-        self.progress(ProgressEvent(stage=stage, round=round_no, rounds=self.record.rounds,
-                                    panelist=who, done=done, total=self.total, status=status))
+        self.progress(
+            ProgressEvent(
+                stage=stage,
+                round=round_no,
+                rounds=self.record.rounds,
+                panelist=who,
+                done=done,
+                total=self.total,
+                status=status,
+            )
+        )
 
     def _store(self, turn: TurnRecord) -> None:
         turns = [
-            t for t in self.record.turns
+            t
+            for t in self.record.turns
             if not (t.round == turn.round and t.panelist == turn.panelist)
         ]
         self.record.turns = [*turns, turn]
@@ -229,26 +239,38 @@ class Debate:
                 p.name, lambda level: self.conversation(p, round_no, level), p.sampling
             )
             generation = self.speaker.generate(
-                p.name, messages, grammar=self._grammar(p, round_no), seed=seed,
-                sampling=sampling, shortened=rules,
+                p.name,
+                messages,
+                grammar=self._grammar(p, round_no),
+                seed=seed,
+                sampling=sampling,
+                shortened=rules,
             )
             parsed = parse_turn(generation.raw_output, later_round=round_no > 1, peers=peers)
         except (EngineFailure, ParseFailure) as exc:
             reason = str(exc)
             if isinstance(exc, ParseFailure):
                 reason = f"unusable answer: {reason}"
-            self._store(TurnRecord(round=round_no, panelist=p.name, status="failed",
-                                   error=reason, generation=generation))
+            self._store(
+                TurnRecord(
+                    round=round_no,
+                    panelist=p.name,
+                    status="failed",
+                    error=reason,
+                    generation=generation,
+                )
+            )
             self._emit("turn", round_no, p.name, "failed")
             return
         previous = self._latest_ok(p.name, round_no)
-        turn = TurnRecord(round=round_no, panelist=p.name, status="ok",
-                          generation=generation, parsed=parsed)
+        turn = TurnRecord(
+            round=round_no, panelist=p.name, status="ok", generation=generation, parsed=parsed
+        )
         if round_no > 1:
             turn.changed_mind_stated = parsed.stance == "change"
             if previous is not None and previous.parsed is not None:
-                turn.answer_changed = (
-                    normalize_answer(parsed.answer) != normalize_answer(previous.parsed.answer)
+                turn.answer_changed = normalize_answer(parsed.answer) != normalize_answer(
+                    previous.parsed.answer
                 )
         self._store(turn)
         self._emit("turn", round_no, p.name, "ok")
@@ -271,8 +293,13 @@ class Debate:
             for p in self.panel:
                 t = finals.get(p.name)
                 ok = t is not None and t.status == "ok" and t.parsed is not None
-                view.append({"label": p.label, "failed": not ok,
-                             "answer": t.parsed.answer if ok and t and t.parsed else ""})
+                view.append(
+                    {
+                        "label": p.label,
+                        "failed": not ok,
+                        "answer": t.parsed.answer if ok and t and t.parsed else "",
+                    }
+                )
             max_positions = min(len(valid), 4)
             letters = list("ABCDEFGH"[:max_positions])
 
@@ -281,11 +308,15 @@ class Debate:
                 user = self.templates.render(
                     "summarize.j2", question=self.record.question, finals=view, letters=letters
                 ).strip()
-                return [ChatMessage(role="system", content=system),
-                        ChatMessage(role="user", content=user)]
+                return [
+                    ChatMessage(role="system", content=system),
+                    ChatMessage(role="user", content=user),
+                ]
 
             grammar = self.templates.render(
-                "summary.gbnf.j2", members=list(members), max_positions=max_positions,
+                "summary.gbnf.j2",
+                members=list(members),
+                max_positions=max_positions,
                 line_max=SUMMARY_LINE_MAX_CHARS,
             )
             wanted = summarizer.sampling.model_copy(
@@ -293,7 +324,11 @@ class Debate:
             )
             messages, sampling, rules = self.fit(summarizer.name, build, wanted)
             generation = self.speaker.generate(
-                summarizer.name, messages, grammar=grammar, seed=seed, sampling=sampling,
+                summarizer.name,
+                messages,
+                grammar=grammar,
+                seed=seed,
+                sampling=sampling,
                 shortened=rules,
             )
             parsed = parse_summary(generation.raw_output, members=members)
@@ -302,7 +337,9 @@ class Debate:
             if isinstance(exc, ParseFailure):
                 reason = f"unusable summary: {reason}"
             self.record.summary = SummaryRecord(
-                status="failed", summarizer=summarizer.name, error=reason,
+                status="failed",
+                summarizer=summarizer.name,
+                error=reason,
                 generation=generation,
                 consensus=compute_consensus([], len(self.panel)),
             )
@@ -310,9 +347,14 @@ class Debate:
             self._emit("summary", self.record.rounds + 1, summarizer.name, "failed")
             return
         self.record.summary = SummaryRecord(
-            status="ok", summarizer=summarizer.name, generation=generation,
-            headline=parsed.headline, groups=parsed.groups, counterpoint=parsed.counterpoint,
-            summary=parsed.summary, consensus=compute_consensus(parsed.groups, len(self.panel)),
+            status="ok",
+            summarizer=summarizer.name,
+            generation=generation,
+            headline=parsed.headline,
+            groups=parsed.groups,
+            counterpoint=parsed.counterpoint,
+            summary=parsed.summary,
+            consensus=compute_consensus(parsed.groups, len(self.panel)),
         )
         self.save(self.record)
         self._emit("summary", self.record.rounds + 1, summarizer.name, "ok")

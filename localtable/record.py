@@ -141,7 +141,7 @@ RunStatus = Literal["running", "complete", "failed", "interrupted"]
 
 
 class RunRecord(Frozen):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1  # SCHEMA_VERSION
     run_id: str
     created_at: datetime
     finished_at: datetime | None = None
@@ -187,22 +187,36 @@ def transcript_sha256(record: RunRecord) -> str:
     round, panelist, status, raw output and parsed fields; keys sorted, separators
     (",", ":"), UTF-8, no timing fields, so the same outputs give the same hash.
     """
+
     def gen(g: Generation | None) -> dict[str, object] | None:
         if g is None:
             return None
-        return {"seed": g.seed, "prompt_sha256": g.prompt_sha256, "raw_output": g.raw_output,
-                "finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens}
+        return {
+            "seed": g.seed,
+            "prompt_sha256": g.prompt_sha256,
+            "raw_output": g.raw_output,
+            "finish_reason": g.finish_reason,
+            "completion_tokens": g.completion_tokens,
+        }
 
     body = {
         "turns": [
-            {"round": t.round, "panelist": t.panelist, "status": t.status,
-             "generation": gen(t.generation),
-             "parsed": t.parsed.model_dump(mode="json") if t.parsed else None}
+            {
+                "round": t.round,
+                "panelist": t.panelist,
+                "status": t.status,
+                "generation": gen(t.generation),
+                "parsed": t.parsed.model_dump(mode="json") if t.parsed else None,
+            }
             for t in record.turns
         ],
-        "summary": None if record.summary is None else {
-            "status": record.summary.status, "generation": gen(record.summary.generation),
-            "headline": record.summary.headline, "counterpoint": record.summary.counterpoint,
+        "summary": None
+        if record.summary is None
+        else {
+            "status": record.summary.status,
+            "generation": gen(record.summary.generation),
+            "headline": record.summary.headline,
+            "counterpoint": record.summary.counterpoint,
             "summary": record.summary.summary,
             "groups": [g.model_dump(mode="json") for g in record.summary.groups],
             "consensus": record.summary.consensus.line,
@@ -246,7 +260,9 @@ def find_run(run: str, runs_dir: Path) -> Path:
             return c.parent
         if (c / RECORD_FILE).is_file():
             return c
-    raise RecordError(f"no run {run!r}: no {RECORD_FILE} there or in {runs_dir}; see `localtable runs`")
+    raise RecordError(
+        f"no run {run!r}: no {RECORD_FILE} there or in {runs_dir}; see `localtable runs`"
+    )
 
 
 def read_record(run_dir: Path) -> RunRecord:

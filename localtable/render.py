@@ -93,9 +93,7 @@ def build_view(record: RunRecord) -> RoundtableView:
     )
 
 
-def render(
-    record: RunRecord, fmt: str, templates: TemplateSet, layout: str | None = None
-) -> str:
+def render(record: RunRecord, fmt: str, templates: TemplateSet, layout: str | None = None) -> str:
     """The record in a format; layout names a user template that replaces the built-in one."""
     if fmt == "json" and layout is None:
         return record.model_dump_json(indent=2) + "\n"

@@ -90,11 +90,14 @@ def engine_libraries() -> dict[str, str]:
     if spec is None or spec.origin is None:
         return {}
     lib = Path(spec.origin).parent / "lib"
-    out = {}
+    by_hash: dict[str, str] = {}
     for path in sorted(lib.glob("*.so*")) if lib.is_dir() else []:
         if path.is_file() and not path.is_symlink():
-            out[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            # wheels copy libfoo.so, .so.0 and .so.0.1.2: keep the most specific name
+            if len(path.name) > len(by_hash.get(digest, "")):
+                by_hash[digest] = path.name
+    return {name: digest for digest, name in sorted(by_hash.items(), key=lambda kv: kv[1])}
 
 
 def engine_record(info: ModelInfo) -> EngineRecord:
@@ -113,21 +116,39 @@ def load_request(model: ResolvedModel, spec: ModelSpec) -> LoadRequest:
     # Everything that changes the numbers is set explicitly (see README: reproducibility).
     return LoadRequest(
         model_key=f"{model.sha256[:16]}-{spec.n_ctx}-{threads}-{spec.gpu_layers}",
-        path=model.path, n_ctx=spec.n_ctx, threads=threads, gpu_layers=spec.gpu_layers,
-        n_batch=512, n_ubatch=512, flash_attn=False,
+        path=model.path,
+        n_ctx=spec.n_ctx,
+        threads=threads,
+        gpu_layers=spec.gpu_layers,
+        n_batch=512,
+        n_ubatch=512,
+        flash_attn=False,
     )
 
 
-def model_record(model: ResolvedModel, spec: ModelSpec, req: LoadRequest,
-                 info: ModelInfo, mode: str) -> ModelRecord:
+def model_record(
+    model: ResolvedModel, spec: ModelSpec, req: LoadRequest, info: ModelInfo, mode: str
+) -> ModelRecord:
     return ModelRecord(
-        name=model.name, source=model.source, path=str(model.path), sha256=model.sha256,
-        size=model.size, architecture=model.architecture, chat_mode=mode,  # type: ignore[arg-type]
+        name=model.name,
+        source=model.source,
+        path=str(model.path),
+        sha256=model.sha256,
+        size=model.size,
+        architecture=model.architecture,
+        chat_mode=mode,  # type: ignore[arg-type]
         chat_template_sha256=template_sha256(info) if mode == "template" else None,
-        n_ctx=info.n_ctx, n_ctx_requested=spec.n_ctx, n_batch=info.n_batch,
-        n_ubatch=info.n_ubatch, threads=req.threads, gpu_layers=req.gpu_layers,
-        flash_attn=req.flash_attn, type_k=info.type_k, type_v=info.type_v,
-        bos_token=info.bos_token, eos_token=info.eos_token,
+        n_ctx=info.n_ctx,
+        n_ctx_requested=spec.n_ctx,
+        n_batch=info.n_batch,
+        n_ubatch=info.n_ubatch,
+        threads=req.threads,
+        gpu_layers=req.gpu_layers,
+        flash_attn=req.flash_attn,
+        type_k=info.type_k,
+        type_v=info.type_v,
+        bos_token=info.bos_token,
+        eos_token=info.eos_token,
         load_seconds=round(info.load_seconds, 3),
     )
 
@@ -152,8 +173,9 @@ class PreparedRun(BaseModel):
     seats: dict[str, Seat]
 
 
-def prepare(req: DebateRequest, loaded: LoadedConfig, engine: Engine,
-            templates: TemplateSet, now: datetime) -> PreparedRun:
+def prepare(
+    req: DebateRequest, loaded: LoadedConfig, engine: Engine, templates: TemplateSet, now: datetime
+) -> PreparedRun:
     config = loaded.config
     panel = config.panel(req.panel)
     question = check_question(req.question)
@@ -175,17 +197,31 @@ def prepare(req: DebateRequest, loaded: LoadedConfig, engine: Engine,
         seats_by_model[name] = Seat(model_key=load.model_key, mode=mode, info=info)
     assert first_info is not None
     panelists = [
-        PanelistRecord(index=i, name=p.name,
-                       label=anonymous_label(i) if panel.anonymous else p.name,
-                       model=p.model, persona=p.persona, sampling=p.sampling)
+        PanelistRecord(
+            index=i,
+            name=p.name,
+            label=anonymous_label(i) if panel.anonymous else p.name,
+            model=p.model,
+            persona=p.persona,
+            sampling=p.sampling,
+        )
         for i, p in enumerate(panel.panelists)
     ]
     record = RunRecord(
-        run_id=new_run_id(now), created_at=now, question=question, panel=req.panel,
-        rounds=req.rounds, seed=req.seed, anonymous=panel.anonymous,
-        template_date=now.date().isoformat(), localtable_version=__version__,
-        config_path=str(loaded.path), engine=engine_record(first_info), models=models,
-        panelists=panelists, summarizer=panel.summarizer_spec().name,
+        run_id=new_run_id(now),
+        created_at=now,
+        question=question,
+        panel=req.panel,
+        rounds=req.rounds,
+        seed=req.seed,
+        anonymous=panel.anonymous,
+        template_date=now.date().isoformat(),
+        localtable_version=__version__,
+        config_path=str(loaded.path),
+        engine=engine_record(first_info),
+        models=models,
+        panelists=panelists,
+        summarizer=panel.summarizer_spec().name,
         templates={name: templates.sha256(name) for name in PROMPT_TEMPLATES},
     )
     seats = {p.name: seats_by_model[p.model] for p in panel.panelists}
@@ -206,8 +242,13 @@ def preflight(debate: Debate) -> None:
             )
 
 
-def execute(record: RunRecord, run_dir: Path, speaker: EngineSpeaker,
-            templates: TemplateSet, progress: ProgressSink) -> RunRecord:
+def execute(
+    record: RunRecord,
+    run_dir: Path,
+    speaker: EngineSpeaker,
+    templates: TemplateSet,
+    progress: ProgressSink,
+) -> RunRecord:
     """Run the missing turns of a record, saving after each; settle its final status."""
     debate = Debate(record, speaker, templates, lambda r: write_record(run_dir, r), progress)
     try:
@@ -216,9 +257,14 @@ def execute(record: RunRecord, run_dir: Path, speaker: EngineSpeaker,
         if debate.current is not None:
             round_no, name = debate.current
             if round_no <= record.rounds:
-                record.turns.append(TurnRecord(round=round_no, panelist=name,
-                                               status="interrupted",
-                                               error="interrupted before it finished"))
+                record.turns.append(
+                    TurnRecord(
+                        round=round_no,
+                        panelist=name,
+                        status="interrupted",
+                        error="interrupted before it finished",
+                    )
+                )
         record.status = "interrupted"
         record.error = "interrupted by the user (Ctrl-C); `localtable resume` continues it"
         record.finished_at = datetime.now(UTC)
@@ -239,16 +285,21 @@ def execute(record: RunRecord, run_dir: Path, speaker: EngineSpeaker,
     return record
 
 
-def run_debate(req: DebateRequest, loaded: LoadedConfig, templates: TemplateSet,
-               progress: ProgressSink) -> tuple[Path, RunRecord]:
+def run_debate(
+    req: DebateRequest, loaded: LoadedConfig, templates: TemplateSet, progress: ProgressSink
+) -> tuple[Path, RunRecord]:
     now = datetime.now(UTC).replace(microsecond=0)
     with Engine() as engine:
         prepared = prepare(req, loaded, engine, templates, now)
         record = prepared.record
-        speaker = EngineSpeaker(engine, prepared.seats, date.fromisoformat(record.template_date),
-                                templates, reuse_prefix=req.reuse_prefix)
+        speaker = EngineSpeaker(
+            engine,
+            prepared.seats,
+            date.fromisoformat(record.template_date),
+            templates,
+            reuse_prefix=req.reuse_prefix,
+        )
         preflight(Debate(record, speaker, templates, lambda r: None, progress))
         run_dir = req.runs_dir / record.run_id
         write_record(run_dir, record)
         return run_dir, execute(record, run_dir, speaker, templates, progress)
-

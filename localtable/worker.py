@@ -105,7 +105,7 @@ class Worker:
         def text_of(tok: int) -> str:
             if tok < 0:
                 return ""
-            return llm._model.token_get_text(tok)  # type: ignore[no-any-return]
+            return str(llm._model.token_get_text(tok))
 
         return ModelInfo(
             n_ctx=llm.n_ctx(),
@@ -167,7 +167,7 @@ class Worker:
         grammar = None
         if req.grammar is not None:
             self.check_grammar(llm, req.grammar)
-            grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)
+            grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)  # type: ignore[attr-defined]
         reused = self._prepare_cache(req.model_key, llm, tokens, req.reuse_prefix)
         started = time.monotonic()
         out = llm.create_completion(
@@ -227,6 +227,9 @@ def serve(conn: Connection) -> None:
         try:
             req = conn.recv()
         except (EOFError, OSError):
+            # Free the models now: at interpreter exit, Llama.__del__ raises.
+            for llm in worker.models.values():
+                llm.close()
             return
         try:
             conn.send(("ok", worker.handle(req)))

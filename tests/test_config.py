@@ -50,21 +50,30 @@ def test_minimal_config(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         ("[models\nx = 1", "not valid TOML"),
-        (MINIMAL.replace('name = "B"', 'name = "B"\ntemprature = 0.3'),
-         "panels.default.panelists[1].temprature: unknown key"),
-        (MINIMAL.replace('model = "m"\n[[', 'model = "nope"\n[['),
-         "unknown model 'nope'"),
+        (
+            MINIMAL.replace('name = "B"', 'name = "B"\ntemprature = 0.3'),
+            "panels.default.panelists[1].temprature: unknown key",
+        ),
+        (MINIMAL.replace('model = "m"\n[[', 'model = "nope"\n[['), "unknown model 'nope'"),
         (MINIMAL.replace('kind = "path"', 'kind = "ftp"'), "models.m.source"),
-        (MINIMAL.replace('path = "m.gguf"', 'path = "m.gguf", revision = "x"'),
-         "models.m.source.revision: unknown key"),
+        (
+            MINIMAL.replace('path = "m.gguf"', 'path = "m.gguf", revision = "x"'),
+            "models.m.source.revision: unknown key",
+        ),
         (MINIMAL + "\n[debate]\nrounds = 0\n", "debate.rounds"),
-        (MINIMAL + "\n[debate]\npanel = \"other\"\n", "unknown panel 'other'"),
+        (MINIMAL + '\n[debate]\npanel = "other"\n', "unknown panel 'other'"),
         (MINIMAL.replace('name = "B"', 'name = "A"'), "panelist names must be unique"),
-        (MINIMAL.replace("[panels.default]", '[panels.default]\nsummarizer = "Z"'),
-         "summarizer 'Z' is not a panelist"),
-        (MINIMAL.replace('source = { kind = "path", path = "m.gguf" }',
-                         'source = { kind = "package", package = "p", file = "f" }'),
-         "needs sha256"),
+        (
+            MINIMAL.replace("[panels.default]", '[panels.default]\nsummarizer = "Z"'),
+            "summarizer 'Z' is not a panelist",
+        ),
+        (
+            MINIMAL.replace(
+                'source = { kind = "path", path = "m.gguf" }',
+                'source = { kind = "package", package = "p", file = "f" }',
+            ),
+            "needs sha256",
+        ),
     ],
 )
 def test_config_errors_name_file_and_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -21,22 +21,36 @@ def summary(assign: str, positions: int = 1) -> str:
 
 def run(speaker: FakeSpeaker, record: RunRecord) -> tuple[RunRecord, list[RunRecord]]:
     saved: list[RunRecord] = []
-    debate = Debate(record, speaker, builtin(), lambda r: saved.append(r.model_copy(deep=True)),
-                    lambda e: None)
+    debate = Debate(
+        record, speaker, builtin(), lambda r: saved.append(r.model_copy(deep=True)), lambda e: None
+    )
     return debate.run(), saved
 
 
 def test_two_round_debate_records_everything() -> None:
-    speaker = FakeSpeaker({
-        "A1": [R1.format(a="Yes, open it."), R2.format(d="maintained", a="Yes, open it.", i="nobody"),
-               summary("AAA")],
-        "B2": [R1.format(a="No, keep closed."), R2.format(d="changed", a="Yes, open it.", i="A1")],
-        "C3": [R1.format(a="Yes."), R2.format(d="maintained", a="Yes, mostly.", i="A1, B2")],
-    })
+    speaker = FakeSpeaker(
+        {
+            "A1": [
+                R1.format(a="Yes, open it."),
+                R2.format(d="maintained", a="Yes, open it.", i="nobody"),
+                summary("AAA"),
+            ],
+            "B2": [
+                R1.format(a="No, keep closed."),
+                R2.format(d="changed", a="Yes, open it.", i="A1"),
+            ],
+            "C3": [R1.format(a="Yes."), R2.format(d="maintained", a="Yes, mostly.", i="A1, B2")],
+        }
+    )
     record, saved = run(speaker, make_record(["A1", "B2", "C3"]))
     assert [(t.round, t.panelist, t.status) for t in record.turns] == [
-        (1, "A1", "ok"), (1, "B2", "ok"), (1, "C3", "ok"),
-        (2, "A1", "ok"), (2, "B2", "ok"), (2, "C3", "ok")]
+        (1, "A1", "ok"),
+        (1, "B2", "ok"),
+        (1, "C3", "ok"),
+        (2, "A1", "ok"),
+        (2, "B2", "ok"),
+        (2, "C3", "ok"),
+    ]
     b2 = record.turn(2, "B2")
     assert b2 and b2.changed_mind_stated is True and b2.answer_changed is True
     assert b2.parsed and b2.parsed.influenced_by == ["A1"]
@@ -54,11 +68,16 @@ def test_two_round_debate_records_everything() -> None:
 
 
 def test_round_two_sees_others_latest_answers_not_own() -> None:
-    speaker = FakeSpeaker({
-        "A1": [R1.format(a="Alpha view."), R2.format(d="maintained", a="Alpha.", i="nobody"),
-               summary("AB", 2)],
-        "B2": [R1.format(a="Beta view."), R2.format(d="maintained", a="Beta.", i="nobody")],
-    })
+    speaker = FakeSpeaker(
+        {
+            "A1": [
+                R1.format(a="Alpha view."),
+                R2.format(d="maintained", a="Alpha.", i="nobody"),
+                summary("AB", 2),
+            ],
+            "B2": [R1.format(a="Beta view."), R2.format(d="maintained", a="Beta.", i="nobody")],
+        }
+    )
     run(speaker, make_record(["A1", "B2"]))
     a_round2 = speaker.calls[2]
     assert a_round2.panelist == "A1"
@@ -72,12 +91,17 @@ def test_round_two_sees_others_latest_answers_not_own() -> None:
 
 
 def test_anonymous_labels_map_back_to_names() -> None:
-    speaker = FakeSpeaker({
-        "A1": [R1.format(a="Alpha view."), R2.format(d="changed", a="Beta.", i="Panelist B"),
-               "Headline: Both agree.\nPosition A: x\nPanelist A: A\nPanelist B: A\n"
-               "Counterpoint: c\nSummary: s"],
-        "B2": [R1.format(a="Beta view."), R2.format(d="maintained", a="Beta.", i="nobody")],
-    })
+    speaker = FakeSpeaker(
+        {
+            "A1": [
+                R1.format(a="Alpha view."),
+                R2.format(d="changed", a="Beta.", i="Panelist B"),
+                "Headline: Both agree.\nPosition A: x\nPanelist A: A\nPanelist B: A\n"
+                "Counterpoint: c\nSummary: s",
+            ],
+            "B2": [R1.format(a="Beta view."), R2.format(d="maintained", a="Beta.", i="nobody")],
+        }
+    )
     record, _ = run(speaker, make_record(["A1", "B2"], anonymous=True))
     assert "B2" not in speaker.calls[2].messages[-1].content
     t = record.turn(2, "A1")
@@ -86,12 +110,17 @@ def test_anonymous_labels_map_back_to_names() -> None:
 
 
 def test_nonsense_and_crash_become_failed_turns_never_agreement() -> None:
-    speaker = FakeSpeaker({
-        "A1": [R1.format(a="Yes."), R2.format(d="maintained", a="Yes.", i="nobody"),
-               "Headline: Yes.\nPosition A: yes\nA1: A\nCounterpoint: none\nSummary: s"],
-        "B2": ["Answer: ?!?\nReasoning: x", "Answer: !!\nReasoning: y"],
-        "C3": [R1.format(a="Yes."), crash()],
-    })
+    speaker = FakeSpeaker(
+        {
+            "A1": [
+                R1.format(a="Yes."),
+                R2.format(d="maintained", a="Yes.", i="nobody"),
+                "Headline: Yes.\nPosition A: yes\nA1: A\nCounterpoint: none\nSummary: s",
+            ],
+            "B2": ["Answer: ?!?\nReasoning: x", "Answer: !!\nReasoning: y"],
+            "C3": [R1.format(a="Yes."), crash()],
+        }
+    )
     record, _ = run(speaker, make_record(["A1", "B2", "C3"]))
     b1 = record.turn(1, "B2")
     assert b1 and b1.status == "failed" and b1.error and "answer has no words" in b1.error
@@ -99,18 +128,29 @@ def test_nonsense_and_crash_become_failed_turns_never_agreement() -> None:
     assert c2 and c2.status == "failed" and c2.error and "SIGSEGV" in c2.error
     # the summarizer may only group panelists whose final turn is valid
     summary_grammar = speaker.calls[-1].grammar
-    assert '"A1: "' in summary_grammar and "B2" not in summary_grammar and "C3" not in summary_grammar
+    assert (
+        '"A1: "' in summary_grammar and "B2" not in summary_grammar and "C3" not in summary_grammar
+    )
     assert record.summary and record.summary.consensus.line == "No consensus"
     assert record.summary.consensus.agreeing == 1 and record.summary.consensus.total == 3
 
 
 def test_long_history_is_shortened_by_recorded_rules() -> None:
     long = "word " * 300
-    speaker = FakeSpeaker({
-        "A1": [f"Answer: Yes.\nReasoning: {long}", R2.format(d="maintained", a="Yes.", i="nobody"),
-               summary("AA")],
-        "B2": [f"Answer: No.\nReasoning: {long}", R2.format(d="maintained", a="No.", i="nobody")],
-    }, n_ctx=480)
+    speaker = FakeSpeaker(
+        {
+            "A1": [
+                f"Answer: Yes.\nReasoning: {long}",
+                R2.format(d="maintained", a="Yes.", i="nobody"),
+                summary("AA"),
+            ],
+            "B2": [
+                f"Answer: No.\nReasoning: {long}",
+                R2.format(d="maintained", a="No.", i="nobody"),
+            ],
+        },
+        n_ctx=480,
+    )
     record, _ = run(speaker, make_record(["A1", "B2"]))
     t = record.turn(2, "A1")
     assert t and t.generation
