@@ -20,7 +20,7 @@ import click
 from localtable.config import LoadedConfig, load_config
 from localtable.errors import ConfigError, LocaltableError
 from localtable.protocol import ProgressEvent
-from localtable.record import find_run, read_record
+from localtable.record import RunRecord, find_run, list_runs, read_record
 from localtable.render import render
 from localtable.templates import TemplateSet
 
@@ -211,12 +211,7 @@ def debate(
     templates, layout = _templates(template_path)
     run_dir, record = run_debate(req, loaded, TemplateSet(), ProgressPrinter(quiet))
     _write_output(render(record, fmt, templates, layout), output)
-    click.echo(f"Run record: {run_dir / 'record.json'}", err=True)
-    if record.transcript_sha256:
-        click.echo(f"Transcript sha256: {record.transcript_sha256}", err=True)
-    if record.status != "complete":
-        click.echo(f"Error: run {record.status}: {record.error}", err=True)
-        sys.exit(1)
+    _print_run_end(run_dir, record)
 
 
 @cli.command("render")
@@ -323,6 +318,155 @@ def pull(
     )
     if summary.failed:
         sys.exit(1)
+
+
+def _print_run_end(run_dir: Path, record: RunRecord) -> None:
+    click.echo(f"Run record: {run_dir / 'record.json'}", err=True)
+    if record.transcript_sha256:
+        click.echo(f"Transcript sha256: {record.transcript_sha256}", err=True)
+    if record.status != "complete":
+        click.echo(f"Error: run {record.status}: {record.error}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("run")
+@runs_dir_option
+@config_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--allow-engine-change",
+    is_flag=True,
+    help="Continue even if llama-cpp-python's build differs from the run's.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@user_errors
+def resume(
+    run: str,
+    runs_dir: Path,
+    config_path: Path | None,
+    fmt: str,
+    output: Path | None,
+    allow_engine_change: bool,
+    quiet: bool,
+) -> None:
+    """Continue an interrupted or failed run from its last finished turn.
+
+    The finished record has the same turns, byte for byte, as the run done in
+    one go. Example: localtable resume 20261126-101500-a1b2c3
+    """
+    from localtable.rerun import resume_run
+
+    run_dir = find_run(run, runs_dir)
+    loaded = _optional_config(config_path)
+    record = resume_run(
+        run_dir,
+        loaded,
+        TemplateSet(),
+        ProgressPrinter(quiet),
+        allow_engine_change=allow_engine_change,
+    )
+    _write_output(render(record, fmt, TemplateSet()), output)
+    _print_run_end(run_dir, record)
+
+
+@cli.command()
+@click.argument("run")
+@runs_dir_option
+@config_option
+@click.option(
+    "--allow-engine-change",
+    is_flag=True,
+    help="Replay even if llama-cpp-python's build differs from the run's.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@user_errors
+def replay(
+    run: str, runs_dir: Path, config_path: Path | None, allow_engine_change: bool, quiet: bool
+) -> None:
+    """Re-run a recorded debate and compare every output byte for byte.
+
+    Prints "identical" and the transcript hash (exit 0), or the first turn and
+    token where the replay diverges (exit 1). Example: localtable replay 20261126-101500-a1b2c3
+    """
+    from localtable.rerun import replay_run
+
+    run_dir = find_run(run, runs_dir)
+    report = replay_run(
+        run_dir,
+        runs_dir,
+        _optional_config(config_path),
+        TemplateSet(),
+        ProgressPrinter(quiet),
+        allow_engine_change=allow_engine_change,
+    )
+    for diff in report.engine_differences:
+        click.echo(f"engine differs: {diff}", err=True)
+    click.echo(f"Replay record: {report.replay_dir / 'record.json'}", err=True)
+    if report.identical:
+        click.echo(f"identical {report.replay.transcript_sha256}")
+        return
+    d = report.divergence
+    if d is None:
+        click.echo(
+            f"different transcript hash: {report.original.transcript_sha256} (original) "
+            f"vs {report.replay.transcript_sha256} (replay)"
+        )
+    else:
+        click.echo(f"diverges at {d.where}, token {d.token_index} (character {d.char_index})")
+        click.echo(f"  common:   ...{d.common!r}")
+        click.echo(f"  original: {d.original!r}...")
+        click.echo(f"  replay:   {d.replayed!r}...")
+    sys.exit(1)
+
+
+@cli.command()
+@runs_dir_option
+@user_errors
+def runs(runs_dir: Path) -> None:
+    """List the runs in a runs directory.
+
+    Example: localtable runs --runs-dir runs
+    """
+    listing = list_runs(runs_dir)
+    if not listing:
+        click.echo(f"No runs in {runs_dir}.", err=True)
+        return
+    header = ("RUN", "DATE", "STATUS", "PANEL", "ROUNDS", "TRANSCRIPT", "QUESTION")
+    rows = [header]
+    for item in listing:
+        r = item.record
+        if r is None:
+            rows.append((item.run_dir.name, "-", "unreadable", "-", "-", "-", item.problem or ""))
+            continue
+        question = " ".join(r.question.split())
+        question = question if len(question) <= 60 else question[:57] + "..."
+        rows.append(
+            (
+                r.run_id,
+                f"{r.created_at:%Y-%m-%d %H:%M}",
+                r.status,
+                r.panel,
+                str(r.rounds),
+                (r.transcript_sha256 or "-")[:12],
+                question,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]))
+
+
+def _optional_config(path: Path | None) -> LoadedConfig | None:
+    """models.toml helps find moved model files by sha256; a rerun works without it."""
+    try:
+        return _config(path)
+    except ConfigError:
+        if path is not None:
+            raise
+        return None
 
 
 def main() -> None:

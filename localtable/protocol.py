@@ -86,6 +86,12 @@ def derive_seed(run_seed: int, round_no: int, panelist_index: int) -> int:
     return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
 
 
+def answer_max_chars(max_tokens: int) -> int:
+    """The answer line may use about half the token budget (~4 characters a token),
+    so a small max_tokens still leaves room for the reasoning after it."""
+    return max(40, min(ANSWER_MAX_CHARS, 2 * max_tokens))
+
+
 def normalize_answer(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
@@ -178,7 +184,10 @@ class Debate:
     def _grammar(self, p: PanelistRecord, round_no: int) -> str:
         peers = [o.label for o in self.panel if o.name != p.name]
         return self.templates.render(
-            "turn.gbnf.j2", later_round=round_no > 1, peers=peers, answer_max=ANSWER_MAX_CHARS
+            "turn.gbnf.j2",
+            later_round=round_no > 1,
+            peers=peers,
+            answer_max=answer_max_chars(p.sampling.max_tokens),
         )
 
     # -- fitting ----------------------------------------------------------------

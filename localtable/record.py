@@ -48,6 +48,7 @@ class ModelRecord(Frozen):
     flash_attn: bool
     type_k: str
     type_v: str
+    repeat_last_n: int = Field(default=64, description="tokens the repeat penalty looks back")
     bos_token: str = ""
     eos_token: str = ""
     load_seconds: float = 0.0
@@ -153,6 +154,7 @@ class RunRecord(Frozen):
     seed: int
     anonymous: bool
     template_date: str = Field(description="the date chat templates see (pinned)")
+    reuse_prefix: bool = Field(default=False, description="KV prefix reuse (same output)")
     localtable_version: str
     config_path: str
     engine: EngineRecord | None = None
@@ -285,3 +287,24 @@ def read_record(run_dir: Path) -> RunRecord:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise RecordError(f"{path}: invalid run record at {where}: {first['msg']}") from None
+
+
+class RunListing(BaseModel):
+    """One line of `localtable runs`: a readable record, or why it is not."""
+
+    run_dir: Path
+    record: RunRecord | None = None
+    problem: str | None = None
+
+
+def list_runs(runs_dir: Path) -> list[RunListing]:
+    """Every run folder under runs_dir, oldest first (run ids start with the time)."""
+    if not runs_dir.is_dir():
+        return []
+    out = []
+    for run_dir in sorted(p for p in runs_dir.iterdir() if (p / RECORD_FILE).is_file()):
+        try:
+            out.append(RunListing(run_dir=run_dir, record=read_record(run_dir)))
+        except RecordError as exc:
+            out.append(RunListing(run_dir=run_dir, problem=str(exc)))
+    return out

@@ -216,6 +216,7 @@ def prepare(
         seed=req.seed,
         anonymous=panel.anonymous,
         template_date=now.date().isoformat(),
+        reuse_prefix=req.reuse_prefix,
         localtable_version=__version__,
         config_path=str(loaded.path),
         engine=engine_record(first_info),

@@ -26,7 +26,7 @@ def demo_models_block() -> str:
     return text[start:end]
 
 
-def fast_config(tmp_path: Path, *, max_tokens: int = 48, extra: str = "") -> Path:
+def fast_config(tmp_path: Path, *, max_tokens: int = 64, extra: str = "") -> Path:
     """The default panel's models and shape, with short answers so tests run fast."""
     panelists = [
         ("SmolLM2", "smollm2-135m", 0.6),
