@@ -51,6 +51,7 @@ class DebateRequest(BaseModel):
     runs_dir: Path
     verify: bool = False
     reuse_prefix: bool = False
+    run_id: str | None = None  # default: <time>-<random>; batches name their runs
 
 
 class RunInterrupted(LocaltableError):
@@ -208,7 +209,7 @@ def prepare(
         for i, p in enumerate(panel.panelists)
     ]
     record = RunRecord(
-        run_id=new_run_id(now),
+        run_id=req.run_id or new_run_id(now),
         created_at=now,
         question=question,
         panel=req.panel,
