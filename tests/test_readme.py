@@ -1,0 +1,42 @@
+"""The README stays true: every command and every models.toml key is documented."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel
+
+from localtable import config
+from localtable.cli import cli
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def test_every_command_is_documented() -> None:
+    for name in cli.commands:
+        assert f"localtable {name}" in README, f"`localtable {name}` is missing from README.md"
+
+
+def keys(model: type[BaseModel]) -> set[str]:
+    return set(model.model_fields)
+
+
+def test_every_models_toml_key_is_documented() -> None:
+    tables: list[type[BaseModel]] = [
+        config.DebateDefaults, config.ModelSpec, config.PanelSpec, config.PanelistSpec,
+        config.Sampling, config.PackageSource, config.PathSource, config.HubSource,
+        config.PackageFile,
+    ]  # fmt: skip
+    for table in tables:
+        for key in keys(table):
+            assert re.search(rf"\b{re.escape(key)}\b", README), (
+                f"models.toml key {table.__name__}.{key} is missing from README.md"
+            )
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    head = README[:600]
+    assert "make demo" in head and "make test" in head
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci
