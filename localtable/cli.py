@@ -21,7 +21,7 @@ from localtable.config import LoadedConfig, load_config
 from localtable.errors import ConfigError, LocaltableError
 from localtable.protocol import ProgressEvent
 from localtable.record import RunRecord, find_run, list_runs, read_record
-from localtable.render import render
+from localtable.render import check_layout, render
 from localtable.templates import TemplateSet
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -209,6 +209,7 @@ def debate(
         reuse_prefix=reuse,
     )
     templates, layout = _templates(template_path)
+    check_layout(templates, fmt, layout)  # a broken template fails now, not after the run
     run_dir, record = run_debate(req, loaded, TemplateSet(), ProgressPrinter(quiet))
     _write_output(render(record, fmt, templates, layout), output)
     _print_run_end(run_dir, record)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import traceback
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ class TemplateSet:
             autoescape=jinja2.select_autoescape(["html", "html.j2"]),
         )
         self.env.filters["gbnf_literal"] = gbnf_literal
+        # Output layouts are escaped by their format (see render_layout).
+        self.html_env = self.env.overlay(autoescape=True)
+        self.md_env = self.env.overlay(finalize=markdown_value)
+        self.text_env = self.env.overlay(finalize=text_value)
 
     def path_of(self, name: str) -> Path:
         for d in self.dirs:
@@ -60,18 +65,92 @@ class TemplateSet:
         return hashlib.sha256(self.path_of(name).read_bytes()).hexdigest()
 
     def render(self, template_name: str, **values: Any) -> str:
-        name = template_name
+        """A prompt or grammar template (autoescaped only if its name ends in .html/.html.j2)."""
+        return self._render(self.env, template_name, values)
+
+    def render_layout(self, template_name: str, fmt: str, **values: Any) -> str:
+        """An output layout, escaped for its format whatever the file is called.
+
+        html: every value is HTML-escaped (autoescape on). md: every value has
+        `<` and `[` replaced by entities, so a Markdown viewer shows raw HTML,
+        links and images from a model as text. text: control characters other
+        than newline and tab are dropped, so a model cannot drive the terminal.
+        A layout may be the user's: any error in it is a one-line ConfigError.
+        """
+        env = {"html": self.html_env, "md": self.md_env}.get(fmt, self.text_env)
         try:
-            template = self.env.get_template(name)
-            return template.render(**values)
-        except jinja2.TemplateSyntaxError as exc:
-            raise ConfigError(
-                f"{exc.filename or name}:{exc.lineno}: template syntax error: {exc.message}"
-            ) from None
-        except jinja2.UndefinedError as exc:
-            raise ConfigError(f"{self.path_of(name)}: template error: {exc.message}") from None
+            return self._render(env, template_name, values)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a user layout's bug: 1 // 0, "a" + 1, a huge range
+            raise self._error(template_name, exc) from None
+
+    def compile(self, template_name: str) -> None:
+        """Load and compile a template, so a broken one fails before a long run."""
+        try:
+            self.html_env.get_template(template_name)
         except jinja2.TemplateError as exc:
-            raise ConfigError(f"{self.path_of(name)}: template error: {exc}") from None
+            raise self._error(template_name, exc) from None
+
+    def _render(self, env: jinja2.Environment, name: str, values: dict[str, Any]) -> str:
+        try:
+            return env.get_template(name).render(**values)
+        except jinja2.TemplateError as exc:
+            raise self._error(name, exc) from None
+
+    def _error(self, name: str, exc: Exception) -> ConfigError:
+        """One line naming the template file and line, from the template's own traceback."""
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            where = exc.filename or self._where(name)
+            return ConfigError(f"{where}:{exc.lineno}: template syntax error: {exc.message}")
+        frame = template_frame(exc)
+        where = f"{frame[0]}:{frame[1]}" if frame else self._where(name)
+        if isinstance(exc, jinja2.TemplateNotFound):
+            dirs = ", ".join(map(str, self.dirs))
+            return ConfigError(f"{where}: template {exc.name!r} not found in {dirs}")
+        if isinstance(exc, jinja2.UndefinedError):
+            message = exc.message or str(exc)
+        elif isinstance(exc, jinja2.TemplateError):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        return ConfigError(f"{where}: template error: {message}")
+
+    def _where(self, name: str) -> str:
+        try:
+            return str(self.path_of(name))
+        except ConfigError:
+            return name
+
+
+def template_frame(exc: BaseException) -> tuple[str, int] | None:
+    """The innermost (file, line) of a template in the traceback Jinja rewrote for it."""
+    found = None
+    for entry in traceback.extract_tb(exc.__traceback__):
+        if entry.filename and not entry.filename.endswith(".py") and entry.lineno:
+            found = (entry.filename, entry.lineno)
+    return found
+
+
+def markdown_value(value: Any) -> Any:
+    """Neutralise raw HTML, autolinks, links and images in a value printed into Markdown.
+
+    Entities, not backslashes: the replacement contains neither `<` nor `[`, so
+    escaping twice (a macro's output printed again) changes nothing.
+    """
+    if isinstance(value, str):
+        return value.replace("<", "&lt;").replace("[", "&#91;")
+    return value
+
+
+_CONTROL = dict.fromkeys(c for c in [*range(0x20), *range(0x7F, 0xA0)] if c not in (9, 10))
+
+
+def text_value(value: Any) -> Any:
+    """Drop terminal control characters (ANSI escapes, carriage returns) from a value."""
+    if isinstance(value, str):
+        return value.translate(_CONTROL)
+    return value
 
 
 @cache
