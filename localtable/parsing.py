@@ -12,7 +12,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.record import ParsedTurn, PositionGroup
+from localtable.answers import answer_problem
+from localtable.record import ParsedTurn, PositionGroup, QuestionKind
 
 _HAS_WORD = re.compile(r"[^\W_]{2,}")
 
@@ -54,8 +55,26 @@ def _meaningful(value: str, field: str) -> str:
     return value
 
 
-def parse_turn(text: str, *, later_round: bool, peers: dict[str, str]) -> ParsedTurn:
+def _answer(value: str, kind: QuestionKind, options: list[str]) -> str:
+    """An open answer needs words; a choice or number answer must be valid for its kind."""
+    if kind == "open":
+        return _meaningful(value, "answer")
+    problem = answer_problem(kind, options, value)
+    if problem is not None:
+        raise ParseFailure(problem)
+    return value
+
+
+def parse_turn(
+    text: str,
+    *,
+    later_round: bool,
+    peers: dict[str, str],
+    kind: QuestionKind = "open",
+    options: list[str] | None = None,
+) -> ParsedTurn:
     """Parse a panelist's turn; peers maps the labels it may cite to panelist names."""
+    options = options or []
     if later_round:
         f = _fields(text, ["Decision", "Answer", "Influenced by", "Reasoning"], "Reasoning")
         decision = f["Decision"]
@@ -69,13 +88,13 @@ def parse_turn(text: str, *, later_round: bool, peers: dict[str, str]) -> Parsed
                 if peers[label] not in influenced:
                     influenced.append(peers[label])
         return ParsedTurn(
-            answer=_meaningful(f["Answer"], "answer"),
+            answer=_answer(f["Answer"], kind, options),
             stance="change" if decision == "changed" else "maintain",
             influenced_by=influenced,
             reasoning=f["Reasoning"],
         )
     f = _fields(text, ["Answer", "Reasoning"], "Reasoning")
-    return ParsedTurn(answer=_meaningful(f["Answer"], "answer"), reasoning=f["Reasoning"])
+    return ParsedTurn(answer=_answer(f["Answer"], kind, options), reasoning=f["Reasoning"])
 
 
 def parse_summary(text: str, *, members: dict[str, str]) -> ParsedSummary:

@@ -8,12 +8,12 @@ skips turns the record already holds, which is what makes resume work.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from localtable.answers import normalize_open, same_position, tally_groups
 from localtable.chatformat import ChatMessage
 from localtable.config import Sampling
 from localtable.consensus import compute_consensus
@@ -22,6 +22,7 @@ from localtable.parsing import ParseFailure, parse_summary, parse_turn
 from localtable.record import (
     Generation,
     PanelistRecord,
+    PositionGroup,
     RunRecord,
     SummaryRecord,
     TurnRecord,
@@ -93,7 +94,7 @@ def answer_max_chars(max_tokens: int) -> int:
 
 
 def normalize_answer(text: str) -> str:
-    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+    return normalize_open(text)
 
 
 def anonymous_label(index: int) -> str:
@@ -168,7 +169,12 @@ class Debate:
         Each round extends the previous round's conversation, so the prompt of
         round r starts with the prompt and answer of round r-1 (prefix reuse).
         """
-        question = self.templates.render("round1.j2", question=self.record.question).strip()
+        question = self.templates.render(
+            "round1.j2",
+            question=self.record.question,
+            kind=self.record.question_kind,
+            options=self.record.options,
+        ).strip()
         messages = [self._system(p), ChatMessage(role="user", content=question)]
         first_kept = round_no - 1 if level >= 4 else 2
         for r in range(2, round_no + 1):
@@ -176,7 +182,10 @@ class Debate:
                 continue
             messages.append(ChatMessage(role="assistant", content=self._own_reply(p, r - 1, level)))
             later = self.templates.render(
-                "round_later.j2", round=r, others=self._peers_view(p, r, level)
+                "round_later.j2",
+                round=r,
+                others=self._peers_view(p, r, level),
+                kind=self.record.question_kind,
             )
             messages.append(ChatMessage(role="user", content=later.strip()))
         return messages
@@ -188,6 +197,8 @@ class Debate:
             later_round=round_no > 1,
             peers=peers,
             answer_max=answer_max_chars(p.sampling.max_tokens),
+            kind=self.record.question_kind,
+            options=self.record.options,
         )
 
     # -- fitting ----------------------------------------------------------------
@@ -255,7 +266,13 @@ class Debate:
                 sampling=sampling,
                 shortened=rules,
             )
-            parsed = parse_turn(generation.raw_output, later_round=round_no > 1, peers=peers)
+            parsed = parse_turn(
+                generation.raw_output,
+                later_round=round_no > 1,
+                peers=peers,
+                kind=self.record.question_kind,
+                options=self.record.options,
+            )
         except (EngineFailure, ParseFailure) as exc:
             reason = str(exc)
             if isinstance(exc, ParseFailure):
@@ -278,13 +295,24 @@ class Debate:
         if round_no > 1:
             turn.changed_mind_stated = parsed.stance == "change"
             if previous is not None and previous.parsed is not None:
-                turn.answer_changed = normalize_answer(parsed.answer) != normalize_answer(
-                    previous.parsed.answer
+                turn.answer_changed = not same_position(
+                    self.record.question_kind, parsed.answer, previous.parsed.answer
                 )
         self._store(turn)
         self._emit("turn", round_no, p.name, "ok")
 
     # -- summary ----------------------------------------------------------------
+
+    def tally(self) -> list[PositionGroup] | None:
+        """Choice and number questions: the final answers grouped in code (None: open)."""
+        if self.record.question_kind == "open":
+            return None
+        finals = [
+            (t.panelist, t.parsed.answer)
+            for t in self.record.final_turns()
+            if t.status == "ok" and t.parsed is not None
+        ]
+        return tally_groups(self.record.question_kind, finals)
 
     def run_summary(self) -> None:
         summarizer = next(p for p in self.panel if p.name == self.record.summarizer)
@@ -345,25 +373,29 @@ class Debate:
             reason = str(exc)
             if isinstance(exc, ParseFailure):
                 reason = f"unusable summary: {reason}"
+            tallied = self.tally() or []  # choice and number answers still have a tally
             self.record.summary = SummaryRecord(
                 status="failed",
                 summarizer=summarizer.name,
                 error=reason,
                 generation=generation,
-                consensus=compute_consensus([], len(self.panel)),
+                groups=tallied,
+                consensus=compute_consensus(tallied, len(self.panel)),
             )
             self.save(self.record)
             self._emit("summary", self.record.rounds + 1, summarizer.name, "failed")
             return
+        groups = self.tally()  # exact answers are grouped in code, not by the summarizer
+        groups = parsed.groups if groups is None else groups
         self.record.summary = SummaryRecord(
             status="ok",
             summarizer=summarizer.name,
             generation=generation,
             headline=parsed.headline,
-            groups=parsed.groups,
+            groups=groups,
             counterpoint=parsed.counterpoint,
             summary=parsed.summary,
-            consensus=compute_consensus(parsed.groups, len(self.panel)),
+            consensus=compute_consensus(groups, len(self.panel)),
         )
         self.save(self.record)
         self._emit("summary", self.record.rounds + 1, summarizer.name, "ok")

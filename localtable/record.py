@@ -139,6 +139,7 @@ class SummaryRecord(Frozen):
 
 
 RunStatus = Literal["running", "complete", "failed", "interrupted"]
+QuestionKind = Literal["open", "choice", "number"]
 
 
 class RunRecord(Frozen):
@@ -149,6 +150,11 @@ class RunRecord(Frozen):
     status: RunStatus = "running"
     error: str | None = None
     question: str
+    # Scored questions (batches): absent in older records, which read as open questions.
+    question_id: str | None = None
+    question_kind: QuestionKind = "open"
+    options: list[str] = Field(default_factory=list, description="a choice question's options")
+    answer_key: str | None = Field(default=None, description="the correct option or number")
     panel: str
     rounds: int
     seed: int

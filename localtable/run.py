@@ -27,6 +27,7 @@ from localtable.record import (
     EngineRecord,
     ModelRecord,
     PanelistRecord,
+    QuestionKind,
     RunRecord,
     TurnRecord,
     transcript_sha256,
@@ -52,6 +53,10 @@ class DebateRequest(BaseModel):
     verify: bool = False
     reuse_prefix: bool = False
     run_id: str | None = None  # default: <time>-<random>; batches name their runs
+    question_id: str | None = None  # scored questions (batches): see localtable/questions.py
+    question_kind: QuestionKind = "open"
+    options: list[str] = []
+    answer_key: str | None = None
 
 
 class RunInterrupted(LocaltableError):
@@ -212,6 +217,10 @@ def prepare(
         run_id=req.run_id or new_run_id(now),
         created_at=now,
         question=question,
+        question_id=req.question_id,
+        question_kind=req.question_kind,
+        options=list(req.options),
+        answer_key=req.answer_key,
         panel=req.panel,
         rounds=req.rounds,
         seed=req.seed,

@@ -1,0 +1,102 @@
+"""What an answer means for each question kind: its position, equality and the tally.
+
+open: free text; two answers hold the same position when their normalized
+text is equal (only used to spot a changed answer; the summary groups them).
+choice: the answer is one of the options, compared exactly.
+number: the answer is a decimal number, compared by value (3, 3.0 and 3.00
+are the same position).
+
+The grammar (prompts/turn.gbnf.j2) makes a choice or number answer well
+formed at decoding time; this module is what the parser, the protocol, the
+scoring and the comparison share, so they can never disagree on equality.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from decimal import Decimal
+
+from localtable.record import PositionGroup, QuestionKind
+
+# Must match the `answer` rule of prompts/turn.gbnf.j2 for kind == "number".
+NUMBER_INT_DIGITS = 15
+NUMBER_DECIMALS = 6
+NUMBER_PATTERN = re.compile(rf"^-?[0-9]{{1,{NUMBER_INT_DIGITS}}}(\.[0-9]{{1,{NUMBER_DECIMALS}}})?$")
+
+
+def normalize_open(text: str) -> str:
+    """Lowercase words only: 'Yes, open it.' and 'yes open it' are the same text."""
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def parse_number(text: str) -> Decimal | None:
+    """The value of a number answer as the grammar writes it, else None."""
+    text = text.strip()
+    if not NUMBER_PATTERN.match(text):
+        return None
+    return Decimal(text)
+
+
+def canonical_number(value: Decimal) -> str:
+    """One spelling per value: no exponent, no trailing zeros, no negative zero."""
+    value = value.normalize() + 0
+    text = format(value, "f")
+    return text if text != "-0" else "0"
+
+
+def position_of(kind: QuestionKind, answer: str) -> str:
+    """The key two answers share exactly when they hold the same position."""
+    if kind == "choice":
+        return answer.strip()
+    if kind == "number":
+        value = parse_number(answer)
+        return canonical_number(value) if value is not None else f"<not a number: {answer}>"
+    return normalize_open(answer)
+
+
+def same_position(kind: QuestionKind, a: str, b: str) -> bool:
+    return position_of(kind, a) == position_of(kind, b)
+
+
+def answer_problem(kind: QuestionKind, options: list[str], answer: str) -> str | None:
+    """Why an answer is not valid for its question kind, or None when it is."""
+    if kind == "choice" and answer.strip() not in options:
+        return f"answer {answer[:60]!r} is not one of the options"
+    if kind == "number" and parse_number(answer) is None:
+        return f"answer {answer[:60]!r} is not a number"
+    return None
+
+
+def is_correct(kind: QuestionKind, answer: str | None, key: str | None) -> bool:
+    """True only for a given answer equal to the key; no answer is never right."""
+    if answer is None or key is None or kind == "open":
+        return False
+    if kind == "number":
+        value, expected = parse_number(answer), parse_number(key)
+        return value is not None and expected is not None and value == expected
+    return answer.strip() == key.strip()
+
+
+def tally_groups(kind: QuestionKind, answers: list[tuple[str, str]]) -> list[PositionGroup]:
+    """Group (panelist, answer) pairs by position: largest group first, then panel order."""
+    members: dict[str, list[str]] = {}
+    for name, answer in answers:
+        members.setdefault(position_of(kind, answer), []).append(name)
+    order = list(members)
+    ranked = sorted(order, key=lambda key: (-len(members[key]), order.index(key)))
+    return [PositionGroup(position=key, members=members[key]) for key in ranked]
+
+
+def plurality(kind: QuestionKind, answers: list[str]) -> str | None:
+    """The position most answers hold; None when there are none or the top is tied.
+
+    A tie is never broken: the caller counts it as no answer (wrong).
+    """
+    counts = Counter(position_of(kind, a) for a in answers)
+    if not counts:
+        return None
+    (top, n), *rest = counts.most_common()
+    if rest and rest[0][1] == n:
+        return None
+    return top

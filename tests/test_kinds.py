@@ -1,0 +1,168 @@
+"""Choice and number questions on the fake speaker: grammar, exact comparison, tally."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from localtable.answers import (
+    canonical_number,
+    is_correct,
+    parse_number,
+    plurality,
+    position_of,
+    same_position,
+    tally_groups,
+)
+from localtable.parsing import ParseFailure, parse_turn
+from localtable.protocol import Debate
+from localtable.record import RunRecord, read_record, write_record
+from localtable.templates import builtin
+from tests.fakes import FakeSpeaker, make_record
+
+R1 = "Answer: {a}\nReasoning: because."
+R2 = "Decision: {d}\nAnswer: {a}\nInfluenced by: {i}\nReasoning: I thought again."
+SUMMARY_ALL_A = (
+    "Headline: They answered.\nPosition A: one answer\nA1: A\nB2: A\nC3: A\n"
+    "Counterpoint: none.\nSummary: short."
+)
+
+
+def scored(kind: str, options: list[str] | None = None, rounds: int = 2) -> RunRecord:
+    record = make_record(["A1", "B2", "C3"], rounds=rounds, question="Which one?")
+    record.question_kind = kind  # type: ignore[assignment]
+    record.options = options or []
+    return record
+
+
+def run(speaker: FakeSpeaker, record: RunRecord) -> RunRecord:
+    return Debate(record, speaker, builtin(), lambda r: None, lambda e: None).run()
+
+
+def test_choice_grammar_allows_exactly_the_options_and_prompt_lists_them() -> None:
+    options = ["Paris", "Lyon", 'Say "hi"']
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="Paris"), R2.format(d="maintained", a="Paris", i="nobody")],
+            "B2": [R1.format(a="Lyon"), R2.format(d="changed", a="Paris", i="A1")],
+            "C3": [R1.format(a='Say "hi"'), R2.format(d="maintained", a='Say "hi"', i="nobody")],
+        }
+    )
+    speaker.replies["A1"].append(SUMMARY_ALL_A)
+    record = run(speaker, scored("choice", options))
+    for call in speaker.calls[:-1]:  # every turn, not the summary
+        assert 'answer ::= "Paris" | "Lyon" | "Say \\"hi\\""\n' in call.grammar
+    first_prompt = speaker.calls[0].messages[-1].content
+    assert 'Options: Paris | Lyon | Say "hi"' in first_prompt
+    assert "gives exactly one of the options" in first_prompt
+    b2 = record.turn(2, "B2")
+    assert b2 and b2.answer_changed is True
+    # the tally is computed in code from the final answers, whatever the summarizer grouped
+    assert record.summary and record.summary.status == "ok"
+    assert [(g.position, g.members) for g in record.summary.groups] == [
+        ("Paris", ["A1", "B2"]),
+        ('Say "hi"', ["C3"]),
+    ]
+    assert record.summary.consensus.line == "2 of 3 agreed"
+    assert record.summary.headline == "They answered."  # the summarizer's text is kept
+
+
+def test_number_grammar_and_numeric_equality() -> None:
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="12"), R2.format(d="maintained", a="12.0", i="nobody")],
+            "B2": [R1.format(a="-3"), R2.format(d="changed", a="12", i="A1")],
+            "C3": [R1.format(a="12.50"), R2.format(d="maintained", a="12.5", i="nobody")],
+        }
+    )
+    speaker.replies["A1"].append(SUMMARY_ALL_A)
+    record = run(speaker, scored("number"))
+    assert 'answer ::= "-"? [0-9]{1,15} ("." [0-9]{1,6})?' in speaker.calls[0].grammar
+    assert "gives the number only" in speaker.calls[0].messages[-1].content
+    assert "the number only" in speaker.calls[3].messages[-1].content  # round 2 prompt
+    a1, b2, c3 = (record.turn(2, n) for n in ("A1", "B2", "C3"))
+    assert a1 and a1.answer_changed is False  # 12 -> 12.0 is the same number
+    assert b2 and b2.answer_changed is True
+    assert c3 and c3.answer_changed is False  # 12.50 -> 12.5
+    assert record.summary
+    assert [(g.position, g.members) for g in record.summary.groups] == [
+        ("12", ["A1", "B2"]),
+        ("12.5", ["C3"]),
+    ]
+    assert record.summary.consensus.kind == "majority"
+
+
+def test_open_grammar_unchanged_and_summary_groups_kept() -> None:
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="Yes, surely."), SUMMARY_ALL_A],
+            "B2": [R1.format(a="No, never.")],
+            "C3": [R1.format(a="Maybe so.")],
+        }
+    )
+    record = run(speaker, scored("open", rounds=1))
+    assert "answer ::= [^\\x00-\\x20<] [^\\x00-\\x1f]{1," in speaker.calls[0].grammar
+    assert "Options:" not in speaker.calls[0].messages[-1].content
+    assert record.summary and record.summary.consensus.line == "All 3 models agreed"
+
+
+def test_summary_failure_still_tallies_choice_answers() -> None:
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="Lyon"), "Headline: ?!"],
+            "B2": [R1.format(a="Lyon")],
+            "C3": ["Answer: Nice\nReasoning: grammar bypassed."],
+        }
+    )
+    record = run(speaker, scored("choice", ["Paris", "Lyon"], rounds=1))
+    c3 = record.turn(1, "C3")
+    assert c3 and c3.status == "failed" and c3.error
+    assert "not one of the options" in c3.error
+    summary = record.summary
+    assert summary and summary.status == "failed"
+    assert [g.members for g in summary.groups] == [["A1", "B2"]]
+    assert summary.consensus.line == "2 of 3 agreed"
+
+
+def test_parse_turn_checks_kind() -> None:
+    with pytest.raises(ParseFailure, match="not a number"):
+        parse_turn("Answer: twelve\nReasoning: x", later_round=False, peers={}, kind="number")
+    parsed = parse_turn("Answer: 7\nReasoning: x", later_round=False, peers={}, kind="number")
+    assert parsed.answer == "7"  # one digit: no "has no words" check for numbers
+    parsed = parse_turn(
+        "Answer: B\nReasoning: x", later_round=False, peers={}, kind="choice", options=["A", "B"]
+    )
+    assert parsed.answer == "B"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [("3", "3.0", True), ("-0", "0", True), ("12.50", "12.5", True), ("3", "4", False)],
+)
+def test_number_positions(a: str, b: str, same: bool) -> None:
+    assert same_position("number", a, b) is same
+
+
+def test_positions_and_tally_helpers() -> None:
+    assert parse_number("1e3") is None and parse_number("--1") is None
+    assert canonical_number(parse_number("100") or 0) == "100"  # no exponent
+    assert position_of("choice", "Paris") != position_of("choice", "paris")  # exact
+    assert is_correct("number", "42.0", "42") and not is_correct("number", None, "42")
+    assert not is_correct("choice", "paris", "Paris")
+    assert plurality("number", ["1", "2"]) is None  # a tie has no majority
+    assert plurality("number", ["1", "1.0", "2"]) == "1"
+    assert plurality("number", []) is None
+    groups = tally_groups("number", [("A", "2"), ("B", "1"), ("C", "1")])
+    assert [(g.position, g.members) for g in groups] == [("1", ["B", "C"]), ("2", ["A"])]
+
+
+def test_records_without_question_fields_still_read(tmp_path: Path) -> None:
+    write_record(tmp_path, make_record(["A1", "B2"]))
+    raw = json.loads((tmp_path / "record.json").read_text())
+    for key in ("question_id", "question_kind", "options", "answer_key"):
+        del raw[key]
+    (tmp_path / "record.json").write_text(json.dumps(raw))
+    record = read_record(tmp_path)
+    assert record.question_kind == "open" and record.answer_key is None and record.options == []
