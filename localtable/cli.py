@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -23,6 +23,9 @@ from localtable.protocol import ProgressEvent
 from localtable.record import RunRecord, find_run, list_runs, read_record
 from localtable.render import check_layout, render
 from localtable.templates import TemplateSet
+
+if TYPE_CHECKING:
+    from localtable.batch import BatchEvent
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ["text", "md", "json", "html"]
@@ -458,6 +461,176 @@ def runs(runs_dir: Path) -> None:
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (
+        f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    )
+
+
+class BatchPrinter:
+    """One stderr line per debate of a batch, with the estimated time left."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, event: BatchEvent) -> None:
+        if self.quiet:
+            return
+        head = f"[{event.position}/{event.total}] {event.question_id} seed {event.seed}"
+        if event.action == "skip":
+            click.echo(f"{head}: {event.status}, skipped", err=True)
+        elif event.action in ("run", "resume"):
+            left = f" (about {_duration(event.eta_seconds)} left)" if event.eta_seconds else ""
+            verb = "resuming" if event.action == "resume" else "running"
+            click.echo(f"{head}: {verb}{left} ... ", err=True, nl=False)
+        elif event.action == "error":
+            click.echo(f"error: {event.error}", err=True)
+        else:
+            left = f"; about {_duration(event.eta_seconds)} left" if event.eta_seconds else ""
+            click.echo(f"{event.status} ({event.seconds:.1f}s){left}", err=True)
+
+
+SCORE_FORMATS = ["text", "md", "csv"]
+
+
+@cli.command()
+@click.argument("questions_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--task", help="A built-in question set instead of a file: arithmetic.")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N questions.")
+@click.option(
+    "--seeds", help="Seeds to run each question with: 1-5, 1,3,7 (default: [debate] seed)."
+)
+@click.option("--panel", help="Panel from models.toml (default: [debate] panel).")
+@click.option("--rounds", type=click.IntRange(1, 10), help="Number of debate rounds.")
+@click.option("--name", help="Batch folder under --runs-dir (default: the file's or task's name).")
+@config_option
+@runs_dir_option
+@click.option(
+    "--format", "fmt", type=click.Choice(SCORE_FORMATS), default="text", show_default=True,
+    help="Format of the accuracy table printed at the end.",
+)  # fmt: skip
+@click.option("--verify", is_flag=True, help="Re-hash every model file before each debate.")
+@click.option("--reuse/--no-reuse", default=True, show_default=True,
+              help="Reuse each panelist's evaluated prompt prefix across rounds.")  # fmt: skip
+@click.option("--allow-engine-change", is_flag=True,
+              help="Resume debates even if llama-cpp-python's build changed.")  # fmt: skip
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@user_errors
+def batch(
+    questions_file: Path | None,
+    task: str | None,
+    limit: int | None,
+    seeds: str | None,
+    panel: str | None,
+    rounds: int | None,
+    name: str | None,
+    config_path: Path | None,
+    runs_dir: Path,
+    fmt: str,
+    verify: bool,
+    reuse: bool,
+    allow_engine_change: bool,
+    quiet: bool,
+) -> None:
+    """Run every question of a JSONL or TOML file (or a built-in task) over seeds.
+
+    One run record per (question, seed) in RUNS_DIR/NAME/, indexed in batch.json.
+    Run the same command again to skip finished debates and resume an
+    interrupted one. Prints the accuracy table when questions have answer keys.
+    Example: localtable batch --task arithmetic --limit 5 --seeds 1 --rounds 2
+    """
+    from localtable.batch import BatchRequest, EngineRunner, parse_seeds, run_batch
+    from localtable.questions import load_questions
+    from localtable.tasks import load_task
+
+    if (questions_file is None) == (task is None):
+        raise ConfigError("give a questions file (.jsonl or .toml) or --task NAME, not both")
+    questions = load_questions(questions_file) if questions_file else load_task(task or "")
+    loaded = _config(config_path)
+    defaults = loaded.config.debate
+    req = BatchRequest(
+        questions=questions.limited(limit),
+        seeds=parse_seeds(seeds) if seeds is not None else [defaults.seed],
+        panel=panel or defaults.panel,
+        rounds=rounds or defaults.rounds,
+        runs_dir=runs_dir,
+        name=name,
+        verify=verify,
+        reuse_prefix=reuse,
+    )
+    loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
+    runner = EngineRunner(loaded, TemplateSet(), lambda e: None, allow_engine_change)
+    result = run_batch(req, runner, BatchPrinter(quiet))
+    complete, failed, errors = (result.count(s) for s in ("complete", "failed", "error"))
+    click.echo(
+        f"Batch {result.index.name}: {complete} complete, {failed} failed, {errors} errors; "
+        f"index {result.batch_dir / 'batch.json'}",
+        err=True,
+    )
+    _print_score([str(result.batch_dir)], runs_dir, fmt, None, quiet_if_none=True)
+    if errors:
+        sys.exit(1)
+
+
+def _print_score(
+    targets: list[str], runs_dir: Path, fmt: str, output: Path | None, quiet_if_none: bool = False
+) -> None:
+    from localtable.compare import collect
+    from localtable.research_render import render_score
+    from localtable.scoring import score
+
+    records, _ = collect(targets, runs_dir)
+    try:
+        result = score(records)
+    except LocaltableError:
+        if quiet_if_none:
+            return
+        raise
+    names = [Path(t).name for t in targets]
+    title = f"Accuracy: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+    _write_output(render_score(result, fmt, TemplateSet(), title), output)  # type: ignore[arg-type]
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(SCORE_FORMATS), default="text",
+              show_default=True)  # fmt: skip
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
+@runs_dir_option
+@user_errors
+def score(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: Path) -> None:
+    """Accuracy of scored runs: single panelists, majority vote, and debate per round.
+
+    TARGETS are batch folders, run folders or run ids. Example: localtable score runs/arithmetic
+    """
+    _print_score(list(targets), runs_dir, fmt, output)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "md", "csv", "html"]),
+              default="text", show_default=True)  # fmt: skip
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
+@runs_dir_option
+@user_errors
+def compare(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: Path) -> None:
+    """How the panelists' views differ across runs and batches.
+
+    Final-round agreement of every pair (a matrix; a heatmap in HTML), who
+    changed answer how often and towards whom, and every run's final answers
+    side by side. Example: localtable compare runs/arithmetic --format html --output cmp.html
+    """
+    from localtable.compare import collect
+    from localtable.compare import compare as compare_runs
+    from localtable.research_render import render_comparison
+
+    records, skipped = collect(list(targets), runs_dir)
+    result = compare_runs(records, skipped)
+    _write_output(render_comparison(result, fmt, TemplateSet()), output)  # type: ignore[arg-type]
 
 
 def _optional_config(path: Path | None) -> LoadedConfig | None:
