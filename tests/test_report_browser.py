@@ -32,7 +32,7 @@ from localtable.record import RunRecord, read_record
 from localtable.render import render
 from localtable.templates import TemplateSet
 from tests.conftest import REPO, subprocess_env
-from tests.realmodels import localtable
+from tests.realmodels import fast_config, localtable
 
 OUTPUT = REPO / "test-output"
 DATA = Path(__file__).parent / "data"
@@ -45,6 +45,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-dev-shm-usage",
     "--disable-default-apps",
     "--disable-extensions",
     "--mute-audio",
@@ -380,13 +381,22 @@ def test_hostile_text_stays_text_in_chromium(browser: Chromium, tmp_path: Path) 
     assert "</title><script>" in tooltips
 
 
+REAL_QUESTION = 'Should cities ban cars from their centres, in "Oslo" <b>&</b> elsewhere?'
+
+
 @pytest.mark.slow
 def test_real_run_page_in_chromium(browser: Chromium, tmp_path: Path, isolated_cache: Path) -> None:
-    """A real two-round debate on the demo models, rendered by `debate --format html`."""
+    """A real two-round debate on the demo models, rendered by `debate --format html`.
+
+    The default panel's models and shape, with short answers (fast_config) to
+    keep the suite's time down.
+    """
     runs, page = tmp_path / "runs", tmp_path / "report.html"
     env = subprocess_env(isolated_cache)
-    args = ["--rounds", "2", "--runs-dir", str(runs), "-q", "--format", "html"]
-    result = localtable("debate", *args, "--output", str(page), env=env)
+    config = fast_config(tmp_path, max_tokens=96)
+    args = ["--config", str(config), "--rounds", "2", "--runs-dir", str(runs), "-q"]
+    args += ["--format", "html", "--output", str(page)]
+    result = localtable("debate", REAL_QUESTION, *args, env=env)
     assert result.returncode == 0, result.stderr
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
     record = read_record(run_dir)
