@@ -49,7 +49,9 @@ def test_a_crash_mid_generation_ends_the_request_and_the_next_one_restarts() -> 
 
         def generate() -> None:
             try:
-                outcome.append(engine.generate(request(None, max_tokens=400)).text)
+                # a grammar with no early end: the generation surely outlasts the sleep
+                long = request("root ::= [a-z ]{300,400}", max_tokens=400)
+                outcome.append(engine.generate(long).text)
             except BaseException as exc:
                 outcome.append(exc)
 
