@@ -56,7 +56,7 @@ def fast_config(tmp_path: Path, *, max_tokens: int = 64, extra: str = "") -> Pat
 
 
 def localtable(
-    *args: str, env: dict[str, str], timeout: int = 900, input: str | None = None
+    *args: str, env: dict[str, str], timeout: int = 3000, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI in its own process, as a user would."""
     return subprocess.run(
