@@ -34,6 +34,9 @@ class LoadRequest(Message):
     threads: int
     gpu_layers: int = 0
     flash_attn: bool = False
+    # KV caches (llama_contexts) the model may hold at once: one per panelist that
+    # uses it, so that each keeps its evaluated prompt (see localtable/kvslots.py).
+    kv_slots: int = 1
 
 
 class ModelInfo(Message):
@@ -71,6 +74,7 @@ class GenerateRequest(Message):
     sampling: Sampling
     stop: list[str] = []
     reuse_prefix: bool = False
+    conversation: str = ""  # whose KV cache to reuse (a panelist's name)
 
 
 class GenerateResult(Message):
@@ -81,6 +85,10 @@ class GenerateResult(Message):
     prompt_eval_tokens: int
     prompt_sha256: str
     seconds: float
+    # llama.cpp's own timers: evaluating the prompt, decoding the generated tokens;
+    # the rest of `seconds` is sampling (grammar included) and Python.
+    prompt_eval_seconds: float = 0.0
+    decode_seconds: float = 0.0
 
 
 class UnloadRequest(Message):

@@ -117,7 +117,8 @@ def engine_record(info: ModelInfo) -> EngineRecord:
     )
 
 
-def load_request(model: ResolvedModel, spec: ModelSpec) -> LoadRequest:
+def load_request(model: ResolvedModel, spec: ModelSpec, kv_slots: int = 1) -> LoadRequest:
+    """kv_slots: the panelists using this model, each of which keeps its own KV cache."""
     threads = spec.threads or available_cores()
     # Everything that changes the numbers is set explicitly (see README: reproducibility).
     return LoadRequest(
@@ -129,6 +130,7 @@ def load_request(model: ResolvedModel, spec: ModelSpec) -> LoadRequest:
         n_batch=512,
         n_ubatch=512,
         flash_attn=False,
+        kv_slots=kv_slots,
     )
 
 
@@ -192,7 +194,8 @@ def prepare(
     first_info: ModelInfo | None = None
     for name in needed:
         spec = config.models[name]
-        load = load_request(resolved[name], spec)
+        users = sum(p.model == name for p in panel.panelists)
+        load = load_request(resolved[name], spec, kv_slots=users)
         try:
             info = engine.load(load)
         except EngineFailure as exc:

@@ -75,6 +75,7 @@ class EngineSpeaker:
                 sampling=sampling,
                 stop=prompt.stop,
                 reuse_prefix=self.reuse_prefix,
+                conversation=panelist,
             )
         )
         return Generation(

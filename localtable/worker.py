@@ -28,6 +28,7 @@ from localtable.engine_api import (
     TokenizeResult,
     UnloadRequest,
 )
+from localtable.kvslots import SlotPool
 
 # The last lines llama.cpp logged: the real reason a model failed to load is only there.
 _LOG: deque[str] = deque(maxlen=40)
@@ -58,9 +59,12 @@ class Worker:
     def __init__(self) -> None:
         self.models: dict[str, Any] = {}
         self.valid_grammars: set[str] = set()
-        # For prefix reuse: per model, the tokens whose KV entries came from a
-        # prompt batch (never generated tokens, whose KV entries differ).
-        self.batch_evaluated: dict[str, list[int]] = {}
+        # Per model, its KV caches: one per conversation, each holding only
+        # prompt tokens evaluated in a batch (see localtable/kvslots.py).
+        self.pools: dict[str, SlotPool] = {}
+        # Reuse is exact only where tested: on the CPU. A GPU's kernels depend on the
+        # batch size in other ways (e.g. CUDA's matrix-vector path for <= 8 rows).
+        self.cpu_only: dict[str, bool] = {}
 
     def handle(self, req: Request) -> Any:
         if isinstance(req, LoadRequest):
@@ -71,8 +75,7 @@ class Worker:
         if isinstance(req, GenerateRequest):
             return self.generate(req)
         if isinstance(req, UnloadRequest):
-            self.models.pop(req.model_key, None)
-            self.batch_evaluated.pop(req.model_key, None)
+            self.unload(req.model_key)
             return None
         raise EngineFailure(f"unknown request {type(req).__name__}")
 
@@ -97,8 +100,10 @@ class Worker:
             raise EngineFailure(
                 f"llama.cpp could not load {req.path}: {_load_failure_reason()} ({exc})"
             ) from None
+        self.unload(req.model_key)
         self.models[req.model_key] = llm
-        self.batch_evaluated[req.model_key] = []
+        self.pools[req.model_key] = SlotPool(llm, req.kv_slots)
+        self.cpu_only[req.model_key] = req.gpu_layers == 0
         vocab = llm._model.vocab
         bos, eos = llm.token_bos(), llm.token_eos()
 
@@ -122,6 +127,19 @@ class Worker:
             llama_cpp_python=llama_cpp.__version__,
             load_seconds=time.monotonic() - started,
         )
+
+    def unload(self, key: str) -> None:
+        pool = self.pools.pop(key, None)
+        if pool is not None:
+            pool.close()
+        self.cpu_only.pop(key, None)
+        llm = self.models.pop(key, None)
+        if llm is not None:
+            llm.close()
+
+    def close(self) -> None:
+        for key in list(self.models):
+            self.unload(key)
 
     def _model(self, key: str) -> Any:
         if key not in self.models:
@@ -168,7 +186,11 @@ class Worker:
         if req.grammar is not None:
             self.check_grammar(llm, req.grammar)
             grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)  # type: ignore[attr-defined]
-        reused = self._prepare_cache(req.model_key, llm, tokens, req.reuse_prefix)
+        reuse = req.reuse_prefix and self.cpu_only[req.model_key]
+        slot = self.pools[req.model_key].acquire(req.conversation, tokens, reuse)
+        llm = slot.llm
+        reused = slot.prepare(tokens, reuse)
+        llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
         started = time.monotonic()
         out = llm.create_completion(
             prompt=tokens,
@@ -186,11 +208,8 @@ class Worker:
             grammar=grammar,
         )
         seconds = time.monotonic() - started
-        # Keep only the prompt's KV entries: generated tokens were decoded one at
-        # a time and would make a reusing run differ from a cold one.
-        llm.n_tokens = min(llm.n_tokens, len(tokens))
-        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
-        self.batch_evaluated[req.model_key] = tokens[: llm.n_tokens]
+        perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+        slot.keep_prompt(tokens)
         choice = out["choices"][0]
         return GenerateResult(
             text=choice["text"],
@@ -200,25 +219,9 @@ class Worker:
             prompt_eval_tokens=len(tokens) - reused,
             prompt_sha256=hashlib.sha256(",".join(map(str, tokens)).encode()).hexdigest(),
             seconds=seconds,
+            prompt_eval_seconds=perf.t_p_eval_ms / 1000,
+            decode_seconds=perf.t_eval_ms / 1000,
         )
-
-    def _prepare_cache(self, key: str, llm: Any, tokens: list[int], reuse: bool) -> int:
-        """Leave in the KV cache only a prefix this prompt shares; return its length."""
-        if not reuse:
-            llm.reset()
-            return 0
-        kept = self.batch_evaluated.get(key, [])
-        common = 0
-        for a, b in zip(kept, tokens, strict=False):
-            if a != b:
-                break
-            common += 1
-        # Evaluate at least two tokens: a one-token batch takes another kernel
-        # path, and its numbers differ from the same token inside a batch.
-        common = max(0, min(common, len(tokens) - 2))
-        llm.n_tokens = common
-        llm._ctx.kv_cache_seq_rm(-1, common, -1)
-        return common
 
 
 def serve(conn: Connection) -> None:
@@ -231,8 +234,7 @@ def serve(conn: Connection) -> None:
             req = conn.recv()
         except (EOFError, OSError):
             # Free the models now: at interpreter exit, Llama.__del__ raises.
-            for llm in worker.models.values():
-                llm.close()
+            worker.close()
             return
         try:
             conn.send(("ok", worker.handle(req)))

@@ -1,0 +1,164 @@
+"""Prefix reuse on real llama.cpp: bit-identical numbers, the same transcript, less work.
+
+The worker keeps each panelist's evaluated prompt in a KV cache of its own and
+evaluates only what is new (localtable/kvslots.py). These tests check the
+promise that makes this safe: a reused prefix gives the same logits as a cold
+evaluation (also when the new part starts in the middle of an n_batch chunk,
+past Gemma 3's sliding window, and in a second context over the same weights),
+and a whole debate gives the same bytes with reuse on and off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localtable.config import load_config
+from localtable.kvslots import KVSlot, share_weights
+from localtable.modelfiles import resolve
+from localtable.record import RunRecord, read_record
+from tests.conftest import MODELS_TOML, REPO, subprocess_env
+from tests.realmodels import fast_config, localtable
+
+pytestmark = pytest.mark.slow
+
+N_BATCH = 256  # small, so that a ~760-token prompt spans several chunks
+PROMPT_TOKENS = 760  # past Gemma 3 270M's 512-token sliding window
+
+
+def load_llm(model: str) -> Any:
+    import llama_cpp
+
+    path = resolve(model, load_config(MODELS_TOML)).path
+    return llama_cpp.Llama(
+        model_path=str(path), n_ctx=1024, n_batch=N_BATCH, n_ubatch=N_BATCH, n_threads=2,
+        n_threads_batch=2, flash_attn=False, verbose=False,
+    )  # fmt: skip
+
+
+def last_logits(llm: Any) -> Any:
+    import llama_cpp
+    import numpy as np
+
+    row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(row, shape=(llm.n_vocab(),)).copy()
+
+
+def evaluate(slot: KVSlot, tokens: list[int], reuse: bool) -> tuple[Any, int]:
+    """Evaluate a prompt the way the worker does; return its last logits and the reused length."""
+    reused = slot.prepare(tokens, reuse)
+    slot.llm.eval(tokens[reused:])
+    logits = last_logits(slot.llm)
+    slot.keep_prompt(tokens)
+    return logits, reused
+
+
+def generate_a_little(slot: KVSlot, prompt: list[int]) -> None:
+    """Decode a few tokens one at a time after the prompt, as a generation does, then
+    keep only the prompt: the generated tokens' KV entries must not leak into reuse."""
+    for token in prompt[:5]:
+        slot.llm.eval([token])
+    slot.keep_prompt(prompt)
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_reused_prefix_gives_the_logits_of_a_cold_evaluation(model: str) -> None:
+    import numpy as np
+
+    llm = load_llm(model)
+    text = (REPO / "README.md").read_text(encoding="utf-8") * 3
+    tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    assert len(tokens) > PROMPT_TOKENS + 200
+    prompt, other = tokens[:PROMPT_TOKENS], tokens[PROMPT_TOKENS : PROMPT_TOKENS + 200]
+    slot = KVSlot(llm)
+    cold, reused = evaluate(slot, prompt, reuse=False)
+    assert reused == 0
+    # A second context over the same weights gives the same numbers cold.
+    twin = KVSlot(share_weights(llm))
+    twin_cold, _ = evaluate(twin, prompt, reuse=False)
+    assert np.array_equal(cold, twin_cold)
+    # Reuse from mid-chunk, a chunk boundary, past the sliding window, all but 2 tokens;
+    # the reuse point is rounded down to a multiple of 4 (see localtable/kvslots.py).
+    for keep, expected in ((100, 100), (N_BATCH, N_BATCH), (601, 600), (PROMPT_TOKENS - 2, 756)):
+        earlier = prompt[:keep] + other[:40]  # an earlier prompt sharing `keep` tokens
+        evaluate(slot, earlier, reuse=False)
+        generate_a_little(slot, earlier)
+        # another conversation in the twin context meanwhile changes nothing here
+        evaluate(twin, other, reuse=True)
+        generate_a_little(twin, other)
+        logits, reused = evaluate(slot, prompt, reuse=True)
+        assert reused == expected
+        assert np.array_equal(cold, logits), f"{model}: reuse of {keep} tokens changed the logits"
+    # An earlier prompt that is a prefix: its last len % 4 tokens are not reused.
+    for keep, expected in ((750, 748), (751, 748), (752, 752)):
+        evaluate(slot, prompt[:keep], reuse=False)
+        logits, reused = evaluate(slot, prompt, reuse=True)
+        assert reused == expected
+        assert np.array_equal(cold, logits), f"{model}: reuse after a {keep}-token prompt"
+    # The same prompt again: still at least two tokens are evaluated.
+    logits, reused = evaluate(slot, prompt, reuse=True)
+    assert reused == PROMPT_TOKENS - 4 and np.array_equal(cold, logits)
+    twin.llm.close()
+    llm.close()
+
+
+def debate(tmp_path: Path, env: dict[str, str], reuse: bool) -> RunRecord:
+    runs = tmp_path / ("runs-reuse" if reuse else "runs-cold")
+    config = fast_config(tmp_path, max_tokens=48)
+    result = localtable(
+        "debate", "Should cities ban cars from their centres?", "--config", str(config),
+        "--rounds", "3", "--runs-dir", str(runs), "--reuse" if reuse else "--no-reuse", "-q",
+        env=env,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    return read_record(run_dir)
+
+
+def new_tokens(record: RunRecord) -> dict[tuple[int, str], int]:
+    """Per turn, the prompt tokens its panelist's previous prompt did not have."""
+    out: dict[tuple[int, str], int] = {}
+    for turn in record.turns:
+        gen = turn.generation
+        assert gen is not None
+        before = record.turn(turn.round - 1, turn.panelist)
+        prev = before.generation if before is not None else None
+        if prev is not None and gen.prompt.startswith(prev.prompt):
+            out[(turn.round, turn.panelist)] = gen.prompt_tokens - prev.prompt_tokens
+        else:
+            out[(turn.round, turn.panelist)] = gen.prompt_tokens
+    return out
+
+
+def test_debate_is_byte_identical_with_reuse_on_and_off(
+    tmp_path: Path, isolated_cache: Path
+) -> None:
+    env = subprocess_env(isolated_cache)
+    on, off = debate(tmp_path, env, reuse=True), debate(tmp_path, env, reuse=False)
+    assert on.reuse_prefix and not off.reuse_prefix
+    assert {m.chat_mode for m in on.models} == {"template", "completion"}  # SmolLM2, Gemma 3
+    assert len(on.turns) == len(off.turns) == 9
+    for a, b in zip(on.turns, off.turns, strict=True):
+        assert (a.round, a.panelist, a.status) == (b.round, b.panelist, b.status)
+        assert a.generation is not None and b.generation is not None
+        assert a.generation.prompt_sha256 == b.generation.prompt_sha256
+        assert a.generation.raw_output == b.generation.raw_output, (a.round, a.panelist)
+    assert on.summary is not None and off.summary is not None and on.summary.generation
+    assert off.summary.generation is not None
+    assert on.summary.generation.raw_output == off.summary.generation.raw_output
+    assert on.transcript_sha256 is not None
+    assert on.transcript_sha256 == off.transcript_sha256
+
+    # Without reuse every prompt token is evaluated; with it, about only the new ones.
+    assert all(t.generation and t.generation.prompt_eval_tokens == t.generation.prompt_tokens
+               for t in off.turns)  # fmt: skip
+    new = new_tokens(on)
+    for turn in on.turns:
+        assert turn.generation is not None
+        evaluated = turn.generation.prompt_eval_tokens
+        assert evaluated <= 1.25 * new[(turn.round, turn.panelist)] + 2, (turn.round, turn.panelist)
+    evaluated_on = sum(t.generation.prompt_eval_tokens for t in on.turns if t.generation)
+    evaluated_off = sum(t.generation.prompt_eval_tokens for t in off.turns if t.generation)
+    assert evaluated_on < 0.6 * evaluated_off
