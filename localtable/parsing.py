@@ -97,12 +97,19 @@ def parse_turn(
     return ParsedTurn(answer=_answer(f["Answer"], kind, options), reasoning=f["Reasoning"])
 
 
-def parse_summary(text: str, *, members: dict[str, str]) -> ParsedSummary:
-    """Parse the summarizer's output; members maps labels to panelist names, in panel order."""
+def parse_summary(
+    text: str, *, members: dict[str, str], kind: QuestionKind = "open"
+) -> ParsedSummary:
+    """Parse the summarizer's output; members maps labels to panelist names, in panel order.
+
+    For a choice or number question the headline may be the answer alone ("3.9").
+    """
     lines = text.split("\n")
     if not lines or not lines[0].startswith("Headline: "):
         raise ParseFailure("missing the 'Headline:' line")
-    headline = _meaningful(lines[0].removeprefix("Headline: ").strip(), "headline")
+    headline = lines[0].removeprefix("Headline: ").strip()
+    if kind == "open" or not headline:
+        headline = _meaningful(headline, "headline")
     i = 1
     positions: dict[str, str] = {}
     while i < len(lines) and (m := re.match(r"Position ([A-H]): (.*)$", lines[i])):

@@ -368,7 +368,9 @@ class Debate:
                 sampling=sampling,
                 shortened=rules,
             )
-            parsed = parse_summary(generation.raw_output, members=members)
+            parsed = parse_summary(
+                generation.raw_output, members=members, kind=self.record.question_kind
+            )
         except (EngineFailure, ParseFailure) as exc:
             reason = str(exc)
             if isinstance(exc, ParseFailure):

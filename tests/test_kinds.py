@@ -16,7 +16,7 @@ from localtable.answers import (
     same_position,
     tally_groups,
 )
-from localtable.parsing import ParseFailure, parse_turn
+from localtable.parsing import ParseFailure, parse_summary, parse_turn
 from localtable.protocol import Debate
 from localtable.record import RunRecord, read_record, write_record
 from localtable.templates import builtin
@@ -166,3 +166,24 @@ def test_records_without_question_fields_still_read(tmp_path: Path) -> None:
     (tmp_path / "record.json").write_text(json.dumps(raw))
     record = read_record(tmp_path)
     assert record.question_kind == "open" and record.answer_key is None and record.options == []
+
+
+def test_a_number_question_summary_may_headline_the_number_alone() -> None:
+    speaker = FakeSpeaker(
+        {
+            "A1": [
+                R1.format(a="3.9"),
+                "Headline: 3.9\nPosition A: 3.9\nA1: A\nB2: A\nC3: A\nCounterpoint: 3\n"
+                "Summary: 3.9",
+            ],
+            "B2": [R1.format(a="3.9")],
+            "C3": [R1.format(a="4")],
+        }
+    )
+    record = run(speaker, scored("number", rounds=1))
+    assert record.summary and record.summary.status == "ok"
+    assert record.summary.headline == "3.9"
+    assert record.summary.consensus.line == "2 of 3 agreed"
+    with pytest.raises(ParseFailure, match="headline has no words"):
+        parse_summary("Headline: 3.9\nPosition A: x\nA1: A\nCounterpoint: c\nSummary: s",
+                      members={"A1": "A1"})  # fmt: skip
