@@ -30,9 +30,9 @@ from localtable.record import (
 from localtable.templates import TemplateSet
 
 ANSWER_MAX_CHARS = 400
-SUMMARY_LINE_MAX_CHARS = 300
+SUMMARY_LINE_MAX_CHARS = 160  # headline, positions, counterpoint: room left for the summary
 MIN_MAX_TOKENS = 48
-SUMMARY_MAX_TOKENS = 256  # the summary has more fields than a turn
+SUMMARY_MAX_TOKENS = 384  # the summary has more fields than a turn
 
 # Applied in order until the prompt fits the model's context; each is recorded.
 SHORTENING_RULES = [
