@@ -176,6 +176,12 @@ def _read_question(question: str | None, question_file: Path | None, default: st
     show_default=True,
     help="Reuse each panelist's evaluated prompt prefix across rounds.",
 )
+@click.option(
+    "--memory-budget",
+    metavar="SIZE",
+    help="Memory the models may use, e.g. 2GB (default: 85% of MemAvailable). Models that "
+    "do not fit together are loaded one at a time.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @user_errors
 def debate(
@@ -191,14 +197,17 @@ def debate(
     template_path: Path | None,
     verify: bool,
     reuse: bool,
+    memory_budget: str | None,
     quiet: bool,
 ) -> None:
     """Run a debate on QUESTION ('-' reads stdin) and print it.
 
     Example: localtable debate "Should cities ban cars from their centres?" --rounds 2
     """
+    from localtable.memory import parse_size
     from localtable.run import DebateRequest, run_debate
 
+    budget = parse_size(memory_budget) if memory_budget is not None else None
     loaded = _config(config_path)
     defaults = loaded.config.debate
     text = _read_question(question, question_file, defaults.question)
@@ -210,10 +219,14 @@ def debate(
         runs_dir=runs_dir,
         verify=verify,
         reuse_prefix=reuse,
+        memory_budget=budget,
     )
     templates, layout = _templates(template_path)
     check_layout(templates, fmt, layout)  # a broken template fails now, not after the run
-    run_dir, record = run_debate(req, loaded, TemplateSet(), ProgressPrinter(quiet))
+    run_dir, record = run_debate(
+        req, loaded, TemplateSet(), ProgressPrinter(quiet),
+        notice=lambda text: click.echo(f"Note: {text}", err=True),
+    )  # fmt: skip
     _write_output(render(record, fmt, templates, layout), output)
     _print_run_end(run_dir, record)
 

@@ -3,6 +3,10 @@
 Every request goes over a pipe to localtable.worker. When the worker dies
 (a llama.cpp crash), the request raises EngineCrashed with the signal, and
 the next request starts a fresh worker and reloads the models it had.
+
+When the models do not fit in memory together (localtable/memory.py), the
+engine holds one at a time: activating a model "parks" the others, keeping
+only their vocabulary so that prompts can still be counted.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from localtable.engine_api import (
     Request,
     TokenizeRequest,
     TokenizeResult,
+    TokenizerRequest,
     UnloadRequest,
 )
 from localtable.worker import serve
@@ -60,7 +65,14 @@ class Engine:
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
         self._loaded: dict[str, LoadRequest] = {}
+        self._active: list[str] = []  # loaded in the worker; the others are parked
         self.infos: dict[str, ModelInfo] = {}
+        self.one_at_a_time = False  # set when the models do not fit in memory together
+        self.load_count: dict[str, int] = {}
+
+    @property
+    def active(self) -> list[str]:
+        return list(self._active)
 
     @property
     def worker_pid(self) -> int | None:
@@ -74,7 +86,10 @@ class Engine:
         child.close()
         self._proc, self._conn = proc, parent
         for req in self._loaded.values():  # after a crash: bring the models back
-            self.infos[req.model_key] = self._send(req, ModelInfo)
+            if req.model_key in self._active:
+                self.infos[req.model_key] = self._send(req, ModelInfo)
+            else:
+                self._send(TokenizerRequest(model_key=req.model_key, path=req.path), type(None))
 
     def _send(self, req: Request, expect: type[T]) -> T:
         assert self._conn is not None and self._proc is not None
@@ -99,16 +114,39 @@ class Engine:
         return self._send(req, expect)
 
     def load(self, req: LoadRequest) -> ModelInfo:
-        if req.model_key in self.infos and self._loaded.get(req.model_key) == req:
-            return self.infos[req.model_key]
+        key = req.model_key
+        if key in self._active and self._loaded.get(key) == req:
+            return self.infos[key]
+        if self.one_at_a_time:
+            for other in self.active:
+                if other != key:
+                    self.park(other)
         info = self._call(req, ModelInfo)
-        self._loaded[req.model_key] = req
-        self.infos[req.model_key] = info
+        self._loaded[key] = req
+        self.infos[key] = info
+        if key not in self._active:
+            self._active.append(key)
+        self.load_count[key] = self.load_count.get(key, 0) + 1
         return info
+
+    def park(self, model_key: str) -> None:
+        """Free a model's weights and KV caches, keeping its vocabulary for counting tokens."""
+        if model_key in self._active:
+            self._active.remove(model_key)
+            if self._proc is not None:
+                req = UnloadRequest(model_key=model_key, keep_tokenizer=True)
+                self._call(req, type(None))
+
+    def activate(self, model_key: str) -> None:
+        """Make sure a model is loaded (parking the others when one at a time)."""
+        if model_key not in self._active:
+            self.load(self._loaded[model_key])
 
     def unload(self, model_key: str) -> None:
         self._loaded.pop(model_key, None)
         self.infos.pop(model_key, None)
+        if model_key in self._active:
+            self._active.remove(model_key)
         if self._proc is not None:
             self._call(UnloadRequest(model_key=model_key), type(None))
 
@@ -129,6 +167,7 @@ class Engine:
 
     def close(self) -> None:
         self._loaded.clear()
+        self._active.clear()
         self.infos.clear()
         self._discard()
 

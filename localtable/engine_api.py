@@ -89,10 +89,24 @@ class GenerateResult(Message):
     # the rest of `seconds` is sampling (grammar included) and Python.
     prompt_eval_seconds: float = 0.0
     decode_seconds: float = 0.0
+    # Sampling steps where the grammar checked only the likely tokens / the whole
+    # vocabulary (localtable/grammar_topk.py).
+    grammar_fast_steps: int = 0
+    grammar_full_steps: int = 0
 
 
 class UnloadRequest(Message):
     model_key: str
+    # Keep a vocabulary-only copy (a few MB) so that prompts can still be counted
+    # while the model waits its turn (models loaded one at a time).
+    keep_tokenizer: bool = False
 
 
-Request = LoadRequest | TokenizeRequest | GenerateRequest | UnloadRequest
+class TokenizerRequest(Message):
+    """Load only a model's vocabulary, for counting tokens (a parked model after a crash)."""
+
+    model_key: str
+    path: Path
+
+
+Request = LoadRequest | TokenizeRequest | GenerateRequest | UnloadRequest | TokenizerRequest

@@ -45,6 +45,8 @@ import ctypes
 from dataclasses import dataclass, field
 from typing import Any
 
+from localtable import grammar_topk
+
 MIN_EVAL_TOKENS = 2  # a one-token batch takes another kernel path: never evaluate fewer
 ROW_GROUP = 4  # rows per step of llama.cpp's repacked CPU matmul (see above)
 
@@ -104,6 +106,9 @@ class KVSlot:
     tokens: list[int] = field(default_factory=list)  # the prompt whose KV entries it holds
     exact: int = 0  # how many of them a cold evaluation would compute the same
     last_used: int = 0
+
+    def __post_init__(self) -> None:
+        grammar_topk.install(self.llm)  # also for a twin: copy.copy kept the original's
 
     def prepare(self, tokens: list[int], reuse: bool) -> int:
         """Keep in the KV cache only a prefix this prompt shares; return its length."""

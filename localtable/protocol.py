@@ -245,7 +245,12 @@ class Debate:
             for t in self.record.turns
             if not (t.round == turn.round and t.panelist == turn.panelist)
         ]
-        self.record.turns = [*turns, turn]
+        # Canonical order (round, then panel order), whatever order turns ran in:
+        # the transcript hash reads them in list order.
+        seat = {p.name: p.index for p in self.panel}
+        self.record.turns = sorted(
+            [*turns, turn], key=lambda t: (t.round, seat.get(t.panelist, len(seat)))
+        )
         self.save(self.record)
 
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
@@ -404,8 +409,13 @@ class Debate:
 
     def run(self) -> RunRecord:
         """Run every missing turn, round by round, then the summary."""
+        # A speaker may order a round's turns (EngineSpeaker does, to load each model
+        # once per round when they are loaded one at a time); the record stays the same.
+        turn_order = getattr(self.speaker, "turn_order", None)
         for round_no in range(1, self.record.rounds + 1):
-            for p in self.panel:
+            then = self.record.summarizer if round_no == self.record.rounds else None
+            panel = turn_order(round_no, self.panel, then) if turn_order else self.panel
+            for p in panel:
                 existing = self.record.turn(round_no, p.name)
                 if existing is not None and existing.status != "interrupted":
                     continue

@@ -139,6 +139,20 @@ class SummaryRecord(Frozen):
 
 
 RunStatus = Literal["running", "complete", "failed", "interrupted"]
+
+
+class MemoryRecord(Frozen):
+    """How the models were held in memory (localtable/memory.py)."""
+
+    budget_bytes: int | None = None
+    estimated_bytes: dict[str, int] = Field(
+        default_factory=dict, description="model -> file + its KV caches + compute buffers"
+    )
+    kv_caches: dict[str, int] = Field(default_factory=dict, description="model -> KV caches")
+    loading: Literal["together", "one at a time"] = "together"
+    note: str = ""
+
+
 QuestionKind = Literal["open", "choice", "number"]
 
 
@@ -161,6 +175,7 @@ class RunRecord(Frozen):
     anonymous: bool
     template_date: str = Field(description="the date chat templates see (pinned)")
     reuse_prefix: bool = Field(default=False, description="KV prefix reuse (same output)")
+    memory: MemoryRecord | None = None  # absent in older records
     localtable_version: str
     config_path: str
     engine: EngineRecord | None = None

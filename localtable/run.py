@@ -10,6 +10,7 @@ import hashlib
 import os
 import platform
 import secrets
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -21,10 +22,12 @@ from localtable.config import LoadedConfig, ModelSpec
 from localtable.engine import Engine
 from localtable.engine_api import EngineFailure, LoadRequest, ModelInfo
 from localtable.errors import ConfigError, LocaltableError
+from localtable.memory import MemoryPlan, default_budget, estimate, plan_memory
 from localtable.modelfiles import ResolvedModel, resolve
 from localtable.protocol import Debate, ProgressSink, anonymous_label
 from localtable.record import (
     EngineRecord,
+    MemoryRecord,
     ModelRecord,
     PanelistRecord,
     QuestionKind,
@@ -57,6 +60,7 @@ class DebateRequest(BaseModel):
     question_kind: QuestionKind = "open"
     options: list[str] = []
     answer_key: str | None = None
+    memory_budget: int | None = None  # bytes; default: most of MemAvailable (memory.py)
 
 
 class RunInterrupted(LocaltableError):
@@ -181,21 +185,47 @@ class PreparedRun(BaseModel):
     seats: dict[str, Seat]
 
 
+def plan_models(
+    req: DebateRequest, loaded: LoadedConfig, resolved: dict[str, ResolvedModel]
+) -> MemoryPlan:
+    """Load the models together, or one at a time when they do not fit the budget."""
+    panel = loaded.config.panel(req.panel)
+    needs = [
+        estimate(
+            name,
+            model.path,
+            loaded.config.models[name].n_ctx,
+            kv_slots=sum(p.model == name for p in panel.panelists) if req.reuse_prefix else 1,
+        )
+        for name, model in resolved.items()
+    ]
+    budget = req.memory_budget if req.memory_budget is not None else default_budget()
+    return plan_memory(needs, budget)
+
+
 def prepare(
-    req: DebateRequest, loaded: LoadedConfig, engine: Engine, templates: TemplateSet, now: datetime
+    req: DebateRequest,
+    loaded: LoadedConfig,
+    engine: Engine,
+    templates: TemplateSet,
+    now: datetime,
+    notice: Callable[[str], None] = lambda text: None,
 ) -> PreparedRun:
     config = loaded.config
     panel = config.panel(req.panel)
     question = check_question(req.question)
     needed = list(dict.fromkeys(p.model for p in panel.panelists))
     resolved = {name: resolve(name, loaded, verify=req.verify) for name in needed}
+    plan = plan_models(req, loaded, resolved)
+    engine.one_at_a_time = plan.in_turn  # then each load parks the model before it
+    if plan.note:
+        notice(plan.note)
     models: list[ModelRecord] = []
     seats_by_model: dict[str, Seat] = {}
     first_info: ModelInfo | None = None
     for name in needed:
         spec = config.models[name]
-        users = sum(p.model == name for p in panel.panelists)
-        load = load_request(resolved[name], spec, kv_slots=users)
+        load = load_request(resolved[name], spec, kv_slots=plan.kv_slots[name])
         try:
             info = engine.load(load)
         except EngineFailure as exc:
@@ -237,6 +267,13 @@ def prepare(
         panelists=panelists,
         summarizer=panel.summarizer_spec().name,
         templates={name: templates.sha256(name) for name in PROMPT_TEMPLATES},
+        memory=MemoryRecord(
+            budget_bytes=plan.budget_bytes,
+            estimated_bytes={n.name: n.total(plan.kv_slots[n.name]) for n in plan.needs},
+            kv_caches=plan.kv_slots,
+            loading="one at a time" if plan.in_turn else "together",
+            note=plan.note,
+        ),
     )
     seats = {p.name: seats_by_model[p.model] for p in panel.panelists}
     return PreparedRun(record=record, seats=seats)
@@ -300,11 +337,16 @@ def execute(
 
 
 def run_debate(
-    req: DebateRequest, loaded: LoadedConfig, templates: TemplateSet, progress: ProgressSink
+    req: DebateRequest,
+    loaded: LoadedConfig,
+    templates: TemplateSet,
+    progress: ProgressSink,
+    engine: Engine | None = None,  # default: a new one (the benchmark passes one that records)
+    notice: Callable[[str], None] = lambda text: None,  # e.g. models loaded one at a time
 ) -> tuple[Path, RunRecord]:
     now = datetime.now(UTC).replace(microsecond=0)
-    with Engine() as engine:
-        prepared = prepare(req, loaded, engine, templates, now)
+    with engine or Engine() as engine:
+        prepared = prepare(req, loaded, engine, templates, now, notice)
         record = prepared.record
         speaker = EngineSpeaker(
             engine,

@@ -12,7 +12,7 @@ from localtable.chatformat import ChatMessage, FormattedPrompt, format_prompt
 from localtable.config import Sampling
 from localtable.engine import Engine
 from localtable.engine_api import GenerateRequest, ModelInfo
-from localtable.record import Generation
+from localtable.record import Generation, PanelistRecord
 from localtable.templates import TemplateSet
 
 
@@ -53,6 +53,24 @@ class EngineSpeaker:
     def context_size(self, panelist: str) -> int:
         return self.seats[panelist].info.n_ctx
 
+    def turn_order(
+        self, round_no: int, panel: list[PanelistRecord], then: str | None
+    ) -> list[PanelistRecord]:
+        """The order of a round's turns. Turns of one round are independent (each reads
+        only earlier rounds), so any order gives the same transcript. With models
+        loaded one at a time, a round takes each model once: the loaded one first,
+        and last the model of `then`, who speaks next (the summarizer)."""
+        if not self.engine.one_at_a_time:
+            return panel
+        groups: dict[str, list[PanelistRecord]] = {}
+        for p in panel:
+            groups.setdefault(self.seats[p.name].model_key, []).append(p)
+        keys = sorted(groups, key=lambda k: k not in self.engine.active)  # stable
+        last = self.seats[then].model_key if then is not None else None
+        if last in groups and len(keys) > 1:
+            keys = [k for k in keys if k != last] + [last]
+        return [p for k in keys for p in groups[k]]
+
     def generate(
         self,
         panelist: str,
@@ -65,6 +83,7 @@ class EngineSpeaker:
     ) -> Generation:
         seat = self.seats[panelist]
         prompt = self._format(panelist, messages)
+        self.engine.activate(seat.model_key)
         result = self.engine.generate(
             GenerateRequest(
                 model_key=seat.model_key,

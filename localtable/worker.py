@@ -16,6 +16,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from localtable import grammar_topk
 from localtable.engine_api import (
     EngineFailure,
     GenerateRequest,
@@ -26,6 +27,7 @@ from localtable.engine_api import (
     Request,
     TokenizeRequest,
     TokenizeResult,
+    TokenizerRequest,
     UnloadRequest,
 )
 from localtable.kvslots import SlotPool
@@ -65,6 +67,8 @@ class Worker:
         # Reuse is exact only where tested: on the CPU. A GPU's kernels depend on the
         # batch size in other ways (e.g. CUDA's matrix-vector path for <= 8 rows).
         self.cpu_only: dict[str, bool] = {}
+        # Vocabulary-only models of unloaded ("parked") models, for counting tokens.
+        self.tokenizers: dict[str, Any] = {}
 
     def handle(self, req: Request) -> Any:
         if isinstance(req, LoadRequest):
@@ -75,7 +79,14 @@ class Worker:
         if isinstance(req, GenerateRequest):
             return self.generate(req)
         if isinstance(req, UnloadRequest):
+            path = self.models[req.model_key].model_path if req.model_key in self.models else None
             self.unload(req.model_key)
+            if req.keep_tokenizer and path is not None:
+                self.tokenizers[req.model_key] = self._vocab_only(path)
+            return None
+        if isinstance(req, TokenizerRequest):
+            if req.model_key not in self.models:
+                self.tokenizers[req.model_key] = self._vocab_only(str(req.path))
             return None
         raise EngineFailure(f"unknown request {type(req).__name__}")
 
@@ -128,7 +139,21 @@ class Worker:
             load_seconds=time.monotonic() - started,
         )
 
+    def _vocab_only(self, path: str) -> Any:
+        import llama_cpp
+        from llama_cpp import _internals as internals
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        try:
+            return internals.LlamaModel(path_model=path, params=params, verbose=False)
+        except ValueError as exc:
+            raise EngineFailure(f"cannot read the vocabulary of {path}: {exc}") from None
+
     def unload(self, key: str) -> None:
+        tokenizer = self.tokenizers.pop(key, None)
+        if tokenizer is not None:
+            tokenizer.close()
         pool = self.pools.pop(key, None)
         if pool is not None:
             pool.close()
@@ -138,7 +163,7 @@ class Worker:
             llm.close()
 
     def close(self) -> None:
-        for key in list(self.models):
+        for key in [*self.models, *self.tokenizers]:
             self.unload(key)
 
     def _model(self, key: str) -> Any:
@@ -148,10 +173,10 @@ class Worker:
 
     def tokens(self, key: str, pieces: list[PromptPiece]) -> list[int]:
         """Tokenize piece by piece: only template text may contain control tokens."""
-        llm = self._model(key)
+        vocab = self.tokenizers.get(key) or self._model(key)  # a parked model's vocabulary
         out: list[int] = []
         for piece in pieces:
-            out += llm.tokenize(piece.text.encode("utf-8"), add_bos=False, special=piece.special)
+            out += vocab.tokenize(piece.text.encode("utf-8"), add_bos=False, special=piece.special)
         return out
 
     def check_grammar(self, llm: Any, grammar: str) -> None:
@@ -209,6 +234,8 @@ class Worker:
         )
         seconds = time.monotonic() - started
         perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+        fast_steps, full_steps = grammar_topk.steps(llm)
+        llm._sampler = None  # free the sampler chain now, not at interpreter exit
         slot.keep_prompt(tokens)
         choice = out["choices"][0]
         return GenerateResult(
@@ -221,6 +248,8 @@ class Worker:
             seconds=seconds,
             prompt_eval_seconds=perf.t_p_eval_ms / 1000,
             decode_seconds=perf.t_eval_ms / 1000,
+            grammar_fast_steps=fast_steps,
+            grammar_full_steps=full_steps,
         )
 
 

@@ -16,9 +16,12 @@ from typing import Any
 import pytest
 
 from localtable.config import load_config
+from localtable.engine import Engine
 from localtable.kvslots import KVSlot, share_weights
 from localtable.modelfiles import resolve
 from localtable.record import RunRecord, read_record
+from localtable.run import DebateRequest, run_debate
+from localtable.templates import TemplateSet
 from tests.conftest import MODELS_TOML, REPO, subprocess_env
 from tests.realmodels import fast_config, localtable
 
@@ -104,17 +107,26 @@ def test_reused_prefix_gives_the_logits_of_a_cold_evaluation(model: str) -> None
     llm.close()
 
 
+QUESTION = "Should cities ban cars from their centres?"
+
+
 def debate(tmp_path: Path, env: dict[str, str], reuse: bool) -> RunRecord:
     runs = tmp_path / ("runs-reuse" if reuse else "runs-cold")
     config = fast_config(tmp_path, max_tokens=48)
     result = localtable(
-        "debate", "Should cities ban cars from their centres?", "--config", str(config),
+        "debate", QUESTION, "--config", str(config),
         "--rounds", "3", "--runs-dir", str(runs), "--reuse" if reuse else "--no-reuse", "-q",
         env=env,
     )  # fmt: skip
     assert result.returncode in (0, 1), result.stderr
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
     return read_record(run_dir)
+
+
+@pytest.fixture(scope="module")
+def reuse_on(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> RunRecord:
+    """The fast panel's 3-round debate with reuse on (default), shared by the tests below."""
+    return debate(tmp_path_factory.mktemp("reuse-on"), subprocess_env(session_cache), reuse=True)
 
 
 def new_tokens(record: RunRecord) -> dict[tuple[int, str], int]:
@@ -133,10 +145,9 @@ def new_tokens(record: RunRecord) -> dict[tuple[int, str], int]:
 
 
 def test_debate_is_byte_identical_with_reuse_on_and_off(
-    tmp_path: Path, isolated_cache: Path
+    tmp_path: Path, isolated_cache: Path, reuse_on: RunRecord
 ) -> None:
-    env = subprocess_env(isolated_cache)
-    on, off = debate(tmp_path, env, reuse=True), debate(tmp_path, env, reuse=False)
+    on, off = reuse_on, debate(tmp_path, subprocess_env(isolated_cache), reuse=False)
     assert on.reuse_prefix and not off.reuse_prefix
     assert {m.chat_mode for m in on.models} == {"template", "completion"}  # SmolLM2, Gemma 3
     assert len(on.turns) == len(off.turns) == 9
@@ -162,3 +173,33 @@ def test_debate_is_byte_identical_with_reuse_on_and_off(
     evaluated_on = sum(t.generation.prompt_eval_tokens for t in on.turns if t.generation)
     evaluated_off = sum(t.generation.prompt_eval_tokens for t in off.turns if t.generation)
     assert evaluated_on < 0.6 * evaluated_off
+
+
+def test_models_loaded_one_at_a_time_give_the_same_transcript(
+    tmp_path: Path, reuse_on: RunRecord
+) -> None:
+    together = reuse_on
+    # In process, with a 1 MB budget: the models cannot fit together.
+    config = fast_config(tmp_path, max_tokens=48)
+    req = DebateRequest(
+        question=QUESTION, panel="fast", rounds=3, seed=42, runs_dir=tmp_path / "runs-in-turn",
+        reuse_prefix=True, memory_budget=1 << 20,
+    )  # fmt: skip
+    notes: list[str] = []
+    engine = Engine()
+    _, in_turn = run_debate(
+        req, load_config(config), TemplateSet(), lambda e: None, engine=engine, notice=notes.append
+    )
+    assert in_turn.memory is not None and in_turn.memory.loading == "one at a time"
+    assert in_turn.memory.budget_bytes == 1 << 20
+    assert len(notes) == 1 and "one at a time" in notes[0] and "over the budget" in notes[0]
+    # each model: once to read its facts, then at most once per round
+    assert len(engine.load_count) == 2
+    assert all(n <= 1 + in_turn.rounds for n in engine.load_count.values()), engine.load_count
+    assert [(t.round, t.panelist) for t in in_turn.turns] == [
+        (t.round, t.panelist) for t in together.turns
+    ]
+    for a, b in zip(together.turns, in_turn.turns, strict=True):
+        assert a.generation is not None and b.generation is not None
+        assert a.generation.raw_output == b.generation.raw_output
+    assert in_turn.transcript_sha256 == together.transcript_sha256

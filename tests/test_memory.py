@@ -1,0 +1,154 @@
+"""Memory estimates, the load-together-or-in-turn decision, and turn order (fast, no llama.cpp)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from localtable.errors import ConfigError
+from localtable.memory import ModelNeed, estimate, mem_available, parse_size, plan_memory
+from localtable.protocol import Debate
+from localtable.record import PanelistRecord, RunRecord, transcript_sha256
+from localtable.templates import builtin
+from tests.fakes import FakeSpeaker, make_record
+from tests.realmodels import smollm2_path
+
+MIB = 1 << 20
+R1 = "Answer: {a}\nReasoning: because {a}."
+R2 = "Decision: maintained\nAnswer: {a}\nInfluenced by: nobody\nReasoning: still {a}."
+SUMMARY = (
+    "Headline: Yes.\nPosition A: yes\nA1: A\nB2: A\nC3: A\nCounterpoint: Risks.\nSummary: Agreed."
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2GB", 2 << 30), ("1.5G", int(1.5 * (1 << 30))), ("800MiB", 800 * MIB), ("4096", 4096),
+     ("512 mb", 512 * MIB), ("1t", 1 << 40)],
+)  # fmt: skip
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "two GB", "-1G", "0", "1.5.2G", "3 GBs"])
+def test_parse_size_refuses_nonsense(text: str) -> None:
+    with pytest.raises(ConfigError, match="memory size"):
+        parse_size(text)
+
+
+def test_mem_available_reads_meminfo(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   12345678 kB\n")
+    assert mem_available(meminfo) == 12345678 * 1024
+    assert mem_available(tmp_path / "missing") is None
+
+
+def test_estimate_from_the_gguf_header() -> None:
+    # SmolLM2-135M: 30 layers, 3 KV heads of 64: n_ctx x 30 x (192 + 192) x 2 bytes
+    need = estimate("smollm2", smollm2_path(), n_ctx=4000, kv_slots=2)
+    assert need.kv_bytes == 4096 * 30 * 384 * 2  # n_ctx padded to a multiple of 256
+    assert need.file_bytes == smollm2_path().stat().st_size
+    assert 0 < need.compute_bytes < 200 * MIB
+    assert need.total() == need.file_bytes + 2 * (need.kv_bytes + need.compute_bytes)
+
+
+def need(name: str, file_mib: int, kv_mib: int, slots: int) -> ModelNeed:
+    return ModelNeed(name=name, file_bytes=file_mib * MIB, kv_bytes=kv_mib * MIB,
+                     compute_bytes=10 * MIB, kv_slots=slots)  # fmt: skip
+
+
+def test_plan_together_when_everything_fits() -> None:
+    plan = plan_memory([need("a", 100, 90, 2), need("b", 250, 70, 1)], budget=2000 * MIB)
+    assert not plan.in_turn and plan.kv_slots == {"a": 2, "b": 1} and plan.note == ""
+    assert not plan_memory([need("a", 100, 90, 2)], budget=None).in_turn  # unknown: no limit
+
+
+def test_plan_drops_extra_kv_caches_before_loading_in_turn() -> None:
+    needs = [need("a", 100, 90, 3), need("b", 250, 70, 1)]
+    plan = plan_memory(needs, budget=600 * MIB)  # all caches: 680 MiB; one each: 530 MiB
+    assert not plan.in_turn and plan.kv_slots == {"a": 1, "b": 1}
+    assert "one KV cache per model" in plan.note
+
+
+def test_plan_in_turn_when_the_models_do_not_fit_together() -> None:
+    needs = [need("a", 100, 90, 2), need("b", 250, 70, 1)]
+    plan = plan_memory(needs, budget=400 * MIB)
+    assert plan.in_turn and plan.kv_slots == {"a": 2, "b": 1}  # each fits on its own
+    assert "one at a time" in plan.note and "over the budget" not in plan.note
+    tiny = plan_memory(needs, budget=200 * MIB)
+    assert tiny.in_turn and tiny.kv_slots == {"a": 1, "b": 1}
+    assert "b alone needs" in tiny.note and "over the budget" in tiny.note
+
+
+@dataclass
+class OrderingSpeaker(FakeSpeaker):
+    """Runs each round's turns in reverse panel order, as a model-grouping order may."""
+
+    orders: list[list[str]] = field(default_factory=list)
+
+    def turn_order(
+        self, round_no: int, panel: list[PanelistRecord], then: str | None
+    ) -> list[PanelistRecord]:
+        order = list(reversed(panel))
+        self.orders.append([p.name for p in order])
+        return order
+
+
+def replies() -> dict[str, list[str | Exception]]:
+    return {
+        "A1": [R1.format(a="Yes"), R2.format(a="Yes"), SUMMARY],
+        "B2": [R1.format(a="Yes"), R2.format(a="Yes")],
+        "C3": [R1.format(a="Yes"), R2.format(a="Yes")],
+    }
+
+
+def run(speaker: FakeSpeaker) -> RunRecord:
+    record = make_record(["A1", "B2", "C3"])
+    return Debate(record, speaker, builtin(), lambda r: None, lambda e: None).run()
+
+
+def test_turn_order_changes_neither_the_record_nor_the_transcript() -> None:
+    plain, ordered = FakeSpeaker(replies()), OrderingSpeaker(replies())
+    a, b = run(plain), run(ordered)
+    assert ordered.orders == [["C3", "B2", "A1"], ["C3", "B2", "A1"]]
+    assert [c.panelist for c in ordered.calls[:3]] == ["C3", "B2", "A1"]
+    assert [(t.round, t.panelist) for t in b.turns] == [(t.round, t.panelist) for t in a.turns]
+    assert [(t.round, t.panelist) for t in b.turns][:3] == [(1, "A1"), (1, "B2"), (1, "C3")]
+
+    # Prompts see the same earlier rounds whatever the order within a round.
+    def prompts(speaker: FakeSpeaker) -> list[tuple[str, str]]:
+        return sorted((c.panelist, repr(c.messages)) for c in speaker.calls)
+
+    assert prompts(plain) == prompts(ordered)
+    assert transcript_sha256(a) == transcript_sha256(b)
+
+
+@dataclass
+class StubEngine:
+    one_at_a_time: bool
+    active: list[str] = field(default_factory=list)
+
+
+def test_engine_speaker_groups_turns_by_model_when_loading_one_at_a_time() -> None:
+    from localtable.speaker import EngineSpeaker, Seat
+
+    record = make_record(["A1", "B2", "C3"])
+    info = type("Info", (), {})()
+    seats = {
+        "A1": Seat.model_construct(model_key="m1", mode="template", info=info),
+        "B2": Seat.model_construct(model_key="m2", mode="template", info=info),
+        "C3": Seat.model_construct(model_key="m1", mode="template", info=info),
+    }
+    engine = StubEngine(one_at_a_time=False, active=["m2"])
+    speaker = EngineSpeaker(engine, seats, None, builtin())  # type: ignore[arg-type]
+
+    def names(then: str | None) -> list[str]:
+        return [p.name for p in speaker.turn_order(2, record.panelists, then)]
+
+    assert names(None) == ["A1", "B2", "C3"]  # together: the panel's order
+    engine.one_at_a_time = True
+    assert names(None) == ["B2", "A1", "C3"]  # the loaded model first, then by model
+    assert names("A1") == ["B2", "A1", "C3"]  # m1 speaks next: its group last
+    assert names("B2") == ["A1", "C3", "B2"]  # m2 is loaded but speaks next: last
