@@ -1,0 +1,159 @@
+"""GrammarTopK on real llama.cpp: the same arrays as grammar + top_k, the same text.
+
+localtable/grammar_topk.py replaces llama-cpp-python's grammar and top_k
+samplers with one step that checks the likely tokens first. These tests
+compare it with the two samplers it replaces: array for array on random
+logits (with ties and fixed literals, where it must fall back), and text for
+text on whole generations of both demo models.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import pytest
+
+from localtable import grammar_topk
+from localtable.config import load_config
+from localtable.modelfiles import resolve
+from tests.conftest import MODELS_TOML
+from tests.realmodels import smollm2_path
+
+pytestmark = pytest.mark.slow
+
+FREE_TEXT = r'root ::= "Answer: " [^\x00-\x1f]*'
+ANY_TEXT = r"root ::= [^\x00-\x1f]+"
+LITERAL_FIRST = (
+    r'root ::= "Decision: " ("maintained" | "changed") "\nAnswer: " [^\x00-\x20<] [^\x00-\x1f]*'
+)
+TURN = (
+    'root ::= "Decision: " decision "\\nAnswer: " answer "\\nInfluenced by: " influence '
+    '"\\nReasoning: " reasoning\n'
+    'decision ::= "maintained" | "changed"\n'
+    'influence ::= "nobody" | peer (", " peer)*\n'
+    'peer ::= "Gemma 3 270M" | "SmolLM2 Skeptic"\n'
+    "answer ::= [^\\x00-\\x20<] [^\\x00-\\x1f]{1,399}\n"
+    "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x1f]*"
+)
+
+
+def vocab_only(path: str) -> Any:
+    import llama_cpp
+    from llama_cpp import _internals as internals
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    return internals.LlamaModel(path_model=path, params=params, verbose=False)
+
+
+def token_array(logits: Any) -> tuple[Any, Any]:
+    import llama_cpp
+    import numpy as np
+
+    n = len(logits)
+    data = (llama_cpp.llama_token_data * n)()
+    view = np.ctypeslib.as_array(data)
+    view["id"] = np.arange(n)
+    view["logit"] = logits
+    view["p"] = 0.0
+    arr = llama_cpp.llama_token_data_array(
+        data=ctypes.cast(data, llama_cpp.llama_token_data_p), size=n, selected=-1, sorted=False
+    )
+    return arr, data
+
+
+def kept(arr: Any) -> list[tuple[int, float]]:
+    return [(int(arr.data[i].id), float(arr.data[i].logit)) for i in range(arr.size)]
+
+
+@pytest.mark.parametrize("grammar", [ANY_TEXT, LITERAL_FIRST])
+def test_same_array_as_grammar_then_top_k(grammar: str) -> None:
+    import llama_cpp
+    import numpy as np
+
+    model = vocab_only(str(smollm2_path()))
+    n = llama_cpp.llama_vocab_n_tokens(model.vocab)
+    literal_start = model.tokenize(b"Decision", add_bos=False, special=False)[0]
+    rng = np.random.default_rng(7)
+    decided = {"fast": 0, "full": 0}
+    for trial in range(40):
+        logits = rng.normal(0, 3, n).astype(np.float32)
+        if trial % 4 == 1:  # ties among the best tokens
+            best = np.argsort(-logits)[:60]
+            logits[best[::2]] = logits[best[1::2]]
+        if trial % 4 == 2:  # peaked: an allowed token stands far above the rest
+            logits[literal_start] += 40
+        # grammar, then top_k: what llama-cpp-python's chain does
+        grammar_sampler = llama_cpp.llama_sampler_init_grammar(
+            model.vocab, grammar.encode(), b"root"
+        )
+        top_k = llama_cpp.llama_sampler_init_top_k(40)
+        arr, _keep = token_array(logits)
+        llama_cpp.llama_sampler_apply(grammar_sampler, ctypes.byref(arr))
+        llama_cpp.llama_sampler_apply(top_k, ctypes.byref(arr))
+        expected = kept(arr)
+        # GrammarTopK
+        step = grammar_topk.GrammarTopK(model.vocab, grammar, "root", 40, grammar_topk.TAIL_GAP)
+        arr2, _keep2 = token_array(logits)
+        step._apply(None, ctypes.pointer(arr2))
+        got = kept(arr2)
+        if step.fast:
+            decided["fast"] += 1
+            assert arr2.sorted
+            if len(got) == 40:
+                assert got == expected
+            else:  # few allowed: top_k's array, less entries too small to count
+                assert got == expected[: len(got)]
+                floor = got[0][1] - grammar_topk.TAIL_GAP
+                assert all(logit < floor for _, logit in expected[len(got) :])
+        else:
+            decided["full"] += 1
+            assert got == expected
+        for s in (grammar_sampler, top_k, step.sampler):
+            llama_cpp.llama_sampler_free(s)
+    assert decided["fast"] > 0 and decided["full"] > 0  # both paths were exercised
+    model.close()
+
+
+def load(model: str) -> Any:
+    import llama_cpp
+
+    path = resolve(model, load_config(MODELS_TOML)).path
+    return llama_cpp.Llama(
+        model_path=str(path), n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=2,
+        n_threads_batch=2, flash_attn=False, verbose=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_same_text_as_llama_cpp_python(model: str) -> None:
+    import llama_cpp
+
+    llm = load(model)
+    prompt = (
+        "A roundtable debate. Question: Should cities ban cars from their centres?\n"
+        "Earlier, you answered: Yes, mostly.\nNow reply in the required format.\n"
+    )
+    tokens = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+    for grammar in (TURN, FREE_TEXT):
+        for seed, temperature in ((1, 0.7), (2, 0.9), (3, 1.3)):
+            texts = []
+            for fast in (True, False):
+                if fast:
+                    grammar_topk.install(llm)
+                else:
+                    llm.__dict__.pop("_init_sampler", None)
+                llm.reset()
+                out: Any = llm.create_completion(
+                    prompt=tokens, max_tokens=48, temperature=temperature, top_p=0.9, top_k=40,
+                    min_p=0.05, repeat_penalty=1.1, seed=seed,
+                    grammar=llama_cpp.LlamaGrammar.from_string(grammar, verbose=False),  # type: ignore[attr-defined]
+                )  # fmt: skip
+                texts.append(out["choices"][0]["text"])
+                if fast:
+                    fast_steps, _ = grammar_topk.steps(llm)
+                    assert fast_steps > 0
+                llm._sampler = None
+            assert texts[0] == texts[1], (model, seed, temperature)
+    llm.close()
