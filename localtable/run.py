@@ -72,10 +72,33 @@ class RunFailed(LocaltableError):
 
 
 def available_cores() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota
+    (in a container started with --cpus=2 the affinity still lists every core, and
+    more threads than CPUs make llama.cpp very slow)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, quota)) if quota is not None else cores
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs allowed by the cgroup's quota (v2 cpu.max, v1 cfs_quota_us), rounded up."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # "max 100000" = none
+        if quota != "max":
+            return -(-int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        if quota_us > 0 and period_us > 0:
+            return -(-quota_us // period_us)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def new_run_id(now: datetime) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,3 +153,21 @@ def test_engine_speaker_groups_turns_by_model_when_loading_one_at_a_time() -> No
     assert names(None) == ["B2", "A1", "C3"]  # the loaded model first, then by model
     assert names("A1") == ["B2", "A1", "C3"]  # m1 speaks next: its group last
     assert names("B2") == ["A1", "C3", "B2"]  # m2 is loaded but speaks next: last
+
+
+def test_cores_capped_by_a_cgroup_quota(tmp_path: Path) -> None:
+    from localtable.run import available_cores, cgroup_cpu_quota
+
+    assert cgroup_cpu_quota(tmp_path) is None  # no cgroup files: no quota
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: 2 threads
+    assert cgroup_cpu_quota(tmp_path) == 2
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    assert cgroup_cpu_quota(tmp_path) == 3
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
