@@ -40,7 +40,6 @@ Why contexts and not the alternatives (measured, see docs/benchmarks.md):
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +70,10 @@ def share_weights(llm: Any) -> Any:
     import numpy as np
     from llama_cpp import _internals as internals
 
-    twin = copy.copy(llm)
+    # Not copy.copy: Llama pickles by its constructor arguments, so a copy would
+    # load the model again (measured: +200 MB per panelist).
+    twin = object.__new__(type(llm))
+    twin.__dict__.update(llm.__dict__)
     twin._stack = contextlib.ExitStack()
     twin._ctx = twin._stack.enter_context(
         contextlib.closing(
@@ -108,7 +110,7 @@ class KVSlot:
     last_used: int = 0
 
     def __post_init__(self) -> None:
-        grammar_topk.install(self.llm)  # also for a twin: copy.copy kept the original's
+        grammar_topk.install(self.llm)  # also for a twin, whose __dict__ has the original's
 
     def prepare(self, tokens: list[int], reuse: bool) -> int:
         """Keep in the KV cache only a prefix this prompt shares; return its length."""
