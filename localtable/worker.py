@@ -3,14 +3,18 @@
 llama.cpp can die in ways no `try` catches (SIGSEGV on a bad grammar, SIGABRT
 on a backend assert, SIGKILL when memory runs out). Running it here, in a
 child process, turns each of those into a failed turn in the parent instead of
-a dead run. The worker ignores SIGINT: Ctrl-C is the parent's to handle.
+a dead run. The worker ignores SIGINT: Ctrl-C is the parent's to handle, and
+dies with its parent, so a killed run leaves nothing generating behind it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import multiprocessing
+import os
 import signal
+import sys
 import time
 from collections import deque
 from multiprocessing.connection import Connection
@@ -253,8 +257,28 @@ class Worker:
         )
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker when its parent dies (Linux only).
+
+    Without it, a run killed with SIGKILL leaves its worker finishing the current
+    generation (minutes on a CPU) with nobody to read it. The signal fires when
+    the thread that started the worker ends; localtable starts workers from the
+    main thread."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl
+        os._exit(1)
+
+
 def serve(conn: Connection) -> None:
     """Answer requests until the parent closes the pipe."""
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _keep = _install_log_capture()  # noqa: F841
     worker = Worker()

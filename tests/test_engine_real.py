@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -76,3 +78,48 @@ def test_out_of_memory_kill_is_named() -> None:
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(EngineCrashed, match="SIGKILL.*out of memory"):
             engine.generate(request(None))
+
+
+PARENT = """
+import sys
+from localtable.config import Sampling
+from localtable.engine import Engine
+from localtable.engine_api import GenerateRequest, LoadRequest, PromptPiece
+engine = Engine()
+engine.load(LoadRequest(model_key="s", path=sys.argv[1], n_ctx=4096, threads=1))
+print(engine.worker_pid, flush=True)
+# about a minute of generation, that the worker would finish if nothing stopped it
+engine.generate(GenerateRequest(model_key="s", pieces=[PromptPiece(text="Write.", special=False)], seed=1,
+                                grammar="root ::= [a-z ]{2000,3000}",
+                                sampling=Sampling(max_tokens=3000)))
+"""
+
+
+def gone(pid: int) -> bool:
+    """Exited, or a zombie waiting for init to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_worker_dies_with_a_killed_parent() -> None:
+    """SIGKILL gives the parent no chance to stop its worker mid-generation: the kernel must."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(smollm2_path())],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        time.sleep(2.0)  # into the generation
+        assert not gone(worker)
+        parent.kill()
+        parent.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while not gone(worker):
+            if time.monotonic() > deadline:
+                os.kill(worker, signal.SIGKILL)
+                pytest.fail(f"worker {worker} kept generating after its parent was killed")
+            time.sleep(0.1)
+    finally:
+        parent.kill()
