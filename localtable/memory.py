@@ -4,10 +4,11 @@ A loaded model needs its file (mapped, and read whole on the first prompt),
 one KV cache per panelist using it (see localtable/kvslots.py) and a compute
 buffer per KV cache. The KV cache size comes from the GGUF header:
 n_ctx x n_layer x (n_embd_k_gqa + n_embd_v_gqa) x 2 bytes (f16). The compute
-buffer is estimated from what a 512-token batch touches: the attention scores
-(n_ubatch x n_ctx x n_head floats) and the layer activations. llama.cpp
-reserves more (Gemma 3 270M: 514 MiB, mostly room for 512 rows of logits it
-never computes here), but those pages are never touched.
+buffer is estimated from what one prompt step of n_ubatch tokens touches (run.py
+keeps n_ubatch small on CPUs): the attention scores (n_ubatch x n_ctx x n_head
+floats) and the layer activations. llama.cpp reserves more (Gemma 3 270M:
+514 MiB at n_ubatch 512, mostly room for 512 rows of logits it never computes
+here), but those pages are never touched.
 
 When the models do not fit together, the run loads them in turn: one model at
 a time, each once per round (localtable/engine.py, localtable/speaker.py).
@@ -79,7 +80,7 @@ def padded_ctx(n_ctx: int) -> int:
     return -(-n_ctx // CTX_PAD) * CTX_PAD
 
 
-def estimate(name: str, path: Path, n_ctx: int, kv_slots: int, n_ubatch: int = 512) -> ModelNeed:
+def estimate(name: str, path: Path, n_ctx: int, kv_slots: int, n_ubatch: int) -> ModelNeed:
     info = read_gguf(path)
     meta, arch = info.metadata, info.architecture
     ctx = padded_ctx(n_ctx)

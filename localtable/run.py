@@ -144,6 +144,20 @@ def engine_record(info: ModelInfo) -> EngineRecord:
     )
 
 
+# Tokens llama.cpp evaluates per step of a prompt. Without flash attention each
+# step holds n_ubatch x n_ctx x n_head attention scores in every KV cache's compute
+# buffer: on a CPU, 128 evaluates as fast as 512 (measured on both demo models)
+# and saves 40-60 MB per KV cache at n_ctx 4096. GPUs want the larger batch.
+# The logits are bit-identical for any batch of 2..512 tokens with flash attention
+# off (ENGINE-FACTS.md), and each record keeps the value it ran with.
+N_UBATCH_CPU = 128
+N_UBATCH_GPU = 512
+
+
+def n_ubatch(spec: ModelSpec) -> int:
+    return N_UBATCH_GPU if spec.gpu_layers else N_UBATCH_CPU
+
+
 def load_request(model: ResolvedModel, spec: ModelSpec, kv_slots: int = 1) -> LoadRequest:
     """kv_slots: the panelists using this model, each of which keeps its own KV cache."""
     threads = spec.threads or available_cores()
@@ -155,7 +169,7 @@ def load_request(model: ResolvedModel, spec: ModelSpec, kv_slots: int = 1) -> Lo
         threads=threads,
         gpu_layers=spec.gpu_layers,
         n_batch=512,
-        n_ubatch=512,
+        n_ubatch=n_ubatch(spec),
         flash_attn=False,
         kv_slots=kv_slots,
     )
@@ -219,6 +233,7 @@ def plan_models(
             model.path,
             loaded.config.models[name].n_ctx,
             kv_slots=sum(p.model == name for p in panel.panelists) if req.reuse_prefix else 1,
+            n_ubatch=n_ubatch(loaded.config.models[name]),
         )
         for name, model in resolved.items()
     ]

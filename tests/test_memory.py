@@ -48,11 +48,14 @@ def test_mem_available_reads_meminfo(tmp_path: Path) -> None:
 
 def test_estimate_from_the_gguf_header() -> None:
     # SmolLM2-135M: 30 layers, 3 KV heads of 64: n_ctx x 30 x (192 + 192) x 2 bytes
-    need = estimate("smollm2", smollm2_path(), n_ctx=4000, kv_slots=2)
+    need = estimate("smollm2", smollm2_path(), n_ctx=4000, kv_slots=2, n_ubatch=128)
     assert need.kv_bytes == 4096 * 30 * 384 * 2  # n_ctx padded to a multiple of 256
     assert need.file_bytes == smollm2_path().stat().st_size
     assert 0 < need.compute_bytes < 200 * MIB
     assert need.total() == need.file_bytes + 2 * (need.kv_bytes + need.compute_bytes)
+    # 9 heads: 128 x 4096 x 9 float attention scores, four times as many for 512
+    larger = estimate("smollm2", smollm2_path(), n_ctx=4000, kv_slots=2, n_ubatch=512)
+    assert larger.compute_bytes - need.compute_bytes >= 384 * 4096 * 9 * 4
 
 
 def need(name: str, file_mib: int, kv_mib: int, slots: int) -> ModelNeed:
