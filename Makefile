@@ -50,6 +50,12 @@ test: .stamp-venv
 test-fast: .stamp-venv
 	$(PY) -m pytest -q -m "not slow"
 
+# A fixed debate (default panel, 3 rounds, seed 42) through localtable with prefix
+# reuse on and off, and the same generations through bare llama-cpp-python calls,
+# side by side (docs/benchmarks.md). E.g. make bench BENCH_ARGS="--json bench.json"
+bench: .stamp-venv
+	$(PY) -m localtable.bench $(BENCH_ARGS)
+
 lint: .stamp-venv
 	$(VENV)/bin/ruff check localtable tests
 	$(VENV)/bin/ruff format --check localtable tests

@@ -1,0 +1,448 @@
+"""`make bench`: one fixed debate through localtable and through bare llama-cpp-python.
+
+The default panel debates the default question for 3 rounds with a fixed seed,
+once with prefix reuse and once without. Then the same generations - the
+exact prompt tokens, seeds, sampling parameters, stop strings and grammars
+the run used, each checked against the run's record - go through bare
+llama-cpp-python calls in a process of their own: one `Llama` per model file
+with the run's settings, `reset()` and `create_completion()` per turn. The
+three are printed side by side; a bare text that differs from localtable's
+is printed too (the comparison is then not like for like).
+
+Usage: python -m localtable.bench [--rounds 3] [--seed 42] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from localtable.config import LoadedConfig, Sampling, load_config
+from localtable.engine import Engine
+from localtable.engine_api import GenerateRequest, GenerateResult, LoadRequest, ModelInfo
+from localtable.memory import estimate
+from localtable.protocol import ProgressEvent
+from localtable.record import RunRecord
+from localtable.run import DebateRequest, available_cores, run_debate
+from localtable.templates import TemplateSet
+
+MEMORY_MARGIN = 300 << 20  # the target: model files + KV caches + 300 MB
+
+
+class ProcessUsage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    peak_rss_bytes: int  # VmHWM: the resident set's high-water mark
+    cpu_seconds: float  # user + system, all threads
+
+
+def process_usage(pid: int) -> ProcessUsage:
+    status = Path(f"/proc/{pid}/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return ProcessUsage(
+        peak_rss_bytes=hwm * 1024, cpu_seconds=(int(fields[11]) + int(fields[12])) / ticks
+    )
+
+
+class Call(BaseModel):
+    """One generation as the worker was asked for it, and what came back."""
+
+    model_config = ConfigDict(frozen=True)
+    request: GenerateRequest
+    result: GenerateResult
+
+
+class RecordingEngine(Engine):
+    """An Engine that keeps every generation and the worker's usage before it ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[Call] = []
+        self.loads: list[LoadRequest] = []
+        self.usage: ProcessUsage | None = None
+        self.system_info = ""
+
+    def load(self, req: LoadRequest) -> ModelInfo:
+        info = super().load(req)
+        if req not in self.loads:
+            self.loads.append(req)
+        self.system_info = info.system_info
+        return info
+
+    def generate(self, req: GenerateRequest) -> GenerateResult:
+        result = super().generate(req)
+        self.calls.append(Call(request=req, result=result))
+        return result
+
+    def close(self) -> None:
+        if self.worker_pid is not None:
+            self.usage = process_usage(self.worker_pid)
+        super().close()
+
+
+class Side(BaseModel):
+    """One way of running the generations, measured."""
+
+    name: str
+    wall_seconds: float
+    usage: ProcessUsage
+    texts: list[str]
+    prompt_tokens: int
+    prompt_eval_tokens: int
+    completion_tokens: int
+    generate_seconds: float  # inside the engine calls
+    prompt_eval_seconds: float  # llama.cpp's prompt timer
+    decode_seconds: float  # llama.cpp's timer for generated tokens
+    kv_caches: int  # llama_contexts held at the end
+    transcript_sha256: str | None = None
+
+    @property
+    def generated_per_second(self) -> float:
+        seconds = self.generate_seconds - self.prompt_eval_seconds
+        return self.completion_tokens / seconds if seconds > 0 else 0.0
+
+    @property
+    def sample_seconds(self) -> float:
+        """Sampling (the grammar included) and Python around the calls."""
+        return self.generate_seconds - self.prompt_eval_seconds - self.decode_seconds
+
+
+class Progress:
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.status != "generating":
+            print(f"  {self.label}: {event.done}/{event.total} {event.status}", file=sys.stderr)
+
+
+def run_localtable(
+    loaded: LoadedConfig, panel: str, rounds: int, seed: int, reuse: bool, runs_dir: Path
+) -> tuple[Side, RunRecord, RecordingEngine]:
+    req = DebateRequest(
+        question=loaded.config.debate.question, panel=panel, rounds=rounds, seed=seed,
+        runs_dir=runs_dir, reuse_prefix=reuse,
+    )  # fmt: skip
+    engine = RecordingEngine()
+    label = "localtable --reuse" if reuse else "localtable --no-reuse"
+    started = time.monotonic()
+    _, record = run_debate(req, loaded, TemplateSet(), Progress(label), engine=engine)
+    wall = time.monotonic() - started
+    assert engine.usage is not None
+    results = [c.result for c in engine.calls]
+    slots = {load.model_key: load.kv_slots if reuse else 1 for load in engine.loads}
+    side = Side(
+        name=label,
+        wall_seconds=wall,
+        usage=engine.usage,
+        texts=[r.text for r in results],
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        prompt_eval_tokens=sum(r.prompt_eval_tokens for r in results),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        generate_seconds=sum(r.seconds for r in results),
+        prompt_eval_seconds=sum(r.prompt_eval_seconds for r in results),
+        decode_seconds=sum(r.decode_seconds for r in results),
+        kv_caches=sum(slots.values()),
+        transcript_sha256=record.transcript_sha256,
+    )
+    return side, record, engine
+
+
+# -- bare llama-cpp-python -----------------------------------------------------------
+
+
+class BareCall(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    model_key: str
+    pieces: list[tuple[str, bool]]  # text, special
+    add_bos: bool
+    grammar: str | None
+    seed: int
+    sampling: Sampling
+    stop: list[str]
+    prompt_sha256: str  # from the record: the bare tokens must hash the same
+
+
+class BareResult(BaseModel):
+    texts: list[str]
+    prompt_sha256: list[str]
+    prompt_eval_tokens: int
+    completion_tokens: int
+    generate_seconds: float
+    prompt_eval_seconds: float
+    decode_seconds: float
+    usage: ProcessUsage
+
+
+def bare_calls(record: RunRecord, engine: RecordingEngine) -> list[BareCall]:
+    """The run's generations as bare calls; each one's prompt is checked against the record."""
+    generations = [t.generation for t in record.turns if t.generation is not None]
+    if record.summary is not None and record.summary.generation is not None:
+        generations.append(record.summary.generation)
+    recorded = {(g.prompt_sha256, g.seed) for g in generations}
+    calls = []
+    for call in engine.calls:
+        req, result = call.request, call.result
+        if (result.prompt_sha256, req.seed) not in recorded:
+            raise RuntimeError(f"generation with seed {req.seed} is not in the run's record")
+        calls.append(
+            BareCall(
+                model_key=req.model_key,
+                pieces=[(p.text, p.special) for p in req.pieces],
+                add_bos=req.add_bos,
+                grammar=req.grammar,
+                seed=req.seed,
+                sampling=req.sampling,
+                stop=req.stop,
+                prompt_sha256=result.prompt_sha256,
+            )
+        )
+    if len(calls) != len(generations):
+        raise RuntimeError(f"{len(calls)} engine calls for {len(generations)} recorded generations")
+    return calls
+
+
+def _bare_worker(loads: list[LoadRequest], calls: list[BareCall]) -> BareResult:
+    """Runs in a process of its own: plain llama-cpp-python, nothing from localtable's engine."""
+    import llama_cpp
+
+    models: dict[str, Any] = {}
+    for load in loads:
+        models[load.model_key] = llama_cpp.Llama(
+            model_path=str(load.path), n_ctx=load.n_ctx, n_batch=load.n_batch,
+            n_ubatch=load.n_ubatch, n_threads=load.threads, n_threads_batch=load.threads,
+            n_gpu_layers=load.gpu_layers, flash_attn=load.flash_attn, verbose=False,
+        )  # fmt: skip
+    texts, hashes = [], []
+    evaluated = completion = 0
+    generate = prompt_eval = decode = 0.0
+    for call in calls:
+        llm = models[call.model_key]
+        tokens = [llm.token_bos()] if call.add_bos else []
+        for text, special in call.pieces:
+            tokens += llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        hashes.append(hashlib.sha256(",".join(map(str, tokens)).encode()).hexdigest())
+        grammar = None
+        if call.grammar is not None:
+            grammar = llama_cpp.LlamaGrammar.from_string(call.grammar, verbose=False)  # type: ignore[attr-defined]
+        s = call.sampling
+        llm.reset()
+        llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+        started = time.monotonic()
+        out = llm.create_completion(
+            prompt=tokens, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+            top_k=s.top_k, min_p=s.min_p, repeat_penalty=s.repeat_penalty, typical_p=s.typical_p,
+            frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
+            seed=call.seed, stop=call.stop or None, grammar=grammar,
+        )  # fmt: skip
+        generate += time.monotonic() - started
+        perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+        prompt_eval += perf.t_p_eval_ms / 1000
+        decode += perf.t_eval_ms / 1000
+        evaluated += perf.n_p_eval
+        texts.append(out["choices"][0]["text"])
+        completion += out["usage"]["completion_tokens"]
+    for llm in models.values():
+        llm.close()
+    return BareResult(
+        texts=texts, prompt_sha256=hashes, prompt_eval_tokens=evaluated,
+        completion_tokens=completion, generate_seconds=generate, prompt_eval_seconds=prompt_eval,
+        decode_seconds=decode, usage=process_usage(os.getpid()),
+    )  # fmt: skip
+
+
+def _bare_entry(loads: list[LoadRequest], calls: list[BareCall], conn: object) -> None:
+    conn.send(_bare_worker(loads, calls))  # type: ignore[attr-defined]
+
+
+def run_bare(
+    loads: list[LoadRequest], calls: list[BareCall], prompt_tokens: int
+) -> tuple[Side, BareResult]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    started = time.monotonic()
+    proc = ctx.Process(target=_bare_entry, args=(loads, calls, child), name="bare-llama")
+    proc.start()
+    child.close()
+    result: BareResult = parent.recv()
+    proc.join()
+    wall = time.monotonic() - started
+    side = Side(
+        name="bare llama-cpp-python",
+        wall_seconds=wall,
+        usage=result.usage,
+        texts=result.texts,
+        prompt_tokens=prompt_tokens,
+        prompt_eval_tokens=result.prompt_eval_tokens,
+        completion_tokens=result.completion_tokens,
+        generate_seconds=result.generate_seconds,
+        prompt_eval_seconds=result.prompt_eval_seconds,
+        decode_seconds=result.decode_seconds,
+        kv_caches=len(loads),
+    )
+    return side, result
+
+
+# -- the comparison ------------------------------------------------------------------
+
+
+def new_tokens(record: RunRecord) -> int:
+    """Prompt tokens that are new in each turn: not in its panelist's previous prompt."""
+    total = 0
+    for turn in record.turns:
+        gen = turn.generation
+        if gen is None:
+            continue
+        before = record.turn(turn.round - 1, turn.panelist)
+        prev = before.generation if before is not None else None
+        if prev is not None and gen.prompt.startswith(prev.prompt):
+            total += gen.prompt_tokens - prev.prompt_tokens
+        else:
+            total += gen.prompt_tokens
+    if record.summary is not None and record.summary.generation is not None:
+        total += record.summary.generation.prompt_tokens
+    return total
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class BenchReport(BaseModel):
+    created_at: datetime
+    machine: str
+    cores: int
+    llama_system_info: str
+    rounds: int
+    seed: int
+    panel: str
+    sides: list[Side]
+    new_tokens: int
+    memory_target_bytes: dict[str, int]  # side name -> files + its KV caches + 300 MB
+    mismatches: list[str]
+    prompt_mismatches: int
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def render(report: BenchReport) -> str:
+    on, off, bare = report.sides
+    rows: list[tuple[str, ...]] = [("", on.name, off.name, bare.name)]
+
+    def row(label: str, fn: object) -> None:
+        rows.append((label, *(fn(s) for s in report.sides)))  # type: ignore[operator]
+
+    row("wall time", lambda s: f"{s.wall_seconds:.1f} s")
+    row("  ratio to bare", lambda s: f"{s.wall_seconds / bare.wall_seconds:.2f}x")
+    row("CPU time (all threads)", lambda s: f"{s.usage.cpu_seconds:.1f} s")
+    row("  ratio to bare", lambda s: f"{s.usage.cpu_seconds / bare.usage.cpu_seconds:.2f}x")
+    row("prompt tokens sent", lambda s: f"{s.prompt_tokens:,}")
+    row("prompt tokens evaluated", lambda s: f"{s.prompt_eval_tokens:,}")
+    row(
+        "  evaluated / new",
+        lambda s: f"{s.prompt_eval_tokens / report.new_tokens:.2f}x ({report.new_tokens:,} new)",
+    )
+    row("prompt eval time", lambda s: f"{s.prompt_eval_seconds:.1f} s")
+    row("generated tokens", lambda s: f"{s.completion_tokens:,}")
+    row("generated tokens/s", lambda s: f"{s.generated_per_second:.1f}")
+    row("  decode time", lambda s: f"{s.decode_seconds:.1f} s")
+    row("  sampling + grammar", lambda s: f"{s.sample_seconds:.1f} s")
+    row("KV caches", lambda s: str(s.kv_caches))
+    row("peak RSS (VmHWM)", lambda s: mb(s.usage.peak_rss_bytes))
+    row("  target: files+KV+300MB", lambda s: mb(report.memory_target_bytes[s.name]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append("")
+    lines.append(f"machine: {report.machine}, {report.cores} cores available")
+    lines.append(f"llama.cpp: {report.llama_system_info}")
+    lines.append(f"debate: panel {report.panel}, {report.rounds} rounds, seed {report.seed}")
+    same_on_off = on.transcript_sha256 == off.transcript_sha256 and on.texts == off.texts
+    lines.append(f"reuse on/off transcripts identical: {'yes' if same_on_off else 'NO'}")
+    if report.prompt_mismatches:
+        lines.append(f"bare prompts differing from the record: {report.prompt_mismatches}")
+    if report.mismatches:
+        lines.append("bare texts differing from localtable's (not like for like):")
+        lines += [f"  {m}" for m in report.mismatches]
+    else:
+        lines.append("bare texts identical to localtable's: yes")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localtable.bench", description=__doc__)
+    parser.add_argument("--config", type=Path, default=Path("models.toml"))
+    parser.add_argument("--panel", default="default")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    loaded = load_config(args.config)
+
+    with tempfile.TemporaryDirectory(prefix="localtable-bench-") as tmp:
+        runs = Path(tmp)
+        print("1/3 localtable, prefix reuse on", file=sys.stderr)
+        on, record, engine = run_localtable(loaded, args.panel, args.rounds, args.seed, True, runs)
+        print("2/3 localtable, prefix reuse off", file=sys.stderr)
+        off, _, _ = run_localtable(loaded, args.panel, args.rounds, args.seed, False, runs)
+    print("3/3 bare llama-cpp-python, the same generations", file=sys.stderr)
+    calls = bare_calls(record, engine)
+    loads = [load.model_copy(update={"kv_slots": 1}) for load in engine.loads]
+    bare, result = run_bare(loads, calls, on.prompt_tokens)
+    mismatches = [
+        f"call {i + 1} (seed {c.seed}): localtable {a!r} / bare {b!r}"
+        for i, (c, a, b) in enumerate(zip(calls, on.texts, bare.texts, strict=True))
+        if a != b
+    ]
+    prompt_mismatches = sum(
+        c.prompt_sha256 != h for c, h in zip(calls, result.prompt_sha256, strict=True)
+    )
+    files_and_kv: dict[str, int] = {}
+    for side, per_model_slots in ((on, True), (off, False), (bare, False)):
+        total = 0
+        for load in engine.loads:
+            need = estimate(load.model_key, load.path, load.n_ctx, load.kv_slots, load.n_ubatch)
+            slots = load.kv_slots if per_model_slots else 1
+            total += need.file_bytes + slots * need.kv_bytes
+        files_and_kv[side.name] = total + MEMORY_MARGIN
+    report = BenchReport(
+        created_at=datetime.now(UTC).replace(microsecond=0),
+        machine=cpu_model(),
+        cores=available_cores(),
+        llama_system_info=engine.system_info,
+        rounds=args.rounds,
+        seed=args.seed,
+        panel=args.panel,
+        sides=[on, off, bare],
+        new_tokens=new_tokens(record),
+        memory_target_bytes=files_and_kv,
+        mismatches=mismatches,
+        prompt_mismatches=prompt_mismatches,
+    )
+    print(render(report))
+    if args.json is not None:
+        args.json.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return 1 if mismatches or prompt_mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
