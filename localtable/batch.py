@@ -77,6 +77,7 @@ class BatchRequest(BaseModel):
     name: str | None = None  # default: the questions' set name
     verify: bool = False
     reuse_prefix: bool = False
+    memory_budget: int | None = None  # bytes; default: most of MemAvailable (memory.py)
 
 
 class BatchEvent(BaseModel):
@@ -289,6 +290,7 @@ def _debate_request(
         runs_dir=batch_dir,
         verify=req.verify,
         reuse_prefix=req.reuse_prefix,
+        memory_budget=req.memory_budget,
         run_id=entry.run_dir,
         question_id=q.id,
         question_kind=q.kind,

@@ -73,6 +73,12 @@ runs_dir_option = click.option(
     show_default=True,
     help="Where run records are written and looked up.",
 )
+memory_budget_option = click.option(
+    "--memory-budget",
+    metavar="SIZE",
+    help="Memory the models may use, e.g. 2GB (default: 85% of MemAvailable). Models that "
+    "do not fit together are loaded one at a time.",
+)
 template_option = click.option(
     "--template",
     "template_path",
@@ -176,12 +182,7 @@ def _read_question(question: str | None, question_file: Path | None, default: st
     show_default=True,
     help="Reuse each panelist's evaluated prompt prefix across rounds.",
 )
-@click.option(
-    "--memory-budget",
-    metavar="SIZE",
-    help="Memory the models may use, e.g. 2GB (default: 85% of MemAvailable). Models that "
-    "do not fit together are loaded one at a time.",
-)
+@memory_budget_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @user_errors
 def debate(
@@ -529,6 +530,7 @@ SCORE_FORMATS = ["text", "md", "csv"]
 @click.option("--verify", is_flag=True, help="Re-hash every model file before each debate.")
 @click.option("--reuse/--no-reuse", default=True, show_default=True,
               help="Reuse each panelist's evaluated prompt prefix across rounds.")  # fmt: skip
+@memory_budget_option
 @click.option("--allow-engine-change", is_flag=True,
               help="Resume debates even if llama-cpp-python's build changed.")  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
@@ -546,6 +548,7 @@ def batch(
     fmt: str,
     verify: bool,
     reuse: bool,
+    memory_budget: str | None,
     allow_engine_change: bool,
     quiet: bool,
 ) -> None:
@@ -557,6 +560,7 @@ def batch(
     Example: localtable batch --task arithmetic --limit 5 --seeds 1 --rounds 2
     """
     from localtable.batch import BatchRequest, EngineRunner, parse_seeds, run_batch
+    from localtable.memory import parse_size
     from localtable.questions import load_questions
     from localtable.tasks import load_task
 
@@ -574,6 +578,7 @@ def batch(
         name=name,
         verify=verify,
         reuse_prefix=reuse,
+        memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
     )
     loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
     runner = EngineRunner(loaded, TemplateSet(), lambda e: None, allow_engine_change)

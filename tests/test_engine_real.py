@@ -89,9 +89,9 @@ engine = Engine()
 engine.load(LoadRequest(model_key="s", path=sys.argv[1], n_ctx=4096, threads=1))
 print(engine.worker_pid, flush=True)
 # about a minute of generation, that the worker would finish if nothing stopped it
-engine.generate(GenerateRequest(model_key="s", pieces=[PromptPiece(text="Write.", special=False)], seed=1,
-                                grammar="root ::= [a-z ]{2000,3000}",
-                                sampling=Sampling(max_tokens=3000)))
+engine.generate(GenerateRequest(
+    model_key="s", pieces=[PromptPiece(text="Write.", special=False)], seed=1,
+    grammar="root ::= [a-z ]{2000,3000}", sampling=Sampling(max_tokens=3000)))
 """
 
 
