@@ -19,9 +19,11 @@ own, so a subset gets the same verdicts) until it can decide:
   and every unchecked token's logit is over TAIL_GAP (x temperature, when
   above 1) below the best allowed one: top_k would keep the found ones plus
   tokens whose weight e^(logit - max) is under half an ulp of the running
-  float sums in top_p's and dist's softmax. They change no sum, top_p cuts
-  before them or min_p drops them, and dist cannot pick them, so the sampled
-  token is the same. (This needs typical_p = 1, which skips the typical step.)
+  float sums in top_p's softmax. They change no sum, and then top_p (p < 1)
+  cuts before them or min_p (over e^-20) drops them, so dist never sees them
+  and the sampled token is the same. With top_p = 1 and a smaller min_p
+  nothing would drop them: then this shortcut is off. (This also
+  needs typical_p = 1, which skips the typical step.)
 Otherwise - a tie (top_k orders equal logits in std::partial_sort's own way),
 or nothing decisive within 16384 candidates - it runs the full grammar and
 top_k themselves. The benchmark (localtable/bench.py) compares the texts with bare
@@ -36,6 +38,7 @@ keeps llama-cpp-python's chain.
 from __future__ import annotations
 
 import ctypes
+import math
 import types
 from typing import Any
 
@@ -169,7 +172,8 @@ def _init_sampler(self: Any, **kw: Any) -> Any:
         penalty_present=kw.get("presence_penalty", 0.0),
     )
     temp = kw.get("temp", 0.8)
-    gap = TAIL_GAP * max(1.0, temp)
+    tail_dropped = kw.get("top_p", 0.95) < 1.0 or kw.get("min_p", 0.05) > math.exp(-TAIL_GAP)
+    gap = TAIL_GAP * max(1.0, temp) if tail_dropped else float("inf")
     step = GrammarTopK(self._model.vocab, grammar._grammar, grammar._root, kw.get("top_k", 40), gap)
     llama_cpp.llama_sampler_chain_add(sampler.sampler, step.sampler)
     sampler.localtable_grammar_topk = step  # lives as long as the chain that calls it

@@ -157,3 +157,18 @@ def test_same_text_as_llama_cpp_python(model: str) -> None:
                 llm._sampler = None
             assert texts[0] == texts[1], (model, seed, temperature)
     llm.close()
+
+
+def test_the_tail_shortcut_needs_top_p_or_min_p_to_drop_the_tail() -> None:
+    """With top_p = 1 and min_p = 0 a far-below token would reach dist: no shortcut."""
+    import llama_cpp
+
+    llm = load("smollm2-135m")
+    grammar_topk.install(llm)
+    grammar = llama_cpp.LlamaGrammar.from_string(FREE_TEXT, verbose=False)  # type: ignore[attr-defined]
+    gaps = {}
+    for top_p, min_p in ((1.0, 0.0), (0.9, 0.0), (1.0, 0.05)):
+        sampler = llm._init_sampler(grammar=grammar, temp=0.7, top_k=40, top_p=top_p, min_p=min_p)
+        gaps[top_p, min_p] = sampler.localtable_grammar_topk.tail_gap
+    assert gaps == {(1.0, 0.0): float("inf"), (0.9, 0.0): 20.0, (1.0, 0.05): 20.0}
+    llm.close()
