@@ -3,7 +3,9 @@
 The grammar (prompts/*.gbnf.j2) already forces the shape; this module checks
 what the grammar cannot: that a field was not cut off by max_tokens, that an
 answer says something, that names and letters refer to real panelists and
-positions. Anything that fails is a ParseFailure with the reason.
+positions, that the summarizer did not just copy its prompt (the demo's 135M
+model has answered "Headline: The roundtable's answer in one sentence." and
+repeated the question as a headline). Anything that fails is a ParseFailure with the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from localtable.answers import answer_problem
 from localtable.record import ParsedTurn, PositionGroup, QuestionKind
 
 _HAS_WORD = re.compile(r"[^\W_]{2,}")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+ECHO_MIN_WORDS = 3  # shorter fields ("Yes.") may well appear in instructions by chance
 
 
 class ParseFailure(ValueError):
@@ -53,6 +57,16 @@ def _meaningful(value: str, field: str) -> str:
     if not _HAS_WORD.search(value):
         raise ParseFailure(f"the {field} has no words: {value[:60]!r}")
     return value
+
+
+def _words(text: str) -> str:
+    return " ".join(_WORD.findall(text.casefold()))
+
+
+def repeats_instructions(value: str, instructions: str) -> bool:
+    """Whether a field is only a piece of the prompt's instructions, word for word."""
+    words = _words(value)
+    return words.count(" ") + 1 >= ECHO_MIN_WORDS and f" {words} " in f" {_words(instructions)} "
 
 
 def _answer(value: str, kind: QuestionKind, options: list[str]) -> str:
@@ -98,11 +112,13 @@ def parse_turn(
 
 
 def parse_summary(
-    text: str, *, members: dict[str, str], kind: QuestionKind = "open"
+    text: str, *, members: dict[str, str], kind: QuestionKind = "open", instructions: str = ""
 ) -> ParsedSummary:
     """Parse the summarizer's output; members maps labels to panelist names, in panel order.
 
     For a choice or number question the headline may be the answer alone ("3.9").
+    A headline, counterpoint or summary that only repeats a piece of `instructions`
+    (the prompt without the panelists' answers) is refused.
     """
     lines = text.split("\n")
     if not lines or not lines[0].startswith("Headline: "):
@@ -129,6 +145,10 @@ def parse_summary(
         i += 1
     rest = "\n".join(lines[i:])
     f = _fields(rest, ["Counterpoint", "Summary"], "Summary")
+    for field, value in (("headline", headline), ("counterpoint", f["Counterpoint"]),
+                         ("summary", f["Summary"])):  # fmt: skip
+        if repeats_instructions(value, instructions):
+            raise ParseFailure(f"the {field} only repeats the prompt: {value[:60]!r}")
     groups = [
         PositionGroup(position=positions[letter], members=names)
         for letter, names in assigned.items()

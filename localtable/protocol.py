@@ -33,6 +33,10 @@ ANSWER_MAX_CHARS = 400
 SUMMARY_LINE_MAX_CHARS = 160  # headline, positions, counterpoint: room left for the summary
 MIN_MAX_TOKENS = 48
 SUMMARY_MAX_TOKENS = 384  # the summary has more fields than a turn
+# An unusable summary (cut off, or only parroting its instructions or the question,
+# as the demo's 135M summarizer sometimes does) is retried with other derived,
+# recorded seeds before the summary counts as failed.
+SUMMARY_ATTEMPTS = 3
 
 # Applied in order until the prompt fits the model's context; each is recorded.
 SHORTENING_RULES = [
@@ -326,8 +330,8 @@ class Debate:
         finals = {t.panelist: t for t in self.record.final_turns()}
         valid = [p for p in self.panel if p.name in finals and finals[p.name].status == "ok"]
         members = {p.label: p.name for p in valid}
-        seed = derive_seed(self.record.seed, self.record.rounds + 1, summarizer.index)
         generation: Generation | None = None
+        rejected: list[str] = []
         try:
             if not valid:
                 raise EngineFailure("no panelist gave a valid final answer")
@@ -365,17 +369,36 @@ class Debate:
                 update={"max_tokens": max(summarizer.sampling.max_tokens, SUMMARY_MAX_TOKENS)}
             )
             messages, sampling, rules = self.fit(summarizer.name, build, wanted)
-            generation = self.speaker.generate(
-                summarizer.name,
-                messages,
-                grammar=grammar,
-                seed=seed,
-                sampling=sampling,
-                shortened=rules,
-            )
-            parsed = parse_summary(
-                generation.raw_output, members=members, kind=self.record.question_kind
-            )
+            # the prompt without the panelists' answers, which a summary may quote
+            instructions = "\n".join(
+                [messages[0].content, self.templates.render(
+                    "summarize.j2", question=self.record.question, finals=[], letters=letters)]
+            )  # fmt: skip
+            for attempt in range(SUMMARY_ATTEMPTS):
+                # attempt 0 has the summary's own seed; retries take the rounds after it
+                seed = derive_seed(
+                    self.record.seed, self.record.rounds + 1 + attempt, summarizer.index
+                )
+                generation = self.speaker.generate(
+                    summarizer.name,
+                    messages,
+                    grammar=grammar,
+                    seed=seed,
+                    sampling=sampling,
+                    shortened=rules,
+                )
+                try:
+                    parsed = parse_summary(
+                        generation.raw_output,
+                        members=members,
+                        kind=self.record.question_kind,
+                        instructions=instructions,
+                    )
+                    break
+                except ParseFailure as exc:
+                    rejected.append(f"seed {seed}: {exc}")
+                    if attempt + 1 == SUMMARY_ATTEMPTS:
+                        raise
         except (EngineFailure, ParseFailure) as exc:
             reason = str(exc)
             if isinstance(exc, ParseFailure):
@@ -386,6 +409,7 @@ class Debate:
                 summarizer=summarizer.name,
                 error=reason,
                 generation=generation,
+                rejected=rejected,
                 groups=tallied,
                 consensus=compute_consensus(tallied, len(self.panel)),
             )
@@ -398,6 +422,7 @@ class Debate:
             status="ok",
             summarizer=summarizer.name,
             generation=generation,
+            rejected=rejected,
             headline=parsed.headline,
             groups=groups,
             counterpoint=parsed.counterpoint,

@@ -130,7 +130,10 @@ class SummaryRecord(Frozen):
     status: TurnStatus
     summarizer: str
     error: str | None = None
-    generation: Generation | None = None
+    generation: Generation | None = None  # the attempt kept (its seed is in it)
+    rejected: list[str] = Field(
+        default_factory=list, description="unusable attempts, each with its seed and why"
+    )
     headline: str = ""
     groups: list[PositionGroup] = Field(default_factory=list)
     counterpoint: str = ""

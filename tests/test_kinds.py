@@ -111,7 +111,7 @@ def test_open_grammar_unchanged_and_summary_groups_kept() -> None:
 def test_summary_failure_still_tallies_choice_answers() -> None:
     speaker = FakeSpeaker(
         {
-            "A1": [R1.format(a="Lyon"), "Headline: ?!"],
+            "A1": [R1.format(a="Lyon"), "Headline: ?!", "Headline: ?!", "Headline: ?!"],
             "B2": [R1.format(a="Lyon")],
             "C3": ["Answer: Nice\nReasoning: grammar bypassed."],
         }
@@ -121,7 +121,7 @@ def test_summary_failure_still_tallies_choice_answers() -> None:
     assert c3 and c3.status == "failed" and c3.error
     assert "not one of the options" in c3.error
     summary = record.summary
-    assert summary and summary.status == "failed"
+    assert summary and summary.status == "failed" and len(summary.rejected) == 3
     assert [g.members for g in summary.groups] == [["A1", "B2"]]
     assert summary.consensus.line == "2 of 3 agreed"
 

@@ -177,3 +177,43 @@ def test_resume_runs_only_missing_turns() -> None:
     record, _ = run(speaker, partial)
     assert [c.panelist for c in speaker.calls] == ["A1", "B2", "A1", "B2", "A1"]
     assert len(record.turns) == 4
+
+
+def with_headline(headline: str) -> str:
+    return summary("AA").replace("Open source wins.", headline)
+
+
+def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
+    # the demo's 135M summarizer has repeated the question, or its instructions, as a headline
+    speaker = FakeSpeaker(
+        {
+            "A1": [
+                R1.format(a="Yes, open it."),
+                with_headline("Is open source good?"),  # make_record's question
+                "Headline: Open",  # cut off
+                summary("AA"),
+            ],
+            "B2": [R1.format(a="Yes, open it.")],
+        }
+    )
+    record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
+    assert record.summary is not None and record.summary.status == "ok"
+    assert record.summary.headline == "Open source wins."
+    seeds = [derive_seed(7, 2 + attempt, 0) for attempt in range(3)]
+    assert [c.seed for c in speaker.calls[-3:]] == seeds
+    assert record.summary.generation and record.summary.generation.seed == seeds[2]
+    assert record.summary.rejected == [
+        f"seed {seeds[0]}: the headline only repeats the prompt: 'Is open source good?'",
+        f"seed {seeds[1]}: no 'Position A:' line",
+    ]
+
+
+def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() -> None:
+    echo = with_headline("state what the panel concluded about the question")
+    speaker = FakeSpeaker(
+        {"A1": [R1.format(a="Yes."), echo, echo, echo], "B2": [R1.format(a="No.")]}
+    )
+    record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
+    assert record.summary is not None and record.summary.status == "failed"
+    assert record.summary.error and "only repeats the prompt" in record.summary.error
+    assert len(record.summary.rejected) == 3 and len(speaker.calls) == 5

@@ -58,7 +58,7 @@ def hostile_record() -> RunRecord:
     names = [SCRIPT, "A \"quoted\" 'name' </div>", "Plain"]
     summary = "\n".join(
         [
-            f"Headline: {SCRIPT} {ATTR}",
+            f"Headline: Verdict {SCRIPT} {ATTR}",  # words of its own: not a copy of the question
             f"Position A: {CLOSE}",
             f"Position B: {JS_LINK}",
             f"{names[0]}: A",
