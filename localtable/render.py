@@ -7,10 +7,12 @@ fields below are the variables a layout sees, documented in docs/report.md).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from localtable.protocol import SUMMARY_LINE_MAX_CHARS, answer_max_chars
 from localtable.record import Generation, RunRecord, TurnRecord
 from localtable.templates import TemplateSet
 
@@ -132,6 +134,22 @@ def shorten(text: str, limit: int) -> str:
     return cut.rstrip(" ,;:.") + "…"
 
 
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
+
+
+def whole_sentences(text: str, cut: bool) -> str:
+    """Text that a length cap cut off (`cut`) mid-sentence, ended at its last full
+    sentence, or marked with an ellipsis when that would drop most of it. The
+    record keeps the text as generated; this is only how it is shown."""
+    text = text.strip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not cut or not text or (ends and ends[-1] == len(text)):
+        return text
+    if ends and ends[-1] >= len(text) // 3:
+        return text[: ends[-1]]
+    return text.rstrip(" ,;:-–") + "…"
+
+
 def turn_mark(turn: TurnRecord) -> Mark:
     if turn.status != "ok":
         return "failed"
@@ -162,6 +180,13 @@ def turn_view(record: RunRecord, turn: TurnRecord, position: str = "") -> TurnVi
     panelist = next(p for p in record.panelists if p.name == turn.panelist)
     g = turn.generation
     answer = turn.parsed.answer if turn.parsed else ""
+    reasoning = turn.parsed.reasoning if turn.parsed else ""
+    if record.question_kind == "open":  # a choice or a number is complete as it is
+        # the grammar ends an answer at this length, max_tokens ends the reasoning
+        answer = whole_sentences(
+            answer, len(answer) >= answer_max_chars(panelist.sampling.max_tokens)
+        )
+    reasoning = whole_sentences(reasoning, bool(g and g.finish_reason == "length"))
     return TurnView(
         round=turn.round,
         index=panelist.index,
@@ -172,7 +197,7 @@ def turn_view(record: RunRecord, turn: TurnRecord, position: str = "") -> TurnVi
         error=turn.error or "",
         answer=answer,
         short_answer=shorten(answer, SHORT_ANSWER_CHARS),
-        reasoning=turn.parsed.reasoning if turn.parsed else "",
+        reasoning=reasoning,
         changed_mind=bool(turn.changed_mind_stated),
         answer_changed=bool(turn.answer_changed),
         mark=turn_mark(turn),
@@ -269,6 +294,10 @@ def build_generations(record: RunRecord) -> list[GenerationRow]:
 
 
 def build_view(record: RunRecord) -> RoundtableView:
+    def summary_line(text: str) -> str:  # a choice or a number is complete as it is
+        cut = len(text) >= SUMMARY_LINE_MAX_CHARS  # where the grammar ends a line
+        return whole_sentences(text, cut) if record.question_kind == "open" else text
+
     letters = position_letters(record)
     rounds: list[tuple[int, list[TurnView]]] = []
     for r in range(1, record.rounds + 1):
@@ -280,21 +309,32 @@ def build_view(record: RunRecord) -> RoundtableView:
     summary_ok = bool(s and s.status == "ok")
     positions = (
         [
-            PositionView(letter=letter(i), slot=i % 8, text=g.position, members=g.members)
+            PositionView(
+                letter=letter(i), slot=i % 8, text=summary_line(g.position), members=g.members
+            )  # fmt: skip
             for i, g in enumerate(s.groups)
         ]
         if s and summary_ok
         else []
     )
+    counterpoint = summary_text = ""
+    if s is not None:
+        # free text in any kind of question: cut where the grammar ends a line, or
+        # where max_tokens ended the summary
+        counterpoint = whole_sentences(
+            s.counterpoint, len(s.counterpoint) >= SUMMARY_LINE_MAX_CHARS
+        )
+        ended = bool(s.generation and s.generation.finish_reason == "length")
+        summary_text = whole_sentences(s.summary, ended)
     generations = build_generations(record)
     return RoundtableView(
         record=record,
         title=f"AI Roundtable Open Debate · {len(record.panelists)} models",
-        headline=s.headline if s and summary_ok else "",
+        headline=summary_line(s.headline) if s and summary_ok else "",
         consensus=s.consensus.line if s else "No consensus",
         consensus_kind=s.consensus.kind if s else "none",
-        counterpoint=s.counterpoint if s else "",
-        summary=s.summary if s else "",
+        counterpoint=counterpoint,
+        summary=summary_text,
         summary_ok=summary_ok,
         summary_error=(s.error or "") if s else "the run ended before the summary",
         positions=positions,

@@ -429,3 +429,35 @@ def test_sampling_is_shown() -> None:
         record.panelists[0].model_copy(update={"sampling": Sampling(temperature=1.25)})
     ]
     assert '<td class="num">1.25</td>' in html(record)
+
+
+def test_text_cut_by_a_length_cap_ends_at_its_last_whole_sentence() -> None:
+    from localtable.render import whole_sentences
+
+    cut_answer = "Open it. Keep the weights for a year. But then the"
+    assert whole_sentences(cut_answer, cut=True) == "Open it. Keep the weights for a year."
+    assert whole_sentences(cut_answer, cut=False) == cut_answer  # not cut: shown as written
+    assert whole_sentences("Yes. Then a long stretch without any end at all", True) == (
+        "Yes. Then a long stretch without any end at all…"  # the last sentence is most of it
+    )
+    assert whole_sentences('He said "go." Then', True) == 'He said "go."'
+    assert whole_sentences("Complete as it is.", True) == "Complete as it is."
+
+
+def test_the_view_trims_answers_the_grammar_cut_and_leaves_others() -> None:
+    # longer than max_tokens 64 lets the grammar write (128 characters)
+    cut = "Open the weights. Keep the training code public. " + "and then " * 10
+    record = run_fake(
+        make_record(["A1", "B2"], rounds=1),
+        {
+            "A1": [R1.format(a=cut, r="Why."),
+                   "Headline: Open up.\nPosition A: Open.\nA1: A\nB2: A\nCounterpoint: Risks.\n"
+                   "Summary: Brief."],
+            "B2": [R1.format(a="Closed weights, no end mark", r="Why.")],
+        },
+    )  # fmt: skip
+    finals = {t.name: t.answer for t in build_view(record).finals}
+    assert finals == {
+        "A1": "Open the weights. Keep the training code public.",
+        "B2": "Closed weights, no end mark",
+    }
