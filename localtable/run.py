@@ -148,8 +148,10 @@ def engine_record(info: ModelInfo) -> EngineRecord:
 # step holds n_ubatch x n_ctx x n_head attention scores in every KV cache's compute
 # buffer: on a CPU, 128 evaluates as fast as 512 (measured on both demo models)
 # and saves 40-60 MB per KV cache at n_ctx 4096. GPUs want the larger batch.
-# The logits are bit-identical for any batch of 2..512 tokens with flash attention
-# off (ENGINE-FACTS.md), and each record keeps the value it ran with.
+# The value changes numbers: on the demo question's 261-token prompt Gemma 3 gave
+# other logits after one 261-token step than after steps of 256 or fewer (which all
+# agreed), contrary to ENGINE-FACTS.md. Each record keeps the value it ran with, and
+# replay and resume use it.
 N_UBATCH_CPU = 128
 N_UBATCH_GPU = 512
 
