@@ -5,7 +5,8 @@ once with prefix reuse and once without. Then the same generations - the
 exact prompt tokens, seeds, sampling parameters, stop strings and grammars
 the run used, each checked against the run's record - go through bare
 llama-cpp-python calls in a process of their own: one `Llama` per model file
-with the run's settings, `reset()` and `create_completion()` per turn. The
+with the run's settings; per turn `reset()`, the prompt's first part in
+localtable's prompt steps (`eval()`) and `create_completion()`. The
 three are printed side by side; a bare text that differs from localtable's
 is printed too (the comparison is then not like for like).
 
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from localtable.config import LoadedConfig, Sampling, load_config
 from localtable.engine import Engine
 from localtable.engine_api import GenerateRequest, GenerateResult, LoadRequest, ModelInfo
+from localtable.kvslots import MIN_STEP, ROW_GROUP, prompt_steps
 from localtable.memory import estimate
 from localtable.protocol import ProgressEvent
 from localtable.record import RunRecord
@@ -215,7 +217,8 @@ def bare_calls(record: RunRecord, engine: RecordingEngine) -> list[BareCall]:
 
 
 def _bare_worker(loads: list[LoadRequest], calls: list[BareCall]) -> BareResult:
-    """Runs in a process of its own: plain llama-cpp-python, nothing from localtable's engine."""
+    """Runs in a process of its own: plain llama-cpp-python, nothing from localtable's engine
+    but the boundaries of the prompt steps."""
     import llama_cpp
 
     models: dict[str, Any] = {}
@@ -241,6 +244,10 @@ def _bare_worker(loads: list[LoadRequest], calls: list[BareCall]) -> BareResult:
         llm.reset()
         llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
         started = time.monotonic()
+        # the prompt steps localtable uses (MIN_STEP): they change the numbers
+        end = (len(tokens) - MIN_STEP) // ROW_GROUP * ROW_GROUP
+        for lo, hi in prompt_steps(0, end, llm.context_params.n_ubatch):
+            llm.eval(tokens[lo:hi])
         out = llm.create_completion(
             prompt=tokens, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
             top_k=s.top_k, min_p=s.min_p, repeat_penalty=s.repeat_penalty, typical_p=s.typical_p,

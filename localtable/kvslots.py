@@ -12,13 +12,18 @@ would compute, bit for bit, or the transcript changes. Three rules ensure it:
   entry (decoded alone) differs from the same token inside a prompt batch.
 - llama.cpp's CPU kernels for repacked weights (Q4_0, Q4_K, IQ4_NL on AVX2:
   Gemma 3 270M's Q4_K_M) multiply prompt rows 4 at a time and the leftover
-  rows of a batch one at a time, and the two round differently. A cold
-  evaluation runs 512-token batches from position 0, so only the prompt's
-  last len % 4 tokens take the one-row path. So the reuse point is a multiple
+  rows of a batch one at a time, and the two round differently. Every prompt
+  step starts on a multiple of 4 (prompt_steps), so only the prompt's last
+  len % 4 tokens take the one-row path. So the reuse point is a multiple
   of 4 (the new part's rows then group as in a cold run), and the last len % 4
   tokens of an evaluated prompt are not reused (a longer prompt groups them 4
   at a time).
-- At least two tokens are evaluated: a one-token batch takes another path.
+- Every prompt step has at least MIN_STEP (8) tokens and starts on a row-group
+  boundary, in cold and reused evaluations alike (prompt_steps): Gemma 3's
+  logits after a last step of 2, 4 or 6 tokens differed from those of the
+  same prompt evaluated in larger steps; from 8 tokens on they agree. The
+  worker evaluates all but the prompt's last 8-15 tokens this way (prefill),
+  and llama-cpp-python's generate() the rest as one step.
 Truncating a context in place keeps its cells where a cold evaluation puts
 them. tests/test_reuse_real.py checks the logits bit for bit against a cold
 evaluation on both demo models (the rounding rule was found there: Gemma's
@@ -46,8 +51,22 @@ from typing import Any
 
 from localtable import grammar_topk
 
-MIN_EVAL_TOKENS = 2  # a one-token batch takes another kernel path: never evaluate fewer
+MIN_STEP = 8  # a prompt step of fewer tokens takes other kernel paths (see above)
 ROW_GROUP = 4  # rows per step of llama.cpp's repacked CPU matmul (see above)
+
+
+def prompt_steps(start: int, end: int, max_step: int) -> list[tuple[int, int]]:
+    """[start, end) as steps of at most max_step tokens, each at least MIN_STEP long and
+    starting on a ROW_GROUP boundary; none when the span is shorter than MIN_STEP."""
+    assert start % ROW_GROUP == 0 and end % ROW_GROUP == 0
+    size = max_step - max_step % ROW_GROUP
+    assert size >= MIN_STEP + ROW_GROUP
+    if end - start < MIN_STEP:
+        return []
+    bounds = list(range(start, end, size)) + [end]
+    if bounds[-1] - bounds[-2] < MIN_STEP:  # a short last step: take it from the one before
+        bounds[-2] = bounds[-1] - MIN_STEP
+    return list(zip(bounds, bounds[1:], strict=False))
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -115,7 +134,7 @@ class KVSlot:
     def prepare(self, tokens: list[int], reuse: bool) -> int:
         """Keep in the KV cache only a prefix this prompt shares; return its length."""
         common = common_prefix(self.tokens[: self.exact], tokens) if reuse else 0
-        common = max(0, min(common, len(tokens) - MIN_EVAL_TOKENS))
+        common = max(0, min(common, len(tokens) - MIN_STEP))
         common -= common % ROW_GROUP
         if common == 0:
             self.clear()
@@ -125,6 +144,13 @@ class KVSlot:
         self.tokens = self.tokens[:common]
         self.exact = common
         return common
+
+    def prefill(self, tokens: list[int]) -> None:
+        """After prepare: evaluate the prompt up to its last 8-15 tokens in prompt_steps;
+        create_completion then evaluates the rest (at least MIN_STEP tokens) as one step."""
+        end = (len(tokens) - MIN_STEP) // ROW_GROUP * ROW_GROUP
+        for lo, hi in prompt_steps(self.llm.n_tokens, end, self.llm.context_params.n_ubatch):
+            self.llm.eval(tokens[lo:hi])
 
     def keep_prompt(self, tokens: list[int]) -> None:
         """After evaluating `tokens` (and generating): keep only the prompt's KV entries."""

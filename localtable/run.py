@@ -144,20 +144,15 @@ def engine_record(info: ModelInfo) -> EngineRecord:
     )
 
 
-# Tokens llama.cpp evaluates per step of a prompt. Without flash attention each
-# step holds n_ubatch x n_ctx x n_head attention scores in every KV cache's compute
-# buffer: on a CPU, 128 evaluates as fast as 512 (measured on both demo models)
-# and saves 40-60 MB per KV cache at n_ctx 4096. GPUs want the larger batch.
-# The value changes numbers: on the demo question's 261-token prompt Gemma 3 gave
-# other logits after one 261-token step than after steps of 256 or fewer (which all
-# agreed), contrary to ENGINE-FACTS.md. Each record keeps the value it ran with, and
-# replay and resume use it.
-N_UBATCH_CPU = 128
-N_UBATCH_GPU = 512
-
-
-def n_ubatch(spec: ModelSpec) -> int:
-    return N_UBATCH_GPU if spec.gpu_layers else N_UBATCH_CPU
+# Tokens llama.cpp evaluates per step of a prompt, at most; it changes the numbers.
+# On the demo question's 261-token prompt Gemma 3's logits after steps of 8..256
+# tokens all agree, and after one step of 257 or more they differ (contrary to
+# ENGINE-FACTS.md); localtable/kvslots.py keeps every step at 8 tokens or more.
+# 128 evaluates as fast as 512 on a CPU (measured on both demo models) and,
+# without flash attention, holds a quarter of the n_ubatch x n_ctx x n_head
+# attention scores in each KV cache's compute buffer: 40-60 MB less per KV cache
+# at n_ctx 4096. Each record keeps the value it ran with; replay and resume use it.
+N_UBATCH = 128
 
 
 def load_request(model: ResolvedModel, spec: ModelSpec, kv_slots: int = 1) -> LoadRequest:
@@ -171,7 +166,7 @@ def load_request(model: ResolvedModel, spec: ModelSpec, kv_slots: int = 1) -> Lo
         threads=threads,
         gpu_layers=spec.gpu_layers,
         n_batch=512,
-        n_ubatch=n_ubatch(spec),
+        n_ubatch=N_UBATCH,
         flash_attn=False,
         kv_slots=kv_slots,
     )
@@ -235,7 +230,7 @@ def plan_models(
             model.path,
             loaded.config.models[name].n_ctx,
             kv_slots=sum(p.model == name for p in panel.panelists) if req.reuse_prefix else 1,
-            n_ubatch=n_ubatch(loaded.config.models[name]),
+            n_ubatch=N_UBATCH,
         )
         for name, model in resolved.items()
     ]

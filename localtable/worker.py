@@ -221,6 +221,7 @@ class Worker:
         reused = slot.prepare(tokens, reuse)
         llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
         started = time.monotonic()
+        slot.prefill(tokens)
         out = llm.create_completion(
             prompt=tokens,
             max_tokens=req.sampling.max_tokens,

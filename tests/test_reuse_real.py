@@ -17,17 +17,17 @@ import pytest
 
 from localtable.config import load_config
 from localtable.engine import Engine
-from localtable.kvslots import KVSlot, share_weights
+from localtable.kvslots import MIN_STEP, KVSlot, share_weights
 from localtable.modelfiles import resolve
 from localtable.record import RunRecord, read_record
-from localtable.run import DebateRequest, run_debate
+from localtable.run import N_UBATCH, DebateRequest, run_debate
 from localtable.templates import TemplateSet
 from tests.conftest import MODELS_TOML, REPO, subprocess_env
 from tests.realmodels import fast_config, localtable
 
 pytestmark = pytest.mark.slow
 
-N_BATCH = 256  # small, so that a ~760-token prompt spans several chunks
+N_BATCH = N_UBATCH  # localtable's step: a ~760-token prompt spans several of them
 PROMPT_TOKENS = 760  # past Gemma 3 270M's 512-token sliding window
 
 
@@ -41,6 +41,30 @@ def load_llm(model: str) -> Any:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_prompt_steps_of_up_to_256_tokens_give_the_same_logits(model: str) -> None:
+    """What prefix reuse relies on (localtable/run.py, N_UBATCH): however a prompt is
+    cut into steps of 8 to 256 tokens, the logits are the same. (Gemma 3 gave other
+    logits after a step of 257 or more, or after a last step of 2, 4 or 6.)"""
+    import llama_cpp
+    import numpy as np
+
+    assert 2 <= N_UBATCH <= 256
+    path = resolve(model, load_config(MODELS_TOML)).path
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    results = []
+    for step in (N_UBATCH, 256, 64):  # 300 tokens: last steps of 44 or more
+        llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=1024, n_batch=512, n_ubatch=step, n_threads=2,
+            n_threads_batch=2, flash_attn=False, verbose=False,
+        )  # fmt: skip
+        tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:300]
+        llm.eval(tokens)
+        results.append(last_logits(llm))
+        llm.close()
+    assert all(np.array_equal(results[0], r) for r in results[1:]), model
+
+
 def last_logits(llm: Any) -> Any:
     import llama_cpp
     import numpy as np
@@ -52,7 +76,10 @@ def last_logits(llm: Any) -> Any:
 def evaluate(slot: KVSlot, tokens: list[int], reuse: bool) -> tuple[Any, int]:
     """Evaluate a prompt the way the worker does; return its last logits and the reused length."""
     reused = slot.prepare(tokens, reuse)
-    slot.llm.eval(tokens[reused:])
+    slot.prefill(tokens)
+    last_step = tokens[slot.llm.n_tokens :]
+    assert MIN_STEP <= len(last_step) < 2 * MIN_STEP
+    slot.llm.eval(last_step)  # as create_completion does
     logits = last_logits(slot.llm)
     slot.keep_prompt(tokens)
     return logits, reused
@@ -82,9 +109,12 @@ def test_reused_prefix_gives_the_logits_of_a_cold_evaluation(model: str) -> None
     twin = KVSlot(share_weights(llm))
     twin_cold, _ = evaluate(twin, prompt, reuse=False)
     assert np.array_equal(cold, twin_cold)
-    # Reuse from mid-chunk, a chunk boundary, past the sliding window, all but 2 tokens;
-    # the reuse point is rounded down to a multiple of 4 (see localtable/kvslots.py).
-    for keep, expected in ((100, 100), (N_BATCH, N_BATCH), (601, 600), (PROMPT_TOKENS - 2, 756)):
+    # Reuse from mid-chunk, a chunk boundary, past the sliding window, all but 2..8
+    # tokens; the reuse point is rounded down to a multiple of 4 and leaves at least
+    # MIN_STEP tokens (see localtable/kvslots.py).
+    cases = ((100, 100), (N_BATCH, N_BATCH), (601, 600), (PROMPT_TOKENS - 2, 752),
+             (PROMPT_TOKENS - 5, 752), (PROMPT_TOKENS - 8, 752))  # fmt: skip
+    for keep, expected in cases:
         earlier = prompt[:keep] + other[:40]  # an earlier prompt sharing `keep` tokens
         evaluate(slot, earlier, reuse=False)
         generate_a_little(slot, earlier)
@@ -100,9 +130,9 @@ def test_reused_prefix_gives_the_logits_of_a_cold_evaluation(model: str) -> None
         logits, reused = evaluate(slot, prompt, reuse=True)
         assert reused == expected
         assert np.array_equal(cold, logits), f"{model}: reuse after a {keep}-token prompt"
-    # The same prompt again: still at least two tokens are evaluated.
+    # The same prompt again: still at least MIN_STEP tokens are evaluated.
     logits, reused = evaluate(slot, prompt, reuse=True)
-    assert reused == PROMPT_TOKENS - 4 and np.array_equal(cold, logits)
+    assert reused == PROMPT_TOKENS - MIN_STEP and np.array_equal(cold, logits)
     twin.llm.close()
     llm.close()
 
