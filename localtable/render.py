@@ -137,6 +137,12 @@ def shorten(text: str, limit: int) -> str:
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
 
 
+def at_limit(text: str, limit: int) -> bool:
+    """Whether a line reached the grammar's character limit (parsing strips a space
+    the model may have ended it with)."""
+    return len(text) >= limit - 1
+
+
 def whole_sentences(text: str, cut: bool) -> str:
     """Text that a length cap cut off (`cut`) mid-sentence, ended at its last full
     sentence, or marked with an ellipsis when that would drop most of it. The
@@ -184,7 +190,7 @@ def turn_view(record: RunRecord, turn: TurnRecord, position: str = "") -> TurnVi
     if record.question_kind == "open":  # a choice or a number is complete as it is
         # the grammar ends an answer at this length, max_tokens ends the reasoning
         answer = whole_sentences(
-            answer, len(answer) >= answer_max_chars(panelist.sampling.max_tokens)
+            answer, at_limit(answer, answer_max_chars(panelist.sampling.max_tokens))
         )
     reasoning = whole_sentences(reasoning, bool(g and g.finish_reason == "length"))
     return TurnView(
@@ -295,7 +301,7 @@ def build_generations(record: RunRecord) -> list[GenerationRow]:
 
 def build_view(record: RunRecord) -> RoundtableView:
     def summary_line(text: str) -> str:  # a choice or a number is complete as it is
-        cut = len(text) >= SUMMARY_LINE_MAX_CHARS  # where the grammar ends a line
+        cut = at_limit(text, SUMMARY_LINE_MAX_CHARS)  # where the grammar ends a line
         return whole_sentences(text, cut) if record.question_kind == "open" else text
 
     letters = position_letters(record)
@@ -322,7 +328,7 @@ def build_view(record: RunRecord) -> RoundtableView:
         # free text in any kind of question: cut where the grammar ends a line, or
         # where max_tokens ended the summary
         counterpoint = whole_sentences(
-            s.counterpoint, len(s.counterpoint) >= SUMMARY_LINE_MAX_CHARS
+            s.counterpoint, at_limit(s.counterpoint, SUMMARY_LINE_MAX_CHARS)
         )
         ended = bool(s.generation and s.generation.finish_reason == "length")
         summary_text = whole_sentences(s.summary, ended)

@@ -461,3 +461,10 @@ def test_the_view_trims_answers_the_grammar_cut_and_leaves_others() -> None:
         "A1": "Open the weights. Keep the training code public.",
         "B2": "Closed weights, no end mark",
     }
+
+
+def test_a_line_at_the_grammars_limit_counts_as_cut_even_without_its_last_space() -> None:
+    from localtable.render import at_limit
+
+    assert at_limit("x" * 160, 160) and at_limit("x" * 159, 160)  # "…to have " stripped
+    assert not at_limit("x" * 158, 160)
