@@ -20,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from localtable.config import Sampling
 from localtable.errors import RecordError
 
-SCHEMA_VERSION = 1
+# 2 added `memory` and `summary.rejected`; a version-1 record is version 2 without
+# them (both have defaults), so it is read as one. Older readers refuse version 2.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 RECORD_FILE = "record.json"
 
 
@@ -160,7 +163,7 @@ QuestionKind = Literal["open", "choice", "number"]
 
 
 class RunRecord(Frozen):
-    schema_version: Literal[1] = 1  # SCHEMA_VERSION
+    schema_version: Literal[2] = 2  # SCHEMA_VERSION
     run_id: str
     created_at: datetime
     finished_at: datetime | None = None
@@ -300,13 +303,14 @@ def read_record(run_dir: Path) -> RunRecord:
     except (OSError, ValueError) as exc:
         raise RecordError(f"{path}: unreadable run record ({exc})") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
         raise RecordError(
             f"{path}: record schema version {version!r} is not supported by this localtable "
-            f"(it reads version {SCHEMA_VERSION}); use the localtable version that wrote it"
+            f"(it reads versions {readable}); use the localtable version that wrote it"
         )
     try:
-        return RunRecord.model_validate(raw)
+        return RunRecord.model_validate({**raw, "schema_version": SCHEMA_VERSION})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

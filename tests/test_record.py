@@ -31,6 +31,16 @@ def test_unknown_schema_version_fails_clearly(tmp_path: Path) -> None:
         read_record(tmp_path)
 
 
+def test_a_version_1_record_reads_as_version_2(tmp_path: Path) -> None:
+    write_record(tmp_path, make_record(["A", "B"]))
+    raw = json.loads((tmp_path / "record.json").read_text())
+    raw["schema_version"] = 1
+    del raw["memory"]  # version 1 had no memory plan
+    (tmp_path / "record.json").write_text(json.dumps(raw))
+    record = read_record(tmp_path)
+    assert record.schema_version == 2 and record.memory is None
+
+
 def test_full_disk_keeps_the_previous_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
