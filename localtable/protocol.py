@@ -58,6 +58,13 @@ class Speaker(Protocol):
 
     def context_size(self, panelist: str) -> int: ...
 
+    def turn_order(
+        self, round_no: int, panel: list[PanelistRecord], then: str | None
+    ) -> list[PanelistRecord]:
+        """The order to run a round's turns in (each reads only earlier rounds, so any
+        order gives the same record); `then` speaks next, after the round."""
+        ...
+
     def generate(
         self,
         panelist: str,
@@ -434,13 +441,11 @@ class Debate:
 
     def run(self) -> RunRecord:
         """Run every missing turn, round by round, then the summary."""
-        # A speaker may order a round's turns (EngineSpeaker does, to load each model
-        # once per round when they are loaded one at a time); the record stays the same.
-        turn_order = getattr(self.speaker, "turn_order", None)
         for round_no in range(1, self.record.rounds + 1):
+            # EngineSpeaker groups a round's turns by model when models are loaded one
+            # at a time; the record stays in panel order (_store).
             then = self.record.summarizer if round_no == self.record.rounds else None
-            panel = turn_order(round_no, self.panel, then) if turn_order else self.panel
-            for p in panel:
+            for p in self.speaker.turn_order(round_no, self.panel, then):
                 existing = self.record.turn(round_no, p.name)
                 if existing is not None and existing.status != "interrupted":
                     continue

@@ -34,6 +34,11 @@ class FakeSpeaker:
     def context_size(self, panelist: str) -> int:
         return self.n_ctx
 
+    def turn_order(
+        self, round_no: int, panel: list[PanelistRecord], then: str | None
+    ) -> list[PanelistRecord]:
+        return panel
+
     def generate(
         self,
         panelist: str,
