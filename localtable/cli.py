@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from localtable.config import LoadedConfig, load_config
+from localtable.debate.protocol import ProgressEvent
 from localtable.errors import ConfigError, LocaltableError
-from localtable.protocol import ProgressEvent
 from localtable.record import RunRecord, find_run, list_runs, read_record
-from localtable.render import check_layout, render
+from localtable.report.render import check_layout, render
 from localtable.templates import TemplateSet
 
 if TYPE_CHECKING:
-    from localtable.batch import BatchEvent
+    from localtable.research.batch import BatchEvent
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ["text", "md", "json", "html"]
@@ -205,8 +205,8 @@ def debate(
 
     Example: localtable debate "Should cities ban cars from their centres?" --rounds 2
     """
-    from localtable.memory import parse_size
-    from localtable.run import DebateRequest, run_debate
+    from localtable.backends.llamacpp.memory import parse_size
+    from localtable.session.run import DebateRequest, run_debate
 
     budget = parse_size(memory_budget) if memory_budget is not None else None
     loaded = _config(config_path)
@@ -260,7 +260,7 @@ def models(config_path: Path | None, verify: bool) -> None:
 
     Example: localtable models --verify
     """
-    from localtable.modelstatus import model_statuses
+    from localtable.models.status import model_statuses
 
     loaded = _config(config_path)
     rows = model_statuses(loaded, verify=verify)
@@ -306,7 +306,7 @@ def pull(
 
     The only command that uses the network. Example: localtable pull --panel hub-small
     """
-    from localtable import hub
+    from localtable.models import hub
 
     loaded = _config(config_path)
     if sum([bool(names), panel is not None, pull_all]) != 1:
@@ -374,7 +374,7 @@ def resume(
     The finished record has the same turns, byte for byte, as the run done in
     one go. Example: localtable resume 20261126-101500-a1b2c3
     """
-    from localtable.rerun import resume_run
+    from localtable.session.rerun import resume_run
 
     run_dir = find_run(run, runs_dir)
     loaded = _optional_config(config_path)
@@ -408,7 +408,7 @@ def replay(
     Prints "identical" and the transcript hash (exit 0), or the first turn and
     token where the replay diverges (exit 1). Example: localtable replay 20261126-101500-a1b2c3
     """
-    from localtable.rerun import replay_run
+    from localtable.session.rerun import replay_run
 
     run_dir = find_run(run, runs_dir)
     report = replay_run(
@@ -559,10 +559,10 @@ def batch(
     interrupted one. Prints the accuracy table when questions have answer keys.
     Example: localtable batch --task arithmetic --limit 5 --seeds 1 --rounds 2
     """
-    from localtable.batch import BatchRequest, EngineRunner, parse_seeds, run_batch
-    from localtable.memory import parse_size
-    from localtable.questions import load_questions
-    from localtable.tasks import load_task
+    from localtable.backends.llamacpp.memory import parse_size
+    from localtable.research.batch import BatchRequest, SessionRunner, parse_seeds, run_batch
+    from localtable.research.questions import load_questions
+    from localtable.research.tasks import load_task
 
     if (questions_file is None) == (task is None):
         raise ConfigError("give a questions file (.jsonl or .toml) or --task NAME, not both")
@@ -581,8 +581,8 @@ def batch(
         memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
     )
     loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
-    runner = EngineRunner(loaded, TemplateSet(), lambda e: None, allow_engine_change)
-    result = run_batch(req, runner, BatchPrinter(quiet))
+    with SessionRunner(loaded, TemplateSet(), lambda e: None, allow_engine_change) as runner:
+        result = run_batch(req, runner, BatchPrinter(quiet))
     complete, failed, errors = (result.count(s) for s in ("complete", "failed", "error"))
     click.echo(
         f"Batch {result.index.name}: {complete} complete, {failed} failed, {errors} errors; "
@@ -597,9 +597,9 @@ def batch(
 def _print_score(
     targets: list[str], runs_dir: Path, fmt: str, output: Path | None, quiet_if_none: bool = False
 ) -> None:
-    from localtable.compare import collect
-    from localtable.research_render import render_score
-    from localtable.scoring import score
+    from localtable.research.compare import collect
+    from localtable.research.render import render_score
+    from localtable.research.scoring import score
 
     records, _ = collect(targets, runs_dir)
     try:
@@ -642,9 +642,9 @@ def compare(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: P
     changed answer how often and towards whom, and every run's final answers
     side by side. Example: localtable compare runs/arithmetic --format html --output cmp.html
     """
-    from localtable.compare import collect
-    from localtable.compare import compare as compare_runs
-    from localtable.research_render import render_comparison
+    from localtable.research.compare import collect
+    from localtable.research.compare import compare as compare_runs
+    from localtable.research.render import render_comparison
 
     records, skipped = collect(list(targets), runs_dir)
     result = compare_runs(records, skipped)

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from localtable.config import Sampling
 from localtable.errors import RecordError
+from localtable.record_upgrade import TARGET_VERSION, upgrade_v2
+from localtable.storage import StorageError, read_versioned, write_atomic
 
-# 2 added `memory` and `summary.rejected`; a version-1 record is version 2 without
-# them (both have defaults), so it is read as one. Older readers refuse version 2.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 2 added `memory` and `summary.rejected`. 3 is backend-neutral: each model names the
+# backend that ran it, with that backend's own settings; `backends` and `machine`
+# replace the llama.cpp-only `engine`; sampling is stored as it was (no config
+# limits); turns and the summary keep the display limits that applied; generations
+# keep their token ids. Versions 1 and 2 are upgraded on reading (record_upgrade.py).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 RECORD_FILE = "record.json"
 
 
@@ -31,41 +34,48 @@ class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SamplingRecord(Frozen):
+    """Sampling as a run used it. Unlike the config's Sampling it has no validation
+    limits: tightening a limit later must not make old records unreadable."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    typical_p: float
+    frequency_penalty: float
+    presence_penalty: float
+    max_tokens: int
+
+
 class ModelRecord(Frozen):
-    """A model file as the run used it."""
+    """A model as the run used it: which backend ran it, what identifies it there, and
+    that backend's own settings (stored as the backend described them)."""
 
     name: str
-    source: str
-    path: str
-    sha256: str
-    size: int
-    architecture: str
+    backend: str = Field(description="the backend that ran it, e.g. llamacpp")
+    source: str = Field(description="where the model came from, in words")
+    sha256: str | None = Field(default=None, description="the model file, where there is one")
+    size: int | None = None
+    architecture: str = ""
     chat_mode: Literal["template", "completion"]
     chat_template_sha256: str | None = None
-    n_ctx: int = Field(description="effective context as llama.cpp padded it")
-    n_ctx_requested: int
-    n_batch: int
-    n_ubatch: int
-    threads: int
-    gpu_layers: int
-    flash_attn: bool
-    type_k: str
-    type_v: str
-    repeat_last_n: int = Field(default=64, description="tokens the repeat penalty looks back")
+    n_ctx: int = Field(description="effective context")
     bos_token: str = ""
     eos_token: str = ""
     load_seconds: float = 0.0
+    settings: dict[str, JsonValue] = Field(
+        default_factory=dict, description="the backend's settings that change numbers"
+    )
 
 
-class EngineRecord(Frozen):
-    """The inference engine build and the machine it ran on."""
+class MachineRecord(Frozen):
+    """The machine and Python the run's process ran on."""
 
-    llama_cpp_python: str
-    system_info: str
     python: str
     platform: str
     cpu_flags: list[str] = Field(default_factory=list)
-    library_sha256: dict[str, str] = Field(default_factory=dict)
 
 
 class PanelistRecord(Frozen):
@@ -74,7 +84,7 @@ class PanelistRecord(Frozen):
     label: str = Field(description="how peers see this panelist: its name, or 'Panelist A'")
     model: str
     persona: str
-    sampling: Sampling
+    sampling: SamplingRecord
 
 
 class ParsedTurn(Frozen):
@@ -93,13 +103,14 @@ class Generation(Frozen):
     """One call to the engine: what went in, what came out, how long it took."""
 
     seed: int
-    sampling: Sampling
+    sampling: SamplingRecord
     prompt: str
     prompt_tokens: int
     prompt_sha256: str = Field(description="sha256 of the prompt's token ids")
     shortened: list[str] = Field(default_factory=list, description="context rules applied")
     grammar_sha256: str | None = None
     raw_output: str = ""
+    token_ids: list[int] = Field(default_factory=list, description="the generated tokens")
     completion_tokens: int = 0
     finish_reason: str | None = None
     prompt_eval_tokens: int = 0
@@ -115,6 +126,9 @@ class TurnRecord(Frozen):
     parsed: ParsedTurn | None = None
     changed_mind_stated: bool | None = None
     answer_changed: bool | None = None
+    answer_max_chars: int | None = Field(
+        default=None, description="where the grammar ended the answer line (for display)"
+    )
 
 
 class PositionGroup(Frozen):
@@ -142,13 +156,16 @@ class SummaryRecord(Frozen):
     counterpoint: str = ""
     summary: str = ""
     consensus: Consensus
+    line_max_chars: int | None = Field(
+        default=None, description="where the grammar ended a summary line (for display)"
+    )
 
 
 RunStatus = Literal["running", "complete", "failed", "interrupted"]
 
 
 class MemoryRecord(Frozen):
-    """How the models were held in memory (localtable/memory.py)."""
+    """How the models were held in memory (localtable/backends/llamacpp/memory.py)."""
 
     budget_bytes: int | None = None
     estimated_bytes: dict[str, int] = Field(
@@ -163,7 +180,7 @@ QuestionKind = Literal["open", "choice", "number"]
 
 
 class RunRecord(Frozen):
-    schema_version: Literal[2] = 2  # SCHEMA_VERSION
+    schema_version: Literal[3] = 3  # SCHEMA_VERSION
     run_id: str
     created_at: datetime
     finished_at: datetime | None = None
@@ -184,7 +201,10 @@ class RunRecord(Frozen):
     memory: MemoryRecord | None = None  # absent in older records
     localtable_version: str
     config_path: str
-    engine: EngineRecord | None = None
+    machine: MachineRecord | None = None
+    backends: dict[str, dict[str, JsonValue]] = Field(
+        default_factory=dict, description="backend name -> its own description (build, ...)"
+    )
     models: list[ModelRecord] = Field(default_factory=list)
     panelists: list[PanelistRecord]
     summarizer: str
@@ -261,23 +281,12 @@ def record_path(run_dir: Path) -> Path:
 
 def write_record(run_dir: Path, record: RunRecord) -> None:
     """Replace record.json atomically: a failure leaves the previous version intact."""
-    target = record_path(run_dir)
-    data = record.model_dump_json(indent=2).encode("utf-8")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".record-", suffix=".json")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    except OSError as exc:
+        write_atomic(record_path(run_dir), record.model_dump_json(indent=2).encode("utf-8"))
+    except StorageError as exc:
         raise RecordError(
-            f"cannot write run record {target} ({exc.strerror}); free disk space, then "
-            "`localtable resume` continues from the last saved turn"
+            f"{exc}; nothing after the last saved turn was lost: fix that, then "
+            "`localtable resume` continues from there"
         ) from None
 
 
@@ -294,27 +303,29 @@ def find_run(run: str, runs_dir: Path) -> Path:
     )
 
 
+def _read_v2(raw: dict[str, Any]) -> RunRecord:
+    return RunRecord.model_validate(upgrade_v2(raw))
+
+
+READERS: dict[int, Callable[[dict[str, Any]], RunRecord]] = {
+    1: _read_v2,  # version 1 is version 2 without two optional fields
+    2: _read_v2,
+    3: RunRecord.model_validate,
+}
+assert TARGET_VERSION == SCHEMA_VERSION and set(READERS) == set(READABLE_VERSIONS)
+
+
 def read_record(run_dir: Path) -> RunRecord:
-    path = record_path(run_dir)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecordError(f"{path}: no run record here") from None
-    except (OSError, ValueError) as exc:
-        raise RecordError(f"{path}: unreadable run record ({exc})") from None
-    version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version not in READABLE_VERSIONS:
-        readable = " and ".join(map(str, READABLE_VERSIONS))
-        raise RecordError(
-            f"{path}: record schema version {version!r} is not supported by this localtable "
-            f"(it reads versions {readable}); use the localtable version that wrote it"
+        return read_versioned(
+            record_path(run_dir),
+            what="run record",
+            version_key="schema_version",
+            label="schema version",
+            readers=READERS,
         )
-    try:
-        return RunRecord.model_validate({**raw, "schema_version": SCHEMA_VERSION})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RecordError(f"{path}: invalid run record at {where}: {first['msg']}") from None
+    except StorageError as exc:
+        raise RecordError(str(exc)) from None
 
 
 class RunListing(BaseModel):

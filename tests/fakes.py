@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from localtable.chatformat import ChatMessage
+from localtable.backends.base import (
+    BackendCrashed,
+    ChatMessage,
+    TurnFailed,
+    TurnRequest,
+    TurnResult,
+)
 from localtable.config import Sampling
-from localtable.engine_api import EngineFailure
-from localtable.record import Generation, PanelistRecord, RunRecord
+from localtable.record import PanelistRecord, RunRecord, SamplingRecord
 
 
 @dataclass
@@ -17,8 +22,7 @@ class Call:
     messages: list[ChatMessage]
     grammar: str
     seed: int
-    sampling: Sampling
-    shortened: list[str]
+    sampling: SamplingRecord
 
 
 @dataclass
@@ -39,31 +43,30 @@ class FakeSpeaker:
     ) -> list[PanelistRecord]:
         return panel
 
-    def generate(
-        self,
-        panelist: str,
-        messages: list[ChatMessage],
-        *,
-        grammar: str,
-        seed: int,
-        sampling: Sampling,
-        shortened: list[str],
-    ) -> Generation:
-        self.calls.append(Call(panelist, messages, grammar, seed, sampling, shortened))
+    def generate(self, request: TurnRequest) -> TurnResult:
+        panelist, messages = request.panelist, request.messages
+        self.calls.append(Call(panelist, messages, request.grammar, request.seed, request.sampling))
         reply = self.replies[panelist].pop(0)
         if isinstance(reply, Exception):
             raise reply
-        return Generation(
-            seed=seed,
-            sampling=sampling,
+        return TurnResult(
             prompt="\n".join(m.content for m in messages),
             prompt_tokens=self.count_tokens(panelist, messages),
             prompt_sha256="0" * 64,
-            shortened=shortened,
-            raw_output=reply,
-            completion_tokens=len(reply) // 4,
+            text=reply,
             finish_reason="stop",
+            completion_tokens=len(reply) // 4,
+            prompt_eval_tokens=self.count_tokens(panelist, messages),
+            seconds=0.0,
         )
+
+
+def sampling(**values: object) -> SamplingRecord:
+    """The config's Sampling (its defaults and limits) as a record stores it."""
+    return SamplingRecord.model_validate(Sampling.model_validate(values).model_dump())
+
+
+SAMPLING_64 = sampling(max_tokens=64)
 
 
 def make_record(
@@ -79,7 +82,7 @@ def make_record(
             label=f"Panelist {'ABC'[i]}" if anonymous else n,
             model="m",
             persona="",
-            sampling=Sampling(max_tokens=64),
+            sampling=SAMPLING_64,
         )
         for i, n in enumerate(names)
     ]
@@ -100,9 +103,7 @@ def make_record(
 
 
 def crash() -> Exception:
-    from localtable.engine import EngineCrashed
-
-    return EngineCrashed("engine process died with SIGSEGV (segmentation fault in llama.cpp)")
+    return BackendCrashed("engine process died with SIGSEGV (segmentation fault in llama.cpp)")
 
 
-__all__ = ["EngineFailure", "FakeSpeaker", "crash", "make_record"]
+__all__ = ["FakeSpeaker", "TurnFailed", "crash", "make_record"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from localtable.answers import parse_number
-from localtable.tasks import load_task
-from localtable.tasks.arithmetic import MT19937, problems
+from localtable.debate.answers import parse_number
+from localtable.research.tasks import load_task
+from localtable.research.tasks.arithmetic import MT19937, problems
 
 # np.random.seed(0); a, b, c, d, e, f = np.random.randint(0, 30, size=6), three times
 FIRST = [

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from localtable.batch import (
+from localtable.backends.base import TurnRequest, TurnResult
+from localtable.cli import cli
+from localtable.errors import ConfigError, RecordError
+from localtable.record import RunRecord, read_record, write_record
+from localtable.research.batch import (
     BatchEvent,
     BatchRequest,
     estimate_left,
@@ -18,13 +22,8 @@ from localtable.batch import (
     run_batch,
     run_id_for,
 )
-from localtable.chatformat import ChatMessage
-from localtable.cli import cli
-from localtable.config import Sampling
-from localtable.errors import ConfigError, RecordError
-from localtable.questions import Question, QuestionSet
-from localtable.record import Generation, RunRecord, read_record, write_record
-from localtable.run import DebateRequest, RunInterrupted, execute
+from localtable.research.questions import Question, QuestionSet
+from localtable.session.run import DebateRequest, RunInterrupted, execute
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, make_record
 
@@ -49,16 +48,8 @@ class ScriptedSpeaker(FakeSpeaker):
     answers: dict[str, str] = field(default_factory=dict)
     stop_at: int | None = None
 
-    def generate(
-        self,
-        panelist: str,
-        messages: list[ChatMessage],
-        *,
-        grammar: str,
-        seed: int,
-        sampling: Sampling,
-        shortened: list[str],
-    ) -> Generation:
+    def generate(self, request: TurnRequest) -> TurnResult:
+        panelist, grammar = request.panelist, request.grammar
         if self.stop_at is not None and len(self.calls) == self.stop_at:
             raise KeyboardInterrupt
         answer = self.answers.get(panelist, "")
@@ -72,9 +63,7 @@ class ScriptedSpeaker(FakeSpeaker):
         else:
             reply = f"Answer: {answer}\nReasoning: r"
         self.replies[panelist] = [reply]
-        return super().generate(
-            panelist, messages, grammar=grammar, seed=seed, sampling=sampling, shortened=shortened
-        )
+        return super().generate(request)
 
 
 @dataclass

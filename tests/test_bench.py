@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from localtable.bench import BenchReport, ProcessUsage, Side, new_tokens, render
-from localtable.config import Sampling
 from localtable.record import Consensus, Generation, SummaryRecord, TurnRecord
-from tests.fakes import make_record
+from tests.fakes import make_record, sampling
 
 
 def gen(prompt: str, tokens: int) -> Generation:
-    return Generation(seed=1, sampling=Sampling(), prompt=prompt, prompt_tokens=tokens,
+    return Generation(seed=1, sampling=sampling(), prompt=prompt, prompt_tokens=tokens,
                       prompt_sha256="0" * 64)  # fmt: skip
 
 
@@ -68,3 +67,19 @@ def test_the_table_gives_ratios_to_bare_and_flags_differing_texts() -> None:
     assert "reuse on/off transcripts identical: yes" in text
     assert "bare texts identical to localtable's: yes" in text
     assert "not like for like" in render(report(["y"]))
+
+
+def test_repetitions_give_medians_of_per_repetition_ratios_with_their_range() -> None:
+    """A slow repetition (the machine got busy) moves every side of it, not the ratio."""
+    rep = report(["x"])
+    rep.repeats = [
+        [side("on", on, ["x"], 400), side("off", off, ["x"], 1000), side("bare", bare, ["x"], 1000)]
+        for on, off, bare in ((50, 60, 80), (150, 180, 240), (52, 61, 78))
+    ]
+    text = render(rep)
+    wall = next(line for line in text.splitlines() if line.startswith("wall time"))
+    assert "52.0 s (50.0-150.0)" in wall and "80.0 s (78.0-240.0)" in wall
+    ratios = next(line for line in text.splitlines() if line.strip().startswith("ratio to bare"))
+    # on/bare per repetition: 0.625, 0.625, 0.667 -> median 0.62 (0.62-0.67)
+    assert "0.62x (0.62-0.67x)" not in ratios and "0.62x (0.62-0.67)" in ratios
+    assert "repetitions: 3, sides interleaved" in text

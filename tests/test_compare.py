@@ -7,10 +7,10 @@ import io
 import re
 from pathlib import Path
 
-from localtable.batch import BatchEntry, BatchIndex, write_index
-from localtable.compare import collect, compare
 from localtable.record import write_record
-from localtable.research_render import heat_color, render_comparison
+from localtable.research.batchindex import BatchEntry, BatchIndex, write_index
+from localtable.research.compare import collect, compare
+from localtable.research.render import heat_color, render_comparison
 from localtable.templates import builtin
 from tests.scored import scored_record
 

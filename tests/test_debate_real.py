@@ -120,8 +120,8 @@ def test_question_with_control_tokens_stays_text(tmp_path: Path, env: dict[str, 
 
 
 def test_control_token_text_is_not_tokenized_as_control() -> None:
-    from localtable.engine import Engine
-    from localtable.engine_api import LoadRequest, PromptPiece
+    from localtable.backends.llamacpp.engine import Engine
+    from localtable.backends.llamacpp.messages import LoadRequest, PromptPiece
 
     with Engine() as engine:
         engine.load(LoadRequest(model_key="s", path=smollm2_path(), n_ctx=512, threads=1))

@@ -11,9 +11,14 @@ import time
 
 import pytest
 
-from localtable.config import Sampling
-from localtable.engine import Engine, EngineCrashed
-from localtable.engine_api import EngineFailure, GenerateRequest, LoadRequest, PromptPiece
+from localtable.backends.llamacpp.engine import Engine, EngineCrashed
+from localtable.backends.llamacpp.messages import (
+    EngineFailure,
+    GenerateRequest,
+    LoadRequest,
+    PromptPiece,
+)
+from tests.fakes import sampling
 from tests.realmodels import smollm2_path
 
 pytestmark = pytest.mark.slow
@@ -25,7 +30,7 @@ PROMPT = [PromptPiece(text="<|im_start|>user\n", special=True),
 
 def request(grammar: str | None, max_tokens: int = 24) -> GenerateRequest:
     return GenerateRequest(model_key="s", pieces=PROMPT, grammar=grammar, seed=3,
-                           sampling=Sampling(max_tokens=max_tokens))  # fmt: skip
+                           sampling=sampling(max_tokens=max_tokens))  # fmt: skip
 
 
 def load(engine: Engine) -> None:
@@ -82,16 +87,16 @@ def test_out_of_memory_kill_is_named() -> None:
 
 PARENT = """
 import sys
-from localtable.config import Sampling
-from localtable.engine import Engine
-from localtable.engine_api import GenerateRequest, LoadRequest, PromptPiece
+from localtable.backends.llamacpp.engine import Engine
+from tests.fakes import sampling
+from localtable.backends.llamacpp.messages import GenerateRequest, LoadRequest, PromptPiece
 engine = Engine()
 engine.load(LoadRequest(model_key="s", path=sys.argv[1], n_ctx=4096, threads=1))
 print(engine.worker_pid, flush=True)
 # about a minute of generation, that the worker would finish if nothing stopped it
 engine.generate(GenerateRequest(
     model_key="s", pieces=[PromptPiece(text="Write.", special=False)], seed=1,
-    grammar="root ::= [a-z ]{2000,3000}", sampling=Sampling(max_tokens=3000)))
+    grammar="root ::= [a-z ]{2000,3000}", sampling=sampling(max_tokens=3000)))
 """
 
 

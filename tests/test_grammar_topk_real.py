@@ -1,6 +1,6 @@
 """GrammarTopK on real llama.cpp: the same arrays as grammar + top_k, the same text.
 
-localtable/grammar_topk.py replaces llama-cpp-python's grammar and top_k
+localtable/backends/llamacpp/grammar_topk.py replaces llama-cpp-python's grammar and top_k
 samplers with one step that checks the likely tokens first. These tests
 compare it with the two samplers it replaces: array for array on random
 logits (with ties and fixed literals, where it must fall back), and text for
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from localtable import grammar_topk
+from localtable.backends.llamacpp import grammar_topk
 from localtable.config import load_config
-from localtable.modelfiles import resolve
+from localtable.models.files import resolve
 from tests.conftest import MODELS_TOML
 from tests.realmodels import smollm2_path
 

@@ -33,7 +33,7 @@ except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys
 
 from localtable.config import load_config
 from localtable.errors import ConfigError
-from localtable.lockfile import LockedFile, LockedModel, LockFile, read_lock, write_lock
+from localtable.models.lock import LockedFile, LockedModel, LockFile, read_lock, write_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -508,7 +508,7 @@ def test_lock_roundtrip_merge_and_version(tmp_path: Path) -> None:
 
 
 def test_shard_names() -> None:
-    from localtable.hub import shard_files
+    from localtable.models.hub import shard_files
 
     assert shard_files("x.gguf") == ["x.gguf"]
     assert shard_files("d/x-00001-of-00002.gguf") == ["d/x-00001-of-00002.gguf",
@@ -521,8 +521,10 @@ def test_shard_names() -> None:
 
 
 def _child(command: str, arg: str, config: str) -> object:
-    from localtable import hub, modelfiles, modelstatus
     from localtable.errors import LocaltableError
+    from localtable.models import files as modelfiles
+    from localtable.models import hub
+    from localtable.models import status as modelstatus
 
     loaded = load_config(Path(config))
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localtable.answers import (
+from localtable.debate.answers import (
     canonical_number,
     is_correct,
     parse_number,
@@ -16,8 +16,8 @@ from localtable.answers import (
     same_position,
     tally_groups,
 )
-from localtable.parsing import ParseFailure, parse_summary, parse_turn
-from localtable.protocol import Debate
+from localtable.debate.parsing import ParseFailure, parse_summary, parse_turn
+from localtable.debate.protocol import Debate
 from localtable.record import RunRecord, read_record, write_record
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, make_record

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from localtable.kvslots import MIN_STEP, ROW_GROUP, prompt_steps
+from localtable.backends.llamacpp.kvslots import MIN_STEP, ROW_GROUP, prompt_steps
 
 
 def test_steps_are_long_enough_and_start_on_row_groups() -> None:

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from localtable.backends.llamacpp.memory import (
+    ModelNeed,
+    estimate,
+    mem_available,
+    parse_size,
+    plan_memory,
+)
+from localtable.debate.protocol import Debate
 from localtable.errors import ConfigError
-from localtable.memory import ModelNeed, estimate, mem_available, parse_size, plan_memory
-from localtable.protocol import Debate
 from localtable.record import PanelistRecord, RunRecord, transcript_sha256
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, make_record
@@ -135,21 +141,22 @@ class StubEngine:
     active: list[str] = field(default_factory=list)
 
 
-def test_engine_speaker_groups_turns_by_model_when_loading_one_at_a_time() -> None:
-    from localtable.speaker import EngineSpeaker, Seat
+def test_llamacpp_backend_groups_turns_by_model_when_loading_one_at_a_time() -> None:
+    from localtable.backends.llamacpp.backend import LlamaCppBackend, LlamaSeat
 
     record = make_record(["A1", "B2", "C3"])
-    info = type("Info", (), {})()
-    seats = {
-        "A1": Seat.model_construct(model_key="m1", mode="template", info=info),
-        "B2": Seat.model_construct(model_key="m2", mode="template", info=info),
-        "C3": Seat.model_construct(model_key="m1", mode="template", info=info),
-    }
+    record.panelists[1] = record.panelists[1].model_copy(update={"model": "m2"})
+    record.panelists[0] = record.panelists[0].model_copy(update={"model": "m1"})
+    record.panelists[2] = record.panelists[2].model_copy(update={"model": "m1"})
     engine = StubEngine(one_at_a_time=False, active=["m2"])
-    speaker = EngineSpeaker(engine, seats, None, builtin())  # type: ignore[arg-type]
+    backend = LlamaCppBackend(engine)  # type: ignore[arg-type]
+    backend.seats = {
+        m: LlamaSeat(backend, None, key=m, info=None)  # type: ignore[arg-type]
+        for m in ("m1", "m2")
+    }
 
     def names(then: str | None) -> list[str]:
-        return [p.name for p in speaker.turn_order(2, record.panelists, then)]
+        return [p.name for p in backend.turn_order(2, record.panelists, then)]
 
     assert names(None) == ["A1", "B2", "C3"]  # together: the panel's order
     engine.one_at_a_time = True
@@ -159,7 +166,7 @@ def test_engine_speaker_groups_turns_by_model_when_loading_one_at_a_time() -> No
 
 
 def test_cores_capped_by_a_cgroup_quota(tmp_path: Path) -> None:
-    from localtable.run import available_cores, cgroup_cpu_quota
+    from localtable.backends.llamacpp.backend import available_cores, cgroup_cpu_quota
 
     assert cgroup_cpu_quota(tmp_path) is None  # no cgroup files: no quota
     (tmp_path / "cpu.max").write_text("max 100000\n")

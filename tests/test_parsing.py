@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from localtable.parsing import repeats_instructions
+from localtable.debate.parsing import repeats_instructions
 
 
 def test_repeating_the_prompt_needs_three_words_copied_in_order() -> None:

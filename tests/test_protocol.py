@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from localtable.protocol import SHORTENING_RULES, Debate, derive_seed
+from localtable.debate.protocol import SHORTENING_RULES, Debate, derive_seed
 from localtable.record import RunRecord
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, crash, make_record

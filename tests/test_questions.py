@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localtable.questions import QuestionFileError, load_questions
+from localtable.research.questions import QuestionFileError, load_questions
 
 GOOD = [
     {"id": "open-1", "question": "Should cities ban cars?"},

@@ -11,7 +11,11 @@ import pytest
 
 from localtable.errors import RecordError
 from localtable.record import list_runs, read_record, transcript_sha256, write_record
+from localtable.report.render import render
+from localtable.templates import builtin
 from tests.fakes import make_record
+
+DATA = Path(__file__).parent / "data"
 
 
 def test_roundtrip_and_hash_ignores_timing(tmp_path: Path) -> None:
@@ -31,14 +35,44 @@ def test_unknown_schema_version_fails_clearly(tmp_path: Path) -> None:
         read_record(tmp_path)
 
 
-def test_a_version_1_record_reads_as_version_2(tmp_path: Path) -> None:
-    write_record(tmp_path, make_record(["A", "B"]))
-    raw = json.loads((tmp_path / "record.json").read_text())
-    raw["schema_version"] = 1
-    del raw["memory"]  # version 1 had no memory plan
-    (tmp_path / "record.json").write_text(json.dumps(raw))
+@pytest.mark.parametrize("version", [1, 2])
+def test_stored_records_of_older_versions_read_as_version_3(tmp_path: Path, version: int) -> None:
+    """Real records written by localtable at d1000e0 (version 2, and the same run as
+    version 1 wrote it: no memory plan, no rejected summaries)."""
+    stored = json.loads((DATA / f"record-v{version}-real.json").read_text(encoding="utf-8"))
+    (tmp_path / "record.json").write_text(json.dumps(stored))
     record = read_record(tmp_path)
-    assert record.schema_version == 2 and record.memory is None
+    assert record.schema_version == 3
+    assert transcript_sha256(record) == stored["transcript_sha256"]  # outputs unchanged
+    assert (record.memory is None) == (version == 1)
+    for model, old in zip(record.models, stored["models"], strict=True):
+        assert model.backend == "llamacpp" and model.sha256 == old["sha256"]
+        assert model.settings["threads"] == old["threads"]
+        assert model.settings["n_ubatch"] == old["n_ubatch"]
+        assert model.settings["path"] == old["path"]
+    assert record.backends["llamacpp"]["llama_cpp_python"] == stored["engine"]["llama_cpp_python"]
+    assert record.machine is not None and record.machine.python == stored["engine"]["python"]
+    # the display limits that applied then are kept for the renderers
+    max_tokens = {p["name"]: p["sampling"]["max_tokens"] for p in stored["panelists"]}
+    for turn in record.turns:
+        assert turn.answer_max_chars == max(40, min(400, 2 * max_tokens[turn.panelist]))
+    assert record.summary is not None and record.summary.line_max_chars == 160
+    # and a record read back from version 3 is the same record
+    write_record(tmp_path, record)
+    assert read_record(tmp_path) == record
+    text = render(record, "text", builtin())  # renderers need only the record
+    assert record.question in text and all(p.name in text for p in record.panelists)
+
+
+def test_sampling_outside_todays_limits_still_reads(tmp_path: Path) -> None:
+    """Recorded sampling is stored as it was: a limit tightened later (in the config)
+    must not make old records unreadable."""
+    record = make_record(["A", "B"])
+    raw = json.loads(record.model_dump_json())
+    raw["panelists"][0]["sampling"]["temperature"] = 99.0  # over the config's limit of 5
+    raw["panelists"][0]["sampling"]["max_tokens"] = 1_000_000
+    (tmp_path / "record.json").write_text(json.dumps(raw))
+    assert read_record(tmp_path).panelists[0].sampling.temperature == 99.0
 
 
 def test_full_disk_keeps_the_previous_record(
@@ -52,7 +86,7 @@ def test_full_disk_keeps_the_previous_record(
 
     monkeypatch.setattr(os, "replace", no_space)
     second = make_record(["A", "B"], question="changed")
-    with pytest.raises(RecordError, match="No space left on device.*localtable resume"):
+    with pytest.raises(RecordError, match="disk is full.*localtable resume"):
         write_record(tmp_path, second)
     monkeypatch.undo()
     assert read_record(tmp_path).question == first.question

@@ -12,10 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from localtable.cli import cli
-from localtable.config import Sampling
-from localtable.protocol import Debate
-from localtable.record import ModelRecord, RunRecord, SummaryRecord, transcript_sha256
-from localtable.render import (
+from localtable.debate.protocol import Debate
+from localtable.record import READERS, ModelRecord, RunRecord, SummaryRecord, transcript_sha256
+from localtable.report.render import (
     ChartCell,
     ChartRow,
     GenerationRow,
@@ -27,7 +26,7 @@ from localtable.render import (
     render,
 )
 from localtable.templates import TemplateSet, builtin
-from tests.fakes import FakeSpeaker, crash, make_record
+from tests.fakes import FakeSpeaker, crash, make_record, sampling
 
 DATA = Path(__file__).parent / "data"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "report.md"
@@ -46,7 +45,8 @@ PAYLOADS = [SCRIPT, CLOSE, ATTR, QUOTE, JS_LINK, IMAGE]
 
 
 def fixture_record() -> RunRecord:
-    return RunRecord.model_validate_json((DATA / "record.json").read_text(encoding="utf-8"))
+    """A real run's record, stored as written (schema version 2), read as today."""
+    return READERS[2](json.loads((DATA / "record.json").read_text(encoding="utf-8")))
 
 
 def run_fake(record: RunRecord, replies: dict[str, list[str | Exception]]) -> RunRecord:
@@ -84,21 +84,14 @@ def hostile_record() -> RunRecord:
     record.models = [
         ModelRecord(
             name=f"m {SCRIPT}",
+            backend=IMAGE,
             source=JS_LINK,
-            path=CLOSE,
             sha256=ATTR,
             size=1,
             architecture=QUOTE,
             chat_mode="template",
             n_ctx=1,
-            n_ctx_requested=1,
-            n_batch=1,
-            n_ubatch=1,
-            threads=1,
-            gpu_layers=0,
-            flash_attn=False,
-            type_k=SCRIPT,
-            type_v=SCRIPT,
+            settings={"path": CLOSE, SCRIPT: SCRIPT, "threads": 1},
         )
     ]
     record.panelists = [
@@ -426,13 +419,13 @@ def test_every_layout_variable_is_documented() -> None:
 def test_sampling_is_shown() -> None:
     record = make_record(["A1"])
     record.panelists = [
-        record.panelists[0].model_copy(update={"sampling": Sampling(temperature=1.25)})
+        record.panelists[0].model_copy(update={"sampling": sampling(temperature=1.25)})
     ]
     assert '<td class="num">1.25</td>' in html(record)
 
 
 def test_text_cut_by_a_length_cap_ends_at_its_last_whole_sentence() -> None:
-    from localtable.render import whole_sentences
+    from localtable.report.render import whole_sentences
 
     cut_answer = "Open it. Keep the weights for a year. But then the"
     assert whole_sentences(cut_answer, cut=True) == "Open it. Keep the weights for a year."
@@ -464,7 +457,7 @@ def test_the_view_trims_answers_the_grammar_cut_and_leaves_others() -> None:
 
 
 def test_a_line_at_the_grammars_limit_counts_as_cut_even_without_its_last_space() -> None:
-    from localtable.render import at_limit
+    from localtable.report.render import at_limit
 
     assert at_limit("x" * 160, 160) and at_limit("x" * 159, 160)  # "…to have " stripped
     assert not at_limit("x" * 158, 160)

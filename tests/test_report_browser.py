@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from localtable.record import RunRecord, read_record
-from localtable.render import render
+from localtable.report.render import render
 from localtable.templates import TemplateSet
 from tests.conftest import REPO, subprocess_env
 from tests.realmodels import fast_config, localtable

@@ -145,7 +145,7 @@ def test_replay_refuses_another_engine_build_unless_asked(
 ) -> None:
     copy = tmp_path / one_go.name
     raw = json.loads((one_go / "record.json").read_text())
-    raw["engine"]["library_sha256"]["libllama.so.0.5.0"] = "0" * 64
+    raw["backends"]["llamacpp"]["library_sha256"]["libllama.so.0.5.0"] = "0" * 64
     copy.mkdir()
     (copy / "record.json").write_text(json.dumps(raw))
     refused = localtable("replay", str(copy), "--runs-dir", str(tmp_path), env=env)
@@ -162,7 +162,7 @@ def test_replay_without_the_model_file(tmp_path: Path, env: dict[str, str], one_
     copy = tmp_path / one_go.name
     raw = json.loads((one_go / "record.json").read_text())
     raw["models"][0]["sha256"] = "f" * 64
-    raw["models"][0]["path"] = "/nonexistent/model.gguf"
+    raw["models"][0]["settings"]["path"] = "/nonexistent/model.gguf"
     copy.mkdir()
     (copy / "record.json").write_text(json.dumps(raw))
     result = localtable("replay", str(copy), "--runs-dir", str(tmp_path), env=env)

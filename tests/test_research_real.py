@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from localtable.answers import parse_number
-from localtable.batch import read_index
+from localtable.debate.answers import parse_number
 from localtable.record import read_record
+from localtable.research.batchindex import read_index
 from tests.conftest import REPO, subprocess_env
 from tests.realmodels import fast_config, localtable
 

@@ -1,7 +1,7 @@
 """Prefix reuse on real llama.cpp: bit-identical numbers, the same transcript, less work.
 
 The worker keeps each panelist's evaluated prompt in a KV cache of its own and
-evaluates only what is new (localtable/kvslots.py). These tests check the
+evaluates only what is new (localtable/backends/llamacpp/kvslots.py). These tests check the
 promise that makes this safe: a reused prefix gives the same logits as a cold
 evaluation (also when the new part starts in the middle of an n_batch chunk,
 past Gemma 3's sliding window, and in a second context over the same weights),
@@ -15,12 +15,17 @@ from typing import Any
 
 import pytest
 
+from localtable.backends.llamacpp.backend import N_UBATCH, LlamaCppBackend
+from localtable.backends.llamacpp.engine import Engine
+from localtable.backends.llamacpp.kvslots import MIN_STEP, KVSlot, share_weights
 from localtable.config import load_config
-from localtable.engine import Engine
-from localtable.kvslots import MIN_STEP, KVSlot, share_weights
-from localtable.modelfiles import resolve
-from localtable.record import RunRecord, read_record
-from localtable.run import N_UBATCH, DebateRequest, run_debate
+from localtable.models.files import resolve
+from localtable.record import RunRecord, read_record, write_record
+from localtable.research.batch import BatchRequest, SessionRunner, run_batch
+from localtable.research.questions import Question, QuestionSet
+from localtable.session.rerun import resume_run
+from localtable.session.run import DebateRequest, run_debate
+from localtable.session.session import Session
 from localtable.templates import TemplateSet
 from tests.conftest import MODELS_TOML, REPO, subprocess_env
 from tests.realmodels import fast_config, localtable
@@ -43,8 +48,8 @@ def load_llm(model: str) -> Any:
 
 @pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
 def test_prompt_steps_of_up_to_256_tokens_give_the_same_logits(model: str) -> None:
-    """What prefix reuse relies on (localtable/run.py, N_UBATCH): however a prompt is
-    cut into steps of 8 to 256 tokens, the logits are the same. (Gemma 3 gave other
+    """What prefix reuse relies on (backends/llamacpp/backend.py, N_UBATCH): however a
+    prompt is cut into steps of 8 to 256 tokens, the logits are the same. (Gemma 3 gave other
     logits after a step of 257 or more, or after a last step of 2, 4 or 6.)"""
     import llama_cpp
     import numpy as np
@@ -111,7 +116,7 @@ def test_reused_prefix_gives_the_logits_of_a_cold_evaluation(model: str) -> None
     assert np.array_equal(cold, twin_cold)
     # Reuse from mid-chunk, a chunk boundary, past the sliding window, all but 2..8
     # tokens; the reuse point is rounded down to a multiple of 4 and leaves at least
-    # MIN_STEP tokens (see localtable/kvslots.py).
+    # MIN_STEP tokens (see localtable/backends/llamacpp/kvslots.py).
     cases = ((100, 100), (N_BATCH, N_BATCH), (601, 600), (PROMPT_TOKENS - 2, 752),
              (PROMPT_TOKENS - 5, 752), (PROMPT_TOKENS - 8, 752))  # fmt: skip
     for keep, expected in cases:
@@ -217,9 +222,12 @@ def test_models_loaded_one_at_a_time_give_the_same_transcript(
     )  # fmt: skip
     notes: list[str] = []
     engine = Engine()
-    _, in_turn = run_debate(
-        req, load_config(config), TemplateSet(), lambda e: None, engine=engine, notice=notes.append
-    )
+    loaded = load_config(config)
+    with Session(TemplateSet(), loaded) as session:
+        session.add_backend(LlamaCppBackend(engine))
+        _, in_turn = run_debate(
+            req, loaded, TemplateSet(), lambda e: None, session, notice=notes.append
+        )
     assert in_turn.memory is not None and in_turn.memory.loading == "one at a time"
     assert in_turn.memory.budget_bytes == 1 << 20
     assert len(notes) == 1 and "one at a time" in notes[0] and "over the budget" in notes[0]
@@ -233,3 +241,36 @@ def test_models_loaded_one_at_a_time_give_the_same_transcript(
         assert a.generation is not None and b.generation is not None
         assert a.generation.raw_output == b.generation.raw_output
     assert in_turn.transcript_sha256 == together.transcript_sha256
+
+    # Resumed after round 1, the run loads as recorded: one model at a time again.
+    run_dir = tmp_path / "runs-in-turn" / in_turn.run_id
+    cut = in_turn.model_copy(deep=True)
+    cut.turns = [t for t in cut.turns if t.round == 1]
+    cut.summary, cut.status, cut.transcript_sha256 = None, "interrupted", None
+    write_record(run_dir, cut)
+    engine = Engine()
+    with Session(TemplateSet(), loaded) as session:
+        session.add_backend(LlamaCppBackend(engine))
+        resumed = resume_run(run_dir, loaded, TemplateSet(), lambda e: None, session=session)
+        assert engine.one_at_a_time
+    assert len(engine.load_count) == 2
+    assert all(n <= 1 + in_turn.rounds for n in engine.load_count.values()), engine.load_count
+    assert resumed.transcript_sha256 == in_turn.transcript_sha256
+
+
+def test_a_batch_loads_each_model_once(tmp_path: Path) -> None:
+    """One Session for the batch: its debates reuse the loaded models."""
+    loaded = load_config(fast_config(tmp_path, max_tokens=32))
+    questions = QuestionSet(
+        name="two", source="test", sha256="0" * 64,
+        questions=[Question(id="a", question="2+2?", kind="number", answer="4"),
+                   Question(id="b", question="3+4?", kind="number", answer="7")],
+    )  # fmt: skip
+    req = BatchRequest(questions=questions, seeds=[1], panel="fast", rounds=1,
+                       runs_dir=tmp_path / "runs", reuse_prefix=True)  # fmt: skip
+    engine = Engine()
+    with SessionRunner(loaded, TemplateSet(), lambda e: None) as runner:
+        runner.session.add_backend(LlamaCppBackend(engine))
+        result = run_batch(req, runner, lambda e: None)
+        assert all(e.status in ("complete", "failed") for e in result.index.entries)
+        assert sorted(engine.load_count.values()) == [1, 1], engine.load_count

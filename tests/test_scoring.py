@@ -7,8 +7,8 @@ import math
 import pytest
 
 from localtable.errors import LocaltableError
-from localtable.research_render import render_score
-from localtable.scoring import Accuracy, majority_right, score
+from localtable.research.render import render_score
+from localtable.research.scoring import Accuracy, majority_right, score
 from localtable.templates import builtin
 from tests.scored import scored_record
 

@@ -1,0 +1,151 @@
+"""The Backend seam: what the debate needs from "something that runs panelists".
+
+A backend opens a panel's models, gives a Seat per model (count tokens, context
+size, generate one turn), describes itself for the record, and says why a
+recorded run might not replay identically on it. The debate protocol and the
+Session see only these types; which engine answered is the backend's business,
+and the record keeps each backend's own description without knowing its fields.
+
+Backends are registered by name in localtable/backends/__init__.py and imported
+only when a panel uses them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from localtable.config import LoadedConfig, ModelSpec
+from localtable.errors import LocaltableError
+from localtable.record import MemoryRecord, ModelRecord, PanelistRecord, RunRecord, SamplingRecord
+from localtable.templates import TemplateSet
+
+
+class TurnFailed(Exception):
+    """One generation did not complete (the backend itself may be fine)."""
+
+
+class BackendCrashed(TurnFailed):
+    """The process or server behind a backend died during a request."""
+
+
+class BackendUnavailable(LocaltableError):
+    """A backend cannot open a model at all (missing file, wrong build, refused load)."""
+
+    exit_code = 1
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class TurnRequest(BaseModel):
+    """One generation, the same for every backend."""
+
+    model_config = ConfigDict(frozen=True)
+    panelist: str = Field(description="whose turn: backends key per-panelist state on it")
+    messages: list[ChatMessage]
+    grammar: str
+    seed: int
+    sampling: SamplingRecord
+
+
+class TurnResult(BaseModel):
+    """What a backend returns for a TurnRequest."""
+
+    model_config = ConfigDict(frozen=True)
+    prompt: str = Field(description="the prompt as rendered for the model")
+    prompt_tokens: int
+    prompt_sha256: str = Field(description="sha256 of the prompt's token ids")
+    notes: list[str] = Field(default_factory=list, description="how the prompt was adapted")
+    text: str
+    token_ids: list[int] = Field(default_factory=list, description="the generated tokens")
+    finish_reason: str
+    completion_tokens: int
+    prompt_eval_tokens: int = Field(description="prompt tokens evaluated (the rest reused)")
+    seconds: float
+    prompt_eval_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+class Seat(Protocol):
+    """A model opened by a backend, as the debate uses it."""
+
+    def context_size(self) -> int: ...
+
+    def count_tokens(self, messages: list[ChatMessage]) -> int: ...
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of plain text (no control tokens), e.g. to place a divergence."""
+        ...
+
+    def generate(self, request: TurnRequest) -> TurnResult: ...
+
+
+class PanelModels(BaseModel):
+    """What a backend is asked to prepare for a new run: its models, and who uses them."""
+
+    model_config = ConfigDict(frozen=True)
+    specs: dict[str, ModelSpec]
+    users: dict[str, int] = Field(description="model name -> panelists using it")
+    loaded: LoadedConfig
+    verify: bool = False
+    reuse_prefix: bool = False
+    memory_budget: int | None = None
+
+
+class Prepared(BaseModel):
+    """A backend's plan for a new run: model records (before loading) and, for
+    in-process engines, how the models share memory."""
+
+    model_config = ConfigDict(frozen=True)
+    models: list[ModelRecord]
+    memory: MemoryRecord | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class Backend(Protocol):
+    """Something that runs panelists. One instance serves a Session (many debates)."""
+
+    name: str
+
+    def prepare(self, panel: PanelModels) -> Prepared:
+        """Resolve and plan the models of a new run, without loading them."""
+        ...
+
+    def open(
+        self,
+        models: list[ModelRecord],
+        memory: MemoryRecord | None,
+        *,
+        reuse_prefix: bool,
+        templates: TemplateSet,
+        today: str,
+        loaded: LoadedConfig | None,
+    ) -> list[ModelRecord]:
+        """Load models as recorded (a model already loaded the same way is kept) and
+        return their records completed with what loading found (effective context,
+        chat template). Raises BackendUnavailable when a model cannot be opened."""
+        ...
+
+    def seat(self, model: str) -> Seat: ...
+
+    def turn_order(
+        self, round_no: int, panel: list[PanelistRecord], then: str | None
+    ) -> list[PanelistRecord]:
+        """The order to run this backend's turns of a round in (any order gives the
+        same record); `then` speaks next, after the round."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """This backend's build and settings, for RunRecord.backends."""
+        ...
+
+    def replay_differences(self, record: RunRecord) -> list[str]:
+        """Why a recorded run may not replay identically here (build, files, settings)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,317 @@
+"""The engine worker: the only process that loads llama.cpp.
+
+llama.cpp can die in ways no `try` catches (SIGSEGV on a bad grammar, SIGABRT
+on a backend assert, SIGKILL when memory runs out). Running it here, in a
+child process, turns each of those into a failed turn in the parent instead of
+a dead run. The worker ignores SIGINT: Ctrl-C is the parent's to handle, and
+dies with its parent, so a killed run leaves nothing generating behind it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+from localtable.backends.chatformat import PromptPiece
+from localtable.backends.llamacpp import grammar_topk
+from localtable.backends.llamacpp.kvslots import SlotPool
+from localtable.backends.llamacpp.messages import (
+    EngineFailure,
+    GenerateRequest,
+    GenerateResult,
+    LoadRequest,
+    ModelInfo,
+    Request,
+    TokenizeRequest,
+    TokenizeResult,
+    TokenizerRequest,
+    UnloadRequest,
+)
+
+# The last lines llama.cpp logged: the real reason a model failed to load is only there.
+_LOG: deque[str] = deque(maxlen=40)
+
+
+def _install_log_capture() -> Any:
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def capture(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", errors="replace").strip()
+        if line:
+            _LOG.append(line)
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    return capture  # keep a reference: llama.cpp holds a raw pointer to it
+
+
+def _load_failure_reason() -> str:
+    keep = ("error", "failed", "invalid", "unknown", "unsupported", "corrupt", "exceed")
+    for line in reversed(_LOG):
+        if any(k in line.lower() for k in keep):
+            return line
+    return _LOG[-1] if _LOG else "no details from llama.cpp"
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.models: dict[str, Any] = {}
+        self.valid_grammars: set[str] = set()
+        # Per model, its KV caches: one per conversation, each holding only
+        # prompt tokens evaluated in a batch (see localtable/backends/llamacpp/kvslots.py).
+        self.pools: dict[str, SlotPool] = {}
+        # Reuse is exact only where tested: on the CPU. A GPU's kernels depend on the
+        # batch size in other ways (e.g. CUDA's matrix-vector path for <= 8 rows).
+        self.cpu_only: dict[str, bool] = {}
+        # Vocabulary-only models of unloaded ("parked") models, for counting tokens.
+        self.tokenizers: dict[str, Any] = {}
+
+    def handle(self, req: Request) -> Any:
+        if isinstance(req, LoadRequest):
+            return self.load(req)
+        if isinstance(req, TokenizeRequest):
+            n = len(self.tokens(req.model_key, req.pieces)) + int(req.add_bos)
+            return TokenizeResult(n_tokens=n)
+        if isinstance(req, GenerateRequest):
+            return self.generate(req)
+        if isinstance(req, UnloadRequest):
+            path = self.models[req.model_key].model_path if req.model_key in self.models else None
+            self.unload(req.model_key)
+            if req.keep_tokenizer and path is not None:
+                self.tokenizers[req.model_key] = self._vocab_only(path)
+            return None
+        if isinstance(req, TokenizerRequest):
+            if req.model_key not in self.models:
+                self.tokenizers[req.model_key] = self._vocab_only(str(req.path))
+            return None
+        raise EngineFailure(f"unknown request {type(req).__name__}")
+
+    def load(self, req: LoadRequest) -> ModelInfo:
+        import llama_cpp
+
+        started = time.monotonic()
+        _LOG.clear()
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(req.path),
+                n_ctx=req.n_ctx,
+                n_batch=req.n_batch,
+                n_ubatch=req.n_ubatch,
+                n_threads=req.threads,
+                n_threads_batch=req.threads,
+                n_gpu_layers=req.gpu_layers,
+                flash_attn=req.flash_attn,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise EngineFailure(
+                f"llama.cpp could not load {req.path}: {_load_failure_reason()} ({exc})"
+            ) from None
+        self.unload(req.model_key)
+        self.models[req.model_key] = llm
+        self.pools[req.model_key] = SlotPool(llm, req.kv_slots)
+        self.cpu_only[req.model_key] = req.gpu_layers == 0
+        vocab = llm._model.vocab
+        bos, eos = llm.token_bos(), llm.token_eos()
+
+        def text_of(tok: int) -> str:
+            if tok < 0:
+                return ""
+            return str(llm._model.token_get_text(tok))
+
+        return ModelInfo(
+            n_ctx=llm.n_ctx(),
+            n_batch=llm.n_batch,
+            n_ubatch=llm.context_params.n_ubatch,
+            threads=req.threads,
+            type_k="f16" if llm.context_params.type_k == 1 else str(llm.context_params.type_k),
+            type_v="f16" if llm.context_params.type_v == 1 else str(llm.context_params.type_v),
+            bos_token=text_of(bos),
+            eos_token=text_of(eos),
+            add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+            chat_template=llm.metadata.get("tokenizer.chat_template"),
+            system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
+            llama_cpp_python=llama_cpp.__version__,
+            load_seconds=time.monotonic() - started,
+        )
+
+    def _vocab_only(self, path: str) -> Any:
+        import llama_cpp
+        from llama_cpp import _internals as internals
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        try:
+            return internals.LlamaModel(path_model=path, params=params, verbose=False)
+        except ValueError as exc:
+            raise EngineFailure(f"cannot read the vocabulary of {path}: {exc}") from None
+
+    def unload(self, key: str) -> None:
+        tokenizer = self.tokenizers.pop(key, None)
+        if tokenizer is not None:
+            tokenizer.close()
+        pool = self.pools.pop(key, None)
+        if pool is not None:
+            pool.close()
+        self.cpu_only.pop(key, None)
+        llm = self.models.pop(key, None)
+        if llm is not None:
+            llm.close()
+
+    def close(self) -> None:
+        for key in [*self.models, *self.tokenizers]:
+            self.unload(key)
+
+    def _model(self, key: str) -> Any:
+        if key not in self.models:
+            raise EngineFailure(f"model {key[:12]} is not loaded in the engine")
+        return self.models[key]
+
+    def tokens(self, key: str, pieces: list[PromptPiece]) -> list[int]:
+        """Tokenize piece by piece: only template text may contain control tokens."""
+        vocab = self.tokenizers.get(key) or self._model(key)  # a parked model's vocabulary
+        out: list[int] = []
+        for piece in pieces:
+            out += vocab.tokenize(piece.text.encode("utf-8"), add_bos=False, special=piece.special)
+        return out
+
+    def check_grammar(self, llm: Any, grammar: str) -> None:
+        """llama.cpp returns NULL for a grammar it cannot parse; using it would segfault."""
+        import llama_cpp
+
+        digest = hashlib.sha256(grammar.encode()).hexdigest()
+        if digest in self.valid_grammars:
+            return
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            llm._model.vocab, grammar.encode("utf-8"), b"root"
+        )
+        if not sampler:
+            raise EngineFailure(f"invalid grammar (sha256 {digest[:12]}): {_load_failure_reason()}")
+        llama_cpp.llama_sampler_free(sampler)
+        self.valid_grammars.add(digest)
+
+    def generate(self, req: GenerateRequest) -> GenerateResult:
+        import llama_cpp
+
+        llm = self._model(req.model_key)
+        tokens = self.tokens(req.model_key, req.pieces)
+        if req.add_bos:
+            tokens = [llm.token_bos(), *tokens]
+        n_ctx = llm.n_ctx()
+        if len(tokens) + req.sampling.max_tokens > n_ctx:
+            raise EngineFailure(
+                f"prompt of {len(tokens)} tokens + {req.sampling.max_tokens} to generate "
+                f"exceeds the context of {n_ctx}"
+            )
+        grammar = None
+        if req.grammar is not None:
+            self.check_grammar(llm, req.grammar)
+            grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)  # type: ignore[attr-defined]
+        reuse = req.reuse_prefix and self.cpu_only[req.model_key]
+        slot = self.pools[req.model_key].acquire(req.conversation, tokens, reuse)
+        llm = slot.llm
+        reused = slot.prepare(tokens, reuse)
+        llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+        started = time.monotonic()
+        slot.prefill(tokens)
+        sampled: list[int] = []
+        plain_generate = llm.generate
+
+        def recording_generate(*args: Any, **kwargs: Any) -> Any:
+            # every token sampled, in order (the end-of-generation token included),
+            # which create_completion itself does not return
+            for token in plain_generate(*args, **kwargs):
+                sampled.append(int(token))
+                yield token
+
+        llm.generate = recording_generate
+        try:
+            out = self._complete(llm, tokens, req, grammar)
+        finally:
+            del llm.generate  # back to the class's method
+        seconds = time.monotonic() - started
+        perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+        fast_steps, full_steps = grammar_topk.steps(llm)
+        llm._sampler = None  # free the sampler chain now, not at interpreter exit
+        slot.keep_prompt(tokens)
+        choice = out["choices"][0]
+        return GenerateResult(
+            text=choice["text"],
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=len(tokens),
+            completion_tokens=out["usage"]["completion_tokens"],
+            prompt_eval_tokens=len(tokens) - reused,
+            prompt_sha256=hashlib.sha256(",".join(map(str, tokens)).encode()).hexdigest(),
+            seconds=seconds,
+            prompt_eval_seconds=perf.t_p_eval_ms / 1000,
+            decode_seconds=perf.t_eval_ms / 1000,
+            grammar_fast_steps=fast_steps,
+            grammar_full_steps=full_steps,
+            token_ids=sampled,
+        )
+
+    @staticmethod
+    def _complete(llm: Any, tokens: list[int], req: GenerateRequest, grammar: Any) -> Any:
+        return llm.create_completion(
+            prompt=tokens,
+            max_tokens=req.sampling.max_tokens,
+            temperature=req.sampling.temperature,
+            top_p=req.sampling.top_p,
+            top_k=req.sampling.top_k,
+            min_p=req.sampling.min_p,
+            repeat_penalty=req.sampling.repeat_penalty,
+            typical_p=req.sampling.typical_p,
+            frequency_penalty=req.sampling.frequency_penalty,
+            presence_penalty=req.sampling.presence_penalty,
+            seed=req.seed,
+            stop=req.stop or None,
+            grammar=grammar,
+        )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker when its parent dies (Linux only).
+
+    Without it, a run killed with SIGKILL leaves its worker finishing the current
+    generation (minutes on a CPU) with nobody to read it. The signal fires when
+    the thread that started the worker ends; localtable starts workers from the
+    main thread."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl
+        os._exit(1)
+
+
+def serve(conn: Connection) -> None:
+    """Answer requests until the parent closes the pipe."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _keep = _install_log_capture()  # noqa: F841
+    worker = Worker()
+    while True:
+        try:
+            req = conn.recv()
+        except (EOFError, OSError):
+            # Free the models now: at interpreter exit, Llama.__del__ raises.
+            worker.close()
+            return
+        try:
+            conn.send(("ok", worker.handle(req)))
+        except EngineFailure as exc:
+            conn.send(("error", str(exc)))
+        except Exception as exc:  # an engine bug must not kill the run: report it
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,478 @@
+"""The debate: round 1 alone, later rounds reading the others, then the summary.
+
+The protocol never prints and never touches llama.cpp: it asks a Speaker for
+generations and hands every finished turn to a callback that saves it. It
+skips turns the record already holds, which is what makes resume work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from localtable.backends.base import ChatMessage, TurnFailed, TurnRequest, TurnResult
+from localtable.debate.answers import normalize_open, same_position, tally_groups
+from localtable.debate.consensus import compute_consensus
+from localtable.debate.parsing import ParseFailure, parse_summary, parse_turn
+from localtable.record import (
+    Generation,
+    PanelistRecord,
+    PositionGroup,
+    RunRecord,
+    SamplingRecord,
+    SummaryRecord,
+    TurnRecord,
+)
+from localtable.templates import TemplateSet
+
+ANSWER_MAX_CHARS = 400
+SUMMARY_LINE_MAX_CHARS = 160  # headline, positions, counterpoint: room left for the summary
+MIN_MAX_TOKENS = 48
+SUMMARY_MAX_TOKENS = 384  # the summary has more fields than a turn
+# An unusable summary (cut off, or only parroting its instructions or the question,
+# as the demo's 135M summarizer sometimes does) is retried with other derived,
+# recorded seeds before the summary counts as failed.
+SUMMARY_ATTEMPTS = 3
+
+# Applied in order until the prompt fits the model's context; each is recorded.
+SHORTENING_RULES = [
+    "others' reasoning trimmed to 200 characters",
+    "others' reasoning dropped",
+    "own earlier reasoning dropped",
+    "earlier rounds dropped",
+]
+
+
+class PromptTooLong(TurnFailed):
+    pass
+
+
+class Speaker(Protocol):
+    """What the protocol needs from the backends, per panelist (session/session.py)."""
+
+    def count_tokens(self, panelist: str, messages: list[ChatMessage]) -> int: ...
+
+    def context_size(self, panelist: str) -> int: ...
+
+    def turn_order(
+        self, round_no: int, panel: list[PanelistRecord], then: str | None
+    ) -> list[PanelistRecord]:
+        """The order to run a round's turns in (each reads only earlier rounds, so any
+        order gives the same record); `then` speaks next, after the round."""
+        ...
+
+    def generate(self, request: TurnRequest) -> TurnResult: ...
+
+
+class ProgressEvent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    stage: str  # "turn" | "summary"
+    round: int
+    rounds: int
+    panelist: str
+    done: int
+    total: int
+    status: str = "generating"  # generating | ok | failed
+
+
+TurnSink = Callable[[RunRecord], None]
+ProgressSink = Callable[[ProgressEvent], None]
+
+
+def derive_seed(run_seed: int, round_no: int, panelist_index: int) -> int:
+    """A per-generation seed from (run seed, round, panelist), never 0 or -1."""
+    digest = hashlib.sha256(f"{run_seed}/{round_no}/{panelist_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
+
+
+def answer_max_chars(max_tokens: int) -> int:
+    """The answer line may use about half the token budget (~4 characters a token),
+    so a small max_tokens still leaves room for the reasoning after it."""
+    return max(40, min(ANSWER_MAX_CHARS, 2 * max_tokens))
+
+
+def normalize_answer(text: str) -> str:
+    return normalize_open(text)
+
+
+def anonymous_label(index: int) -> str:
+    return f"Panelist {'ABCDEFGH'[index]}"
+
+
+class Debate:
+    """One debate over a record: runs whatever turns the record does not have yet."""
+
+    def __init__(
+        self,
+        record: RunRecord,
+        speaker: Speaker,
+        templates: TemplateSet,
+        save: TurnSink,
+        progress: ProgressSink,
+    ) -> None:
+        self.record = record
+        self.speaker = speaker
+        self.templates = templates
+        self.save = save
+        self.progress = progress
+        self.panel = record.panelists
+        self.total = len(self.panel) * record.rounds + 1
+        self.current: tuple[int, str] | None = None  # the turn being generated
+
+    # -- messages -------------------------------------------------------------
+
+    def _system(self, p: PanelistRecord) -> ChatMessage:
+        text = self.templates.render(
+            "system.j2", persona=p.persona, name=p.label, panel_size=len(self.panel)
+        )
+        return ChatMessage(role="system", content=text.strip())
+
+    def _latest_ok(self, name: str, before_round: int) -> TurnRecord | None:
+        turns = [
+            t
+            for t in self.record.turns
+            if t.panelist == name and t.round < before_round and t.status == "ok"
+        ]
+        return max(turns, key=lambda t: t.round) if turns else None
+
+    def _peers_view(self, p: PanelistRecord, round_no: int, level: int) -> list[dict[str, str]]:
+        view = []
+        for other in self.panel:
+            if other.name == p.name:
+                continue
+            turn = self._latest_ok(other.name, round_no)
+            if turn is None or turn.parsed is None:
+                continue
+            reasoning = turn.parsed.reasoning
+            if level >= 2:
+                reasoning = ""
+            elif level >= 1 and len(reasoning) > 200:
+                reasoning = reasoning[:200].rstrip() + "..."
+            view.append(
+                {"label": other.label, "answer": turn.parsed.answer, "reasoning": reasoning}
+            )
+        return view
+
+    def _own_reply(self, p: PanelistRecord, round_no: int, level: int) -> str:
+        turn = self.record.turn(round_no, p.name)
+        if turn is None or turn.generation is None or turn.parsed is None:
+            return "Answer: (no valid answer)"
+        if level >= 3:
+            return f"Answer: {turn.parsed.answer}"
+        return turn.generation.raw_output
+
+    def conversation(self, p: PanelistRecord, round_no: int, level: int) -> list[ChatMessage]:
+        """The panelist's whole conversation up to its turn in round_no.
+
+        Each round extends the previous round's conversation, so the prompt of
+        round r starts with the prompt and answer of round r-1 (prefix reuse).
+        """
+        question = self.templates.render(
+            "round1.j2",
+            question=self.record.question,
+            kind=self.record.question_kind,
+            options=self.record.options,
+        ).strip()
+        messages = [self._system(p), ChatMessage(role="user", content=question)]
+        first_kept = round_no - 1 if level >= 4 else 2
+        for r in range(2, round_no + 1):
+            if r < first_kept:
+                continue
+            messages.append(ChatMessage(role="assistant", content=self._own_reply(p, r - 1, level)))
+            later = self.templates.render(
+                "round_later.j2",
+                round=r,
+                others=self._peers_view(p, r, level),
+                kind=self.record.question_kind,
+            )
+            messages.append(ChatMessage(role="user", content=later.strip()))
+        return messages
+
+    def _grammar(self, p: PanelistRecord, round_no: int) -> str:
+        peers = [o.label for o in self.panel if o.name != p.name]
+        return self.templates.render(
+            "turn.gbnf.j2",
+            later_round=round_no > 1,
+            peers=peers,
+            answer_max=answer_max_chars(p.sampling.max_tokens),
+            kind=self.record.question_kind,
+            options=self.record.options,
+        )
+
+    # -- fitting ----------------------------------------------------------------
+
+    def fit(
+        self, who: str, build: Callable[[int], list[ChatMessage]], sampling: SamplingRecord
+    ) -> tuple[list[ChatMessage], SamplingRecord, list[str]]:
+        """The conversation at the first shortening level that fits, and the rules used."""
+        n_ctx = self.speaker.context_size(who)
+        levels = range(len(SHORTENING_RULES) + 1)
+        for level in levels:
+            messages = build(level)
+            n = self.speaker.count_tokens(who, messages)
+            if n + sampling.max_tokens <= n_ctx:
+                return messages, sampling, SHORTENING_RULES[:level]
+            if level == levels[-1] and n + MIN_MAX_TOKENS <= n_ctx:
+                fitted = sampling.model_copy(update={"max_tokens": n_ctx - n})
+                rules = [*SHORTENING_RULES, f"max_tokens reduced to {n_ctx - n}"]
+                return messages, fitted, rules
+        raise PromptTooLong(
+            f"prompt does not fit {who}'s context of {n_ctx} tokens even after shortening "
+            f"({n} tokens); raise n_ctx for its model in models.toml"
+        )
+
+    def generate(self, request: TurnRequest, shortened: list[str]) -> Generation:
+        """One generation through the speaker, as the record keeps it."""
+        result = self.speaker.generate(request)
+        return Generation(
+            seed=request.seed,
+            sampling=request.sampling,
+            prompt=result.prompt,
+            prompt_tokens=result.prompt_tokens,
+            prompt_sha256=result.prompt_sha256,
+            shortened=[*shortened, *result.notes],
+            grammar_sha256=hashlib.sha256(request.grammar.encode("utf-8")).hexdigest(),
+            raw_output=result.text,
+            token_ids=result.token_ids,
+            completion_tokens=result.completion_tokens,
+            finish_reason=result.finish_reason,
+            prompt_eval_tokens=result.prompt_eval_tokens,
+            seconds=round(result.seconds, 3),
+        )
+
+    # -- turns ------------------------------------------------------------------
+
+    def _emit(self, stage: str, round_no: int, who: str, status: str) -> None:
+        done = len([t for t in self.record.turns if t.status != "interrupted"])
+        self.progress(
+            ProgressEvent(
+                stage=stage,
+                round=round_no,
+                rounds=self.record.rounds,
+                panelist=who,
+                done=done,
+                total=self.total,
+                status=status,
+            )
+        )
+
+    def _store(self, turn: TurnRecord) -> None:
+        turns = [
+            t
+            for t in self.record.turns
+            if not (t.round == turn.round and t.panelist == turn.panelist)
+        ]
+        # Canonical order (round, then panel order), whatever order turns ran in:
+        # the transcript hash reads them in list order.
+        seat = {p.name: p.index for p in self.panel}
+        self.record.turns = sorted(
+            [*turns, turn], key=lambda t: (t.round, seat.get(t.panelist, len(seat)))
+        )
+        self.save(self.record)
+
+    def run_turn(self, p: PanelistRecord, round_no: int) -> None:
+        self.current = (round_no, p.name)
+        self._emit("turn", round_no, p.name, "generating")
+        seed = derive_seed(self.record.seed, round_no, p.index)
+        peers = {o.label: o.name for o in self.panel if o.name != p.name}
+        generation: Generation | None = None
+        try:
+            messages, sampling, rules = self.fit(
+                p.name, lambda level: self.conversation(p, round_no, level), p.sampling
+            )
+            generation = self.generate(
+                TurnRequest(
+                    panelist=p.name,
+                    messages=messages,
+                    grammar=self._grammar(p, round_no),
+                    seed=seed,
+                    sampling=sampling,
+                ),
+                rules,
+            )
+            parsed = parse_turn(
+                generation.raw_output,
+                later_round=round_no > 1,
+                peers=peers,
+                kind=self.record.question_kind,
+                options=self.record.options,
+            )
+        except (TurnFailed, ParseFailure) as exc:
+            reason = str(exc)
+            if isinstance(exc, ParseFailure):
+                reason = f"unusable answer: {reason}"
+            self._store(
+                TurnRecord(
+                    round=round_no,
+                    panelist=p.name,
+                    status="failed",
+                    error=reason,
+                    generation=generation,
+                    answer_max_chars=answer_max_chars(p.sampling.max_tokens),
+                )
+            )
+            self._emit("turn", round_no, p.name, "failed")
+            return
+        previous = self._latest_ok(p.name, round_no)
+        turn = TurnRecord(
+            round=round_no,
+            panelist=p.name,
+            status="ok",
+            generation=generation,
+            parsed=parsed,
+            answer_max_chars=answer_max_chars(p.sampling.max_tokens),
+        )
+        if round_no > 1:
+            turn.changed_mind_stated = parsed.stance == "change"
+            if previous is not None and previous.parsed is not None:
+                turn.answer_changed = not same_position(
+                    self.record.question_kind, parsed.answer, previous.parsed.answer
+                )
+        self._store(turn)
+        self._emit("turn", round_no, p.name, "ok")
+
+    # -- summary ----------------------------------------------------------------
+
+    def tally(self) -> list[PositionGroup] | None:
+        """Choice and number questions: the final answers grouped in code (None: open)."""
+        if self.record.question_kind == "open":
+            return None
+        finals = [
+            (t.panelist, t.parsed.answer)
+            for t in self.record.final_turns()
+            if t.status == "ok" and t.parsed is not None
+        ]
+        return tally_groups(self.record.question_kind, finals)
+
+    def run_summary(self) -> None:
+        summarizer = next(p for p in self.panel if p.name == self.record.summarizer)
+        self.current = (self.record.rounds + 1, summarizer.name)
+        self._emit("summary", self.record.rounds + 1, summarizer.name, "generating")
+        finals = {t.panelist: t for t in self.record.final_turns()}
+        valid = [p for p in self.panel if p.name in finals and finals[p.name].status == "ok"]
+        members = {p.label: p.name for p in valid}
+        generation: Generation | None = None
+        rejected: list[str] = []
+        try:
+            if not valid:
+                raise TurnFailed("no panelist gave a valid final answer")
+            view = []
+            for p in self.panel:
+                t = finals.get(p.name)
+                ok = t is not None and t.status == "ok" and t.parsed is not None
+                view.append(
+                    {
+                        "label": p.label,
+                        "failed": not ok,
+                        "answer": t.parsed.answer if ok and t and t.parsed else "",
+                    }
+                )
+            max_positions = min(len(valid), 4)
+            letters = list("ABCDEFGH"[:max_positions])
+
+            def build(level: int) -> list[ChatMessage]:
+                system = self.templates.render("summary_system.j2").strip()
+                user = self.templates.render(
+                    "summarize.j2", question=self.record.question, finals=view, letters=letters
+                ).strip()
+                return [
+                    ChatMessage(role="system", content=system),
+                    ChatMessage(role="user", content=user),
+                ]
+
+            grammar = self.templates.render(
+                "summary.gbnf.j2",
+                members=list(members),
+                max_positions=max_positions,
+                line_max=SUMMARY_LINE_MAX_CHARS,
+            )
+            wanted = summarizer.sampling.model_copy(
+                update={"max_tokens": max(summarizer.sampling.max_tokens, SUMMARY_MAX_TOKENS)}
+            )
+            messages, sampling, rules = self.fit(summarizer.name, build, wanted)
+            # the prompt without the panelists' answers, which a summary may quote
+            instructions = "\n".join(
+                [messages[0].content, self.templates.render(
+                    "summarize.j2", question=self.record.question, finals=[], letters=letters)]
+            )  # fmt: skip
+            for attempt in range(SUMMARY_ATTEMPTS):
+                # attempt 0 has the summary's own seed; retries take the rounds after it
+                seed = derive_seed(
+                    self.record.seed, self.record.rounds + 1 + attempt, summarizer.index
+                )
+                generation = self.generate(
+                    TurnRequest(
+                        panelist=summarizer.name,
+                        messages=messages,
+                        grammar=grammar,
+                        seed=seed,
+                        sampling=sampling,
+                    ),
+                    rules,
+                )
+                try:
+                    parsed = parse_summary(
+                        generation.raw_output,
+                        members=members,
+                        kind=self.record.question_kind,
+                        instructions=instructions,
+                    )
+                    break
+                except ParseFailure as exc:
+                    rejected.append(f"seed {seed}: {exc}")
+                    if attempt + 1 == SUMMARY_ATTEMPTS:
+                        raise
+        except (TurnFailed, ParseFailure) as exc:
+            reason = str(exc)
+            if isinstance(exc, ParseFailure):
+                reason = f"unusable summary: {reason}"
+            tallied = self.tally() or []  # choice and number answers still have a tally
+            self.record.summary = SummaryRecord(
+                status="failed",
+                summarizer=summarizer.name,
+                error=reason,
+                generation=generation,
+                rejected=rejected,
+                groups=tallied,
+                consensus=compute_consensus(tallied, len(self.panel)),
+                line_max_chars=SUMMARY_LINE_MAX_CHARS,
+            )
+            self.save(self.record)
+            self._emit("summary", self.record.rounds + 1, summarizer.name, "failed")
+            return
+        groups = self.tally()  # exact answers are grouped in code, not by the summarizer
+        groups = parsed.groups if groups is None else groups
+        self.record.summary = SummaryRecord(
+            status="ok",
+            summarizer=summarizer.name,
+            generation=generation,
+            rejected=rejected,
+            headline=parsed.headline,
+            groups=groups,
+            counterpoint=parsed.counterpoint,
+            summary=parsed.summary,
+            consensus=compute_consensus(groups, len(self.panel)),
+            line_max_chars=SUMMARY_LINE_MAX_CHARS,
+        )
+        self.save(self.record)
+        self._emit("summary", self.record.rounds + 1, summarizer.name, "ok")
+
+    def run(self) -> RunRecord:
+        """Run every missing turn, round by round, then the summary."""
+        for round_no in range(1, self.record.rounds + 1):
+            # EngineSpeaker groups a round's turns by model when models are loaded one
+            # at a time; the record stays in panel order (_store).
+            then = self.record.summarizer if round_no == self.record.rounds else None
+            for p in self.speaker.turn_order(round_no, self.panel, then):
+                existing = self.record.turn(round_no, p.name)
+                if existing is not None and existing.status != "interrupted":
+                    continue
+                self.run_turn(p, round_no)
+        self.current = None
+        if self.record.summary is None or self.record.summary.status == "interrupted":
+            self.run_summary()
+        self.current = None
+        return self.record

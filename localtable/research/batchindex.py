@@ -1,0 +1,90 @@
+"""The batch index: batch.json, what a batch is and where each of its debates is.
+
+A batch lives in <runs-dir>/<name>/: one run folder per (question, seed) and
+batch.json, a versioned BatchIndex. Reading a batch (score, compare) needs only
+this module; running one is batch.py.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from localtable.errors import RecordError
+from localtable.record import RECORD_FILE, RunRecord, read_record
+from localtable.research.questions import Question
+from localtable.storage import StorageError, read_versioned, write_atomic
+
+INDEX_FILE = "batch.json"
+INDEX_VERSION = 1
+
+EntryStatus = Literal["pending", "running", "complete", "failed", "interrupted", "error"]
+
+
+class BatchEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question_id: str
+    seed: int
+    run_dir: str = Field(description="the run folder, relative to the batch folder")
+    status: EntryStatus = "pending"
+    transcript_sha256: str | None = None
+    error: str | None = None
+
+
+class BatchIndex(BaseModel):
+    """batch.json: what the batch is and where each of its debates is."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = 1  # INDEX_VERSION
+    name: str
+    source: str = Field(description="the questions file, or task:<name>")
+    source_sha256: str
+    panel: str
+    rounds: int
+    seeds: list[int]
+    created_at: datetime
+    updated_at: datetime
+    questions: list[Question]
+    entries: list[BatchEntry]
+
+
+def index_path(batch_dir: Path) -> Path:
+    return batch_dir / INDEX_FILE
+
+
+def is_batch(path: Path) -> bool:
+    return index_path(path).is_file()
+
+
+def read_index(batch_dir: Path) -> BatchIndex:
+    try:
+        return read_versioned(
+            index_path(batch_dir),
+            what="batch index",
+            version_key="version",
+            readers={INDEX_VERSION: BatchIndex.model_validate},
+        )
+    except StorageError as exc:
+        raise RecordError(str(exc)) from None
+
+
+def write_index(batch_dir: Path, index: BatchIndex) -> None:
+    """Replace batch.json atomically."""
+    try:
+        write_atomic(index_path(batch_dir), index.model_dump_json(indent=2).encode("utf-8"))
+    except StorageError as exc:
+        raise RecordError(str(exc)) from None
+
+
+def batch_records(batch_dir: Path) -> list[tuple[BatchEntry, RunRecord | None]]:
+    """Every entry of a batch with its run record (None when it has none yet)."""
+    index = read_index(batch_dir)
+    out = []
+    for entry in index.entries:
+        run_dir = batch_dir / entry.run_dir
+        record = read_record(run_dir) if (run_dir / RECORD_FILE).is_file() else None
+        out.append((entry, record))
+    return out

@@ -1,0 +1,304 @@
+"""Renderers for batch scores and comparisons: text, Markdown, CSV and HTML.
+
+The layouts are Jinja templates in prompts/ (score.*.j2, compare.*.j2); this
+module only turns a BatchScore or a Comparison into rows of display strings
+for them. CSV is written with the csv module (a data format, not a layout):
+one tidy table whose first column names the table a row belongs to.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from localtable.research.compare import Comparison, PositionRow
+from localtable.research.scoring import Accuracy, BatchScore
+from localtable.templates import TemplateSet
+
+ScoreFormat = Literal["text", "md", "csv"]
+CompareFormat = Literal["text", "md", "csv", "html"]
+ANSWER_CHARS = 40
+HEAT_CELL = 72  # pixels of one heatmap square
+HEAT_LABEL = 150  # pixels left of (and above) the squares for the names
+
+
+class Table(BaseModel):
+    """Rows of display strings, with column widths and alignment for text layouts."""
+
+    model_config = ConfigDict(frozen=True)
+    header: list[str]
+    rows: list[list[str]]
+    aligns: list[str]  # "l" or "r" per column
+
+    @property
+    def widths(self) -> list[int]:
+        return [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
+
+
+def pct(acc: Accuracy) -> str:
+    return f"{100 * acc.rate:.1f}%" if acc.total else "-"
+
+
+def se(acc: Accuracy) -> str:
+    return f"± {100 * acc.stderr:.1f}%" if acc.total else "-"
+
+
+def of(acc: Accuracy) -> str:
+    return f"{acc.correct} of {acc.total}"
+
+
+def short(text: str, limit: int = ANSWER_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- score ------------------------------------------------------------------
+
+
+def score_tables(s: BatchScore) -> tuple[Table, Table]:
+    main = Table(
+        header=["ANSWERED BY", "CALLS/Q", "ACCURACY", "SE", "RIGHT", "UNPARSED"],
+        rows=[
+            [
+                r.label,
+                str(r.calls),
+                pct(r.accuracy),
+                se(r.accuracy),
+                of(r.accuracy),
+                f"{r.unparsed} of {r.answers}",
+            ]
+            for r in s.rows
+        ],
+        aligns=["l", "r", "r", "r", "r", "r"],
+    )
+    rounds = Table(
+        header=[
+            "ROUND",
+            "MAJORITY",
+            "SE",
+            "PANELISTS RIGHT",
+            "UNPARSED",
+            "RIGHT->WRONG",
+            "WRONG->RIGHT",
+            "ALL AGREE",
+            "PAIRS AGREE",
+        ],  # fmt: skip
+        rows=[
+            [
+                str(r.round),
+                pct(r.majority),
+                se(r.majority),
+                of(r.individual),
+                str(r.unparsed),
+                "-" if r.round == 1 else str(r.right_to_wrong),
+                "-" if r.round == 1 else str(r.wrong_to_right),
+                of(r.all_agree),
+                of(r.pairs_agree),
+            ]
+            for r in s.per_round
+        ],
+        aligns=["l", *["r"] * 8],
+    )
+    return main, rounds
+
+
+def score_notes(s: BatchScore) -> list[str]:
+    notes = [
+        "Majority: the answer most panelists gave (plurality); " + s.tie_rule + ".",
+        "Unparsed or failed answers count as wrong and never vote.",
+        "SE: standard error sqrt(p(1-p)/n) over the debates.",
+        "CALLS/Q: generations per question; the baselines are the debate's own round-1 "
+        "answers, so they cost nothing extra.",
+    ]
+    if s.not_scored:
+        notes.append(
+            f"{s.not_scored} finished runs have no answer key (open questions): not scored."
+        )
+    if s.unfinished:
+        notes.append(f"{s.unfinished} runs are unfinished (running or interrupted): not scored.")
+    return notes
+
+
+def score_csv(s: BatchScore) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["table", "label", "round", "calls", "correct", "total", "accuracy", "stderr",
+                "unparsed", "right_to_wrong", "wrong_to_right", "all_agree", "pairs_agree",
+                "pairs_total"])  # fmt: skip
+    for r in s.rows:
+        w.writerow(["accuracy", r.label, "", r.calls, r.accuracy.correct, r.accuracy.total,
+                    f"{r.accuracy.rate:.4f}", f"{r.accuracy.stderr:.4f}", r.unparsed,
+                    "", "", "", "", ""])  # fmt: skip
+    for rs in s.per_round:
+        w.writerow(["round", f"round {rs.round}", rs.round, len(s.panelists) * rs.round,
+                    rs.majority.correct, rs.majority.total, f"{rs.majority.rate:.4f}",
+                    f"{rs.majority.stderr:.4f}", rs.unparsed, rs.right_to_wrong,
+                    rs.wrong_to_right, rs.all_agree.correct, rs.pairs_agree.correct,
+                    rs.pairs_agree.total])  # fmt: skip
+    return out.getvalue()
+
+
+def render_score(s: BatchScore, fmt: ScoreFormat, templates: TemplateSet, title: str) -> str:
+    if fmt == "csv":
+        return score_csv(s)
+    main, rounds = score_tables(s)
+    return templates.render_layout(
+        f"score.{'md' if fmt == 'md' else 'txt'}.j2",
+        fmt,
+        title=title,
+        score=s,
+        main=main,
+        rounds=rounds,
+        notes=score_notes(s),
+    )
+
+
+# -- compare ----------------------------------------------------------------
+
+
+class HeatCell(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    x: int
+    y: int
+    fill: str
+    ink: str
+    label: str
+    title: str
+
+
+def heat_color(rate: float | None) -> tuple[str, str]:
+    """Fill and text colour: white (0%) to dark blue (100%); grey when not compared."""
+    if rate is None:
+        return "#e5e7eb", "#6b7280"
+    low, high = (247, 251, 255), (8, 69, 148)
+    rgb = [round(lo + (hi - lo) * rate) for lo, hi in zip(low, high, strict=True)]
+    return "#{:02x}{:02x}{:02x}".format(*rgb), "#ffffff" if rate > 0.55 else "#111827"
+
+
+def agreement_table(c: Comparison) -> Table:
+    rows = []
+    for a in c.panelists:
+        row = [a]
+        for b in c.panelists:
+            pair = c.pair(a, b)
+            if a == b:
+                row.append("-")
+            elif pair is None or pair.rate is None:
+                row.append("n/a")
+            else:
+                row.append(f"{100 * pair.rate:.0f}% ({pair.agree}/{pair.compared})")
+        rows.append(row)
+    return Table(header=["", *c.panelists], rows=rows, aligns=["l", *["r"] * len(c.panelists)])
+
+
+def heat_cells(c: Comparison) -> list[HeatCell]:
+    cells = []
+    for i, a in enumerate(c.panelists):
+        for j, b in enumerate(c.panelists):
+            pair = c.pair(a, b)
+            rate = None if a == b else (pair.rate if pair else None)
+            fill, ink = ("#9ca3af", "#111827") if a == b else heat_color(rate)
+            label = "" if a == b else ("n/a" if rate is None else f"{100 * rate:.0f}%")
+            detail = f"{pair.agree} of {pair.compared} runs" if pair and a != b else "itself"
+            cells.append(
+                HeatCell(
+                    x=HEAT_LABEL + j * HEAT_CELL,
+                    y=HEAT_LABEL + i * HEAT_CELL,
+                    fill=fill,
+                    ink=ink,
+                    label=label,
+                    title=f"{a} and {b}: {detail}",
+                )  # fmt: skip
+            )
+    return cells
+
+
+def moves_table(c: Comparison) -> Table:
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{k} x{v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "-"
+
+    rows = [
+        [
+            m.panelist,
+            f"{m.changed} of {m.turns}",
+            f"{100 * m.changed / m.turns:.0f}%" if m.turns else "-",
+            counts(m.towards),
+            counts(m.said_influenced),
+        ]
+        for m in c.moves
+    ]
+    return Table(
+        header=["PANELIST", "CHANGED", "RATE", "TOWARDS (TOOK THEIR ANSWER)", "SAID INFLUENCED BY"],
+        rows=rows,
+        aligns=["l", "r", "r", "l", "l"],
+    )
+
+
+def _cell_text(row: PositionRow, i: int) -> str:
+    cell = row.cells[i]
+    if cell.status != "ok":
+        return f"({cell.status})"
+    text = short(cell.answer)
+    if cell.group:
+        text = f"{cell.group}: {text}"
+    if cell.correct is not None:
+        text += " ✓" if cell.correct else " ✗"
+    return text
+
+
+def positions_table(c: Comparison) -> Table:
+    rows = []
+    for row in c.positions:
+        by_name = {cell.panelist: k for k, cell in enumerate(row.cells)}
+        cells = [_cell_text(row, by_name[n]) if n in by_name else "" for n in c.panelists]
+        rows.append([row.question_id, str(row.seed), row.answer_key or "-", *cells])
+    return Table(
+        header=["QUESTION", "SEED", "KEY", *c.panelists],
+        rows=rows,
+        aligns=["l", "r", "r", *["l"] * len(c.panelists)],
+    )
+
+
+def compare_csv(c: Comparison) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["table", "question_id", "seed", "run_id", "panelist", "other", "answer",
+                "correct", "count", "total", "rate"])  # fmt: skip
+    for p in c.pairs:
+        rate = "" if p.rate is None else f"{p.rate:.4f}"
+        w.writerow(["agreement", "", "", "", p.a, p.b, "", "", p.agree, p.compared, rate])
+    for m in c.moves:
+        rate = f"{m.changed / m.turns:.4f}" if m.turns else ""
+        w.writerow(["changed", "", "", "", m.panelist, "", "", "", m.changed, m.turns, rate])
+        for peer, n in m.towards.items():
+            w.writerow(["towards", "", "", "", m.panelist, peer, "", "", n, m.changed, ""])
+        for peer, n in m.said_influenced.items():
+            w.writerow(["said_influenced", "", "", "", m.panelist, peer, "", "", n, "", ""])
+    for row in c.positions:
+        for cell in row.cells:
+            correct = "" if cell.correct is None else ("yes" if cell.correct else "no")
+            w.writerow(["position", row.question_id, row.seed, row.run_id, cell.panelist,
+                        cell.group, cell.answer, correct, "", "", ""])  # fmt: skip
+    return out.getvalue()
+
+
+def render_comparison(c: Comparison, fmt: CompareFormat, templates: TemplateSet) -> str:
+    if fmt == "csv":
+        return compare_csv(c)
+    layout = {"text": "compare.txt.j2", "md": "compare.md.j2", "html": "compare.html.j2"}[fmt]
+    size = HEAT_LABEL + HEAT_CELL * len(c.panelists) + 10
+    return templates.render_layout(
+        layout,
+        fmt,
+        comparison=c,
+        agreement=agreement_table(c),
+        moves=moves_table(c),
+        positions=positions_table(c),
+        heat=heat_cells(c),
+        heat_size=size,
+        heat_cell=HEAT_CELL,
+        heat_label=HEAT_LABEL,
+    )

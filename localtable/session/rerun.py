@@ -1,0 +1,182 @@
+"""Run a stored record again: resume what is missing, or replay it all and compare.
+
+Both rebuild the run from its record alone (models found by sha256, prompts
+checked by template hash, the recorded parameters, seeds and template date),
+never from today's models.toml, so what they produce is comparable byte for
+byte with the original.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from localtable.config import LoadedConfig
+from localtable.debate.protocol import ProgressSink
+from localtable.errors import ConfigError, LocaltableError
+from localtable.record import RunRecord, read_record
+from localtable.session.run import execute, new_run_id, open_run
+from localtable.session.session import Session, SessionSpeaker
+from localtable.templates import TemplateSet
+
+CONTEXT_CHARS = 60
+
+
+class EngineChanged(LocaltableError):
+    exit_code = 1
+
+
+def check_templates(record: RunRecord, templates: TemplateSet) -> None:
+    for name, recorded in sorted(record.templates.items()):
+        current = templates.sha256(name)
+        if current != recorded:
+            raise ConfigError(
+                f"prompt template {name} changed since run {record.run_id} (recorded sha256 "
+                f"{recorded[:12]}, now {current[:12]}); restore it to rerun this run"
+            )
+
+
+def _refuse_engine_change(record: RunRecord, session: Session, allow: bool) -> list[str]:
+    diffs = session.replay_differences(record)
+    if diffs and not allow:
+        raise EngineChanged(
+            f"this engine build differs from the one that made run {record.run_id} "
+            f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}), so outputs may "
+            "differ; pass --allow-engine-change to run anyway"
+        )
+    return diffs
+
+
+def resume_run(
+    run_dir: Path,
+    loaded: LoadedConfig | None,
+    templates: TemplateSet,
+    progress: ProgressSink,
+    *,
+    allow_engine_change: bool = False,
+    session: Session | None = None,  # default: a new one, closed at the end
+) -> RunRecord:
+    """Continue an interrupted, crashed or failed run from its last finished turn."""
+    record = read_record(run_dir)
+    if record.status == "complete":
+        raise LocaltableError(f"run {record.run_id} is already complete; nothing to resume")
+    check_templates(record, templates)
+    own = session is None
+    session = session or Session(templates, loaded)
+    try:
+        _refuse_engine_change(record, session, allow_engine_change)
+        return _resume(record, run_dir, session, templates, progress)
+    finally:
+        if own:
+            session.close()
+
+
+def _resume(
+    record: RunRecord,
+    run_dir: Path,
+    session: Session,
+    templates: TemplateSet,
+    progress: ProgressSink,
+) -> RunRecord:
+    record.turns = [t for t in record.turns if t.status != "interrupted"]
+    if record.summary is not None and record.summary.status == "interrupted":
+        record.summary = None
+    record.status, record.error, record.finished_at = "running", None, None
+    record.transcript_sha256 = None
+    speaker = open_run(session, record, describe=False)  # as recorded: settings, memory plan
+    return execute(record, run_dir, speaker, templates, progress)
+
+
+class Divergence(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    where: str  # "round 2, SmolLM2" or "summary"
+    char_index: int
+    token_index: int
+    common: str  # the text both share just before the divergence
+    original: str  # what the original said from there
+    replayed: str  # what the replay said from there
+
+
+class ReplayReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    original: RunRecord
+    replay: RunRecord
+    replay_dir: Path
+    engine_differences: list[str]
+    divergence: Divergence | None
+
+    @property
+    def identical(self) -> bool:
+        return self.divergence is None and (
+            self.original.transcript_sha256 == self.replay.transcript_sha256
+        )
+
+
+def _outputs(record: RunRecord) -> list[tuple[str, str, str]]:
+    """(key, label, raw output or status) for every turn and the summary, in order."""
+    out = []
+    for t in sorted(record.turns, key=lambda t: (t.round, t.panelist)):
+        text = t.generation.raw_output if t.generation else f"<{t.status}: {t.error}>"
+        out.append((f"{t.round}/{t.panelist}", f"round {t.round}, {t.panelist}", text))
+    if record.summary is not None:
+        s = record.summary
+        text = s.generation.raw_output if s.generation else f"<{s.status}: {s.error}>"
+        out.append(("summary", f"summary by {s.summarizer}", text))
+    return out
+
+
+def first_divergence(
+    original: RunRecord, replay: RunRecord, speaker: SessionSpeaker
+) -> Divergence | None:
+    ours = {key: (label, text) for key, label, text in _outputs(replay)}
+    for key, label, text in _outputs(original):
+        label_now, now = ours.get(key, (label, "<missing in replay>"))
+        if now == text:
+            continue
+        i = 0
+        while i < min(len(text), len(now)) and text[i] == now[i]:
+            i += 1
+        panelist = key.split("/", 1)[1] if "/" in key else original.summarizer
+        token_index = speaker.count_text_tokens(panelist, text[:i])
+        return Divergence(
+            where=label, char_index=i, token_index=token_index,
+            common=text[max(0, i - CONTEXT_CHARS) : i], original=text[i : i + CONTEXT_CHARS],
+            replayed=now[i : i + CONTEXT_CHARS],
+        )  # fmt: skip
+    return None
+
+
+def replay_run(
+    run_dir: Path,
+    runs_dir: Path,
+    loaded: LoadedConfig | None,
+    templates: TemplateSet,
+    progress: ProgressSink,
+    *,
+    allow_engine_change: bool = False,
+) -> ReplayReport:
+    """Run the recorded configuration again from scratch and compare every output."""
+    original = read_record(run_dir)
+    if original.status not in ("complete", "failed"):
+        raise LocaltableError(
+            f"run {original.run_id} is {original.status}; resume it first "
+            f"(`localtable resume {original.run_id}`), then replay it"
+        )
+    check_templates(original, templates)
+    with Session(templates, loaded) as session:
+        diffs = _refuse_engine_change(original, session, allow_engine_change)
+        now = datetime.now(UTC).replace(microsecond=0)
+        replay = original.model_copy(deep=True)
+        replay.run_id = f"{original.run_id}-replay-{new_run_id(now)}"
+        replay.created_at, replay.finished_at = now, None
+        replay.status, replay.error = "running", None
+        replay.turns, replay.summary, replay.transcript_sha256 = [], None, None
+        replay_dir = runs_dir / replay.run_id
+        # on another build the replay's record describes the build it ran on
+        speaker = open_run(session, replay, describe=bool(diffs))
+        replay = execute(replay, replay_dir, speaker, templates, progress)
+        divergence = first_divergence(original, replay, speaker)
+    return ReplayReport(original=original, replay=replay, replay_dir=replay_dir,
+                        engine_differences=diffs, divergence=divergence)  # fmt: skip

@@ -1,0 +1,218 @@
+"""A debate run from start to record: config -> model sources -> backends -> protocol -> record.
+
+This is the library entry point the CLI calls. A Session plans the run's models
+with their backends and opens them; everything the run did is in the record on
+disk after every turn; Ctrl-C marks it interrupted.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from localtable import __version__
+from localtable.backends.base import BackendUnavailable
+from localtable.config import LoadedConfig
+from localtable.debate.protocol import Debate, ProgressSink, anonymous_label
+from localtable.errors import ConfigError, LocaltableError
+from localtable.record import (
+    PanelistRecord,
+    QuestionKind,
+    RunRecord,
+    SamplingRecord,
+    TurnRecord,
+    transcript_sha256,
+    write_record,
+)
+from localtable.session.session import Session, SessionSpeaker
+from localtable.templates import TemplateSet
+
+PROMPT_TEMPLATES = [
+    "system.j2", "round1.j2", "round_later.j2", "summarize.j2", "summary_system.j2",
+    "completion.j2", "turn.gbnf.j2", "summary.gbnf.j2",
+]  # fmt: skip
+MAX_QUESTION_CHARS = 20_000
+
+
+class DebateRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    question: str
+    panel: str
+    rounds: int
+    seed: int
+    runs_dir: Path
+    verify: bool = False
+    reuse_prefix: bool = False
+    run_id: str | None = None  # default: <time>-<random>; batches name their runs
+    question_id: str | None = None  # scored questions: research/questions.py
+    question_kind: QuestionKind = "open"
+    options: list[str] = []
+    answer_key: str | None = None
+    memory_budget: int | None = None  # bytes; default: most of MemAvailable (memory.py)
+
+
+class RunInterrupted(LocaltableError):
+    exit_code = 130
+
+
+class RunFailed(LocaltableError):
+    exit_code = 1
+
+
+def new_run_id(now: datetime) -> str:
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def check_question(question: str) -> str:
+    question = question.strip()
+    if not question:
+        raise ConfigError("the question is empty; pass it as an argument, a file or on stdin")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ConfigError(
+            f"the question has {len(question):,} characters (limit {MAX_QUESTION_CHARS:,}); "
+            "shorten it"
+        )
+    return question
+
+
+def prepare(
+    req: DebateRequest,
+    loaded: LoadedConfig,
+    session: Session,
+    templates: TemplateSet,
+    now: datetime,
+    notice: Callable[[str], None] = lambda text: None,
+) -> RunRecord:
+    """The record header of a new run: question, panel, and models as planned."""
+    panel = loaded.config.panel(req.panel)
+    question = check_question(req.question)
+    planned = session.plan(
+        panel, loaded, verify=req.verify, reuse_prefix=req.reuse_prefix,
+        memory_budget=req.memory_budget,
+    )  # fmt: skip
+    for note in planned.notes:
+        notice(note)
+    panelists = [
+        PanelistRecord(
+            index=i,
+            name=p.name,
+            label=anonymous_label(i) if panel.anonymous else p.name,
+            model=p.model,
+            persona=p.persona,
+            sampling=SamplingRecord.model_validate(p.sampling.model_dump()),
+        )
+        for i, p in enumerate(panel.panelists)
+    ]
+    return RunRecord(
+        run_id=req.run_id or new_run_id(now),
+        created_at=now,
+        question=question,
+        question_id=req.question_id,
+        question_kind=req.question_kind,
+        options=list(req.options),
+        answer_key=req.answer_key,
+        panel=req.panel,
+        rounds=req.rounds,
+        seed=req.seed,
+        anonymous=panel.anonymous,
+        template_date=now.date().isoformat(),
+        reuse_prefix=req.reuse_prefix,
+        localtable_version=__version__,
+        config_path=str(loaded.path),
+        models=planned.models,
+        panelists=panelists,
+        summarizer=panel.summarizer_spec().name,
+        templates={name: templates.sha256(name) for name in PROMPT_TEMPLATES},
+        memory=planned.memory,
+    )
+
+
+def open_run(session: Session, record: RunRecord, *, describe: bool) -> SessionSpeaker:
+    try:
+        return session.open(record, describe=describe)
+    except BackendUnavailable as exc:
+        raise RunFailed(str(exc)) from None
+
+
+def preflight(debate: Debate) -> None:
+    """Refuse, before any generation, a question that cannot fit a panelist's context."""
+    for p in debate.panel:
+        n_ctx = debate.speaker.context_size(p.name)
+        n = debate.speaker.count_tokens(p.name, debate.conversation(p, 1, 0))
+        if n + p.sampling.max_tokens > n_ctx:
+            model = p.model
+            raise ConfigError(
+                f"the question is too long for {p.name} ({model}): its first prompt is {n} "
+                f"tokens + {p.sampling.max_tokens} to answer > context {n_ctx}; shorten the "
+                f"question or raise n_ctx for {model} in models.toml"
+            )
+
+
+def execute(
+    record: RunRecord,
+    run_dir: Path,
+    speaker: SessionSpeaker,
+    templates: TemplateSet,
+    progress: ProgressSink,
+) -> RunRecord:
+    """Run the missing turns of a record, saving after each; settle its final status."""
+    debate = Debate(record, speaker, templates, lambda r: write_record(run_dir, r), progress)
+    try:
+        debate.run()
+    except KeyboardInterrupt:
+        if debate.current is not None:
+            round_no, name = debate.current
+            if round_no <= record.rounds:
+                record.turns.append(
+                    TurnRecord(
+                        round=round_no,
+                        panelist=name,
+                        status="interrupted",
+                        error="interrupted before it finished",
+                    )
+                )
+        record.status = "interrupted"
+        record.error = "interrupted by the user (Ctrl-C); `localtable resume` continues it"
+        record.finished_at = datetime.now(UTC)
+        write_record(run_dir, record)
+        raise RunInterrupted(
+            f"interrupted; {len(record.turns)} finished turns saved in {run_dir} "
+            f"(continue with `localtable resume {record.run_id}`)"
+        ) from None
+    record.finished_at = datetime.now(UTC)
+    record.transcript_sha256 = transcript_sha256(record)
+    summary = record.summary
+    if summary is None or summary.status != "ok":
+        record.status = "failed"
+        record.error = summary.error if summary else "no summary"
+    else:
+        record.status = "complete"
+    write_record(run_dir, record)
+    return record
+
+
+def run_debate(
+    req: DebateRequest,
+    loaded: LoadedConfig,
+    templates: TemplateSet,
+    progress: ProgressSink,
+    session: Session | None = None,  # default: a new one, closed at the end (batches pass theirs)
+    notice: Callable[[str], None] = lambda text: None,  # e.g. models loaded one at a time
+) -> tuple[Path, RunRecord]:
+    now = datetime.now(UTC).replace(microsecond=0)
+    own = session is None
+    session = session or Session(templates, loaded)
+    try:
+        record = prepare(req, loaded, session, templates, now, notice)
+        speaker = open_run(session, record, describe=True)
+        preflight(Debate(record, speaker, templates, lambda r: None, progress))
+        run_dir = req.runs_dir / record.run_id
+        write_record(run_dir, record)
+        return run_dir, execute(record, run_dir, speaker, templates, progress)
+    finally:
+        if own:
+            session.close()

@@ -1,0 +1,193 @@
+"""A Session: the backends a run needs, opened from the record's header and kept.
+
+debate, resume, replay and batch all run through one: a new run's header is
+planned by the backends (prepare), and every run, new or recorded, is opened
+from its header (open), so resume and replay load exactly what was recorded
+(settings, memory plan, KV caches). A batch keeps one Session for all its
+debates: a backend keeps a model loaded while the next debate asks for it the
+same way, so each model is loaded once per batch.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+from localtable import backends
+from localtable.backends.base import (
+    Backend,
+    ChatMessage,
+    PanelModels,
+    Seat,
+    TurnRequest,
+    TurnResult,
+)
+from localtable.config import LoadedConfig, PanelSpec
+from localtable.record import MachineRecord, MemoryRecord, ModelRecord, PanelistRecord, RunRecord
+from localtable.templates import TemplateSet
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return []
+
+
+def this_machine() -> MachineRecord:
+    return MachineRecord(
+        python=platform.python_version(), platform=platform.platform(), cpu_flags=cpu_flags()
+    )
+
+
+class PlannedModels:
+    """A new run's models as its backends planned them, before loading."""
+
+    def __init__(
+        self, models: list[ModelRecord], memory: MemoryRecord | None, notes: list[str]
+    ) -> None:
+        self.models = models
+        self.memory = memory
+        self.notes = notes
+
+
+class SessionSpeaker:
+    """The debate protocol's Speaker over the seats of one opened run."""
+
+    def __init__(self, session: Session, record: RunRecord, seats: dict[str, Seat]) -> None:
+        self.session = session
+        self.record = record
+        self.seats = seats  # panelist name -> seat
+        self.backend_of = {m.name: m.backend for m in record.models}
+
+    def count_tokens(self, panelist: str, messages: list[ChatMessage]) -> int:
+        return self.seats[panelist].count_tokens(messages)
+
+    def count_text_tokens(self, panelist: str, text: str) -> int:
+        return self.seats[panelist].count_text_tokens(text)
+
+    def context_size(self, panelist: str) -> int:
+        return self.seats[panelist].context_size()
+
+    def turn_order(
+        self, round_no: int, panel: list[PanelistRecord], then: str | None
+    ) -> list[PanelistRecord]:
+        """Each backend orders its own panelists (e.g. one model loaded at a time);
+        backends take their turns in panel order of their first panelist."""
+        groups: dict[str, list[PanelistRecord]] = {}
+        for p in panel:
+            groups.setdefault(self.backend_of[p.model], []).append(p)
+        model_of = {p.name: p.model for p in panel}
+        out: list[PanelistRecord] = []
+        for name, members in groups.items():
+            speaks_next = then if then is not None and then in {m.name for m in members} else None
+            out += self.session.backend(name).turn_order(round_no, members, speaks_next)
+        assert {p.name for p in out} == set(model_of)
+        return out
+
+    def generate(self, request: TurnRequest) -> TurnResult:
+        return self.seats[request.panelist].generate(request)
+
+
+class Session:
+    """Backends by name, created on first use and kept until close()."""
+
+    def __init__(self, templates: TemplateSet, loaded: LoadedConfig | None = None) -> None:
+        self.templates = templates
+        self.loaded = loaded
+        self._backends: dict[str, Backend] = {}
+
+    def backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = backends.create(name)
+        return self._backends[name]
+
+    def add_backend(self, backend: Backend) -> None:
+        """Use this instance for its name (the benchmark passes an engine that records)."""
+        self._backends[backend.name] = backend
+
+    def plan(
+        self,
+        panel: PanelSpec,
+        loaded: LoadedConfig,
+        *,
+        verify: bool,
+        reuse_prefix: bool,
+        memory_budget: int | None,
+    ) -> PlannedModels:
+        """Each backend resolves and plans its models of the panel, in panel order."""
+        needed = list(dict.fromkeys(p.model for p in panel.panelists))
+        by_backend: dict[str, list[str]] = {}
+        for name in needed:
+            kind = loaded.config.models[name].source.kind
+            by_backend.setdefault(backends.backend_for_source(kind), []).append(name)
+        planned: dict[str, ModelRecord] = {}
+        memory: MemoryRecord | None = None
+        notes: list[str] = []
+        for backend_name, names in by_backend.items():
+            prepared = self.backend(backend_name).prepare(
+                PanelModels(
+                    specs={n: loaded.config.models[n] for n in names},
+                    users={n: sum(p.model == n for p in panel.panelists) for n in names},
+                    loaded=loaded,
+                    verify=verify,
+                    reuse_prefix=reuse_prefix,
+                    memory_budget=memory_budget,
+                )
+            )
+            planned.update({m.name: m for m in prepared.models})
+            memory = prepared.memory or memory  # only in-process engines plan memory
+            notes += prepared.notes
+        return PlannedModels([planned[n] for n in needed], memory, notes)
+
+    def open(self, record: RunRecord, *, describe: bool) -> SessionSpeaker:
+        """Load the record's models as recorded. describe: a new run (or a replay on
+        another build), whose record takes the models and backends as opened."""
+        by_backend: dict[str, list[ModelRecord]] = {}
+        for m in record.models:
+            by_backend.setdefault(m.backend, []).append(m)
+        opened: dict[str, ModelRecord] = {}
+        seats: dict[str, Seat] = {}
+        for name, models in by_backend.items():
+            backend = self.backend(name)
+            for m in backend.open(
+                models,
+                record.memory,
+                reuse_prefix=record.reuse_prefix,
+                templates=self.templates,
+                today=record.template_date,
+                loaded=self.loaded,
+            ):
+                opened[m.name] = m
+                seats[m.name] = backend.seat(m.name)
+            if describe:
+                record.backends[name] = backend.describe()  # type: ignore[assignment]
+        if describe:
+            record.models = [opened[m.name] for m in record.models]
+            record.machine = this_machine()
+        return SessionSpeaker(self, record, {p.name: seats[p.model] for p in record.panelists})
+
+    def replay_differences(self, record: RunRecord) -> list[str]:
+        """Why this machine may not reproduce the record, backend by backend."""
+        diffs: list[str] = []
+        for name in dict.fromkeys(m.backend for m in record.models):
+            diffs += self.backend(name).replay_differences(record)
+        return diffs
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+Notice = Callable[[str], None]

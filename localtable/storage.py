@@ -1,0 +1,105 @@
+"""Files localtable writes and reads back: atomic replacement and versioned JSON.
+
+Every file the runs depend on (a run record, a batch index, models.lock, the
+hash cache) is replaced atomically: written to a temporary file in the same
+folder, flushed, then renamed over the old one, so a crash, Ctrl-C or a full
+disk leaves the previous version intact. Versioned files (record, index,
+lock) are read through one function that refuses a version it does not know
+with a message that says so, instead of guessing.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StorageError(Exception):
+    """A file could not be written or read; the message names the file and the cause."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace `path` with `data` atomically; the file is readable as the umask allows
+    (records are meant to be shared, so not mkstemp's private 0600).
+
+    Raises StorageError naming the cause: a read-only folder is not a full disk."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise StorageError(describe_os_error(path, exc)) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def describe_os_error(path: Path, exc: OSError) -> str:
+    """What went wrong with a write, in words that point at the fix."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write {path}: the disk is full; free some space"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: permission denied or read-only file system ({exc.strerror})"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+def read_versioned(
+    path: Path,
+    *,
+    what: str,
+    version_key: str,
+    label: str | None = None,
+    readers: dict[int, Callable[[dict[str, object]], M]],
+) -> M:
+    """Read a JSON file whose `version_key` picks the reader (each turns its version
+    into the current model). Raises StorageError with one line naming the problem."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StorageError(f"{path}: no {what} here") from None
+    except IsADirectoryError:
+        raise StorageError(f"{path}: is a folder, not a {what}") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StorageError(f"{path}: unreadable {what} ({reason})") from None
+    version = raw.get(version_key) if isinstance(raw, dict) else None
+    reader = readers.get(version) if isinstance(version, int) else None
+    if reader is None:
+        versions = [str(v) for v in sorted(readers)]
+        known = " and ".join(
+            [", ".join(versions[:-1]), versions[-1]] if versions[:-1] else versions
+        )
+        label = label or version_key
+        raise StorageError(
+            f"{path}: {what} {label} {version!r} is not supported by this localtable "
+            f"(it reads {label} {known}); use the localtable version that wrote it"
+        )
+    try:
+        return reader(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise StorageError(f"{path}: invalid {what} at {where}: {first['msg']}") from None

@@ -1,0 +1,127 @@
+"""A backend for tests, added the way any backend is: this module plus its registration.
+
+It runs no model: each seat answers in the shape the grammar asks for, and the
+backend counts how often each model was loaded. Tests register it for the
+`path` source kind (tests/test_backends.py), so a models.toml needs no change.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from localtable.backends.base import (
+    ChatMessage,
+    PanelModels,
+    Prepared,
+    TurnRequest,
+    TurnResult,
+)
+from localtable.config import LoadedConfig
+from localtable.record import MemoryRecord, ModelRecord, PanelistRecord, RunRecord
+from localtable.templates import TemplateSet
+
+# model name -> how many times it was loaded, over every instance (a test resets it)
+LOADS: Counter[str] = Counter()
+OPENED_WITH: list[MemoryRecord | None] = []
+
+
+def reply_for(request: TurnRequest, panel: list[str]) -> str:
+    grammar = request.grammar
+    if grammar.startswith('root ::= "Headline'):
+        members = "".join(f"{name}: A\n" for name in panel)
+        return (
+            f"Headline: The panel agreed on one view.\nPosition A: one view\n{members}"
+            "Counterpoint: none was raised.\nSummary: everyone said the same thing."
+        )
+    answer = f"{request.panelist} says yes"
+    if "Decision" in grammar:
+        return f"Decision: maintained\nAnswer: {answer}\nInfluenced by: nobody\nReasoning: same."
+    return f"Answer: {answer}\nReasoning: because it is so."
+
+
+class FakeSeat:
+    def __init__(self, backend: FakeBackend, n_ctx: int) -> None:
+        self.backend = backend
+        self.n_ctx = n_ctx
+
+    def context_size(self) -> int:
+        return self.n_ctx
+
+    def count_tokens(self, messages: list[ChatMessage]) -> int:
+        return sum(len(m.content) for m in messages) // 4 + 8
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(text) // 4
+
+    def generate(self, request: TurnRequest) -> TurnResult:
+        text = reply_for(request, self.backend.panel)
+        n = self.count_tokens(request.messages)
+        return TurnResult(
+            prompt="\n".join(m.content for m in request.messages),
+            prompt_tokens=n,
+            prompt_sha256="0" * 64,
+            text=text,
+            token_ids=[ord(c) for c in text],
+            finish_reason="stop",
+            completion_tokens=len(text) // 4,
+            prompt_eval_tokens=n,
+            seconds=0.0,
+        )
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, ModelRecord] = {}
+        self.panel: list[str] = []
+
+    def prepare(self, panel: PanelModels) -> Prepared:
+        models = [
+            ModelRecord(
+                name=name,
+                backend=self.name,
+                source="scripted replies",
+                chat_mode="template",
+                n_ctx=spec.n_ctx,
+                settings={"n_ctx": spec.n_ctx},
+            )
+            for name, spec in panel.specs.items()
+        ]
+        memory = MemoryRecord(loading="together", kv_caches={m.name: 1 for m in models})
+        return Prepared(models=models, memory=memory)
+
+    def open(
+        self,
+        models: list[ModelRecord],
+        memory: MemoryRecord | None,
+        *,
+        reuse_prefix: bool,
+        templates: TemplateSet,
+        today: str,
+        loaded: LoadedConfig | None,
+    ) -> list[ModelRecord]:
+        OPENED_WITH.append(memory)
+        for m in models:
+            if self.loaded.get(m.name) != m:
+                LOADS[m.name] += 1
+                self.loaded[m.name] = m
+        return models
+
+    def seat(self, model: str) -> FakeSeat:
+        return FakeSeat(self, self.loaded[model].n_ctx)
+
+    def turn_order(
+        self, round_no: int, panel: list[PanelistRecord], then: str | None
+    ) -> list[PanelistRecord]:
+        self.panel = [p.name for p in panel]
+        return panel
+
+    def describe(self) -> dict[str, object]:
+        return {"version": "fake-1"}
+
+    def replay_differences(self, record: RunRecord) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        self.loaded.clear()

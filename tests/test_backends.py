@@ -1,0 +1,115 @@
+"""The Backend seam, through a backend added as any would be: tests/fakebackend.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from localtable import backends
+from localtable.cli import cli
+from localtable.config import load_config
+from localtable.errors import ConfigError
+from localtable.record import read_record, write_record
+from localtable.research.batch import BatchRequest, SessionRunner, run_batch
+from localtable.research.questions import Question, QuestionSet
+from localtable.templates import TemplateSet
+from tests import fakebackend
+
+CONFIG = """
+[debate]
+panel = "duo"
+rounds = 2
+
+[models.alpha]
+source = { kind = "path", path = "alpha.gguf" }
+[models.beta]
+source = { kind = "path", path = "beta.gguf" }
+
+[panels.duo]
+panelists = [
+  { name = "Ada", model = "alpha" },
+  { name = "Bob", model = "beta" },
+  { name = "Cy", model = "alpha", persona = "A skeptic." },
+]
+"""
+
+
+@pytest.fixture
+def fake_backend(tmp_path: Path) -> Iterator[Path]:
+    """Register the fake for `path` sources, as a backend module registers itself."""
+    before = dict(backends._SOURCE_KINDS)
+    backends.register("fake", "tests.fakebackend:FakeBackend", source_kinds=("path",))
+    fakebackend.LOADS.clear()
+    fakebackend.OPENED_WITH.clear()
+    config = tmp_path / "models.toml"
+    config.write_text(CONFIG)
+    yield config
+    backends._SOURCE_KINDS.clear()
+    backends._SOURCE_KINDS.update(before)
+    backends._REGISTRY.pop("fake", None)
+
+
+def test_unknown_backend_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="unknown backend 'nope'.*llamacpp"):
+        backends.create("nope")
+
+
+def test_a_registered_backend_runs_a_debate_end_to_end(fake_backend: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli,
+        ["debate", "Is this seam enough?", "--config", str(fake_backend), "--runs-dir", str(runs)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    (run_dir,) = list(runs.iterdir())
+    record = read_record(run_dir)
+    assert record.status == "complete"
+    assert [m.backend for m in record.models] == ["fake", "fake"]
+    assert record.backends == {"fake": {"version": "fake-1"}}
+    assert all(t.generation and t.generation.token_ids for t in record.turns)
+    assert record.summary is not None and record.summary.consensus.kind == "all"
+    # a model shared by two panelists is loaded once
+    assert fakebackend.LOADS == {"alpha": 1, "beta": 1}
+
+
+def test_a_batch_loads_each_model_once(fake_backend: Path, tmp_path: Path) -> None:
+    questions = QuestionSet(
+        name="three",
+        source="test",
+        sha256="0" * 64,
+        questions=[Question(id=f"q{i}", question=f"Question {i}?") for i in range(3)],
+    )
+    req = BatchRequest(
+        questions=questions, seeds=[1, 2], panel="duo", rounds=1, runs_dir=tmp_path / "runs"
+    )
+    with SessionRunner(load_config(fake_backend), TemplateSet(), lambda e: None) as runner:
+        result = run_batch(req, runner, lambda e: None)
+    assert result.count("complete") == 6
+    assert fakebackend.LOADS == {"alpha": 1, "beta": 1}  # six debates, one load each
+
+
+def test_resume_opens_the_recorded_plan(fake_backend: Path, tmp_path: Path) -> None:
+    """resume loads what the record says, not what models.toml says today."""
+    runs = tmp_path / "runs"
+    args = ["debate", "Q?", "--config", str(fake_backend), "--runs-dir", str(runs), "-q"]
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    (run_dir,) = list(runs.iterdir())
+    record = read_record(run_dir)
+    assert record.memory is not None
+    record.memory = record.memory.model_copy(update={"loading": "one at a time"})
+    record.turns = [t for t in record.turns if t.round == 1]
+    record.summary, record.status = None, "interrupted"
+    write_record(run_dir, record)
+    fakebackend.OPENED_WITH.clear()
+    resumed = CliRunner().invoke(
+        cli,
+        ["resume", str(run_dir), "--config", str(fake_backend), "--runs-dir", str(runs), "-q"],
+        catch_exceptions=False,
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert [m.loading for m in fakebackend.OPENED_WITH if m] == ["one at a time"]
+    assert read_record(run_dir).status == "complete"
