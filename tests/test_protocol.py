@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from localtable.backends.base import BackendDown
 from localtable.debate.protocol import SHORTENING_RULES, Debate, derive_seed
 from localtable.record import RunRecord
 from localtable.templates import builtin
@@ -217,3 +220,41 @@ def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() ->
     assert record.summary is not None and record.summary.status == "failed"
     assert record.summary.error and "only repeats the prompt" in record.summary.error
     assert len(record.summary.rejected) == 3 and len(speaker.calls) == 5
+
+
+def test_a_backend_that_cannot_answer_stops_the_run_and_resume_runs_that_turn_again() -> None:
+    """BackendDown (a server down): the turn is kept as interrupted with the reason, nothing
+    after it runs (later turns would read it), and resuming the record finishes it."""
+    replies = {
+        "A1": [R1.format(a="Yes."), R2.format(d="maintained", a="Yes.", i="nobody"), summary("AA")],
+        "B2": [R1.format(a="Yes!"), R2.format(d="maintained", a="Yes!", i="nobody")],
+    }
+    down = BackendDown("http://gpu:8080: connection refused")
+    speaker = FakeSpeaker({"A1": list(replies["A1"]), "B2": [down, *replies["B2"]]})
+    record = make_record(["A1", "B2"])
+    with pytest.raises(BackendDown):
+        run(speaker, record)
+    assert [(t.panelist, t.status) for t in record.turns] == [("A1", "ok"), ("B2", "interrupted")]
+    assert record.turns[1].error == "http://gpu:8080: connection refused"
+    assert [c.panelist for c in speaker.calls] == ["A1", "B2"]
+    # what resume does: drop the interrupted turn, run the rest
+    record.turns = [t for t in record.turns if t.status != "interrupted"]
+    finished, _ = run(speaker, record)
+    assert [(t.round, t.panelist, t.status) for t in finished.turns] == [
+        (1, "A1", "ok"), (1, "B2", "ok"), (2, "A1", "ok"), (2, "B2", "ok")
+    ]  # fmt: skip
+    assert finished.summary is not None and finished.summary.status == "ok"
+
+
+def test_a_summarizer_whose_backend_cannot_answer_leaves_the_summary_interrupted() -> None:
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="Yes."), BackendDown("http://gpu:8080: HTTP 500 boom")],
+            "B2": [R1.format(a="Yes.")],
+        }
+    )
+    record = make_record(["A1", "B2"], rounds=1)
+    with pytest.raises(BackendDown):
+        run(speaker, record)
+    assert record.summary is not None and record.summary.status == "interrupted"
+    assert record.summary.error == "http://gpu:8080: HTTP 500 boom"

@@ -27,7 +27,16 @@ class TurnFailed(Exception):
 
 
 class BackendCrashed(TurnFailed):
-    """The process or server behind a backend died during a request."""
+    """The process behind an in-process backend died during a request (it restarts:
+    the turn is failed and the run goes on)."""
+
+
+class BackendDown(TurnFailed):
+    """A server could not answer the turn at all: refused, timed out, rejected the
+    credentials, failed (5xx), answered outside its API, or died mid-turn. Nothing is
+    known of the model's answer, so the protocol records the turn as interrupted with
+    this one-line reason (naming the server) and stops the run; `localtable resume`
+    runs the turn again once the server is back."""
 
 
 class BackendUnavailable(LocaltableError):

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.backends.base import ChatMessage, TurnFailed, TurnRequest, TurnResult
+from localtable.backends.base import BackendDown, ChatMessage, TurnFailed, TurnRequest, TurnResult
 from localtable.debate.answers import normalize_open, same_position, tally_groups
 from localtable.debate.consensus import compute_consensus
 from localtable.debate.parsing import ParseFailure, parse_summary, parse_turn
@@ -300,6 +300,20 @@ class Debate:
                 kind=self.record.question_kind,
                 options=self.record.options,
             )
+        except BackendDown as exc:
+            # The server could not answer: nothing is known of this turn. Keep it as
+            # interrupted (resume runs it again) and stop: later turns would read it.
+            self._store(
+                TurnRecord(
+                    round=round_no,
+                    panelist=p.name,
+                    status="interrupted",
+                    error=str(exc),
+                    answer_max_chars=answer_max_chars(p.sampling.max_tokens),
+                )
+            )
+            self._emit("turn", round_no, p.name, "failed")
+            raise
         except (TurnFailed, ParseFailure) as exc:
             reason = str(exc)
             if isinstance(exc, ParseFailure):
@@ -425,6 +439,17 @@ class Debate:
                     rejected.append(f"seed {seed}: {exc}")
                     if attempt + 1 == SUMMARY_ATTEMPTS:
                         raise
+        except BackendDown as exc:
+            self.record.summary = SummaryRecord(
+                status="interrupted",
+                summarizer=summarizer.name,
+                error=str(exc),
+                consensus=compute_consensus([], len(self.panel)),
+                line_max_chars=SUMMARY_LINE_MAX_CHARS,
+            )
+            self.save(self.record)
+            self._emit("summary", self.record.rounds + 1, summarizer.name, "failed")
+            raise
         except (TurnFailed, ParseFailure) as exc:
             reason = str(exc)
             if isinstance(exc, ParseFailure):

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from localtable import __version__
-from localtable.backends.base import BackendUnavailable
+from localtable.backends.base import BackendDown, BackendUnavailable, TurnFailed
 from localtable.config import LoadedConfig
 from localtable.debate.protocol import Debate, ProgressSink, anonymous_label
 from localtable.errors import ConfigError, LocaltableError
@@ -142,7 +142,10 @@ def preflight(debate: Debate) -> None:
     """Refuse, before any generation, a question that cannot fit a panelist's context."""
     for p in debate.panel:
         n_ctx = debate.speaker.context_size(p.name)
-        n = debate.speaker.count_tokens(p.name, debate.conversation(p, 1, 0))
+        try:
+            n = debate.speaker.count_tokens(p.name, debate.conversation(p, 1, 0))
+        except TurnFailed as exc:  # e.g. a server that stopped answering since it opened
+            raise RunFailed(f"{p.name} ({p.model}): {exc}") from None
         if n + p.sampling.max_tokens > n_ctx:
             model = p.model
             raise ConfigError(
@@ -163,6 +166,14 @@ def execute(
     debate = Debate(record, speaker, templates, lambda r: write_record(run_dir, r), progress)
     try:
         debate.run()
+    except BackendDown as exc:
+        # A server could not answer: the turn is kept as interrupted, the run stops.
+        record.status = "failed"
+        record.error = f"{exc}; `localtable resume {record.run_id}` continues once it answers"
+        record.finished_at = datetime.now(UTC)
+        write_record(run_dir, record)
+        done = len([t for t in record.turns if t.status != "interrupted"])
+        raise RunFailed(f"{record.error} ({done} finished turns saved in {run_dir})") from None
     except KeyboardInterrupt:
         if debate.current is not None:
             round_no, name = debate.current
