@@ -256,14 +256,17 @@ def render_cmd(
 @click.option("--verify", is_flag=True, help="Re-hash every present file (full sha256).")
 @user_errors
 def models(config_path: Path | None, verify: bool) -> None:
-    """List the models of models.toml and whether their files are present.
+    """List the models of models.toml and whether their files are present; for a model on
+    a llama-server, whether the server is up, its build and the model it runs (it asks
+    /health and /props only, it generates nothing).
 
     Example: localtable models --verify
     """
+    from localtable.backends.server.backend import probe_status
     from localtable.models.status import model_statuses
 
     loaded = _config(config_path)
-    rows = model_statuses(loaded, verify=verify)
+    rows = model_statuses(loaded, verify=verify, probe=probe_status)
     header = ("MODEL", "SOURCE", "REVISION", "SIZE", "SHA256", "STATE")
 
     def short(source: str) -> str:
@@ -436,6 +439,7 @@ def replay(
         click.echo(f"  common:   ...{d.common!r}")
         click.echo(f"  original: {d.original!r}...")
         click.echo(f"  replay:   {d.replayed!r}...")
+    click.echo(f"likely cause: {report.likely_cause}")
     sys.exit(1)
 
 

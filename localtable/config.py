@@ -9,8 +9,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from localtable.errors import ConfigError
 
@@ -66,7 +67,58 @@ class HubSource(Strict):
     revision: str = "main"
 
 
-ModelSource = Annotated[PackageSource | PathSource | HubSource, Field(discriminator="kind")]
+class ServerSource(Strict):
+    """A model served by llama.cpp's own HTTP server (llama-server), maybe on another
+    machine. localtable renders and tokenizes the prompts itself and sends token ids."""
+
+    kind: Literal["server"]
+    url: str = Field(description="http://host:port of llama-server, without credentials")
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the environment variable holding the server's API key (never the key)",
+    )
+    model: str | None = Field(
+        default=None,
+        description="the model the server must be running: its model path as /props shows "
+        "it, or the end of that path (e.g. the file name)",
+    )
+    build: str | None = Field(
+        default=None, description="the llama.cpp build the server must report, e.g. b1-0c1e570"
+    )
+    flags: str = Field(
+        default="",
+        description="the llama-server flags that change numbers (batch sizes, flash "
+        "attention, SWA cache...), as you started it: the server does not report them, so "
+        "the record keeps them as declared",
+    )
+    timeout: float = Field(
+        default=600.0, gt=0, le=86400, description="seconds to wait for one answer"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _plain_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("give the server as http://host:port")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "the URL must not hold credentials: put the API key in an environment "
+                "variable and name it in api_key_env"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError("give the server as http://host:port, without ? or #")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ValueError("the port is not a number") from None
+        return url.rstrip("/")
+
+
+ModelSource = Annotated[
+    PackageSource | PathSource | HubSource | ServerSource, Field(discriminator="kind")
+]
 
 
 class ModelSpec(Strict):
@@ -182,7 +234,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("package", "path", "hf") and out.endswith("source"):
+        elif part in ("package", "path", "hf", "server") and out.endswith("source"):
             continue  # the discriminated union's tag, not a key the user wrote
         else:
             out += f".{part}" if out else str(part)
@@ -203,6 +255,7 @@ def describe_validation_error(path: Path, err: ValidationError) -> str:
             "input" in first
             and kind not in ("model_type",)
             and not isinstance(first["input"], dict)
+            and not where.endswith("source.url")  # it may hold credentials
         ):
             what += f" (got {first['input']!r})"
     more = len(err.errors()) - 1

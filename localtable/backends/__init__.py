@@ -56,3 +56,4 @@ register(
     "localtable.backends.llamacpp.backend:LlamaCppBackend",
     source_kinds=("package", "path", "hf"),
 )
+register("server", "localtable.backends.server.backend:ServerBackend", source_kinds=("server",))

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.config import HubSource, LoadedConfig, ModelSpec, PackageFile, PathSource
+from localtable.config import (
+    HubSource,
+    LoadedConfig,
+    ModelSpec,
+    PackageFile,
+    PathSource,
+    ServerSource,
+)
 from localtable.errors import ConfigError, ModelFileError
 from localtable.models.gguf import read_gguf
 from localtable.models.local import CHUNK, LocatedFile, cache_dir, cached_sha256
@@ -101,6 +108,8 @@ def locate(name: str, spec: ModelSpec, loaded: LoadedConfig) -> LocatedFile:
         from localtable.models import hub  # the Hub client is only needed for Hub models
 
         return hub.locate_pulled(name, source, loaded)
+    if isinstance(source, ServerSource):
+        raise ModelFileError(f"model {name!r} runs on a llama-server ({source.url}): no file here")
     pieces = source.pieces()
     paths = [_package_file(p) for p in pieces]
     label = "package " + ", ".join(sorted({p.package for p in pieces}))

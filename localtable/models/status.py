@@ -3,23 +3,34 @@
 States: missing (not installed, not pulled, or the file is gone), present (the
 file is there with the expected size), verified (re-hashed in full and it
 matches its pin; only with verify), mismatch (wrong size, wrong sha256 or a
-broken GGUF header). Nothing here touches the network.
+broken GGUF header; for a server, another model or build than models.toml
+expects). A model on a llama-server is up or down, as the probe the caller
+passes finds it (the server backend asks /health and /props), else unchecked.
+Nothing here touches the network.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.config import HubSource, LoadedConfig, PackageSource, PathSource
+from localtable.config import (
+    HubSource,
+    LoadedConfig,
+    ModelSpec,
+    PackageSource,
+    PathSource,
+    ServerSource,
+)
 from localtable.errors import ConfigError, ModelFileError
 from localtable.models import hub
 from localtable.models.files import locate, resolve
 from localtable.models.local import LocatedFile
 from localtable.models.lock import read_lock
 
-State = Literal["missing", "present", "verified", "mismatch"]
+State = Literal["missing", "present", "verified", "mismatch", "up", "down", "unchecked"]
 
 
 class ModelStatus(BaseModel):
@@ -27,8 +38,8 @@ class ModelStatus(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     name: str
-    kind: Literal["package", "path", "hf"]
-    source: str  # "hf <repo> <file>", "path <path>" or "package <name>[, <name>...]"
+    kind: Literal["package", "path", "hf", "server"]
+    source: str  # "hf <repo> <file>", "path <path>", "package <name>[, ...]" or "server <url>"
     revision: str | None = None  # hf: the revision models.toml asks for
     commit: str | None = None  # hf: the commit models.lock pins
     path: str | None = None  # the file llama.cpp loads, once located
@@ -69,8 +80,19 @@ def _update(status: ModelStatus, state: State, detail: str, **fields: object) ->
     return status.model_copy(update={"state": state, "detail": detail, **fields})
 
 
-def model_status(name: str, loaded: LoadedConfig, *, verify: bool = False) -> ModelStatus:
+ServerProbe = Callable[[str, ModelSpec], ModelStatus]
+
+
+def model_status(
+    name: str, loaded: LoadedConfig, *, verify: bool = False, probe: ServerProbe | None = None
+) -> ModelStatus:
     """Locate one model and check it: sizes only, or every byte with verify."""
+    spec = loaded.config.models.get(name)
+    if spec is not None and isinstance(spec.source, ServerSource):
+        if probe is not None:
+            return probe(name, spec)
+        return ModelStatus(name=name, kind="server", source=f"server {spec.source.url}",
+                           state="unchecked")  # fmt: skip
     status = _base(name, loaded)
     spec = loaded.config.models[name]
     try:
@@ -105,6 +127,8 @@ def model_status(name: str, loaded: LoadedConfig, *, verify: bool = False) -> Mo
                    size=resolved.size, sha256=resolved.sha256[:12])  # fmt: skip
 
 
-def model_statuses(loaded: LoadedConfig, *, verify: bool = False) -> list[ModelStatus]:
+def model_statuses(
+    loaded: LoadedConfig, *, verify: bool = False, probe: ServerProbe | None = None
+) -> list[ModelStatus]:
     """model_status for every model of models.toml, in file order."""
-    return [model_status(name, loaded, verify=verify) for name in loaded.config.models]
+    return [model_status(name, loaded, verify=verify, probe=probe) for name in loaded.config.models]

@@ -113,6 +113,18 @@ class ReplayReport(BaseModel):
             self.original.transcript_sha256 == self.replay.transcript_sha256
         )
 
+    @property
+    def likely_cause(self) -> str:
+        """Why a replay that diverged probably did: what changed, else what the record
+        cannot see."""
+        if self.engine_differences:
+            return "the engine changed: " + "; ".join(self.engine_differences)
+        return (
+            "nothing the record holds changed (build, model, settings); something it cannot "
+            "see did: e.g. a llama-server started with other flags than models.toml declares "
+            "(batch sizes, flash attention), or one whose slots other clients share"
+        )
+
 
 def _outputs(record: RunRecord) -> list[tuple[str, str, str]]:
     """(key, label, raw output or status) for every turn and the summary, in order."""

@@ -1,0 +1,1 @@
+"""Panelists on llama.cpp's own HTTP server (llama-server)."""
