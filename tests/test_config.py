@@ -95,3 +95,38 @@ def test_unknown_panel(tmp_path: Path) -> None:
     loaded = load_config(write(tmp_path, MINIMAL))
     with pytest.raises(ConfigError, match="unknown panel 'x'.*default"):
         loaded.config.panel("x")
+
+
+SERVER = MINIMAL.replace(
+    'source = { kind = "path", path = "m.gguf" }',
+    'source = { kind = "server", url = "URL" }',
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("gpu-box:8080", "give the server as http://host:port"),
+        ("ftp://gpu-box", "give the server as http://host:port"),
+        ("http://gpu-box:80x", "the port is not a number"),
+        ("http://gpu-box:8080/?key=1", "without ? or #"),
+        ("http://me:pw@gpu-box:8080", "must not hold credentials"),
+    ],
+)
+def test_a_server_url_is_plain_and_never_repeated_in_the_error(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, SERVER.replace("URL", url)))
+    assert message in str(exc.value) and "models.m.source.url" in str(exc.value)
+    assert url not in str(exc.value)
+
+
+def test_a_server_source_keeps_its_url_and_names_a_key_variable(tmp_path: Path) -> None:
+    text = SERVER.replace('url = "URL"', 'url = "https://gpu-box/llama/", api_key_env = "BOX_KEY"')
+    source = load_config(write(tmp_path, text)).config.models["m"].source
+    assert source.kind == "server" and source.url == "https://gpu-box/llama"
+    assert source.api_key_env == "BOX_KEY" and source.timeout == 600.0
+    bad = SERVER.replace('url = "URL"', 'url = "http://h:1", api_key_env = "my key"')
+    with pytest.raises(ConfigError, match="api_key_env"):
+        load_config(write(tmp_path, bad))

@@ -7,7 +7,7 @@ tests/test_server_real.py runs the same paths on a real llama-server.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -156,7 +156,17 @@ def test_a_url_with_credentials_is_refused_without_repeating_them(tmp_path: Path
     assert "api_key_env" in str(exc.value) and "hunter2" not in str(exc.value)
 
 
-def second_completion(action: str):  # type: ignore[no-untyped-def]
+def first_completion(action: Callable[[FakeLlamaServer], object]) -> Callable[..., None]:
+    """A callback doing `action` as the first /completion arrives (before its answer)."""
+
+    def callback(server: FakeLlamaServer) -> None:
+        if len(server.completions) == 1:
+            action(server)
+
+    return callback
+
+
+def second_completion(action: str) -> Callable[..., None]:
     """A callback that makes the second /completion do `action`."""
 
     def callback(server: FakeLlamaServer) -> None:
@@ -185,10 +195,10 @@ def test_a_failing_server_stops_the_run_with_one_line_and_resume_finishes_it(
 ) -> None:
     expected = uninterrupted_hash(tmp_path)
     with FakeLlamaServer() as server:
-        if failure == "refused":  # between two turns, the server went away
-            server.after_completion.append(lambda s: s.stop())
-        elif failure == "401":  # between two turns, the server's key was changed
-            server.after_completion.append(lambda s: setattr(s, "api_key", "new-key"))
+        if failure == "refused":  # the server goes away as it answers the first turn
+            server.on_completion.append(first_completion(lambda s: s.stop()))
+        elif failure == "401":  # ... or its API key is changed
+            server.on_completion.append(first_completion(lambda s: setattr(s, "api_key", "k")))
         else:
             server.on_completion.append(second_completion(failure))
         cfg = write_config(tmp_path, config(server.url, extra_source=", timeout = 0.5"))
@@ -209,7 +219,6 @@ def test_a_failing_server_stops_the_run_with_one_line_and_resume_finishes_it(
         assert record.summary is None
         # the server is back (or fixed): resume finishes the run as if nothing happened
         server.on_completion.clear()
-        server.after_completion.clear()
         server.fail.clear()
         server.api_key = None
         if failure in ("die", "refused"):
@@ -361,3 +370,28 @@ def test_the_record_json_names_no_credentials(server: FakeLlamaServer, tmp_path:
     run_dir, _ = only_run(tmp_path / "runs")
     raw = json.loads((run_dir / "record.json").read_text())
     assert raw["models"][0]["settings"]["url"] == server.url
+
+
+def test_something_that_is_not_a_llama_server_is_refused_in_one_line(tmp_path: Path) -> None:
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        result = debate(write_config(tmp_path, config(url)), tmp_path / "runs")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert (
+        line
+        == f"Error: model 'big': {url}: HTTP 404 File not found (not llama-server's error format)"
+    )

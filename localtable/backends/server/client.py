@@ -127,17 +127,15 @@ def is_loopback(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _error_message(body: bytes) -> str:
-    """llama-server's {"error": {"message": ...}}, else the start of the body, one line."""
-    text = body.decode("utf-8", errors="replace")
+def _error_message(body: bytes, reason: str) -> str:
+    """llama-server's {"error": {"message": ...}}, else the HTTP reason, one line."""
     try:
-        payload = json.loads(text)
-        message = payload["error"]["message"]
-        if isinstance(message, str):
-            text = message
+        message = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
-        pass
-    line = " ".join(text.split())
+        message = None
+    if not isinstance(message, str):
+        return f"{reason} (not llama-server's error format)"
+    line = " ".join(message.split())
     return line[:200] + ("..." if len(line) > 200 else "")
 
 
@@ -201,9 +199,9 @@ class ServerClient:
                 raise ServerDown(self._fail(closed)) from None
         finally:
             conn.close()
-        return self._decode(response.status, raw)
+        return self._decode(response.status, response.reason, raw)
 
-    def _decode(self, status: int, raw: bytes) -> Any:
+    def _decode(self, status: int, reason: str, raw: bytes) -> Any:
         if status == 200:
             if len(raw) > MAX_BODY:
                 raise ServerBadAnswer(self._fail(f"an answer over {MAX_BODY >> 20} MB"))
@@ -211,7 +209,7 @@ class ServerClient:
                 return json.loads(raw)
             except ValueError:
                 raise ServerBadAnswer(self._fail("the answer is not JSON")) from None
-        message = _error_message(raw)
+        message = _error_message(raw, reason)
         if status in (401, 403):
             raise ServerRefused(self._fail(f"HTTP {status} {message}"))
         if status == 503:
