@@ -395,3 +395,21 @@ def test_something_that_is_not_a_llama_server_is_refused_in_one_line(tmp_path: P
         line
         == f"Error: model 'big': {url}: HTTP 404 File not found (not llama-server's error format)"
     )
+
+
+def test_the_client_speaks_the_native_endpoints(server: FakeLlamaServer) -> None:
+    from localtable.backends.server.client import ServerClient, ServerRefused
+
+    client = ServerClient(server.url + "/")
+    assert client.url == server.url
+    client.health()
+    assert client.props().n_ctx == 4096
+    plain = client.tokenize("<|im_end|> hi", special=False)
+    assert 2 not in plain and client.tokenize("<|im_end|> hi", special=True)[0] == 2
+    assert client.tokenize("hi", special=False, add_special=True) == [3, *client.tokenize(
+        "hi", special=False)]  # fmt: skip
+    assert client.detokenize([5, 6]) == "5 6"
+    server.api_key = "k"
+    with pytest.raises(ServerRefused, match="HTTP 401 Invalid API Key"):
+        client.props()
+    assert ServerClient(server.url, api_key="k").props().build_info == "b1-fake"
