@@ -81,7 +81,6 @@ class FakeLlamaServer:
         self.variant = ""  # appended to answers: another build that answers differently
         self.fail: list[str] = []  # what the next /completion requests do instead
         self.on_completion: list[Any] = []  # callbacks(server) run at each /completion
-        self.after_completion: list[Any] = []  # ... and after its answer was sent
         self.calls: Counter[str] = Counter()
         self.completions: list[dict[str, Any]] = []
         self.tokenized: list[tuple[str, bool]] = []
@@ -146,9 +145,6 @@ class FakeLlamaServer:
                     for callback in list(server.on_completion):
                         callback(server)
                     self._complete(body)
-                    self.wfile.flush()
-                    for callback in list(server.after_completion):
-                        callback(server)
                 else:
                     self._send(404, {"error": {"code": 404, "message": "File Not Found"}})
 

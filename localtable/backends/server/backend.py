@@ -53,6 +53,7 @@ from localtable.backends.server.client import (
     ServerClient,
     ServerDown,
     ServerError,
+    ServerRefused,
     ServerRejected,
     is_loopback,
     public_url,
@@ -369,15 +370,20 @@ def _client(source: ServerSource, model: str) -> ServerClient:
     return ServerClient(source.url, api_key(source.api_key_env, model), source.timeout)
 
 
-def _reach(client: ServerClient, model: str) -> Props:
+def _reach(client: ServerClient, model: str, key_env: str | None) -> Props:
     """/health then /props, or BackendUnavailable naming the URL and the fix."""
     try:
         client.health()
         return client.props()
-    except ServerError as exc:
+    except ServerRefused as exc:
+        fix = f"check the key in {key_env}" if key_env else "set api_key_env for this model"
+        raise BackendUnavailable(f"model {model!r}: {exc}; {fix}") from None
+    except ServerDown as exc:
         raise BackendUnavailable(
             f"model {model!r}: {exc}; start the server (README: llama-server), then run again"
         ) from None
+    except ServerError as exc:
+        raise BackendUnavailable(f"model {model!r}: {exc}") from None
 
 
 def _chat_mode(requested: str, has_template: bool, name: str) -> Literal["template", "completion"]:
@@ -464,7 +470,7 @@ class ServerBackend:
         models, notes = [], []
         for name, spec in panel.specs.items():
             assert isinstance(spec.source, ServerSource)
-            props = _reach(_client(spec.source, name), name)
+            props = _reach(_client(spec.source, name), name, spec.source.api_key_env)
             models.append(planned_record(name, spec, props))
             if props.total_slots > 1:
                 notes.append(
@@ -492,7 +498,7 @@ class ServerBackend:
             client = ServerClient(
                 settings.url, api_key(settings.api_key_env, model.name), settings.timeout
             )
-            props = _reach(client, model.name)
+            props = _reach(client, model.name, settings.api_key_env)
             if props.model_path != settings.model_path or props.n_ctx != settings.n_ctx:
                 raise BackendUnavailable(
                     f"model {model.name!r}: {settings.url} now runs {props.model_path} with a "
@@ -511,7 +517,7 @@ class ServerBackend:
                     f"model {model.name!r}: {settings.url} shows another chat template than "
                     "the record's (was it started with --chat-template?)"
                 )
-            info = _model_info(client, props, template, model.name)
+            info = server_model_info(client, props, template, model.name)
             record = model.model_copy(
                 update={
                     "chat_template_sha256": _sha(template),
@@ -556,7 +562,7 @@ class ServerBackend:
             client = ServerClient(
                 settings.url, api_key(settings.api_key_env, model.name), settings.timeout
             )
-            props = _reach(client, model.name)
+            props = _reach(client, model.name, settings.api_key_env)
             diffs += [f"{settings.url} {change}" for change in identity_changes(settings, props)]
         return diffs
 
@@ -568,7 +574,7 @@ def date_of(text: str) -> date:
     return date.fromisoformat(text)
 
 
-def _model_info(
+def server_model_info(
     client: ServerClient, props: Props, template: str | None, name: str
 ) -> ServerModelInfo:
     """Whether the model adds a BOS token, and its id, from the server's own tokenizer."""
