@@ -26,7 +26,7 @@ def test_every_models_toml_key_is_documented() -> None:
     tables: list[type[BaseModel]] = [
         config.DebateDefaults, config.ModelSpec, config.PanelSpec, config.PanelistSpec,
         config.Sampling, config.PackageSource, config.PathSource, config.HubSource,
-        config.PackageFile,
+        config.PackageFile, config.ServerSource,
     ]  # fmt: skip
     for table in tables:
         for key in keys(table):
