@@ -12,7 +12,17 @@ that a change of load on a shared machine hits every side alike, and the
 table gives medians with their range. A bare text that differs from
 localtable's is printed too (the comparison is then not like for like).
 
-Usage: python -m localtable.bench [--rounds 3] [--seed 42] [--repeat 3] [--json out.json]
+A fourth side, when llama-server is built (`make llama-server`; found through
+$LOCALTABLE_LLAMA_SERVER or the build cache): the same debate through
+localtable's server backend, with each model of the panel on a llama-server
+of its own on 127.0.0.1, started with the flags of backends/server/launch.py
+before the timed debates (their start time is printed apart). Its wall time
+is given over each in-process side's (issue #14's target: within 1.15x). Its
+texts are not expected to equal the in-process ones: llama-server applies the
+grammar and the repeat penalty another way (docs/benchmarks.md).
+
+Usage: python -m localtable.bench [--rounds 3] [--seed 42] [--repeat 3] [--no-server]
+       [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from localtable.backends.base import ChatMessage, Seat, TurnRequest, TurnResult
 from localtable.backends.llamacpp.backend import LlamaCppBackend, available_cores
 from localtable.backends.llamacpp.engine import Engine
 from localtable.backends.llamacpp.kvslots import MIN_STEP, ROW_GROUP, prompt_steps
@@ -43,14 +54,18 @@ from localtable.backends.llamacpp.messages import (
     LoadRequest,
     ModelInfo,
 )
-from localtable.config import LoadedConfig, load_config
+from localtable.backends.server.backend import ServerBackend
+from localtable.backends.server.launch import LocalServer, cached_binary, declared_flags
+from localtable.config import Config, LoadedConfig, ModelSpec, ServerSource, load_config
 from localtable.debate.protocol import ProgressEvent
+from localtable.models.files import resolve
 from localtable.record import RunRecord, SamplingRecord
 from localtable.session.run import DebateRequest, run_debate
 from localtable.session.session import Session
 from localtable.templates import TemplateSet
 
 MEMORY_MARGIN = 300 << 20  # the target: model files + KV caches + 300 MB
+SERVER_TARGET = 1.15  # llama-server's wall time over in-process (issue #14)
 
 
 class ProcessUsage(BaseModel):
@@ -86,9 +101,12 @@ class RecordingEngine(Engine):
         self.loads: list[LoadRequest] = []
         self.usage: ProcessUsage | None = None
         self.system_info = ""
+        self.load_seconds = 0.0  # starting the worker and loading models
 
     def load(self, req: LoadRequest) -> ModelInfo:
+        started = time.monotonic()
         info = super().load(req)
+        self.load_seconds += time.monotonic() - started
         if req not in self.loads:
             self.loads.append(req)
         self.system_info = info.system_info
@@ -120,6 +138,8 @@ class Side(BaseModel):
     decode_seconds: float  # llama.cpp's timer for generated tokens
     kv_caches: int  # llama_contexts held at the end
     transcript_sha256: str | None = None
+    load_seconds: float | None = None  # in-process: worker start and model loads, in the wall
+    retries: int = 0  # llama-server: requests sent again after a dropped connection
 
     @property
     def generated_per_second(self) -> float:
@@ -172,6 +192,7 @@ def run_localtable(
         decode_seconds=sum(r.decode_seconds for r in results),
         kv_caches=sum(slots.values()),
         transcript_sha256=record.transcript_sha256,
+        load_seconds=engine.load_seconds,
     )
     return side, record, engine
 
@@ -316,6 +337,140 @@ def run_bare(
     return side, result
 
 
+# -- localtable through llama-server ------------------------------------------------
+
+
+class RecordingSeat:
+    """A seat that keeps every TurnResult (the record keeps no prompt or decode timers)."""
+
+    def __init__(self, seat: Seat, results: list[TurnResult]) -> None:
+        self._seat = seat
+        self._results = results
+
+    def context_size(self) -> int:
+        return self._seat.context_size()
+
+    def count_tokens(self, messages: list[ChatMessage]) -> int:
+        return self._seat.count_tokens(messages)
+
+    def count_text_tokens(self, text: str) -> int:
+        return self._seat.count_text_tokens(text)
+
+    def generate(self, request: TurnRequest) -> TurnResult:
+        result = self._seat.generate(request)
+        self._results.append(result)
+        return result
+
+
+class RecordingServerBackend(ServerBackend):
+    """A ServerBackend whose seats keep every TurnResult, summary attempts included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: list[TurnResult] = []
+
+    def seat(self, model: str) -> Seat:
+        return RecordingSeat(super().seat(model), self.results)
+
+
+def served_config(loaded: LoadedConfig, served: dict[str, tuple[str, Path]]) -> LoadedConfig:
+    """models.toml with each served model (name -> (url, the file it serves)) on its
+    server: models.toml's context, chat mode and sha256 (checked: the server is on this
+    machine), the file as the model the server must run, and the flags it was started
+    with. The panels, their sampling and every other model stay as they are."""
+    models = dict(loaded.config.models)
+    for name, (url, path) in served.items():
+        source = ServerSource(kind="server", url=url, model=str(path), flags=declared_flags())
+        kept = models[name].model_dump(exclude_unset=True, exclude={"source"})
+        models[name] = ModelSpec.model_validate({**kept, "source": source})
+    config = loaded.config
+    served_models = Config(debate=config.debate, models=models, panels=config.panels)
+    return LoadedConfig(path=loaded.path, config=served_models)
+
+
+class LocalServers:
+    """A llama-server per model of the panel on 127.0.0.1 (launch.py's flags, models.toml's
+    context and threads), started before the timed debates and kept for all of them."""
+
+    def __init__(self, binary: Path, loaded: LoadedConfig, panel: str, log_dir: Path) -> None:
+        self.servers: dict[str, LocalServer] = {}
+        started = time.monotonic()
+        try:
+            names = dict.fromkeys(p.model for p in loaded.config.panel(panel).panelists)
+            for i, name in enumerate(names):
+                spec = loaded.config.models[name]
+                server = LocalServer(
+                    binary, resolve(name, loaded).path, log_dir / f"llama-server-{i}.log",
+                    n_ctx=spec.n_ctx, threads=spec.threads or available_cores(),
+                )  # fmt: skip
+                self.servers[name] = server
+                server.start()
+        except BaseException:
+            self.close()
+            raise
+        self.start_seconds = time.monotonic() - started
+
+    def config(self, loaded: LoadedConfig) -> LoadedConfig:
+        return served_config(loaded, {n: (s.url, s.model) for n, s in self.servers.items()})
+
+    def pids(self) -> list[int]:
+        return [s.proc.pid for s in self.servers.values() if s.proc is not None]
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
+def servers_usage(pids: list[int]) -> ProcessUsage:
+    """The servers' peak memory (each one's high-water mark, summed) and CPU time."""
+    each = [process_usage(pid) for pid in pids]
+    return ProcessUsage(
+        peak_rss_bytes=sum(u.peak_rss_bytes for u in each),
+        cpu_seconds=sum(u.cpu_seconds for u in each),
+    )
+
+
+def run_server(
+    served: LoadedConfig, panel: str, rounds: int, seed: int, runs_dir: Path, pids: list[int]
+) -> tuple[Side, RunRecord]:
+    """The debate through the server backend, with `served` pointing the panel's models at
+    running servers (process ids `pids`): their CPU time during the debate is the side's."""
+    req = DebateRequest(
+        question=served.config.debate.question, panel=panel, rounds=rounds, seed=seed,
+        runs_dir=runs_dir,
+    )  # fmt: skip
+    backend = RecordingServerBackend()
+    templates = TemplateSet()
+    label = "localtable -> llama-server"
+    before = servers_usage(pids)
+    started = time.monotonic()
+    with Session(templates, served) as session:
+        session.add_backend(backend)
+        _, record = run_debate(req, served, templates, Progress(label), session)
+    wall = time.monotonic() - started
+    after = servers_usage(pids)
+    results = backend.results
+    side = Side(
+        name=label,
+        wall_seconds=wall,
+        usage=ProcessUsage(
+            peak_rss_bytes=after.peak_rss_bytes,
+            cpu_seconds=after.cpu_seconds - before.cpu_seconds,
+        ),
+        texts=[r.text for r in results],
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        prompt_eval_tokens=sum(r.prompt_eval_tokens for r in results),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        generate_seconds=sum(r.seconds for r in results),
+        prompt_eval_seconds=sum(r.prompt_eval_seconds for r in results),
+        decode_seconds=sum(r.decode_seconds for r in results),
+        kv_caches=len(pids),
+        transcript_sha256=record.transcript_sha256,
+        retries=backend.retries,
+    )
+    return side, record
+
+
 # -- the comparison ------------------------------------------------------------------
 
 
@@ -355,7 +510,7 @@ class BenchReport(BaseModel):
     rounds: int
     seed: int
     panel: str
-    sides: list[Side]  # [reuse on, reuse off, bare]: the first repetition
+    sides: list[Side]  # [reuse on, reuse off, bare(, server)]: the first repetition
     # every repetition's sides, run interleaved (on, off, bare, on, off, bare, ...) so
     # that a change of load on a shared machine hits all sides alike
     repeats: list[list[Side]] = []
@@ -363,6 +518,8 @@ class BenchReport(BaseModel):
     memory_target_bytes: dict[str, int]  # side name -> files + its KV caches + 300 MB
     mismatches: list[str]
     prompt_mismatches: int
+    server_start_seconds: float | None = None  # the servers' start, before the timed debate
+    server_note: str = ""  # why there is no server column
 
 
 def mb(n: int) -> str:
@@ -377,17 +534,54 @@ def spread(values: list[float], unit: str = "", digits: int = 1) -> str:
     return f"{middle} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+def server_lines(report: BenchReport, repeats: list[list[Side]]) -> list[str]:
+    """The llama-server column against in-process: wall time per repetition (the issue's
+    target: within 1.15x), and what differs between the two debates."""
+    on, server = report.sides[0], report.sides[3]
+
+    def ratio(i: int) -> str:
+        return spread([r[3].wall_seconds / r[i].wall_seconds for r in repeats], "x", 2)
+
+    loads = [r[0].load_seconds for r in repeats if r[0].load_seconds is not None]
+    loading = (
+        f"; in-process, starting the worker and loading the models is {spread(loads, ' s')} "
+        "of the wall time"
+        if loads
+        else ""
+    )
+    lines = [
+        f"llama-server / in-process wall time: {ratio(0)} against reuse on, {ratio(1)} "
+        f"against reuse off (target: within {SERVER_TARGET:.2f}x)",
+        f"  the servers started in {report.server_start_seconds or 0:.1f} s, before the timed "
+        f"debates{loading}",
+    ]
+    if server.transcript_sha256 == on.transcript_sha256:
+        lines.append("llama-server transcript identical to in-process: yes")
+    else:
+        lines.append(
+            "llama-server transcript identical to in-process: no (expected: llama-server "
+            "applies the grammar and the repeat penalty another way, docs/benchmarks.md), "
+            f"so the work differs: {server.completion_tokens:,} tokens generated, "
+            f"{on.completion_tokens:,} in-process"
+        )
+    if server.retries:
+        lines.append(f"llama-server requests sent again: {server.retries}")
+    return lines
+
+
 def render(report: BenchReport) -> str:
-    on, off, bare = report.sides
+    on, off, bare = report.sides[:3]
+    server = report.sides[3] if len(report.sides) > 3 else None
     repeats = report.repeats or [report.sides]
-    rows: list[tuple[str, ...]] = [("", on.name, off.name, bare.name)]
+    rows: list[tuple[str, ...]] = [("", *(s.name for s in report.sides))]
 
     def row(label: str, fn: object) -> None:
         rows.append((label, *(fn(s) for s in report.sides)))  # type: ignore[operator]
 
     def per_run(label: str, value: Callable[[Side, Side], float], unit: str, digits: int) -> None:
         """A figure per repetition (side, that repetition's bare side): median (range)."""
-        cells = [spread([value(r[i], r[2]) for r in repeats], unit, digits) for i in range(3)]
+        n = len(report.sides)
+        cells = [spread([value(r[i], r[2]) for r in repeats], unit, digits) for i in range(n)]
         rows.append((label, *cells))
 
     per_run("wall time", lambda s, b: s.wall_seconds, " s", 1)
@@ -408,7 +602,7 @@ def render(report: BenchReport) -> str:
     row("KV caches", lambda s: str(s.kv_caches))
     row("peak RSS (VmHWM)", lambda s: mb(s.usage.peak_rss_bytes))
     row("  target: files+KV+300MB", lambda s: mb(report.memory_target_bytes[s.name]))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.append("")
     lines.append(f"machine: {report.machine}, {report.cores} cores available")
@@ -427,6 +621,10 @@ def render(report: BenchReport) -> str:
         lines += [f"  {m}" for m in report.mismatches]
     else:
         lines.append("bare texts identical to localtable's: yes")
+    if server is not None:
+        lines += server_lines(report, [r for r in repeats if len(r) > 3])
+    elif report.server_note:
+        lines.append(f"no llama-server column: {report.server_note}")
     return "\n".join(lines)
 
 
@@ -436,31 +634,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--panel", default="default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions of the three sides")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of the sides")
+    parser.add_argument("--no-server", action="store_true", help="no llama-server column")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     loaded = load_config(args.config)
+    binary = None if args.no_server else cached_binary()
+    server_note = "--no-server" if args.no_server else "not built (make llama-server)"
 
     repeats: list[list[Side]] = []
+    servers: LocalServers | None = None
     with tempfile.TemporaryDirectory(prefix="localtable-bench-") as tmp:
         runs = Path(tmp)
-        for rep in range(1, args.repeat + 1):
-            print(f"{rep}/{args.repeat}: localtable, prefix reuse on", file=sys.stderr)
-            on, rec, eng = run_localtable(loaded, args.panel, args.rounds, args.seed, True, runs)
-            if rep == 1:  # the bare side replays the first run's generations
-                record, engine = rec, eng
-                calls = bare_calls(record, engine)
-                loads = [load.model_copy(update={"kv_slots": 1}) for load in engine.loads]
-            print(f"{rep}/{args.repeat}: localtable, prefix reuse off", file=sys.stderr)
-            off, _, _ = run_localtable(loaded, args.panel, args.rounds, args.seed, False, runs)
-            print(
-                f"{rep}/{args.repeat}: bare llama-cpp-python, the same generations", file=sys.stderr
-            )
-            bare, result = run_bare(loads, calls, on.prompt_tokens)
-            if rep == 1:
-                first_result = result
-            repeats.append([on, off, bare])
-    on, off, bare = repeats[0]
+        try:
+            if binary is not None:
+                print("starting a llama-server per model of the panel", file=sys.stderr)
+                servers = LocalServers(binary, loaded, args.panel, runs)
+            for rep in range(1, args.repeat + 1):
+                print(f"{rep}/{args.repeat}: localtable, prefix reuse on", file=sys.stderr)
+                on, rec, eng = run_localtable(
+                    loaded, args.panel, args.rounds, args.seed, True, runs
+                )
+                if rep == 1:  # the bare side replays the first run's generations
+                    record, engine = rec, eng
+                    calls = bare_calls(record, engine)
+                    loads = [load.model_copy(update={"kv_slots": 1}) for load in engine.loads]
+                print(f"{rep}/{args.repeat}: localtable, prefix reuse off", file=sys.stderr)
+                off, _, _ = run_localtable(loaded, args.panel, args.rounds, args.seed, False, runs)
+                print(f"{rep}/{args.repeat}: bare llama-cpp-python, the same generations",
+                      file=sys.stderr)  # fmt: skip
+                bare, result = run_bare(loads, calls, on.prompt_tokens)
+                if rep == 1:
+                    first_result = result
+                sides = [on, off, bare]
+                if servers is not None:
+                    print(f"{rep}/{args.repeat}: localtable -> llama-server", file=sys.stderr)
+                    served = servers.config(loaded)
+                    server, _ = run_server(
+                        served, args.panel, args.rounds, args.seed, runs, servers.pids()
+                    )
+                    sides.append(server)
+                repeats.append(sides)
+        finally:
+            if servers is not None:
+                servers.close()
+    on, off, bare = repeats[0][:3]
     result = first_result
     unstable = [
         f"repetition {i + 1}: {side.name} gave other texts than repetition 1"
@@ -477,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         c.prompt_sha256 != h for c, h in zip(calls, result.prompt_sha256, strict=True)
     )
     files_and_kv: dict[str, int] = {}
-    for side, per_model_slots in ((on, True), (off, False), (bare, False)):
+    for side, per_model_slots in ((s, s is on) for s in repeats[0]):
         total = 0
         for load in engine.loads:
             need = estimate(load.model_key, load.path, load.n_ctx, load.kv_slots, load.n_ubatch)
@@ -492,12 +710,14 @@ def main(argv: list[str] | None = None) -> int:
         rounds=args.rounds,
         seed=args.seed,
         panel=args.panel,
-        sides=[on, off, bare],
+        sides=repeats[0],
         new_tokens=new_tokens(record),
         memory_target_bytes=files_and_kv,
         mismatches=mismatches + unstable,
         prompt_mismatches=prompt_mismatches,
         repeats=repeats,
+        server_start_seconds=servers.start_seconds if servers is not None else None,
+        server_note="" if servers is not None else server_note,
     )
     print(render(report))
     if args.json is not None:

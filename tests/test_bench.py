@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 
-from localtable.bench import BenchReport, ProcessUsage, Side, new_tokens, render
+from localtable.backends.server.launch import declared_flags
+from localtable.bench import (
+    BenchReport,
+    ProcessUsage,
+    Side,
+    new_tokens,
+    render,
+    run_server,
+    served_config,
+)
+from localtable.config import ServerSource, load_config
 from localtable.record import Consensus, Generation, SummaryRecord, TurnRecord
 from tests.fakes import make_record, sampling
+from tests.fakeserver import FakeLlamaServer
 
 
 def gen(prompt: str, tokens: int) -> Generation:
@@ -83,3 +96,132 @@ def test_repetitions_give_medians_of_per_repetition_ratios_with_their_range() ->
     # on/bare per repetition: 0.625, 0.625, 0.667 -> median 0.62 (0.62-0.67)
     assert "0.62x (0.62-0.67x)" not in ratios and "0.62x (0.62-0.67)" in ratios
     assert "repetitions: 3, sides interleaved" in text
+
+
+def with_server(rep: BenchReport, walls: list[float], transcript: str = "other") -> BenchReport:
+    """The report with a llama-server side in each repetition (wall times `walls`)."""
+    server = side("localtable -> llama-server", walls[0], ["z"], 1000).model_copy(
+        update={"transcript_sha256": transcript, "completion_tokens": 230, "kv_caches": 2}
+    )
+    runs = rep.repeats or [rep.sides]
+    rep.repeats = [
+        [*r, server.model_copy(update={"wall_seconds": w})]
+        for r, w in zip(runs, walls, strict=True)
+    ]
+    rep.sides = rep.repeats[0]
+    rep.memory_target_bytes[server.name] = 900_000_000
+    rep.server_start_seconds = 2.5
+    return rep
+
+
+def test_a_server_column_gives_its_wall_time_over_in_process_and_what_differs() -> None:
+    rep = report(["x"])
+    rep.sides[0] = rep.sides[0].model_copy(update={"load_seconds": 0.8})
+    text = render(with_server(rep, [55]))
+    assert text.splitlines()[0].rstrip().endswith("localtable -> llama-server")
+    wall = next(line for line in text.splitlines() if line.startswith("wall time"))
+    assert wall.split()[-2:] == ["55.0", "s"]
+    ratios = next(line for line in text.splitlines() if line.strip().startswith("ratio to bare"))
+    assert ratios.split()[-1] == "0.69x"  # 55 / 80: the server side has a bare ratio too
+    assert (
+        "llama-server / in-process wall time: 1.10x against reuse on, 0.92x against reuse off "
+        "(target: within 1.15x)" in text
+    )
+    assert "servers started in 2.5 s, before the timed debates; in-process, starting " in text
+    assert "the models is 0.8 s of the wall time" in text
+    assert "llama-server transcript identical to in-process: no (expected" in text
+    assert "230 tokens generated, 200 in-process" in text
+    assert "requests sent again" not in text
+    same = render(with_server(report(["x"]), [50], transcript="h"))
+    assert "llama-server transcript identical to in-process: yes" in same
+
+
+def test_the_server_ratio_is_a_median_of_each_repetitions_ratio() -> None:
+    rep = report(["x"])
+    rep.repeats = [
+        [side("on", on, ["x"], 400), side("off", off, ["x"], 1000), side("bare", 80, ["x"], 1000)]
+        for on, off in ((50, 60), (100, 120), (50, 60))
+    ]
+    text = render(with_server(rep, [55, 130, 60]))
+    # server/on per repetition: 1.10, 1.30, 1.20 -> 1.20 (1.10-1.30)
+    assert "1.20x (1.10-1.30) against reuse on" in text
+
+
+def test_without_a_server_the_report_says_why() -> None:
+    rep = report(["x"])
+    rep.server_note = "not built (make llama-server)"
+    text = render(rep)
+    assert "no llama-server column: not built" in text
+    assert "llama-server / in-process" not in text
+    assert len(text.splitlines()[0].split()) == 3  # on, off, bare
+
+
+def test_served_config_points_each_served_model_at_its_server_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(
+        f"""
+[debate]
+panel = "p"
+question = "Why?"
+
+[models.a]
+source = {{ kind = "path", path = "a.gguf" }}
+sha256 = "{"a" * 64}"
+n_ctx = 2048
+chat = "completion"
+threads = 1
+
+[models.b]
+source = {{ kind = "path", path = "b.gguf" }}
+
+[panels.p]
+panelists = [
+  {{ name = "A", model = "a", sampling = {{ temperature = 0.3 }} }},
+  {{ name = "B", model = "b" }},
+]
+"""
+    )
+    loaded = load_config(cfg)
+    served = served_config(loaded, {"a": ("http://127.0.0.1:8123", tmp_path / "a.gguf")})
+    a, b = served.config.models["a"], served.config.models["b"]
+    assert isinstance(a.source, ServerSource)
+    assert a.source.url == "http://127.0.0.1:8123" and a.source.model == str(tmp_path / "a.gguf")
+    assert a.source.flags == declared_flags()
+    assert (a.sha256, a.n_ctx, a.chat, a.threads) == ("a" * 64, 2048, "completion", 1)
+    assert "n_ctx" in a.model_fields_set  # so the server's context is checked against it
+    assert b == loaded.config.models["b"] and "n_ctx" not in b.model_fields_set
+    assert served.config.panels == loaded.config.panels and served.path == loaded.path
+    assert served.config.debate == loaded.config.debate
+
+
+def test_the_server_side_measures_every_generation_of_the_debate(tmp_path: Path) -> None:
+    """Through the stand-in llama-server: each turn and the summary give a TurnResult."""
+    with FakeLlamaServer() as server:
+        cfg = tmp_path / "models.toml"
+        cfg.write_text(
+            f"""
+[debate]
+panel = "p"
+question = "Should cities ban cars?"
+
+[models.big]
+source = {{ kind = "server", url = "{server.url}" }}
+chat = "template"
+
+[panels.p]
+panelists = [{{ name = "Ada", model = "big" }}, {{ name = "Bob", model = "big" }}]
+"""
+        )
+        served = load_config(cfg)
+        side_, record = run_server(served, "p", 2, 7, tmp_path / "runs", [os.getpid()])
+    assert record.status == "complete"
+    generations = [t.generation for t in record.turns] + [record.summary.generation]  # type: ignore[union-attr]
+    assert server.calls["/completion"] == len(generations) == 5
+    assert side_.texts == [g.raw_output for g in generations if g is not None]
+    assert side_.completion_tokens == sum(g.completion_tokens for g in generations if g)
+    assert side_.prompt_tokens == sum(g.prompt_tokens for g in generations if g)
+    assert side_.transcript_sha256 == record.transcript_sha256 and side_.kv_caches == 1
+    assert side_.name == "localtable -> llama-server" and side_.retries == 0
+    assert side_.usage.cpu_seconds >= 0 and side_.usage.peak_rss_bytes > 0

@@ -43,6 +43,7 @@ from localtable.backends.base import (
     ChatMessage,
     PanelModels,
     Prepared,
+    Seat,
     TurnFailed,
     TurnRequest,
     TurnResult,
@@ -529,7 +530,7 @@ class ServerBackend:
             opened.append(record)
         return opened
 
-    def seat(self, model: str) -> ServerSeat:
+    def seat(self, model: str) -> Seat:
         return self.seats[model]
 
     def turn_order(
