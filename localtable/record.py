@@ -24,7 +24,8 @@ from localtable.storage import StorageError, read_versioned, write_atomic
 # backend that ran it, with that backend's own settings; `backends` and `machine`
 # replace the llama.cpp-only `engine`; sampling is stored as it was (no config
 # limits); turns and the summary keep the display limits that applied; generations
-# keep their token ids. Versions 1 and 2 are upgraded on reading (record_upgrade.py).
+# keep their token ids; rejected summary attempts keep their generations. Versions
+# 1 and 2 are upgraded on reading (record_upgrade.py).
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 RECORD_FILE = "record.json"
@@ -150,6 +151,10 @@ class SummaryRecord(Frozen):
     generation: Generation | None = None  # the attempt kept (its seed is in it)
     rejected: list[str] = Field(
         default_factory=list, description="unusable attempts, each with its seed and why"
+    )
+    rejected_generations: list[Generation] = Field(
+        default_factory=list,
+        description="the unusable attempts' generations: work done and thrown away",
     )
     headline: str = ""
     groups: list[PositionGroup] = Field(default_factory=list)

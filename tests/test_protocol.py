@@ -206,6 +206,10 @@ def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
         f"seed {seeds[0]}: the headline only repeats the prompt: 'Is open source good?'",
         f"seed {seeds[1]}: no 'Position A:' line",
     ]
+    # the work thrown away is kept and counted, not only its reasons
+    thrown = record.summary.rejected_generations
+    assert [g.seed for g in thrown] == seeds[:2]
+    assert thrown[1].raw_output == "Headline: Open" and thrown[0].completion_tokens > 0
 
 
 def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() -> None:
@@ -217,3 +221,5 @@ def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() ->
     assert record.summary is not None and record.summary.status == "failed"
     assert record.summary.error and "only repeats the prompt" in record.summary.error
     assert len(record.summary.rejected) == 3 and len(speaker.calls) == 5
+    # the last attempt is the summary's generation; the two before it were thrown away
+    assert len(record.summary.rejected_generations) == 2

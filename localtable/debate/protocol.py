@@ -356,6 +356,7 @@ class Debate:
         members = {p.label: p.name for p in valid}
         generation: Generation | None = None
         rejected: list[str] = []
+        rejected_generations: list[Generation] = []  # all but the attempt kept
         try:
             if not valid:
                 raise TurnFailed("no panelist gave a valid final answer")
@@ -425,6 +426,7 @@ class Debate:
                     rejected.append(f"seed {seed}: {exc}")
                     if attempt + 1 == SUMMARY_ATTEMPTS:
                         raise
+                    rejected_generations.append(generation)
         except (TurnFailed, ParseFailure) as exc:
             reason = str(exc)
             if isinstance(exc, ParseFailure):
@@ -436,6 +438,7 @@ class Debate:
                 error=reason,
                 generation=generation,
                 rejected=rejected,
+                rejected_generations=rejected_generations,
                 groups=tallied,
                 consensus=compute_consensus(tallied, len(self.panel)),
                 line_max_chars=SUMMARY_LINE_MAX_CHARS,
@@ -450,6 +453,7 @@ class Debate:
             summarizer=summarizer.name,
             generation=generation,
             rejected=rejected,
+            rejected_generations=rejected_generations,
             headline=parsed.headline,
             groups=groups,
             counterpoint=parsed.counterpoint,
