@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from localtable.errors import ConfigError
+from localtable.template_limits import BoundedSandbox
 
 
 def builtin_dir() -> Path:
@@ -42,8 +42,9 @@ class TemplateSet:
                 raise ConfigError(f"{override_dir}: templates folder does not exist")
             dirs.insert(0, str(override_dir))
         self.dirs = [Path(d) for d in dirs]
-        # Sandboxed: user-supplied layout templates must not reach Python internals.
-        self.env = ImmutableSandboxedEnvironment(
+        # Sandboxed: user-supplied layout templates must not reach Python internals, nor
+        # build values without bound (localtable/template_limits.py).
+        self.env = BoundedSandbox(
             loader=jinja2.FileSystemLoader(dirs),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
