@@ -22,7 +22,7 @@ from localtable.errors import ConfigError, LocaltableError
 from localtable.protocol import ProgressEvent
 from localtable.record import RunRecord, find_run, list_runs, read_record
 from localtable.render import check_layout, render
-from localtable.templates import TemplateSet
+from localtable.templates import TemplateSet, text_value
 
 if TYPE_CHECKING:
     from localtable.batch import BatchEvent
@@ -471,8 +471,9 @@ def runs(runs_dir: Path) -> None:
                 question,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
+    shown = [[" ".join(text_value(c).split()) for c in row] for row in rows]  # shared records
+    widths = [max(len(row[i]) for row in shown) for i in range(len(header) - 1)]
+    for row in shown:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]))
 

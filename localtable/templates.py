@@ -52,7 +52,7 @@ class TemplateSet:
         )
         self.env.filters["gbnf_literal"] = gbnf_literal
         # Output layouts are escaped by their format (see render_layout).
-        self.html_env = self.env.overlay(autoescape=True)
+        self.html_env = self.env.overlay(autoescape=True, finalize=text_value)
         self.md_env = self.env.overlay(finalize=markdown_value)
         self.text_env = self.env.overlay(finalize=text_value)
 
@@ -74,8 +74,9 @@ class TemplateSet:
 
         html: every value is HTML-escaped (autoescape on). md: every value has
         `<` and `[` replaced by entities, so a Markdown viewer shows raw HTML,
-        links and images from a model as text. text: control characters other
-        than newline and tab are dropped, so a model cannot drive the terminal.
+        links and images from a model as text. In every format, C0 and C1
+        control characters other than newline and tab are dropped, so a record
+        (they are shared) cannot drive the terminal that shows it.
         A layout may be the user's: any error in it is a one-line ConfigError.
         """
         env = {"html": self.html_env, "md": self.md_env}.get(fmt, self.text_env)
@@ -134,13 +135,14 @@ def template_frame(exc: BaseException) -> tuple[str, int] | None:
 
 
 def markdown_value(value: Any) -> Any:
-    """Neutralise raw HTML, autolinks, links and images in a value printed into Markdown.
+    """Neutralise raw HTML, autolinks, links, images and terminal control characters in a
+    value printed into Markdown.
 
     Entities, not backslashes: the replacement contains neither `<` nor `[`, so
     escaping twice (a macro's output printed again) changes nothing.
     """
     if isinstance(value, str):
-        return value.replace("<", "&lt;").replace("[", "&#91;")
+        return text_value(value).replace("<", "&lt;").replace("[", "&#91;")
     return value
 
 
@@ -148,7 +150,9 @@ _CONTROL = dict.fromkeys(c for c in [*range(0x20), *range(0x7F, 0xA0)] if c not 
 
 
 def text_value(value: Any) -> Any:
-    """Drop terminal control characters (ANSI escapes, carriage returns) from a value."""
+    """Drop terminal control characters (ANSI escapes, carriage returns) from a value.
+
+    A Markup value stays Markup (markupsafe's translate keeps the type)."""
     if isinstance(value, str):
         return value.translate(_CONTROL)
     return value
