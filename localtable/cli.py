@@ -8,6 +8,7 @@ interrupted); any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import sys
 import time
@@ -143,16 +144,30 @@ def cli() -> None:
 
 
 def _read_question(question: str | None, question_file: Path | None, default: str) -> str:
+    """The question from the argument, stdin or a file, read up to its length limit + 1
+    characters (so /dev/zero or `yes |` end at once) and checked before anything loads."""
+    from localtable.run import MAX_QUESTION_CHARS, check_question
+
+    if question is not None and question_file is not None:
+        raise ConfigError("give the question as an argument ('-' for stdin) or --file, not both")
+    limit = MAX_QUESTION_CHARS + 1
     if question_file is not None:
         try:
-            return question_file.read_text(encoding="utf-8")
+            with question_file.open(encoding="utf-8", errors="strict") as fh:
+                text = fh.read(limit)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{question_file}: cannot read the question ({exc})") from None
-    if question == "-":
-        return sys.stdin.read()
-    if question is not None:
-        return question
-    return default
+    elif question == "-":
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+        try:
+            text = stdin.read(limit)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"stdin: the question is not UTF-8 text ({exc})") from None
+        finally:
+            stdin.detach()
+    else:
+        text = question if question is not None else default
+    return check_question(text)
 
 
 @cli.command()

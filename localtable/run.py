@@ -200,13 +200,20 @@ def model_record(
 
 
 def check_question(question: str) -> str:
+    """The question stripped, or a ConfigError: empty, too long, or not UTF-8 text (bytes
+    that are not UTF-8 in a command-line argument arrive as lone surrogates)."""
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"the question is not valid UTF-8 text (character {exc.start + 1}); pass it as UTF-8"
+        ) from None
     question = question.strip()
     if not question:
         raise ConfigError("the question is empty; pass it as an argument, a file or on stdin")
     if len(question) > MAX_QUESTION_CHARS:
         raise ConfigError(
-            f"the question has {len(question):,} characters (limit {MAX_QUESTION_CHARS:,}); "
-            "shorten it"
+            f"the question has more than {MAX_QUESTION_CHARS:,} characters; shorten it"
         )
     return question
 
