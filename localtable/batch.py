@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from localtable.config import LoadedConfig
 from localtable.errors import ConfigError, LocaltableError, RecordError
 from localtable.protocol import ProgressSink
-from localtable.questions import Question, QuestionSet
+from localtable.questions import QUESTION_ID, Question, QuestionSet
 from localtable.record import RECORD_FILE, RunRecord, read_record
 from localtable.run import DebateRequest, RunInterrupted
 from localtable.templates import TemplateSet
@@ -339,11 +339,24 @@ class EngineRunner:
         )
 
 
+def batch_name(req: BatchRequest) -> str:
+    """The batch folder's name: one path component, by the rule of question ids, so that
+    `--name ../x` or `--name /abs` cannot put a batch outside --runs-dir."""
+    name = req.name or req.questions.name
+    if not re.fullmatch(QUESTION_ID, name):
+        given = "--name" if req.name else f"the name taken from {req.questions.source}"
+        raise ConfigError(
+            f"batch name {name!r} ({given}) must be one folder name: letters, digits, '.', "
+            "'_' or '-', starting with a letter or digit, at most 64 characters; give --name"
+        )
+    return name
+
+
 def run_batch(req: BatchRequest, runner: DebateRunner, on_event: BatchSink) -> BatchResult:
     """Run, resume or skip every debate of the batch; the index is saved after each."""
     if not req.seeds:
         raise ConfigError("a batch needs at least one seed")
-    batch_dir = req.runs_dir / (req.name or req.questions.name)
+    batch_dir = req.runs_dir / batch_name(req)
     index = plan(req, batch_dir, datetime.now(UTC).replace(microsecond=0))
     write_index(batch_dir, index)
     by_id = {q.id: q for q in index.questions}

@@ -25,6 +25,9 @@ from localtable.errors import RecordError
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 RECORD_FILE = "record.json"
+# A run id names the run's folder: one path component (`replay` writes <id>-replay-...
+# next to the runs it reads, and records are shared, so a record must not name "../x").
+RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 
 
 class Frozen(BaseModel):
@@ -164,7 +167,7 @@ QuestionKind = Literal["open", "choice", "number"]
 
 class RunRecord(Frozen):
     schema_version: Literal[2] = 2  # SCHEMA_VERSION
-    run_id: str
+    run_id: str = Field(pattern=RUN_ID)
     created_at: datetime
     finished_at: datetime | None = None
     status: RunStatus = "running"
