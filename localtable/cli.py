@@ -313,9 +313,23 @@ def models(config_path: Path | None, verify: bool) -> None:
 @click.option("--all", "pull_all", is_flag=True, help="Pull every Hub model in models.toml.")
 @config_option
 @click.option("--quiet", "-q", is_flag=True, help="No download progress bars.")
+@click.option(
+    "--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+    metavar="SECONDS", help="How long to wait for a connection to the Hub (or a mirror, a CDN).",
+)  # fmt: skip
+@click.option(
+    "--read-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+    metavar="SECONDS", help="How long to wait for each answer or piece of a download.",
+)  # fmt: skip
 @user_errors
 def pull(
-    names: tuple[str, ...], panel: str | None, pull_all: bool, config_path: Path | None, quiet: bool
+    names: tuple[str, ...],
+    panel: str | None,
+    pull_all: bool,
+    config_path: Path | None,
+    quiet: bool,
+    connect_timeout: float,
+    read_timeout: float,
 ) -> None:
     """Download Hub models once, verify their sha256 and pin them in models.lock.
 
@@ -339,7 +353,10 @@ def pull(
             err=True,
         )
 
-    summary = hub.pull(loaded, wanted, progress=not quiet, on_result=line)
+    summary = hub.pull(
+        loaded, wanted, progress=not quiet, on_result=line,
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+    )  # fmt: skip
     counts = {
         state: sum(m.state == state for m in summary.models)
         for state in ("pulled", "present", "skipped", "failed")

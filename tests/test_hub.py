@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 try:
-    from tests.hubserver import HubServer
+    from tests.hubserver import HubServer, StalledServer
 except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from hubserver import HubServer  # type: ignore[no-redef]
+    from hubserver import HubServer, StalledServer  # type: ignore[no-redef]
 
 from localtable.config import load_config
 from localtable.errors import ConfigError
@@ -410,6 +410,26 @@ def test_server_down(bench: Bench, hub: HubServer) -> None:
     hub.stop()
     result = bench.pull("tiny")["tiny"]
     assert_one_line_failure(result, "tiny", "cannot reach the Hub", hub.url)
+    assert_nothing_kept(bench, "tiny")
+
+
+def test_a_host_that_never_answers_fails_in_time_naming_it(bench: Bench) -> None:
+    """A stalled proxy or mirror: the connection is accepted, no answer ever comes."""
+    bench.write_config({"tiny": hf(REPO, "m.gguf")})
+    with StalledServer() as stalled:
+        proc = subprocess.run(
+            [sys.executable, "-m", "localtable", "pull", "tiny", "--config", str(bench.config),
+             "--read-timeout", "1.5", "--connect-timeout", "1", "-q"],
+            env=bench.env(endpoint=stalled.url), capture_output=True, text=True, timeout=120,
+            cwd=ROOT,
+        )  # fmt: skip
+    assert stalled.accepted >= 1
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.splitlines()[0]
+    assert line.startswith(f"tiny: failed - model 'tiny': {stalled.url} did not answer within "
+                           "1.5 s (ReadTimeout)"), line  # fmt: skip
+    assert "--read-timeout" in line
     assert_nothing_kept(bench, "tiny")
 
 
