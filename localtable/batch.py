@@ -25,7 +25,13 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localtable.config import LoadedConfig
-from localtable.errors import ConfigError, LocaltableError, RecordError
+from localtable.errors import (
+    ConfigError,
+    LocaltableError,
+    RecordError,
+    RecordWriteError,
+    describe_write_error,
+)
 from localtable.protocol import ProgressSink
 from localtable.questions import QUESTION_ID, Question, QuestionSet
 from localtable.record import RECORD_FILE, RunRecord, read_record
@@ -168,7 +174,9 @@ def write_index(batch_dir: Path, index: BatchIndex) -> None:
         finally:
             Path(tmp).unlink(missing_ok=True)
     except OSError as exc:
-        raise RecordError(f"cannot write batch index {target} ({exc.strerror})") from None
+        raise RecordWriteError(
+            f"cannot write batch index {target}: {describe_write_error(exc)}"
+        ) from None
 
 
 def batch_records(batch_dir: Path) -> list[tuple[BatchEntry, RunRecord | None]]:

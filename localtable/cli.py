@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from localtable.config import LoadedConfig, load_config
-from localtable.errors import ConfigError, LocaltableError
+from localtable.errors import ConfigError, LocaltableError, describe_write_error
 from localtable.protocol import ProgressEvent
 from localtable.record import RunRecord, find_run, list_runs, read_record
 from localtable.render import check_layout, render
@@ -100,6 +100,8 @@ def _templates(path: Path | None) -> tuple[TemplateSet, str | None]:
     if path.is_dir():
         return TemplateSet(path), None
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise ConfigError(f"{path}: not a regular file; give a template file or folder")
         raise ConfigError(f"{path}: template file does not exist")
     return TemplateSet(path.parent), path.name
 
@@ -111,7 +113,7 @@ def _write_output(text: str, output: Path | None) -> None:
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise LocaltableError(f"cannot write {output} ({exc.strerror})") from None
+        raise ConfigError(f"cannot write {output}: {describe_write_error(exc)}") from None
     click.echo(f"Wrote {output}", err=True)
 
 

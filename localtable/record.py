@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localtable.config import Sampling
-from localtable.errors import RecordError
+from localtable.errors import RecordError, RecordWriteError, describe_write_error, disk_full
 
 # 2 added `memory` and `summary.rejected`; a version-1 record is version 2 without
 # them (both have defaults), so it is read as one. Older readers refuse version 2.
@@ -266,6 +266,7 @@ def write_record(run_dir: Path, record: RunRecord) -> None:
     """Replace record.json atomically: a failure leaves the previous version intact."""
     target = record_path(run_dir)
     data = record.model_dump_json(indent=2).encode("utf-8")
+    saved = target.is_file()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".record-", suffix=".json")
@@ -278,19 +279,27 @@ def write_record(run_dir: Path, record: RunRecord) -> None:
         finally:
             Path(tmp).unlink(missing_ok=True)
     except OSError as exc:
-        raise RecordError(
-            f"cannot write run record {target} ({exc.strerror}); free disk space, then "
-            "`localtable resume` continues from the last saved turn"
+        fix = "free disk space" if disk_full(exc) else "make the runs folder writable"
+        then = (
+            f"{fix}, then `localtable resume` continues from the last saved turn"
+            if saved
+            else f"nothing was saved; {fix} or choose another --runs-dir"
+        )
+        raise RecordWriteError(
+            f"cannot write run record {target}: {describe_write_error(exc)}; {then}"
         ) from None
 
 
 def find_run(run: str, runs_dir: Path) -> Path:
-    """A run given as a directory, a record.json path, or a run id under runs_dir."""
+    """A run given as a directory, a record.json path, or a run id under runs_dir.
+
+    A record.json that is there but cannot be read (a symlink loop, no permission)
+    is found, so that reading it says what is wrong with it."""
     candidates = [Path(run), runs_dir / run]
     for c in candidates:
-        if c.is_file() and c.name == RECORD_FILE:
+        if c.name == RECORD_FILE and os.path.lexists(c) and not c.is_dir():
             return c.parent
-        if (c / RECORD_FILE).is_file():
+        if os.path.lexists(c / RECORD_FILE):
             return c
     raise RecordError(
         f"no run {run!r}: no {RECORD_FILE} there or in {runs_dir}; see `localtable runs`"
@@ -303,7 +312,9 @@ def read_record(run_dir: Path) -> RunRecord:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecordError(f"{path}: no run record here") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise RecordError(f"{path}: unreadable run record ({exc.strerror or exc})") from None
+    except ValueError as exc:
         raise RecordError(f"{path}: unreadable run record ({exc})") from None
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version not in READABLE_VERSIONS:
@@ -333,7 +344,7 @@ def list_runs(runs_dir: Path) -> list[RunListing]:
     if not runs_dir.is_dir():
         return []
     out = []
-    for run_dir in sorted(p for p in runs_dir.iterdir() if (p / RECORD_FILE).is_file()):
+    for run_dir in sorted(p for p in runs_dir.iterdir() if os.path.lexists(p / RECORD_FILE)):
         try:
             out.append(RunListing(run_dir=run_dir, record=read_record(run_dir)))
         except RecordError as exc:

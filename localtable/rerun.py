@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from localtable.config import LoadedConfig
 from localtable.engine import Engine
 from localtable.engine_api import EngineFailure, LoadRequest, PromptPiece
-from localtable.errors import ConfigError, LocaltableError, ModelFileError
+from localtable.errors import ConfigError, ModelFileError
 from localtable.modelfiles import cached_sha256, locate
 from localtable.protocol import ProgressSink
 from localtable.record import ModelRecord, RunRecord, read_record
@@ -27,8 +27,8 @@ from localtable.templates import TemplateSet
 CONTEXT_CHARS = 60
 
 
-class EngineChanged(LocaltableError):
-    exit_code = 1
+class EngineChanged(ConfigError):
+    """This engine build is not the one that made the record: refused (exit 2)."""
 
 
 def check_templates(record: RunRecord, templates: TemplateSet) -> None:
@@ -131,7 +131,7 @@ def resume_run(
     """Continue an interrupted, crashed or failed run from its last finished turn."""
     record = read_record(run_dir)
     if record.status == "complete":
-        raise LocaltableError(f"run {record.run_id} is already complete; nothing to resume")
+        raise ConfigError(f"run {record.run_id} is already complete; nothing to resume")
     check_templates(record, templates)
     _refuse_engine_change(record, allow_engine_change)
     record.turns = [t for t in record.turns if t.status != "interrupted"]
@@ -220,7 +220,7 @@ def replay_run(
     """Run the recorded configuration again from scratch and compare every output."""
     original = read_record(run_dir)
     if original.status not in ("complete", "failed"):
-        raise LocaltableError(
+        raise ConfigError(
             f"run {original.run_id} is {original.status}; resume it first "
             f"(`localtable resume {original.run_id}`), then replay it"
         )

@@ -91,17 +91,22 @@ class TemplateSet:
         """Load and compile a template, so a broken one fails before a long run."""
         try:
             self.html_env.get_template(template_name)
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, UnicodeDecodeError) as exc:
             raise self._error(template_name, exc) from None
 
     def _render(self, env: jinja2.Environment, name: str, values: dict[str, Any]) -> str:
         try:
             return env.get_template(name).render(**values)
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, UnicodeDecodeError) as exc:
             raise self._error(name, exc) from None
 
     def _error(self, name: str, exc: Exception) -> ConfigError:
         """One line naming the template file and line, from the template's own traceback."""
+        if isinstance(exc, UnicodeDecodeError):  # raised while loading, before any line
+            return ConfigError(
+                f"{self._where(name)}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                f"offset {exc.start}); save the template as UTF-8"
+            )
         if isinstance(exc, jinja2.TemplateSyntaxError):
             where = exc.filename or self._where(name)
             return ConfigError(f"{where}:{exc.lineno}: template syntax error: {exc.message}")
@@ -129,7 +134,8 @@ def template_frame(exc: BaseException) -> tuple[str, int] | None:
     """The innermost (file, line) of a template in the traceback Jinja rewrote for it."""
     found = None
     for entry in traceback.extract_tb(exc.__traceback__):
-        if entry.filename and not entry.filename.endswith(".py") and entry.lineno:
+        name = entry.filename
+        if name and not name.endswith(".py") and not name.startswith("<") and entry.lineno:
             found = (entry.filename, entry.lineno)
     return found
 
