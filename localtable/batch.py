@@ -34,7 +34,7 @@ from localtable.errors import (
 )
 from localtable.protocol import ProgressSink
 from localtable.questions import QUESTION_ID, Question, QuestionSet
-from localtable.record import RECORD_FILE, RunRecord, read_record
+from localtable.record import RECORD_FILE, RunRecord, file_mode, read_record
 from localtable.run import DebateRequest, RunInterrupted
 from localtable.templates import TemplateSet
 
@@ -169,6 +169,7 @@ def write_index(batch_dir: Path, index: BatchIndex) -> None:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
+                os.fchmod(fh.fileno(), file_mode())  # shared like the records, not 0600
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
         finally:

@@ -145,6 +145,9 @@ def write_lock(loaded: LoadedConfig, lock: LockFile) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fh.fileno(), 0o666 & ~mask)  # committed and shared, not mkstemp's 0600
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         tmp = None

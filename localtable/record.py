@@ -262,6 +262,14 @@ def record_path(run_dir: Path) -> Path:
     return run_dir / RECORD_FILE
 
 
+def file_mode() -> int:
+    """rw for everyone the umask allows (0644 typically): records are meant to be shared,
+    and mkstemp's 0600 would keep them from the others who may read the runs folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_record(run_dir: Path, record: RunRecord) -> None:
     """Replace record.json atomically: a failure leaves the previous version intact."""
     target = record_path(run_dir)
@@ -274,6 +282,7 @@ def write_record(run_dir: Path, record: RunRecord) -> None:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
+                os.fchmod(fh.fileno(), file_mode())
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
         finally:
