@@ -36,6 +36,7 @@ from localtable.protocol import ProgressSink
 from localtable.questions import QUESTION_ID, Question, QuestionSet
 from localtable.record import RECORD_FILE, RunRecord, file_mode, read_record
 from localtable.run import DebateRequest, RunInterrupted
+from localtable.runlock import hold
 from localtable.templates import TemplateSet
 
 INDEX_FILE = "batch.json"
@@ -362,10 +363,21 @@ def batch_name(req: BatchRequest) -> str:
 
 
 def run_batch(req: BatchRequest, runner: DebateRunner, on_event: BatchSink) -> BatchResult:
-    """Run, resume or skip every debate of the batch; the index is saved after each."""
+    """Run, resume or skip every debate of the batch; the index is saved after each.
+
+    One process per batch: the batch folder's lock is held to the end, and a second
+    `localtable batch` on the same folder is refused (localtable/runlock.py)."""
     if not req.seeds:
         raise ConfigError("a batch needs at least one seed")
-    batch_dir = req.runs_dir / batch_name(req)
+    name = batch_name(req)
+    batch_dir = req.runs_dir / name
+    with hold(batch_dir, f"batch {name} ({batch_dir})"):
+        return _run_batch_held(req, runner, on_event, batch_dir)
+
+
+def _run_batch_held(
+    req: BatchRequest, runner: DebateRunner, on_event: BatchSink, batch_dir: Path
+) -> BatchResult:
     index = plan(req, batch_dir, datetime.now(UTC).replace(microsecond=0))
     write_index(batch_dir, index)
     by_id = {q.id: q for q in index.questions}

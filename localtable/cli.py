@@ -479,7 +479,8 @@ def replay(
 def runs(runs_dir: Path) -> None:
     """List the runs in a runs directory.
 
-    Example: localtable runs --runs-dir runs
+    STATUS is `running` only for a run a living process holds (its lock); a run
+    whose process died shows `interrupted`. Example: localtable runs --runs-dir runs
     """
     listing = list_runs(runs_dir)
     if not listing:
@@ -490,7 +491,7 @@ def runs(runs_dir: Path) -> None:
     for item in listing:
         r = item.record
         if r is None:
-            rows.append((item.run_dir.name, "-", "unreadable", "-", "-", "-", item.problem or ""))
+            rows.append((item.run_dir.name, "-", item.status, "-", "-", "-", item.problem or ""))
             continue
         question = " ".join(r.question.split())
         question = question if len(question) <= 60 else question[:57] + "..."
@@ -498,7 +499,7 @@ def runs(runs_dir: Path) -> None:
             (
                 r.run_id,
                 f"{r.created_at:%Y-%m-%d %H:%M}",
-                r.status,
+                item.status,
                 r.panel,
                 str(r.rounds),
                 (r.transcript_sha256 or "-")[:12],

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from localtable.config import Sampling
 from localtable.errors import RecordError, RecordWriteError, describe_write_error, disk_full
+from localtable.runlock import lock_holder
 
 # 2 added `memory` and `summary.rejected`; a version-1 record is version 2 without
 # them (both have defaults), so it is read as one. Older readers refuse version 2.
@@ -346,6 +347,17 @@ class RunListing(BaseModel):
     run_dir: Path
     record: RunRecord | None = None
     problem: str | None = None
+    locked_by: str | None = None  # the process working on the run now (localtable/runlock.py)
+
+    @property
+    def status(self) -> str:
+        """`running` only while a process holds the run's lock; a record left `running`
+        by a process that died (killed, crashed, power cut) is `interrupted`."""
+        if self.locked_by is not None:
+            return "running"
+        if self.record is None:
+            return "unreadable"
+        return "interrupted" if self.record.status == "running" else self.record.status
 
 
 def list_runs(runs_dir: Path) -> list[RunListing]:
@@ -354,8 +366,10 @@ def list_runs(runs_dir: Path) -> list[RunListing]:
         return []
     out = []
     for run_dir in sorted(p for p in runs_dir.iterdir() if os.path.lexists(p / RECORD_FILE)):
+        holder = lock_holder(run_dir)
         try:
-            out.append(RunListing(run_dir=run_dir, record=read_record(run_dir)))
+            record = read_record(run_dir)
+            out.append(RunListing(run_dir=run_dir, record=record, locked_by=holder))
         except RecordError as exc:
-            out.append(RunListing(run_dir=run_dir, problem=str(exc)))
+            out.append(RunListing(run_dir=run_dir, problem=str(exc), locked_by=holder))
     return out

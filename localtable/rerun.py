@@ -21,6 +21,7 @@ from localtable.modelfiles import cached_sha256, locate
 from localtable.protocol import ProgressSink
 from localtable.record import ModelRecord, RunRecord, read_record
 from localtable.run import RunFailed, engine_libraries, execute, new_run_id
+from localtable.runlock import hold
 from localtable.speaker import EngineSpeaker, Seat
 from localtable.templates import TemplateSet
 
@@ -128,7 +129,21 @@ def resume_run(
     *,
     allow_engine_change: bool = False,
 ) -> RunRecord:
-    """Continue an interrupted, crashed or failed run from its last finished turn."""
+    """Continue an interrupted, crashed or failed run from its last finished turn.
+
+    Refused while another process holds the run (the debate that started it, or
+    another resume): two processes would generate the same turns into one record."""
+    with hold(run_dir, f"run {run_dir.name}"):
+        return _resume_held(run_dir, loaded, templates, progress, allow_engine_change)
+
+
+def _resume_held(
+    run_dir: Path,
+    loaded: LoadedConfig | None,
+    templates: TemplateSet,
+    progress: ProgressSink,
+    allow_engine_change: bool,
+) -> RunRecord:
     record = read_record(run_dir)
     if record.status == "complete":
         raise ConfigError(f"run {record.run_id} is already complete; nothing to resume")
@@ -242,7 +257,8 @@ def replay_run(
 
             first = next(iter(engine.infos.values()))
             replay.engine = engine_record(first)
-        replay = execute(replay, replay_dir, speaker, templates, progress)
+        with hold(replay_dir, f"run {replay.run_id}"):
+            replay = execute(replay, replay_dir, speaker, templates, progress)
         divergence = first_divergence(original, replay, speaker)
     return ReplayReport(original=original, replay=replay, replay_dir=replay_dir,
                         engine_differences=diffs, divergence=divergence)  # fmt: skip

@@ -36,6 +36,7 @@ from localtable.record import (
     transcript_sha256,
     write_record,
 )
+from localtable.runlock import hold
 from localtable.speaker import EngineSpeaker, Seat
 from localtable.templates import TemplateSet
 
@@ -399,5 +400,6 @@ def run_debate(
         )
         preflight(Debate(record, speaker, templates, lambda r: None, progress))
         run_dir = req.runs_dir / record.run_id
-        write_record(run_dir, record)
-        return run_dir, execute(record, run_dir, speaker, templates, progress)
+        with hold(run_dir, f"run {record.run_id}"):  # one process per run, for its whole life
+            write_record(run_dir, record)
+            return run_dir, execute(record, run_dir, speaker, templates, progress)
