@@ -2,11 +2,13 @@
 
 Only this module knows about click. A LocaltableError becomes one line on
 stderr and its exit code (1 run failed, 2 usage or config error, 130
-interrupted); any other exception is a bug and keeps its traceback.
+interrupted, 143/129 stopped by SIGTERM/SIGHUP); any other exception is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -23,6 +25,7 @@ from localtable.errors import ConfigError, LocaltableError, describe_write_error
 from localtable.protocol import ProgressEvent
 from localtable.record import RunRecord, find_run, list_runs, read_record
 from localtable.render import check_layout, render
+from localtable.stopsignals import exit_status, stop_on_signals
 from localtable.templates import TemplateSet, text_value
 
 if TYPE_CHECKING:
@@ -43,19 +46,27 @@ def default_config() -> Path:
     return bundled if bundled.is_file() else Path(__file__).resolve().parent.parent / "models.toml"
 
 
+def _say(text: str) -> None:
+    """One line on stderr; after SIGHUP the terminal may be gone, and the exit code matters more."""
+    with contextlib.suppress(OSError):
+        click.echo(text, err=True)
+
+
 def user_errors(fn: F) -> F:
-    """Turn LocaltableError into a one-line message and its exit code."""
+    """Turn LocaltableError into a one-line message and its exit code; stop on SIGTERM and
+    SIGHUP as on Ctrl-C (see localtable/stopsignals.py), exiting 128 + the signal."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except LocaltableError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+        with stop_on_signals() as received:
+            try:
+                return fn(*args, **kwargs)
+            except LocaltableError as exc:
+                _say(f"Error: {exc}")
+                sys.exit(exit_status(received) or exc.exit_code)
+            except KeyboardInterrupt as exc:
+                _say(f"{str(exc).capitalize() or 'Interrupted'}.")
+                sys.exit(exit_status(received) or 130)
 
     return wrapper  # type: ignore[return-value]
 

@@ -38,6 +38,7 @@ from localtable.record import (
 )
 from localtable.runlock import hold
 from localtable.speaker import EngineSpeaker, Seat
+from localtable.stopsignals import stop_reason
 from localtable.templates import TemplateSet
 
 PROMPT_TEMPLATES = [
@@ -347,7 +348,7 @@ def execute(
     debate = Debate(record, speaker, templates, lambda r: write_record(run_dir, r), progress)
     try:
         debate.run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (localtable/stopsignals.py)
         if debate.current is not None:
             round_no, name = debate.current
             if round_no <= record.rounds:
@@ -360,7 +361,7 @@ def execute(
                     )
                 )
         record.status = "interrupted"
-        record.error = "interrupted by the user (Ctrl-C); `localtable resume` continues it"
+        record.error = f"{stop_reason(exc)}; `localtable resume` continues it"
         record.finished_at = datetime.now(UTC)
         write_record(run_dir, record)
         raise RunInterrupted(
