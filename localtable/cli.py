@@ -65,7 +65,8 @@ def user_errors(fn: F) -> F:
                 _say(f"Error: {exc}")
                 sys.exit(exit_status(received) or exc.exit_code)
             except KeyboardInterrupt as exc:
-                _say(f"{str(exc).capitalize() or 'Interrupted'}.")
+                why = str(exc) or "interrupted"  # "stopped by SIGTERM" (stopsignals.py)
+                _say(f"{why[0].upper()}{why[1:]}.")
                 sys.exit(exit_status(received) or 130)
 
     return wrapper  # type: ignore[return-value]

@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -430,6 +431,28 @@ def test_a_host_that_never_answers_fails_in_time_naming_it(bench: Bench) -> None
     assert line.startswith(f"tiny: failed - model 'tiny': {stalled.url} did not answer within "
                            "1.5 s (ReadTimeout)"), line  # fmt: skip
     assert "--read-timeout" in line
+    assert_nothing_kept(bench, "tiny")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stop_signal_ends_a_waiting_pull(bench: Bench, sig: signal.Signals, code: int) -> None:
+    """SIGTERM and SIGHUP stop a command as Ctrl-C does, with exit 128 + the signal."""
+    bench.write_config({"tiny": hf(REPO, "m.gguf")})
+    with StalledServer() as stalled:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "localtable", "pull", "tiny", "--config", str(bench.config),
+             "-q"],
+            env=bench.env(endpoint=stalled.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, cwd=ROOT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while stalled.accepted == 0 and proc.poll() is None:  # waiting for the Hub to answer
+            assert time.monotonic() < deadline, "pull never reached the Hub"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err == f"Stopped by {sig.name}.\n"
     assert_nothing_kept(bench, "tiny")
 
 
