@@ -2,12 +2,15 @@
 
 Only this module knows about click. A LocaltableError becomes one line on
 stderr and its exit code (1 run failed, 2 usage or config error, 130
-interrupted); any other exception is a bug and keeps its traceback.
+interrupted, 143/129 stopped by SIGTERM/SIGHUP); any other exception is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import sys
 import time
@@ -19,10 +22,11 @@ import click
 
 from localtable.config import LoadedConfig, load_config
 from localtable.debate.protocol import ProgressEvent
-from localtable.errors import ConfigError, LocaltableError
+from localtable.errors import ConfigError, LocaltableError, describe_write_error
 from localtable.record import RunRecord, find_run, list_runs, read_record
 from localtable.report.render import check_layout, render
-from localtable.templates import TemplateSet
+from localtable.stopsignals import exit_status, stop_on_signals
+from localtable.templates import TemplateSet, text_value
 
 if TYPE_CHECKING:
     from localtable.research.batch import BatchEvent
@@ -42,19 +46,28 @@ def default_config() -> Path:
     return bundled if bundled.is_file() else Path(__file__).resolve().parent.parent / "models.toml"
 
 
+def _say(text: str) -> None:
+    """One line on stderr; after SIGHUP the terminal may be gone, and the exit code matters more."""
+    with contextlib.suppress(OSError):
+        click.echo(text, err=True)
+
+
 def user_errors(fn: F) -> F:
-    """Turn LocaltableError into a one-line message and its exit code."""
+    """Turn LocaltableError into a one-line message and its exit code; stop on SIGTERM and
+    SIGHUP as on Ctrl-C (see localtable/stopsignals.py), exiting 128 + the signal."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except LocaltableError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+        with stop_on_signals() as received:
+            try:
+                return fn(*args, **kwargs)
+            except LocaltableError as exc:
+                _say(f"Error: {exc}")
+                sys.exit(exit_status(received) or exc.exit_code)
+            except KeyboardInterrupt as exc:
+                why = str(exc) or "interrupted"  # "stopped by SIGTERM" (stopsignals.py)
+                _say(f"{why[0].upper()}{why[1:]}.")
+                sys.exit(exit_status(received) or 130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -99,6 +112,8 @@ def _templates(path: Path | None) -> tuple[TemplateSet, str | None]:
     if path.is_dir():
         return TemplateSet(path), None
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise ConfigError(f"{path}: not a regular file; give a template file or folder")
         raise ConfigError(f"{path}: template file does not exist")
     return TemplateSet(path.parent), path.name
 
@@ -110,7 +125,7 @@ def _write_output(text: str, output: Path | None) -> None:
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise LocaltableError(f"cannot write {output} ({exc.strerror})") from None
+        raise ConfigError(f"cannot write {output}: {describe_write_error(exc)}") from None
     click.echo(f"Wrote {output}", err=True)
 
 
@@ -143,16 +158,30 @@ def cli() -> None:
 
 
 def _read_question(question: str | None, question_file: Path | None, default: str) -> str:
+    """The question from the argument, stdin or a file, read up to its length limit + 1
+    characters (so /dev/zero or `yes |` end at once) and checked before anything loads."""
+    from localtable.session.run import MAX_QUESTION_CHARS, check_question
+
+    if question is not None and question_file is not None:
+        raise ConfigError("give the question as an argument ('-' for stdin) or --file, not both")
+    limit = MAX_QUESTION_CHARS + 1
     if question_file is not None:
         try:
-            return question_file.read_text(encoding="utf-8")
+            with question_file.open(encoding="utf-8", errors="strict") as fh:
+                text = fh.read(limit)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{question_file}: cannot read the question ({exc})") from None
-    if question == "-":
-        return sys.stdin.read()
-    if question is not None:
-        return question
-    return default
+    elif question == "-":
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+        try:
+            text = stdin.read(limit)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"stdin: the question is not UTF-8 text ({exc})") from None
+        finally:
+            stdin.detach()
+    else:
+        text = question if question is not None else default
+    return check_question(text)
 
 
 @cli.command()
@@ -298,9 +327,23 @@ def models(config_path: Path | None, verify: bool) -> None:
 @click.option("--all", "pull_all", is_flag=True, help="Pull every Hub model in models.toml.")
 @config_option
 @click.option("--quiet", "-q", is_flag=True, help="No download progress bars.")
+@click.option(
+    "--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+    metavar="SECONDS", help="How long to wait for a connection to the Hub (or a mirror, a CDN).",
+)  # fmt: skip
+@click.option(
+    "--read-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+    metavar="SECONDS", help="How long to wait for each answer or piece of a download.",
+)  # fmt: skip
 @user_errors
 def pull(
-    names: tuple[str, ...], panel: str | None, pull_all: bool, config_path: Path | None, quiet: bool
+    names: tuple[str, ...],
+    panel: str | None,
+    pull_all: bool,
+    config_path: Path | None,
+    quiet: bool,
+    connect_timeout: float,
+    read_timeout: float,
 ) -> None:
     """Download Hub models once, verify their sha256 and pin them in models.lock.
 
@@ -324,7 +367,10 @@ def pull(
             err=True,
         )
 
-    summary = hub.pull(loaded, wanted, progress=not quiet, on_result=line)
+    summary = hub.pull(
+        loaded, wanted, progress=not quiet, on_result=line,
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+    )  # fmt: skip
     counts = {
         state: sum(m.state == state for m in summary.models)
         for state in ("pulled", "present", "skipped", "failed")
@@ -445,7 +491,8 @@ def replay(
 def runs(runs_dir: Path) -> None:
     """List the runs in a runs directory.
 
-    Example: localtable runs --runs-dir runs
+    STATUS is `running` only for a run a living process holds (its lock); a run
+    whose process died shows `interrupted`. Example: localtable runs --runs-dir runs
     """
     listing = list_runs(runs_dir)
     if not listing:
@@ -456,7 +503,7 @@ def runs(runs_dir: Path) -> None:
     for item in listing:
         r = item.record
         if r is None:
-            rows.append((item.run_dir.name, "-", "unreadable", "-", "-", "-", item.problem or ""))
+            rows.append((item.run_dir.name, "-", item.status, "-", "-", "-", item.problem or ""))
             continue
         question = " ".join(r.question.split())
         question = question if len(question) <= 60 else question[:57] + "..."
@@ -464,15 +511,16 @@ def runs(runs_dir: Path) -> None:
             (
                 r.run_id,
                 f"{r.created_at:%Y-%m-%d %H:%M}",
-                r.status,
+                item.status,
                 r.panel,
                 str(r.rounds),
                 (r.transcript_sha256 or "-")[:12],
                 question,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
+    shown = [[" ".join(text_value(c).split()) for c in row] for row in rows]  # shared records
+    widths = [max(len(row[i]) for row in shown) for i in range(len(header) - 1)]
+    for row in shown:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]))
 

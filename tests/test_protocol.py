@@ -123,7 +123,7 @@ def test_nonsense_and_crash_become_failed_turns_never_agreement() -> None:
     )
     record, _ = run(speaker, make_record(["A1", "B2", "C3"]))
     b1 = record.turn(1, "B2")
-    assert b1 and b1.status == "failed" and b1.error and "answer has no words" in b1.error
+    assert b1 and b1.status == "failed" and b1.error and "answer has no letter or digit" in b1.error
     c2 = record.turn(2, "C3")
     assert c2 and c2.status == "failed" and c2.error and "SIGSEGV" in c2.error
     # the summarizer may only group panelists whose final turn is valid

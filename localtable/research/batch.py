@@ -33,7 +33,8 @@ from localtable.research.batchindex import (
     read_index,
     write_index,
 )
-from localtable.research.questions import Question, QuestionSet
+from localtable.research.questions import QUESTION_ID, Question, QuestionSet
+from localtable.runlock import hold
 from localtable.session.run import DebateRequest, RunInterrupted
 from localtable.templates import TemplateSet
 
@@ -267,11 +268,35 @@ class SessionRunner:
         self.close()
 
 
+def batch_name(req: BatchRequest) -> str:
+    """The batch folder's name: one path component, by the rule of question ids, so that
+    `--name ../x` or `--name /abs` cannot put a batch outside --runs-dir."""
+    name = req.name or req.questions.name
+    if not re.fullmatch(QUESTION_ID, name):
+        given = "--name" if req.name else f"the name taken from {req.questions.source}"
+        raise ConfigError(
+            f"batch name {name!r} ({given}) must be one folder name: letters, digits, '.', "
+            "'_' or '-', starting with a letter or digit, at most 64 characters; give --name"
+        )
+    return name
+
+
 def run_batch(req: BatchRequest, runner: DebateRunner, on_event: BatchSink) -> BatchResult:
-    """Run, resume or skip every debate of the batch; the index is saved after each."""
+    """Run, resume or skip every debate of the batch; the index is saved after each.
+
+    One process per batch: the batch folder's lock is held to the end, and a second
+    `localtable batch` on the same folder is refused (localtable/runlock.py)."""
     if not req.seeds:
         raise ConfigError("a batch needs at least one seed")
-    batch_dir = req.runs_dir / (req.name or req.questions.name)
+    name = batch_name(req)
+    batch_dir = req.runs_dir / name
+    with hold(batch_dir, f"batch {name} ({batch_dir})"):
+        return _run_batch_held(req, runner, on_event, batch_dir)
+
+
+def _run_batch_held(
+    req: BatchRequest, runner: DebateRunner, on_event: BatchSink, batch_dir: Path
+) -> BatchResult:
     index = plan(req, batch_dir, datetime.now(UTC).replace(microsecond=0))
     write_index(batch_dir, index)
     by_id = {q.id: q for q in index.questions}

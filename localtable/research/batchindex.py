@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from localtable.errors import RecordError
+from localtable.errors import RecordError, RecordWriteError
 from localtable.record import RECORD_FILE, RunRecord, read_record
 from localtable.research.questions import Question
 from localtable.storage import StorageError, read_versioned, write_atomic
@@ -76,7 +76,7 @@ def write_index(batch_dir: Path, index: BatchIndex) -> None:
     try:
         write_atomic(index_path(batch_dir), index.model_dump_json(indent=2).encode("utf-8"))
     except StorageError as exc:
-        raise RecordError(str(exc)) from None
+        raise RecordWriteError(str(exc)) from None
 
 
 def batch_records(batch_dir: Path) -> list[tuple[BatchEntry, RunRecord | None]]:
