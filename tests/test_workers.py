@@ -198,3 +198,40 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (OSError, IndexError):
         return "zombie"
+
+
+@pytest.mark.ray
+def test_ray_actors_give_the_records_of_one_worker(
+    study: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The Ray pool's logic on the fake backend (the real models: test_ray_real.py)."""
+    pytest.importorskip("ray")
+    from localtable.research.raycluster import RayPool
+    from tests.test_ray_real import cluster
+
+    config, questions = study
+    loaded = load_config(config)
+    req = BatchRequest(questions=load_questions(questions), seeds=[1, 2], panel="duo", rounds=2,
+                       runs_dir=tmp_path / "one")  # fmt: skip
+    with SessionRunner(loaded, TemplateSet(), lambda e: None) as runner:
+        expected = transcripts(run_batch(req, runner, lambda e: None).batch_dir)
+    c = cluster([{"num_cpus": 2}])
+    try:
+        events: list[BatchEvent] = []
+        spec = WorkerSpec(loaded=loaded, panel="duo")
+        with RayPool(spec, 2, c.address) as pool:
+            result = run_batch(req.model_copy(update={"runs_dir": tmp_path / "ray"}), pool,
+                               events.append)  # fmt: skip
+    finally:
+        c.shutdown()
+    assert transcripts(result.batch_dir) == expected
+    assert_settled(result.batch_dir)
+    assert sum(e.action == "ready" and e.status == "ready" for e in events) == 2
+    assert all(e.ran_on and "node" in e.ran_on for e in result.index.entries)
+
+
+def test_a_batch_imports_ray_only_when_asked() -> None:
+    code = "import sys, localtable.research.batch, localtable.cli; print('ray' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)  # fmt: skip
+    assert proc.stdout.strip() == "False", proc.stderr
