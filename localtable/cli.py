@@ -707,7 +707,11 @@ def batch(
                 budget = machine // workers
                 req = req.model_copy(update={"memory_budget": budget})
                 spec = spec.model_copy(update={"memory_budget": budget})
-            threads = max(1, available_cores() // workers)
+            cores = available_cores()
+            threads = max(1, cores // workers)
+            if workers > cores:
+                click.echo(f"Note: {workers} workers on {cores} cores: more workers than cores "
+                           "slows every debate down", err=True)  # fmt: skip
             pool = LocalPool(spec.model_copy(update={"threads": threads}), workers)
             result = run_batch(req, pool, printer)
         else:
