@@ -82,8 +82,7 @@ def assert_settled(batch_dir: Path) -> None:
     """Every run folder under its own name is finished, and nothing is left half-done."""
     folders = sorted(p.name for p in batch_dir.iterdir() if p.is_dir() and p.name != ".work")
     assert folders == sorted(e.run_dir for e in read_index(batch_dir).entries)
-    work = batch_dir / ".work"
-    assert not work.exists() or list(work.iterdir()) == [], list(work.iterdir())
+    assert not (batch_dir / ".work").exists(), list((batch_dir / ".work").iterdir())
 
 
 def test_two_worker_processes_give_the_records_of_one(
@@ -172,14 +171,18 @@ def test_the_coordinator_killed_mid_batch_then_run_again_finishes_it(
                *batch_args(config, questions, tmp_path / "two", "--workers", "2")]  # fmt: skip
     proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     batch_dir = tmp_path / "two" / "study"
+    work = batch_dir / ".work"
+
+    def saved() -> int:  # debates whose first turn the coordinator has saved
+        return sum(_turns(p / "record.json") >= 1 for p in work.iterdir()) if work.is_dir() else 0
+
     deadline = time.monotonic() + 120
-    while len(list(hold.iterdir())) < 2 and time.monotonic() < deadline:
+    while (len(list(hold.iterdir())) < 2 or saved() < 2) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.01)
     proc.kill()  # SIGKILL: no handler runs
     proc.wait(timeout=60)
-    work = batch_dir / ".work"
-    assert any((work / p.name / "record.json").is_file() for p in work.iterdir())
+    assert saved() == 2
     workers = [int(p.name) for p in hold.iterdir()]
     for pid in workers:  # the orphaned workers notice and stop
         while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
@@ -191,6 +194,13 @@ def test_the_coordinator_killed_mid_batch_then_run_again_finishes_it(
     assert "resuming" in again.stderr
     assert transcripts(batch_dir) == transcripts(tmp_path / "one" / "study")
     assert_settled(batch_dir)
+
+
+def _turns(record_file: Path) -> int:
+    try:
+        return len(json.loads(record_file.read_text())["turns"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def _state(pid: int) -> str:

@@ -18,6 +18,7 @@ interrupted or crashed ones from their last finished turn, and runs the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -338,6 +339,8 @@ class Coordinator:
         finally:
             self.pool.close()
             shutil.rmtree(self.work_dir / "scratch", ignore_errors=True)
+            with contextlib.suppress(OSError):  # nothing left to resume: no .work/ either
+                self.work_dir.rmdir()
         return BatchResult(
             batch_dir=self.batch_dir, index=self.index, workers=self.workers,
             requeued=self.requeued,
