@@ -23,12 +23,9 @@ from tests.realmodels import (
     localtable,
     smollm2_path,
 )
-from tests.test_workers import assert_settled, transcripts
+from tests.test_workers import RAY_ENV, assert_settled, transcripts
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-# Ray on loopback only: a node address of 127.0.0.1, no token to share between processes.
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
 QUESTIONS = [
     {"id": "sum", "question": "What is 7 + 5?", "kind": "number", "answer": 12},
     {"id": "capital", "question": "What is the capital of France?", "kind": "choice",

@@ -32,6 +32,9 @@ from tests.test_backends import CONFIG
 QUESTIONS = "".join(
     json.dumps({"id": f"q{i}", "question": f"Question {i}?"}) + "\n" for i in range(3)
 )
+# Ray on loopback only: a node address of 127.0.0.1, no token to share between processes.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
 # The CLI in a process of its own, with the fake backend registered as a plugin would.
 DRIVER = """
 import sys
@@ -211,33 +214,31 @@ def _state(pid: int) -> str:
 
 
 @pytest.mark.ray
-def test_ray_actors_give_the_records_of_one_worker(
+def test_ray_auto_actors_give_the_records_of_one_worker(
     study: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """The Ray pool's logic on the fake backend (the real models: test_ray_real.py)."""
+    """`--ray auto` (a private Ray on 127.0.0.1) on the fake backend: the Ray pool's logic
+    and the CLI around it (the real models on a cluster: test_ray_real.py)."""
     pytest.importorskip("ray")
-    from localtable.research.raycluster import RayPool
-    from tests.test_ray_real import cluster
-
     config, questions = study
-    loaded = load_config(config)
-    req = BatchRequest(questions=load_questions(questions), seeds=[1, 2], panel="duo", rounds=2,
-                       runs_dir=tmp_path / "one")  # fmt: skip
-    with SessionRunner(loaded, TemplateSet(), lambda e: None) as runner:
-        expected = transcripts(run_batch(req, runner, lambda e: None).batch_dir)
-    c = cluster([{"num_cpus": 2}])
-    try:
-        events: list[BatchEvent] = []
-        spec = WorkerSpec(loaded=loaded, panel="duo")
-        with RayPool(spec, 2, c.address) as pool:
-            result = run_batch(req.model_copy(update={"runs_dir": tmp_path / "ray"}), pool,
-                               events.append)  # fmt: skip
-    finally:
-        c.shutdown()
-    assert transcripts(result.batch_dir) == expected
-    assert_settled(result.batch_dir)
-    assert sum(e.action == "ready" and e.status == "ready" for e in events) == 2
-    assert all(e.ran_on and "node" in e.ran_on for e in result.index.entries)
+    one = CliRunner().invoke(cli, batch_args(config, questions, tmp_path / "one"),
+                             catch_exceptions=False)  # fmt: skip
+    assert one.exit_code == 0, one.output
+    env = dict(os.environ, PYTHONPATH=str(REPO), **RAY_ENV)
+    command = [
+        sys.executable,
+        "-c",
+        DRIVER,
+        *batch_args(config, questions, tmp_path / "ray", "--ray", "auto", "--workers", "2"),
+    ]
+    ray = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert ray.returncode == 0, ray.stderr
+    batch_dir = tmp_path / "ray" / "study"
+    assert transcripts(batch_dir) == transcripts(tmp_path / "one" / "study")
+    assert_settled(batch_dir)
+    assert "worker 1 ready on " in ray.stderr and "worker 2 ready on " in ray.stderr
+    assert all(e.ran_on and "127.0.0.1, node " in e.ran_on for e in read_index(batch_dir).entries)
 
 
 def test_a_batch_imports_ray_only_when_asked() -> None:
