@@ -246,3 +246,26 @@ def test_a_batch_imports_ray_only_when_asked() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)  # fmt: skip
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_the_live_line_shows_counts_workers_rate_and_eta(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from localtable.cli import BatchPrinter
+    from localtable.research.batch import BatchProgress, WorkerState
+
+    progress = BatchProgress(
+        total=16, finished=5, failed=1, errors=0, running=2, per_hour=41.4, eta_seconds=754,
+        workers=[WorkerState(worker=1, state="busy", run_id="q3-s1", turns=4),
+                 WorkerState(worker=2, state="refused", where="node-b", message="no model")],
+    )  # fmt: skip
+    printer = BatchPrinter(quiet=False, live=True)
+    printer(BatchEvent(position=4, total=16, question_id="q3", seed=1, action="run",
+                       status="running", worker=1, progress=progress))  # fmt: skip
+    printer.close()
+    err = capsys.readouterr().err
+    assert "[4/16] q3 seed 1: running on worker 1" in err
+    assert (
+        "5/16 done · 2 running · 1 failed · w1 q3-s1 (4 turns) · w2 refused · 41 debates/h · "
+        "ETA 12m34s"
+    ) in err
