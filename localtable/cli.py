@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from localtable.stopsignals import exit_status, stop_on_signals
 from localtable.templates import TemplateSet, text_value
 
 if TYPE_CHECKING:
-    from localtable.research.batch import BatchEvent
+    from localtable.research.batch import BatchEvent, BatchProgress, BatchResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ["text", "md", "json", "html"]
@@ -533,27 +534,117 @@ def _duration(seconds: float) -> str:
     )
 
 
-class BatchPrinter:
-    """One stderr line per debate of a batch, with the estimated time left."""
+def _batch_line(p: BatchProgress) -> str:
+    """The batch's live line: counts, each worker, debates per hour, time left."""
+    parts = [f"{p.finished}/{p.total} done", f"{p.running} running", f"{p.failed} failed"]
+    if p.errors:
+        parts.append(f"{p.errors} errors")
+    for w in p.workers:
+        what = f"{w.run_id} ({w.turns} turns)" if w.state == "busy" else w.state
+        parts.append(f"w{w.worker} {what}")
+    if p.per_hour is not None:
+        parts.append(f"{p.per_hour:.0f} debates/h")
+    if p.eta_seconds is not None:
+        parts.append(f"ETA {_duration(p.eta_seconds)}")
+    return " · ".join(parts)
 
-    def __init__(self, quiet: bool) -> None:
+
+class BatchPrinter:
+    """Batch progress on stderr: a line per debate started and finished and per worker
+    event, and on a terminal one live line for the whole batch, rewritten in place."""
+
+    def __init__(self, quiet: bool, live: bool | None = None) -> None:
         self.quiet = quiet
+        self.live = sys.stderr.isatty() if live is None else live
+        self.shown = False
+
+    def _echo(self, text: str) -> None:
+        if self.shown:
+            click.echo("\r\x1b[K", err=True, nl=False)
+            self.shown = False
+        click.echo(text, err=True)
 
     def __call__(self, event: BatchEvent) -> None:
         if self.quiet:
             return
+        line = self._line(event)
+        if line:
+            self._echo(line)
+        if self.live and event.progress is not None:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            click.echo("\r\x1b[K" + _batch_line(event.progress)[:width], err=True, nl=False)
+            self.shown = True
+
+    def _line(self, event: BatchEvent) -> str | None:
+        p = event.progress
+        several = p is not None and len(p.workers) > 1
+        on = f" on worker {event.worker}" if several and event.worker else ""
+        if event.position == 0:  # a worker event
+            where = f" on {event.where}" if event.where else ""
+            if event.action == "refused":
+                return f"worker {event.worker}{where} refused: {event.error}"
+            if event.action == "lost":
+                return f"worker {event.worker}{where} died: {event.error}"
+            return (
+                f"worker {event.worker} ready{where}"
+                if several and event.status == "ready"
+                else None
+            )
         head = f"[{event.position}/{event.total}] {event.question_id} seed {event.seed}"
         if event.action == "skip":
-            click.echo(f"{head}: {event.status}, skipped", err=True)
-        elif event.action in ("run", "resume"):
+            return f"{head}: {event.status}, skipped"
+        if event.action in ("run", "resume"):
             left = f" (about {_duration(event.eta_seconds)} left)" if event.eta_seconds else ""
             verb = "resuming" if event.action == "resume" else "running"
-            click.echo(f"{head}: {verb}{left} ... ", err=True, nl=False)
-        elif event.action == "error":
-            click.echo(f"error: {event.error}", err=True)
-        else:
-            left = f"; about {_duration(event.eta_seconds)} left" if event.eta_seconds else ""
-            click.echo(f"{event.status} ({event.seconds:.1f}s){left}", err=True)
+            return f"{head}: {verb}{on}{left}"
+        if event.action == "error":
+            return f"{head}: error{on}: {event.error}"
+        if event.action == "requeue":
+            return (
+                f"{head}: its worker {event.worker} died ({event.error}); back in the queue, "
+                "to resume from its last finished turn"
+            )
+        tail = f"; {_batch_line(p)}" if p is not None and not self.live else ""
+        return f"{head}: {event.status} ({event.seconds or 0:.1f}s{on.replace(' on', ',')}){tail}"
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+            self.shown = False
+
+
+def _print_batch_summary(result: BatchResult) -> None:
+    complete, failed, errors = (result.count(s) for s in ("complete", "failed", "error"))
+    click.echo(
+        f"Batch {result.index.name}: {complete} complete, {failed} failed, {errors} errors; "
+        f"index {result.batch_dir / 'batch.json'}",
+        err=True,
+    )
+    if len(result.workers) > 1:
+        for w in result.workers:
+            where = f" on {w.where}" if w.where else ""
+            state = f", {w.state}: {w.message}" if w.state in ("refused", "gone") else ""
+            click.echo(f"  worker {w.worker}{where}: {w.finished} debates{state}", err=True)
+    if result.requeued:
+        click.echo(f"  {result.requeued} debates went back to the queue after their worker "
+                   "died, and were resumed from their last finished turn", err=True)  # fmt: skip
+    entries = result.index.entries
+    for e in [e for e in entries if e.status == "failed"]:
+        click.echo(f"  failed: {e.run_dir}: {e.error}", err=True)
+    if failed:
+        click.echo(
+            "  (a failed debate is finished and recorded as such; `localtable render "
+            f"{result.batch_dir}/RUN` shows why)",
+            err=True,
+        )
+    for e in [e for e in entries if e.status == "error"]:
+        click.echo(f"  error: {e.run_dir}: {e.error}", err=True)
+    if errors:
+        click.echo(
+            "  Fix the cause, then run the same command again: it runs only the debates "
+            "that are not finished.",
+            err=True,
+        )
 
 
 SCORE_FORMATS = ["text", "md", "csv"]
@@ -581,6 +672,16 @@ SCORE_FORMATS = ["text", "md", "csv"]
 @memory_budget_option
 @click.option("--allow-engine-change", is_flag=True,
               help="Resume debates even if llama-cpp-python's build changed.")  # fmt: skip
+@click.option(
+    "--workers", type=click.IntRange(1, 1024), default=1, show_default=True,
+    help="Debates run at once: N worker processes, each with its own models and its share "
+    "of the cores (with --ray: N Ray actors).",
+)  # fmt: skip
+@click.option(
+    "--ray", "ray_address", metavar="ADDRESS",
+    help="Run the workers as Ray actors on the cluster at ADDRESS (host:port), or 'auto' for "
+    "a private Ray instance on this machine. Needs localtable[ray].",
+)  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @user_errors
 def batch(
@@ -598,6 +699,8 @@ def batch(
     reuse: bool,
     memory_budget: str | None,
     allow_engine_change: bool,
+    workers: int,
+    ray_address: str | None,
     quiet: bool,
 ) -> None:
     """Run every question of a JSONL or TOML file (or a built-in task) over seeds.
@@ -605,12 +708,16 @@ def batch(
     One run record per (question, seed) in RUNS_DIR/NAME/, indexed in batch.json.
     Run the same command again to skip finished debates and resume an
     interrupted one. Prints the accuracy table when questions have answer keys.
-    Example: localtable batch --task arithmetic --limit 5 --seeds 1 --rounds 2
+    With --workers N, N debates run at once, each in a worker with its own
+    models; with --ray, on a Ray cluster. The records are the same either way.
+    Example: localtable batch --task arithmetic --limit 5 --seeds 1 --rounds 2 --workers 2
     """
-    from localtable.backends.llamacpp.memory import parse_size
+    from localtable.backends.llamacpp.backend import available_cores
+    from localtable.backends.llamacpp.memory import default_budget, parse_size
     from localtable.research.batch import BatchRequest, SessionRunner, parse_seeds, run_batch
     from localtable.research.questions import load_questions
     from localtable.research.tasks import load_task
+    from localtable.research.workers import LocalPool, WorkerSpec
 
     if (questions_file is None) == (task is None):
         raise ConfigError("give a questions file (.jsonl or .toml) or --task NAME, not both")
@@ -629,14 +736,41 @@ def batch(
         memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
     )
     loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
-    with SessionRunner(loaded, TemplateSet(), lambda e: None, allow_engine_change) as runner:
-        result = run_batch(req, runner, BatchPrinter(quiet))
-    complete, failed, errors = (result.count(s) for s in ("complete", "failed", "error"))
-    click.echo(
-        f"Batch {result.index.name}: {complete} complete, {failed} failed, {errors} errors; "
-        f"index {result.batch_dir / 'batch.json'}",
-        err=True,
-    )
+    printer = BatchPrinter(quiet)
+    spec = WorkerSpec(
+        loaded=loaded, panel=req.panel, allow_engine_change=allow_engine_change,
+        verify=verify, reuse_prefix=reuse, memory_budget=req.memory_budget,
+    )  # fmt: skip
+    try:
+        if ray_address is not None:
+            from localtable.research.raycluster import RayPool
+
+            with RayPool(spec, workers, ray_address) as ray_pool:
+                result = run_batch(req, ray_pool, printer)
+        elif workers > 1:
+            # each worker its share of the cores and of the memory (models.toml's
+            # threads and --memory-budget, when given, are each worker's)
+            machine = default_budget()
+            if req.memory_budget is None and machine is not None:
+                budget = machine // workers
+                req = req.model_copy(update={"memory_budget": budget})
+                spec = spec.model_copy(update={"memory_budget": budget})
+            cores = available_cores()
+            threads = max(1, cores // workers)
+            if workers > cores:
+                click.echo(f"Note: {workers} workers on {cores} cores: more workers than cores "
+                           "slows every debate down", err=True)  # fmt: skip
+            pool = LocalPool(spec.model_copy(update={"threads": threads}), workers)
+            result = run_batch(req, pool, printer)
+        else:
+            with SessionRunner(
+                loaded, TemplateSet(), lambda e: None, allow_engine_change
+            ) as runner:
+                result = run_batch(req, runner, printer)
+    finally:
+        printer.close()
+    _print_batch_summary(result)
+    errors = result.count("error")
     _print_score([str(result.batch_dir)], runs_dir, fmt, None, quiet_if_none=True)
     if errors:
         sys.exit(1)

@@ -83,7 +83,7 @@ def test_imports_point_one_way() -> None:
     assert problems == []
 
 
-def test_only_the_cli_knows_click_and_only_backends_know_llama_cpp() -> None:
+def test_only_the_cli_knows_click_and_only_backends_know_llama_cpp_and_one_module_ray() -> None:
     for module, imported in modules().items():
         layer = layer_of(module)
         if any(t == "click" or t.startswith("click.") for t in imported):
@@ -92,6 +92,8 @@ def test_only_the_cli_knows_click_and_only_backends_know_llama_cpp() -> None:
             assert module.startswith("localtable.backends.llamacpp") or layer == "bench", module
         if any(t.startswith("localtable.backends.llamacpp") for t in imported):
             assert layer in MAY_IMPORT_LLAMACPP, module
+        if any(t == "ray" or t.startswith("ray.") for t in imported):  # an optional extra
+            assert module in ("localtable.research.raycluster", "localtable.benchbatch"), module
 
 
 def test_no_import_cycles_between_modules() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from localtable import backends
 from localtable.backends.base import (
@@ -43,6 +43,21 @@ def this_machine() -> MachineRecord:
     return MachineRecord(
         python=platform.python_version(), platform=platform.platform(), cpu_flags=cpu_flags()
     )
+
+
+class BackendRegistry(BaseModel):
+    """The backends registered in this process, for a batch worker process to restore
+    (a backend registered by a plugin or a test, not only the built-in ones)."""
+
+    backends: dict[str, str] = Field(default_factory=dict)  # name -> "module:Class"
+    source_kinds: dict[str, str] = Field(default_factory=dict)  # source kind -> name
+
+    @classmethod
+    def here(cls) -> BackendRegistry:
+        return cls(backends=backends.registry(), source_kinds=backends.source_kinds())
+
+    def restore(self) -> None:
+        backends.restore(self.backends, self.source_kinds)
 
 
 class PlannedModels(BaseModel):
