@@ -1,6 +1,18 @@
 #!/usr/bin/env bash
 # Check localtable on a GPU machine in one go (issue #16): build llama-cpp-python
 # 0.3.36 with CUDA for Hopper from gpu-bundle/ (scripts/gpu-prepare.sh), install
+# The CUDA runtime libraries the build links (cudart, cuBLAS), wherever the toolkit is.
+if [ "$MODE" = gpu ]; then
+  NVCC_DIR=$(dirname "$(command -v nvcc)")
+  for d in "${CUDA_HOME:-/nonexistent}/lib64" "$NVCC_DIR/../lib64" "$NVCC_DIR/../targets/x86_64-linux/lib" \
+           /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && LD_LIBRARY_PATH=$(cd "$d" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  done
+  export LD_LIBRARY_PATH
+fi
+"$PY" -c 'import llama_cpp; print("llama_cpp", llama_cpp.__version__, "GPU offload:", llama_cpp.llama_supports_gpu_offload()); print(llama_cpp.llama_print_system_info().decode())' \
+  || die "llama_cpp does not import (LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-})"
+
 # localtable from this tree, then scripts/gpu_check.py runs the debates,
 # determinism, replay, prefix-reuse and speed checks with every model on the GPU
 # (gpu_layers = -1) and on the same build's CPU path.
@@ -21,8 +33,10 @@
 #   --bundle DIR       default gpu-bundle
 #   --jobs N           build jobs (default: all cores)
 #   --cuda-arch A      CMAKE_CUDA_ARCHITECTURES (default 90: Hopper)
-#   --rounds N, --seed N   the debates' (default 2, 42)
-#   --time-limit S     stop starting new steps after S seconds in all (default 570)
+#   --rounds N, --seed N   the debates' (default 3, 42: from round 3 on a prompt
+#                      repeats most of the panelist's previous one, which reuse skips)
+#   --time-limit S     stop starting new steps after S seconds in all (default 570
+#                      on a GPU, to end inside the device tool's 600 s; 3600 --cpu-only)
 #   --default-panel auto|skip   run the default panel when its models are installed
 #
 # Timing (GPU): the CUDA build is most of it. Flash attention kernels are not
@@ -33,7 +47,7 @@ set -uo pipefail
 
 OUT= ; CPU_ONLY=0 ; PY=python3 ; DEPS=bundle ; LLAMA=build
 WORK=/tmp/localtable-gpu-check ; BUNDLE=gpu-bundle ; JOBS=$(nproc) ; ARCH=90
-ROUNDS=2 ; SEED=42 ; LIMIT=570 ; DEFAULT_PANEL=auto
+ROUNDS=3 ; SEED=42 ; LIMIT= ; DEFAULT_PANEL=auto
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
@@ -49,12 +63,13 @@ while [ $# -gt 0 ]; do
     --seed) SEED=$2; shift 2 ;;
     --time-limit) LIMIT=$2; shift 2 ;;
     --default-panel) DEFAULT_PANEL=$2; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n "2,/^set -uo/p" "$0" | sed "\$d"; exit 0 ;;
     *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [ -n "$OUT" ] || { echo "gpu-check: --out DIR is required" >&2; exit 2; }
 
+[ -n "$LIMIT" ] || { [ "$CPU_ONLY" = 1 ] && LIMIT=3600 || LIMIT=570; }
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 START=$(date +%s)

@@ -481,6 +481,46 @@ def panel_checks(
     return a
 
 
+def wrapper_check(
+    r: Runner,
+    write: Callable[[str, str], Path],
+    model: Path,
+    entry: dict[str, Any],
+    question: str,
+    args: argparse.Namespace,
+) -> None:
+    """Without a GPU: gpucheck_reuse.py lifts the engine's switch for GPU layers.
+
+    A CPU-only build runs a model with gpu_layers = -1 on the CPU, but the engine
+    still turns reuse off for it: the plain run evaluates every prompt token, the
+    wrapped one reuses prefixes, and both give the CPU transcript. This proves the
+    wrapper before a GPU run depends on it.
+    """
+    config = write(
+        "tiny-gpu-layers-on-cpu.toml",
+        tiny_config(model, entry["sha256"], entry["size"], -1, question, args.rounds, args.seed),
+    )
+    plain = r.debate("tiny-gpulayers-plain", config, args.rounds, args.seed)
+    wrapped = r.debate("tiny-gpulayers-wrapped", config, args.rounds, args.seed, wrapper=True)
+    cpu = r.result.get("debates", {}).get("tiny-cpu-1", {})
+    off = plain.get("prompt_eval_tokens") == plain.get("prompt_tokens")
+    on = 0 < wrapped.get("prompt_eval_tokens", 0) < wrapped.get("prompt_tokens", 0)
+    same = (
+        plain.get("transcript_sha256")
+        == wrapped.get("transcript_sha256")
+        == cpu.get("transcript_sha256")
+    )
+    ok = plain["exit"] == 0 and wrapped["exit"] == 0 and off and on and same
+    r.check(
+        "reuse wrapper, gpu_layers=-1 on a CPU build",
+        PASS if ok else FAIL,
+        f"engine alone evaluated {plain.get('prompt_eval_tokens')} of "
+        f"{plain.get('prompt_tokens')} prompt tokens, with the wrapper "
+        f"{wrapped.get('prompt_eval_tokens')}; transcripts "
+        + ("identical to the CPU run's" if same else "differ"),
+    )
+
+
 def default_panel_available() -> tuple[bool, str]:
     from importlib import metadata
 
@@ -585,6 +625,9 @@ def run_checks(args: argparse.Namespace) -> int:
 
     # 1-3 on the tiny panel
     first = panel_checks(r, "tiny", tiny_primary, primary, args.rounds, args.seed, primary_env)
+
+    if not gpu:
+        wrapper_check(r, write, model, model_entry, question, args)
 
     # 4. speed: bare llama-cpp-python on the tiny model, then the debate on the CPU path
     r.speed(primary, model, gl, primary_env)
@@ -713,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--work", required=True)
     run.add_argument("--bundle", default=str(ROOT / "gpu-bundle"))
     run.add_argument("--build-json")
-    run.add_argument("--rounds", type=int, default=2)
+    run.add_argument("--rounds", type=int, default=3)
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--deadline", type=float, help="epoch seconds by which to stop")
     run.add_argument("--default-panel", choices=["auto", "skip"], default="auto")
