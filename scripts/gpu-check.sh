@@ -1,18 +1,6 @@
 #!/usr/bin/env bash
 # Check localtable on a GPU machine in one go (issue #16): build llama-cpp-python
 # 0.3.36 with CUDA for Hopper from gpu-bundle/ (scripts/gpu-prepare.sh), install
-# The CUDA runtime libraries the build links (cudart, cuBLAS), wherever the toolkit is.
-if [ "$MODE" = gpu ]; then
-  NVCC_DIR=$(dirname "$(command -v nvcc)")
-  for d in "${CUDA_HOME:-/nonexistent}/lib64" "$NVCC_DIR/../lib64" "$NVCC_DIR/../targets/x86_64-linux/lib" \
-           /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && LD_LIBRARY_PATH=$(cd "$d" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  done
-  export LD_LIBRARY_PATH
-fi
-"$PY" -c 'import llama_cpp; print("llama_cpp", llama_cpp.__version__, "GPU offload:", llama_cpp.llama_supports_gpu_offload()); print(llama_cpp.llama_print_system_info().decode())' \
-  || die "llama_cpp does not import (LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-})"
-
 # localtable from this tree, then scripts/gpu_check.py runs the debates,
 # determinism, replay, prefix-reuse and speed checks with every model on the GPU
 # (gpu_layers = -1) and on the same build's CPU path.
@@ -38,6 +26,7 @@ fi
 #   --time-limit S     stop starting new steps after S seconds in all (default 570
 #                      on a GPU, to end inside the device tool's 600 s; 3600 --cpu-only)
 #   --default-panel auto|skip   run the default panel when its models are installed
+#   --build-only       stop after building and installing (no model is run)
 #
 # Timing (GPU): the CUDA build is most of it. Flash attention kernels are not
 # compiled (-DGGML_CUDA_FA=OFF: localtable never turns flash attention on), nor
@@ -47,7 +36,7 @@ set -uo pipefail
 
 OUT= ; CPU_ONLY=0 ; PY=python3 ; DEPS=bundle ; LLAMA=build
 WORK=/tmp/localtable-gpu-check ; BUNDLE=gpu-bundle ; JOBS=$(nproc) ; ARCH=90
-ROUNDS=3 ; SEED=42 ; LIMIT= ; DEFAULT_PANEL=auto
+ROUNDS=3 ; SEED=42 ; LIMIT= ; DEFAULT_PANEL=auto ; BUILD_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
@@ -63,6 +52,7 @@ while [ $# -gt 0 ]; do
     --seed) SEED=$2; shift 2 ;;
     --time-limit) LIMIT=$2; shift 2 ;;
     --default-panel) DEFAULT_PANEL=$2; shift 2 ;;
+    --build-only) BUILD_ONLY=1; shift ;;
     -h|--help) sed -n "2,/^set -uo/p" "$0" | sed "\$d"; exit 0 ;;
     *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -157,10 +147,27 @@ else
   echo '{"how": "already installed in the interpreter"}' > "$BUILD_JSON"
 fi
 
+# The CUDA runtime libraries the build links (cudart, cuBLAS), wherever the toolkit is.
+if [ "$MODE" = gpu ]; then
+  NVCC_DIR=$(dirname "$(command -v nvcc)")
+  for d in "${CUDA_HOME:-/nonexistent}/lib64" "$NVCC_DIR/../lib64" "$NVCC_DIR/../targets/x86_64-linux/lib" \
+           /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && LD_LIBRARY_PATH=$(cd "$d" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  done
+  export LD_LIBRARY_PATH
+fi
+"$PY" -c 'import llama_cpp; print("llama_cpp", llama_cpp.__version__, "GPU offload:", llama_cpp.llama_supports_gpu_offload()); print(llama_cpp.llama_print_system_info().decode())' \
+  || die "llama_cpp does not import (LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-})"
+
 # localtable from this tree (hatchling from the bundle, or PY's own in --deps installed).
 say "installing localtable from $ROOT"
 PYTHONPATH=$BUILD_PATH "${PIP[@]}" --no-build-isolation "$ROOT" || die "installing localtable from the tree"
 
+if [ "$BUILD_ONLY" = 1 ]; then
+  cp "$BUILD_JSON" "$OUT/build.json"
+  say "build only: done in $(( $(date +%s) - START ))s; $OUT/build.json"
+  exit 0
+fi
 say "running the checks ($(( DEADLINE - $(date +%s) ))s left of ${LIMIT}s)"
 ARGS=(run --mode "$MODE" --out "$OUT" --work "$WORK" --bundle "$BUNDLE" --build-json "$BUILD_JSON"
       --rounds "$ROUNDS" --seed "$SEED" --deadline "$DEADLINE" --default-panel "$DEFAULT_PANEL"
