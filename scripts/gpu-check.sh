@@ -125,7 +125,7 @@ if [ "$LLAMA" = build ]; then
   export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=$JOBS
   say "building llama-cpp-python with $JOBS jobs: CMAKE_ARGS=$CMAKE_ARGS (build log in $WORK/build.log)"
   T0=$(date +%s)
-  PYTHONPATH=$BUILD_PATH "$PY" -m pip wheel --no-deps --no-index --no-build-isolation --no-cache-dir -w "$WORK/wheel" "$SRC_DIR" \
+  PYTHONPATH=$BUILD_PATH "$PY" -m pip wheel -v --no-deps --no-index --no-build-isolation --no-cache-dir -w "$WORK/wheel" "$SRC_DIR" \
     > "$WORK/build.log" 2>&1
   RC=$?
   SECONDS_BUILD=$(( $(date +%s) - T0 ))

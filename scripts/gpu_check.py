@@ -639,8 +639,14 @@ def run_checks(args: argparse.Namespace) -> int:
         walls[f"tiny panel, {primary}"] = first["wall_seconds"]
     if gpu:
         c = r.debate("tiny-cpu", tiny_cpu, args.rounds, args.seed, env=cpu_env)
+        if c["exit"] != 0:
+            # Should a CUDA build refuse to start with no device, the CPU path with the
+            # GPU visible (gpu_layers = 0: llama.cpp may still use it for large batches).
+            c = r.debate("tiny-cpu-gpu-visible", tiny_cpu, args.rounds, args.seed)
         if c["exit"] == 0:
-            walls["tiny panel, cpu (same build)"] = c["wall_seconds"]
+            walls[f"tiny panel, {c['label'].removeprefix('tiny-')} (same build)"] = c[
+                "wall_seconds"
+            ]
             if first is not None:
                 same = c.get("transcript_sha256") == first.get("transcript_sha256")
                 div = None if same else first_divergence(first["_record"], c["_record"])
