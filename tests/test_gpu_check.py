@@ -51,6 +51,8 @@ def test_tiny_config_is_a_valid_models_toml(tmp_path: Path) -> None:
     assert config.debate.question == 'Say "yes"\nor no?'
     assert {m.chat for m in config.models.values()} == {"template", "completion"}
     assert all(m.gpu_layers == -1 for m in config.models.values())
+    # one file, two loads: the engine keys a load by file, n_ctx, threads and GPU layers
+    assert len({m.n_ctx for m in config.models.values()}) == 2
     panel = config.panels["tiny"]
     assert [p.model for p in panel.panelists] == ["trim-chat", "trim-completion", "trim-chat"]
 
