@@ -577,7 +577,7 @@ def run_checks(args: argparse.Namespace) -> int:
     out, work = Path(args.out).resolve(), Path(args.work).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    console = open(args.console, "w") if args.console else None  # noqa: SIM115
+    console = open(args.console, "a") if args.console else None  # noqa: SIM115
     r = Runner(python=sys.executable, out=out, work=work, deadline=args.deadline or
                time.time() + 3600, console=console)  # fmt: skip
     gpu = args.mode == "gpu"
