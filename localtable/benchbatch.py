@@ -1,16 +1,24 @@
-"""`make bench-batch`: the same batch through an earlier localtable and through this one.
+"""`make bench-batch`: the same batch four ways, side by side.
 
-A fixed batch (arithmetic questions on a panel, one seed) runs through the
-localtable of an earlier git revision (by default d1000e0, which started a new
-engine and reloaded every model for every debate) and through this tree (one
-Session for the whole batch), interleaved (before, now, before, now, ...) so
-that a change of load on a shared machine hits both alike. It prints the
-wall time per batch (median and range), debates per hour, peak memory of the
-batch's processes, and whether every debate gave the same transcript sha256
-both ways. Each side runs as the CLI, in a process of its own.
+A fixed batch (arithmetic questions on a panel, one seed) runs
+(a) through the localtable of an earlier git revision (by default d1000e0,
+    which started a new engine and reloaded every model for every debate),
+(b) through this tree with one worker (one Session for the whole batch),
+(c) through this tree with `--workers 2` (two worker processes, each with
+    its models and half the cores),
+(d) through this tree with `--ray ADDRESS --workers 2`, on a Ray cluster
+    that the benchmark starts on 127.0.0.1 before the first batch (its start
+    is not counted) and stops at the end (skipped when Ray is not installed),
+interleaved (a, b, c, d, a, b, ...) so that a change of load on a shared
+machine hits all alike. It prints the wall time per batch (median and
+range), debates per hour, peak memory of the batch's processes, and whether
+every debate gave the same transcript sha256 every way. Each side runs as
+the CLI, in a process of its own. Peak memory is the largest process the CLI
+waited for (itself, its engine, its workers); Ray's actors are the raylet's
+children, so (d) reports the driver alone.
 
-Usage: python -m localtable.benchbatch [--before d1000e0] [--limit 10] [--rounds 2]
-           [--repeat 2] [--panel default] [--json out.json]
+Usage: python -m localtable.benchbatch [--before d1000e0] [--limit 8] [--rounds 2]
+           [--repeat 2] [--panel default] [--workers 2] [--no-ray] [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -30,6 +39,9 @@ from localtable.bench import cpu_model
 from localtable.research.batchindex import read_index
 
 REPO = Path(__file__).resolve().parent.parent
+# Ray on loopback only (a node address of 127.0.0.1), without a token to share.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
 # Runs a command and prints the largest resident size among it and its descendants
 # (ru_maxrss of the children it waited for: the CLI, which waits for its engine worker).
 PEAK = """
@@ -57,13 +69,15 @@ def checkout(revision: str, into: Path) -> Path:
     return into
 
 
-def run_batch_cli(side: str, tree: Path, args: argparse.Namespace, runs: Path) -> BatchRun:
+def run_batch_cli(
+    side: str, tree: Path, args: argparse.Namespace, runs: Path, extra: list[str]
+) -> BatchRun:
     env = dict(os.environ, PYTHONPATH=str(tree))
     command = [
         sys.executable, "-m", "localtable", "batch", "--task", "arithmetic",
         "--limit", str(args.limit), "--seeds", str(args.seed), "--rounds", str(args.rounds),
         "--panel", args.panel, "--config", str(args.config.resolve()), "--runs-dir", str(runs),
-        "--name", "bench", "--quiet",
+        "--name", "bench", "--quiet", *extra,
     ]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.run(
@@ -82,6 +96,21 @@ def run_batch_cli(side: str, tree: Path, args: argparse.Namespace, runs: Path) -
         transcripts={e.run_dir: e.transcript_sha256 for e in index.entries},
         statuses={e.run_dir: e.status for e in index.entries},
     )
+
+
+def ray_cluster(cpus: int) -> Any:
+    """A one-node Ray cluster on 127.0.0.1 for side (d), or None without Ray."""
+    os.environ.update(RAY_ENV)
+    os.environ["PYTHONPATH"] = str(REPO)
+    try:
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        print("Ray is not installed (pip install 'localtable[ray]'): no side (d)", file=sys.stderr)
+        return None
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": cpus, "include_dashboard": False})  # fmt: skip
+    cluster.wait_for_nodes(timeout=120)
+    return cluster
 
 
 def spread(values: list[float]) -> str:
@@ -112,6 +141,9 @@ def render(runs: list[BatchRun], args: argparse.Namespace, cores: int) -> str:
     for side in sides[1:]:
         now = statistics.median(r.seconds for r in runs if r.side == side)
         lines.append(f"  {side} / {sides[0]}: {now / base:.2f}x wall time (medians)")
+    if len(sides) >= 4:
+        c, d = (statistics.median(r.seconds for r in runs if r.side == s) for s in sides[2:4])
+        lines.append(f"  {sides[3]} / {sides[2]}: {d / c:.2f}x wall time (medians)")
     same = all(first[s].transcripts == first[sides[0]].transcripts for s in sides)
     complete = {s: sum(v == "complete" for v in first[s].statuses.values()) for s in sides}
     lines.append(f"debates complete: {complete}")
@@ -124,26 +156,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default="d1000e0", help="git revision to compare with")
     parser.add_argument("--config", type=Path, default=REPO / "models.toml")
     parser.add_argument("--panel", default="default")
-    parser.add_argument("--limit", type=int, default=10)
+    parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="workers of sides (c) and (d)")
+    parser.add_argument("--no-ray", action="store_true", help="leave out side (d)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     from localtable.backends.llamacpp.backend import available_cores
 
     runs: list[BatchRun] = []
+    cluster = None if args.no_ray else ray_cluster(available_cores())
+    n = str(args.workers)
     with tempfile.TemporaryDirectory(prefix="localtable-bench-batch-") as tmp:
         old_tree = checkout(args.before, Path(tmp) / "before")
+        sides = [
+            (f"(a) before ({args.before})", old_tree, []),
+            ("(b) now, 1 worker", REPO, []),
+            (f"(c) now, --workers {n}", REPO, ["--workers", n]),
+        ]
+        if cluster is not None:
+            sides.append((f"(d) now, Ray, {n} workers", REPO,
+                          ["--ray", cluster.address, "--workers", n]))  # fmt: skip
         try:
             for rep in range(1, args.repeat + 1):
-                for side, tree in ((f"before ({args.before})", old_tree), ("now", REPO)):
+                for side, tree, extra in sides:
                     print(f"{rep}/{args.repeat}: {side}", file=sys.stderr)
                     out = Path(tmp) / f"runs-{len(runs)}"
-                    runs.append(run_batch_cli(side, tree, args, out))
+                    runs.append(run_batch_cli(side, tree, args, out, extra))
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
                             str(old_tree)], capture_output=True)  # fmt: skip
+            if cluster is not None:
+                cluster.shutdown()
     print(render(runs, args, available_cores()))
     if args.json is not None:
         args.json.write_text(

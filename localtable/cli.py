@@ -2,13 +2,17 @@
 
 Only this module knows about click. A LocaltableError becomes one line on
 stderr and its exit code (1 run failed, 2 usage or config error, 130
-interrupted); any other exception is a bug and keeps its traceback.
+interrupted, 143/129 stopped by SIGTERM/SIGHUP); any other exception is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -19,13 +23,14 @@ import click
 
 from localtable.config import LoadedConfig, load_config
 from localtable.debate.protocol import ProgressEvent
-from localtable.errors import ConfigError, LocaltableError
+from localtable.errors import ConfigError, LocaltableError, describe_write_error
 from localtable.record import RunRecord, find_run, list_runs, read_record
 from localtable.report.render import check_layout, render
-from localtable.templates import TemplateSet
+from localtable.stopsignals import exit_status, stop_on_signals
+from localtable.templates import TemplateSet, text_value
 
 if TYPE_CHECKING:
-    from localtable.research.batch import BatchEvent
+    from localtable.research.batch import BatchEvent, BatchProgress, BatchResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ["text", "md", "json", "html"]
@@ -42,19 +47,28 @@ def default_config() -> Path:
     return bundled if bundled.is_file() else Path(__file__).resolve().parent.parent / "models.toml"
 
 
+def _say(text: str) -> None:
+    """One line on stderr; after SIGHUP the terminal may be gone, and the exit code matters more."""
+    with contextlib.suppress(OSError):
+        click.echo(text, err=True)
+
+
 def user_errors(fn: F) -> F:
-    """Turn LocaltableError into a one-line message and its exit code."""
+    """Turn LocaltableError into a one-line message and its exit code; stop on SIGTERM and
+    SIGHUP as on Ctrl-C (see localtable/stopsignals.py), exiting 128 + the signal."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except LocaltableError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+        with stop_on_signals() as received:
+            try:
+                return fn(*args, **kwargs)
+            except LocaltableError as exc:
+                _say(f"Error: {exc}")
+                sys.exit(exit_status(received) or exc.exit_code)
+            except KeyboardInterrupt as exc:
+                why = str(exc) or "interrupted"  # "stopped by SIGTERM" (stopsignals.py)
+                _say(f"{why[0].upper()}{why[1:]}.")
+                sys.exit(exit_status(received) or 130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -99,6 +113,8 @@ def _templates(path: Path | None) -> tuple[TemplateSet, str | None]:
     if path.is_dir():
         return TemplateSet(path), None
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise ConfigError(f"{path}: not a regular file; give a template file or folder")
         raise ConfigError(f"{path}: template file does not exist")
     return TemplateSet(path.parent), path.name
 
@@ -110,7 +126,7 @@ def _write_output(text: str, output: Path | None) -> None:
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise LocaltableError(f"cannot write {output} ({exc.strerror})") from None
+        raise ConfigError(f"cannot write {output}: {describe_write_error(exc)}") from None
     click.echo(f"Wrote {output}", err=True)
 
 
@@ -143,16 +159,30 @@ def cli() -> None:
 
 
 def _read_question(question: str | None, question_file: Path | None, default: str) -> str:
+    """The question from the argument, stdin or a file, read up to its length limit + 1
+    characters (so /dev/zero or `yes |` end at once) and checked before anything loads."""
+    from localtable.session.run import MAX_QUESTION_CHARS, check_question
+
+    if question is not None and question_file is not None:
+        raise ConfigError("give the question as an argument ('-' for stdin) or --file, not both")
+    limit = MAX_QUESTION_CHARS + 1
     if question_file is not None:
         try:
-            return question_file.read_text(encoding="utf-8")
+            with question_file.open(encoding="utf-8", errors="strict") as fh:
+                text = fh.read(limit)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{question_file}: cannot read the question ({exc})") from None
-    if question == "-":
-        return sys.stdin.read()
-    if question is not None:
-        return question
-    return default
+    elif question == "-":
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+        try:
+            text = stdin.read(limit)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"stdin: the question is not UTF-8 text ({exc})") from None
+        finally:
+            stdin.detach()
+    else:
+        text = question if question is not None else default
+    return check_question(text)
 
 
 @cli.command()
@@ -301,9 +331,23 @@ def models(config_path: Path | None, verify: bool) -> None:
 @click.option("--all", "pull_all", is_flag=True, help="Pull every Hub model in models.toml.")
 @config_option
 @click.option("--quiet", "-q", is_flag=True, help="No download progress bars.")
+@click.option(
+    "--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+    metavar="SECONDS", help="How long to wait for a connection to the Hub (or a mirror, a CDN).",
+)  # fmt: skip
+@click.option(
+    "--read-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+    metavar="SECONDS", help="How long to wait for each answer or piece of a download.",
+)  # fmt: skip
 @user_errors
 def pull(
-    names: tuple[str, ...], panel: str | None, pull_all: bool, config_path: Path | None, quiet: bool
+    names: tuple[str, ...],
+    panel: str | None,
+    pull_all: bool,
+    config_path: Path | None,
+    quiet: bool,
+    connect_timeout: float,
+    read_timeout: float,
 ) -> None:
     """Download Hub models once, verify their sha256 and pin them in models.lock.
 
@@ -327,7 +371,10 @@ def pull(
             err=True,
         )
 
-    summary = hub.pull(loaded, wanted, progress=not quiet, on_result=line)
+    summary = hub.pull(
+        loaded, wanted, progress=not quiet, on_result=line,
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+    )  # fmt: skip
     counts = {
         state: sum(m.state == state for m in summary.models)
         for state in ("pulled", "present", "skipped", "failed")
@@ -449,7 +496,8 @@ def replay(
 def runs(runs_dir: Path) -> None:
     """List the runs in a runs directory.
 
-    Example: localtable runs --runs-dir runs
+    STATUS is `running` only for a run a living process holds (its lock); a run
+    whose process died shows `interrupted`. Example: localtable runs --runs-dir runs
     """
     listing = list_runs(runs_dir)
     if not listing:
@@ -460,7 +508,7 @@ def runs(runs_dir: Path) -> None:
     for item in listing:
         r = item.record
         if r is None:
-            rows.append((item.run_dir.name, "-", "unreadable", "-", "-", "-", item.problem or ""))
+            rows.append((item.run_dir.name, "-", item.status, "-", "-", "-", item.problem or ""))
             continue
         question = " ".join(r.question.split())
         question = question if len(question) <= 60 else question[:57] + "..."
@@ -468,15 +516,16 @@ def runs(runs_dir: Path) -> None:
             (
                 r.run_id,
                 f"{r.created_at:%Y-%m-%d %H:%M}",
-                r.status,
+                item.status,
                 r.panel,
                 str(r.rounds),
                 (r.transcript_sha256 or "-")[:12],
                 question,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
+    shown = [[" ".join(text_value(c).split()) for c in row] for row in rows]  # shared records
+    widths = [max(len(row[i]) for row in shown) for i in range(len(header) - 1)]
+    for row in shown:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]))
 
@@ -489,27 +538,117 @@ def _duration(seconds: float) -> str:
     )
 
 
-class BatchPrinter:
-    """One stderr line per debate of a batch, with the estimated time left."""
+def _batch_line(p: BatchProgress) -> str:
+    """The batch's live line: counts, each worker, debates per hour, time left."""
+    parts = [f"{p.finished}/{p.total} done", f"{p.running} running", f"{p.failed} failed"]
+    if p.errors:
+        parts.append(f"{p.errors} errors")
+    for w in p.workers:
+        what = f"{w.run_id} ({w.turns} turns)" if w.state == "busy" else w.state
+        parts.append(f"w{w.worker} {what}")
+    if p.per_hour is not None:
+        parts.append(f"{p.per_hour:.0f} debates/h")
+    if p.eta_seconds is not None:
+        parts.append(f"ETA {_duration(p.eta_seconds)}")
+    return " · ".join(parts)
 
-    def __init__(self, quiet: bool) -> None:
+
+class BatchPrinter:
+    """Batch progress on stderr: a line per debate started and finished and per worker
+    event, and on a terminal one live line for the whole batch, rewritten in place."""
+
+    def __init__(self, quiet: bool, live: bool | None = None) -> None:
         self.quiet = quiet
+        self.live = sys.stderr.isatty() if live is None else live
+        self.shown = False
+
+    def _echo(self, text: str) -> None:
+        if self.shown:
+            click.echo("\r\x1b[K", err=True, nl=False)
+            self.shown = False
+        click.echo(text, err=True)
 
     def __call__(self, event: BatchEvent) -> None:
         if self.quiet:
             return
+        line = self._line(event)
+        if line:
+            self._echo(line)
+        if self.live and event.progress is not None:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            click.echo("\r\x1b[K" + _batch_line(event.progress)[:width], err=True, nl=False)
+            self.shown = True
+
+    def _line(self, event: BatchEvent) -> str | None:
+        p = event.progress
+        several = p is not None and len(p.workers) > 1
+        on = f" on worker {event.worker}" if several and event.worker else ""
+        if event.position == 0:  # a worker event
+            where = f" on {event.where}" if event.where else ""
+            if event.action == "refused":
+                return f"worker {event.worker}{where} refused: {event.error}"
+            if event.action == "lost":
+                return f"worker {event.worker}{where} died: {event.error}"
+            return (
+                f"worker {event.worker} ready{where}"
+                if several and event.status == "ready"
+                else None
+            )
         head = f"[{event.position}/{event.total}] {event.question_id} seed {event.seed}"
         if event.action == "skip":
-            click.echo(f"{head}: {event.status}, skipped", err=True)
-        elif event.action in ("run", "resume"):
+            return f"{head}: {event.status}, skipped"
+        if event.action in ("run", "resume"):
             left = f" (about {_duration(event.eta_seconds)} left)" if event.eta_seconds else ""
             verb = "resuming" if event.action == "resume" else "running"
-            click.echo(f"{head}: {verb}{left} ... ", err=True, nl=False)
-        elif event.action == "error":
-            click.echo(f"error: {event.error}", err=True)
-        else:
-            left = f"; about {_duration(event.eta_seconds)} left" if event.eta_seconds else ""
-            click.echo(f"{event.status} ({event.seconds:.1f}s){left}", err=True)
+            return f"{head}: {verb}{on}{left}"
+        if event.action == "error":
+            return f"{head}: error{on}: {event.error}"
+        if event.action == "requeue":
+            return (
+                f"{head}: its worker {event.worker} died ({event.error}); back in the queue, "
+                "to resume from its last finished turn"
+            )
+        tail = f"; {_batch_line(p)}" if p is not None and not self.live else ""
+        return f"{head}: {event.status} ({event.seconds or 0:.1f}s{on.replace(' on', ',')}){tail}"
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+            self.shown = False
+
+
+def _print_batch_summary(result: BatchResult) -> None:
+    complete, failed, errors = (result.count(s) for s in ("complete", "failed", "error"))
+    click.echo(
+        f"Batch {result.index.name}: {complete} complete, {failed} failed, {errors} errors; "
+        f"index {result.batch_dir / 'batch.json'}",
+        err=True,
+    )
+    if len(result.workers) > 1:
+        for w in result.workers:
+            where = f" on {w.where}" if w.where else ""
+            state = f", {w.state}: {w.message}" if w.state in ("refused", "gone") else ""
+            click.echo(f"  worker {w.worker}{where}: {w.finished} debates{state}", err=True)
+    if result.requeued:
+        click.echo(f"  {result.requeued} debates went back to the queue after their worker "
+                   "died, and were resumed from their last finished turn", err=True)  # fmt: skip
+    entries = result.index.entries
+    for e in [e for e in entries if e.status == "failed"]:
+        click.echo(f"  failed: {e.run_dir}: {e.error}", err=True)
+    if failed:
+        click.echo(
+            "  (a failed debate is finished and recorded as such; `localtable render "
+            f"{result.batch_dir}/RUN` shows why)",
+            err=True,
+        )
+    for e in [e for e in entries if e.status == "error"]:
+        click.echo(f"  error: {e.run_dir}: {e.error}", err=True)
+    if errors:
+        click.echo(
+            "  Fix the cause, then run the same command again: it runs only the debates "
+            "that are not finished.",
+            err=True,
+        )
 
 
 SCORE_FORMATS = ["text", "md", "csv"]
@@ -537,6 +676,16 @@ SCORE_FORMATS = ["text", "md", "csv"]
 @memory_budget_option
 @click.option("--allow-engine-change", is_flag=True,
               help="Resume debates even if llama-cpp-python's build changed.")  # fmt: skip
+@click.option(
+    "--workers", type=click.IntRange(1, 1024), default=1, show_default=True,
+    help="Debates run at once: N worker processes, each with its own models and its share "
+    "of the cores (with --ray: N Ray actors).",
+)  # fmt: skip
+@click.option(
+    "--ray", "ray_address", metavar="ADDRESS",
+    help="Run the workers as Ray actors on the cluster at ADDRESS (host:port), or 'auto' for "
+    "a private Ray instance on this machine. Needs localtable[ray].",
+)  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @user_errors
 def batch(
@@ -554,6 +703,8 @@ def batch(
     reuse: bool,
     memory_budget: str | None,
     allow_engine_change: bool,
+    workers: int,
+    ray_address: str | None,
     quiet: bool,
 ) -> None:
     """Run every question of a JSONL or TOML file (or a built-in task) over seeds.
@@ -561,12 +712,16 @@ def batch(
     One run record per (question, seed) in RUNS_DIR/NAME/, indexed in batch.json.
     Run the same command again to skip finished debates and resume an
     interrupted one. Prints the accuracy table when questions have answer keys.
-    Example: localtable batch --task arithmetic --limit 5 --seeds 1 --rounds 2
+    With --workers N, N debates run at once, each in a worker with its own
+    models; with --ray, on a Ray cluster. The records are the same either way.
+    Example: localtable batch --task arithmetic --limit 5 --seeds 1 --rounds 2 --workers 2
     """
-    from localtable.backends.llamacpp.memory import parse_size
+    from localtable.backends.llamacpp.backend import available_cores
+    from localtable.backends.llamacpp.memory import default_budget, parse_size
     from localtable.research.batch import BatchRequest, SessionRunner, parse_seeds, run_batch
     from localtable.research.questions import load_questions
     from localtable.research.tasks import load_task
+    from localtable.research.workers import LocalPool, WorkerSpec
 
     if (questions_file is None) == (task is None):
         raise ConfigError("give a questions file (.jsonl or .toml) or --task NAME, not both")
@@ -585,14 +740,41 @@ def batch(
         memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
     )
     loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
-    with SessionRunner(loaded, TemplateSet(), lambda e: None, allow_engine_change) as runner:
-        result = run_batch(req, runner, BatchPrinter(quiet))
-    complete, failed, errors = (result.count(s) for s in ("complete", "failed", "error"))
-    click.echo(
-        f"Batch {result.index.name}: {complete} complete, {failed} failed, {errors} errors; "
-        f"index {result.batch_dir / 'batch.json'}",
-        err=True,
-    )
+    printer = BatchPrinter(quiet)
+    spec = WorkerSpec(
+        loaded=loaded, panel=req.panel, allow_engine_change=allow_engine_change,
+        verify=verify, reuse_prefix=reuse, memory_budget=req.memory_budget,
+    )  # fmt: skip
+    try:
+        if ray_address is not None:
+            from localtable.research.raycluster import RayPool
+
+            with RayPool(spec, workers, ray_address) as ray_pool:
+                result = run_batch(req, ray_pool, printer)
+        elif workers > 1:
+            # each worker its share of the cores and of the memory (models.toml's
+            # threads and --memory-budget, when given, are each worker's)
+            machine = default_budget()
+            if req.memory_budget is None and machine is not None:
+                budget = machine // workers
+                req = req.model_copy(update={"memory_budget": budget})
+                spec = spec.model_copy(update={"memory_budget": budget})
+            cores = available_cores()
+            threads = max(1, cores // workers)
+            if workers > cores:
+                click.echo(f"Note: {workers} workers on {cores} cores: more workers than cores "
+                           "slows every debate down", err=True)  # fmt: skip
+            pool = LocalPool(spec.model_copy(update={"threads": threads}), workers)
+            result = run_batch(req, pool, printer)
+        else:
+            with SessionRunner(
+                loaded, TemplateSet(), lambda e: None, allow_engine_change
+            ) as runner:
+                result = run_batch(req, runner, printer)
+    finally:
+        printer.close()
+    _print_batch_summary(result)
+    errors = result.count("error")
     _print_score([str(result.batch_dir)], runs_dir, fmt, None, quiet_if_none=True)
     if errors:
         sys.exit(1)

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from localtable.errors import ConfigError
 
@@ -65,6 +72,18 @@ class HubSource(Strict):
     repo: str = Field(pattern=r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
     file: str
     revision: str = "main"
+
+    @field_validator("file")
+    @classmethod
+    def _inside_the_repo(cls, value: str) -> str:
+        """The file's path becomes a path in the Hugging Face cache: never '..' or absolute."""
+        parts = value.split("/")
+        if "\\" in value or any(p in ("", ".", "..") for p in parts) or not value.isprintable():
+            raise ValueError(
+                "file must be a path inside the repository, like 'model.gguf' or "
+                "'dir/model.gguf' (no '..', no leading or doubled '/', no backslash)"
+            )
+        return value
 
 
 class ServerSource(Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -16,18 +17,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from localtable.errors import RecordError
+from localtable.errors import RecordError, RecordWriteError
 from localtable.record_upgrade import TARGET_VERSION, upgrade_v2
+from localtable.runlock import lock_holder
 from localtable.storage import StorageError, read_versioned, write_atomic
 
 # 2 added `memory` and `summary.rejected`. 3 is backend-neutral: each model names the
 # backend that ran it, with that backend's own settings; `backends` and `machine`
 # replace the llama.cpp-only `engine`; sampling is stored as it was (no config
 # limits); turns and the summary keep the display limits that applied; generations
-# keep their token ids. Versions 1 and 2 are upgraded on reading (record_upgrade.py).
+# keep their token ids; rejected summary attempts keep their generations. Versions
+# 1 and 2 are upgraded on reading (record_upgrade.py).
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 RECORD_FILE = "record.json"
+# A run id names the run's folder: one path component (`replay` writes <id>-replay-...
+# next to the runs it reads, and records are shared, so a record must not name "../x").
+RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 
 
 class Frozen(BaseModel):
@@ -151,6 +157,10 @@ class SummaryRecord(Frozen):
     rejected: list[str] = Field(
         default_factory=list, description="unusable attempts, each with its seed and why"
     )
+    rejected_generations: list[Generation] = Field(
+        default_factory=list,
+        description="the unusable attempts' generations: work done and thrown away",
+    )
     headline: str = ""
     groups: list[PositionGroup] = Field(default_factory=list)
     counterpoint: str = ""
@@ -181,7 +191,7 @@ QuestionKind = Literal["open", "choice", "number"]
 
 class RunRecord(Frozen):
     schema_version: Literal[3] = 3  # SCHEMA_VERSION
-    run_id: str
+    run_id: str = Field(pattern=RUN_ID)
     created_at: datetime
     finished_at: datetime | None = None
     status: RunStatus = "running"
@@ -281,22 +291,30 @@ def record_path(run_dir: Path) -> Path:
 
 def write_record(run_dir: Path, record: RunRecord) -> None:
     """Replace record.json atomically: a failure leaves the previous version intact."""
+    target = record_path(run_dir)
+    saved = target.is_file()
     try:
-        write_atomic(record_path(run_dir), record.model_dump_json(indent=2).encode("utf-8"))
+        write_atomic(target, record.model_dump_json(indent=2).encode("utf-8"))
     except StorageError as exc:
-        raise RecordError(
-            f"{exc}; nothing after the last saved turn was lost: fix that, then "
-            "`localtable resume` continues from there"
-        ) from None
+        fix = "free disk space" if exc.disk_full else "make the runs folder writable"
+        then = (
+            f"{fix}, then `localtable resume` continues from the last saved turn"
+            if saved
+            else f"nothing was saved; {fix} or choose another --runs-dir"
+        )
+        raise RecordWriteError(f"{exc}; {then}") from None
 
 
 def find_run(run: str, runs_dir: Path) -> Path:
-    """A run given as a directory, a record.json path, or a run id under runs_dir."""
+    """A run given as a directory, a record.json path, or a run id under runs_dir.
+
+    A record.json that is there but cannot be read (a symlink loop, no permission)
+    is found, so that reading it says what is wrong with it."""
     candidates = [Path(run), runs_dir / run]
     for c in candidates:
-        if c.is_file() and c.name == RECORD_FILE:
+        if c.name == RECORD_FILE and os.path.lexists(c) and not c.is_dir():
             return c.parent
-        if (c / RECORD_FILE).is_file():
+        if os.path.lexists(c / RECORD_FILE):
             return c
     raise RecordError(
         f"no run {run!r}: no {RECORD_FILE} there or in {runs_dir}; see `localtable runs`"
@@ -334,6 +352,17 @@ class RunListing(BaseModel):
     run_dir: Path
     record: RunRecord | None = None
     problem: str | None = None
+    locked_by: str | None = None  # the process working on the run now (localtable/runlock.py)
+
+    @property
+    def status(self) -> str:
+        """`running` only while a process holds the run's lock; a record left `running`
+        by a process that died (killed, crashed, power cut) is `interrupted`."""
+        if self.locked_by is not None:
+            return "running"
+        if self.record is None:
+            return "unreadable"
+        return "interrupted" if self.record.status == "running" else self.record.status
 
 
 def list_runs(runs_dir: Path) -> list[RunListing]:
@@ -341,9 +370,11 @@ def list_runs(runs_dir: Path) -> list[RunListing]:
     if not runs_dir.is_dir():
         return []
     out = []
-    for run_dir in sorted(p for p in runs_dir.iterdir() if (p / RECORD_FILE).is_file()):
+    for run_dir in sorted(p for p in runs_dir.iterdir() if os.path.lexists(p / RECORD_FILE)):
+        holder = lock_holder(run_dir)
         try:
-            out.append(RunListing(run_dir=run_dir, record=read_record(run_dir)))
+            record = read_record(run_dir)
+            out.append(RunListing(run_dir=run_dir, record=record, locked_by=holder))
         except RecordError as exc:
-            out.append(RunListing(run_dir=run_dir, problem=str(exc)))
+            out.append(RunListing(run_dir=run_dir, problem=str(exc), locked_by=holder))
     return out

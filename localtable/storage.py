@@ -10,7 +10,6 @@ with a message that says so, instead of guessing.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import tempfile
@@ -20,11 +19,17 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from localtable.errors import describe_write_error, disk_full
+
 M = TypeVar("M", bound=BaseModel)
 
 
 class StorageError(Exception):
     """A file could not be written or read; the message names the file and the cause."""
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
 
 
 def _umask() -> int:
@@ -51,19 +56,11 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        raise StorageError(describe_os_error(path, exc)) from None
+        message = f"cannot write {path}: {describe_write_error(exc)}"
+        raise StorageError(message, disk_full=disk_full(exc)) from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-
-
-def describe_os_error(path: Path, exc: OSError) -> str:
-    """What went wrong with a write, in words that point at the fix."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"cannot write {path}: the disk is full; free some space"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {path}: permission denied or read-only file system ({exc.strerror})"
-    return f"cannot write {path}: {exc.strerror or exc}"
 
 
 def read_versioned(

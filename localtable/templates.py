@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from localtable.errors import ConfigError
+from localtable.template_limits import BoundedSandbox
 
 
 def builtin_dir() -> Path:
@@ -42,8 +42,9 @@ class TemplateSet:
                 raise ConfigError(f"{override_dir}: templates folder does not exist")
             dirs.insert(0, str(override_dir))
         self.dirs = [Path(d) for d in dirs]
-        # Sandboxed: user-supplied layout templates must not reach Python internals.
-        self.env = ImmutableSandboxedEnvironment(
+        # Sandboxed: user-supplied layout templates must not reach Python internals, nor
+        # build values without bound (localtable/template_limits.py).
+        self.env = BoundedSandbox(
             loader=jinja2.FileSystemLoader(dirs),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
@@ -51,7 +52,7 @@ class TemplateSet:
         )
         self.env.filters["gbnf_literal"] = gbnf_literal
         # Output layouts are escaped by their format (see render_layout).
-        self.html_env = self.env.overlay(autoescape=True)
+        self.html_env = self.env.overlay(autoescape=True, finalize=text_value)
         self.md_env = self.env.overlay(finalize=markdown_value)
         self.text_env = self.env.overlay(finalize=text_value)
 
@@ -73,8 +74,9 @@ class TemplateSet:
 
         html: every value is HTML-escaped (autoescape on). md: every value has
         `<` and `[` replaced by entities, so a Markdown viewer shows raw HTML,
-        links and images from a model as text. text: control characters other
-        than newline and tab are dropped, so a model cannot drive the terminal.
+        links and images from a model as text. In every format, C0 and C1
+        control characters other than newline and tab are dropped, so a record
+        (they are shared) cannot drive the terminal that shows it.
         A layout may be the user's: any error in it is a one-line ConfigError.
         """
         env = {"html": self.html_env, "md": self.md_env}.get(fmt, self.text_env)
@@ -89,17 +91,22 @@ class TemplateSet:
         """Load and compile a template, so a broken one fails before a long run."""
         try:
             self.html_env.get_template(template_name)
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, UnicodeDecodeError) as exc:
             raise self._error(template_name, exc) from None
 
     def _render(self, env: jinja2.Environment, name: str, values: dict[str, Any]) -> str:
         try:
             return env.get_template(name).render(**values)
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, UnicodeDecodeError) as exc:
             raise self._error(name, exc) from None
 
     def _error(self, name: str, exc: Exception) -> ConfigError:
         """One line naming the template file and line, from the template's own traceback."""
+        if isinstance(exc, UnicodeDecodeError):  # raised while loading, before any line
+            return ConfigError(
+                f"{self._where(name)}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                f"offset {exc.start}); save the template as UTF-8"
+            )
         if isinstance(exc, jinja2.TemplateSyntaxError):
             where = exc.filename or self._where(name)
             return ConfigError(f"{where}:{exc.lineno}: template syntax error: {exc.message}")
@@ -127,19 +134,21 @@ def template_frame(exc: BaseException) -> tuple[str, int] | None:
     """The innermost (file, line) of a template in the traceback Jinja rewrote for it."""
     found = None
     for entry in traceback.extract_tb(exc.__traceback__):
-        if entry.filename and not entry.filename.endswith(".py") and entry.lineno:
+        name = entry.filename
+        if name and not name.endswith(".py") and not name.startswith("<") and entry.lineno:
             found = (entry.filename, entry.lineno)
     return found
 
 
 def markdown_value(value: Any) -> Any:
-    """Neutralise raw HTML, autolinks, links and images in a value printed into Markdown.
+    """Neutralise raw HTML, autolinks, links, images and terminal control characters in a
+    value printed into Markdown.
 
     Entities, not backslashes: the replacement contains neither `<` nor `[`, so
     escaping twice (a macro's output printed again) changes nothing.
     """
     if isinstance(value, str):
-        return value.replace("<", "&lt;").replace("[", "&#91;")
+        return text_value(value).replace("<", "&lt;").replace("[", "&#91;")
     return value
 
 
@@ -147,7 +156,9 @@ _CONTROL = dict.fromkeys(c for c in [*range(0x20), *range(0x7F, 0xA0)] if c not 
 
 
 def text_value(value: Any) -> Any:
-    """Drop terminal control characters (ANSI escapes, carriage returns) from a value."""
+    """Drop terminal control characters (ANSI escapes, carriage returns) from a value.
+
+    A Markup value stays Markup (markupsafe's translate keeps the type)."""
     if isinstance(value, str):
         return value.translate(_CONTROL)
     return value

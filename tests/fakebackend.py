@@ -7,7 +7,10 @@ backend counts how often each model was loaded. Tests register it for the
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter
+from pathlib import Path
 
 from localtable.backends.base import (
     ChatMessage,
@@ -23,6 +26,23 @@ from localtable.templates import TemplateSet
 # model name -> how many times it was loaded, over every instance (a test resets it)
 LOADS: Counter[str] = Counter()
 OPENED_WITH: list[MemoryRecord | None] = []
+# A folder: each process's second generation writes <pid> there and waits until a file
+# `go` appears (or its parent is gone), so that a test can kill a worker mid-debate.
+HOLD = "LOCALTABLE_FAKE_HOLD"
+CALLS: Counter[int] = Counter()  # pid -> generations
+
+
+def hold() -> None:
+    folder = os.environ.get(HOLD)
+    CALLS[os.getpid()] += 1
+    if not folder or CALLS[os.getpid()] != 2:
+        return
+    parent = os.getppid()
+    (Path(folder) / str(os.getpid())).touch()
+    while not (Path(folder) / "go").exists():
+        if os.getppid() != parent:
+            raise SystemExit(0)  # its batch was killed: an orphan stops
+        time.sleep(0.01)
 
 
 def reply_for(request: TurnRequest, panel: list[str]) -> str:
@@ -54,6 +74,7 @@ class FakeSeat:
         return len(text) // 4
 
     def generate(self, request: TurnRequest) -> TurnResult:
+        hold()
         text = reply_for(request, self.backend.panel)
         n = self.count_tokens(request.messages)
         return TurnResult(

@@ -27,6 +27,8 @@ Switches for failure tests (keyed by file path in the repo):
   tamper                 serve the bytes with one byte flipped (metadata stays right)
   wrong_sha256           advertise a wrong sha256 everywhere (API and X-Linked-Etag)
   wrong_size             advertise a wrong size in the API metadata
+
+StalledServer is another host: one that accepts connections and never answers.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -389,3 +393,53 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away; nothing to clean up
         # Returning closes the connection (HTTP/1.0): a cut transfer ends short of Content-Length.
+
+
+class StalledServer:
+    """A host on 127.0.0.1:<free port> that accepts connections and never answers, like a
+    stalled proxy or mirror. It holds each connection until stop(), or `hold_seconds`
+    after starting at most, so a client without timeouts hangs only that long."""
+
+    def __init__(self, hold_seconds: float = 300.0) -> None:
+        self.hold_seconds = hold_seconds
+        self.accepted = 0
+        self.url = ""
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StalledServer:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._sock.listen(16)
+        self._sock.settimeout(0.1)
+        self._thread = threading.Thread(target=self._hold, daemon=True)
+        self._thread.start()
+        return self
+
+    def _hold(self) -> None:
+        assert self._sock is not None
+        held: list[socket.socket] = []
+        deadline = time.monotonic() + self.hold_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            held.append(conn)  # read nothing, write nothing
+        for conn in held:
+            conn.close()
+        self._sock.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> StalledServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -126,7 +126,7 @@ def test_batch_runs_every_question_and_seed_then_skips_them(tmp_path: Path) -> N
     assert result.batch_dir == tmp_path / "demo"
     assert [c[1] for c in runner.calls] == ["cap-s1", "cap-s2", "sum-s1", "sum-s2"]
     index = read_index(tmp_path / "demo")
-    assert index.version == 1 and index.panel == "default" and index.rounds == 2
+    assert index.version == 2 and index.panel == "default" and index.rounds == 2
     assert [(e.question_id, e.seed, e.run_dir, e.status) for e in index.entries] == [
         ("cap", 1, "cap-s1", "complete"), ("cap", 2, "cap-s2", "complete"),
         ("sum", 1, "sum-s1", "complete"), ("sum", 2, "sum-s2", "complete"),
@@ -137,13 +137,15 @@ def test_batch_runs_every_question_and_seed_then_skips_them(tmp_path: Path) -> N
         assert record.question_id == entry.question_id and record.seed == entry.seed
     cap = read_record(tmp_path / "demo" / "cap-s1")
     assert cap.question_kind == "choice" and cap.answer_key == "Paris"
-    assert [e.action for e in events] == ["run", "done"] * 4
+    assert [e.action for e in events if e.position] == ["run", "done"] * 4
+    assert all(e.worker == 1 for e in events if e.action in ("run", "done"))
     done = [e for e in events if e.action == "done"]
     assert done[-1].eta_seconds == 0.0 and all(e.seconds is not None for e in done)
     # again: everything is finished, nothing runs
     again, events2 = FakeRunner(), []
     run_batch(request(tmp_path), again, events2.append)
     assert again.calls == [] and [e.action for e in events2] == ["skip"] * 4
+    assert not (tmp_path / "demo" / ".work").exists()
 
 
 def test_interrupted_batch_resumes_the_interrupted_debate_and_skips_finished(
@@ -154,21 +156,27 @@ def test_interrupted_batch_resumes_the_interrupted_debate_and_skips_finished(
         run_batch(request(tmp_path), runner, lambda e: None)
     index = read_index(tmp_path / "demo")
     assert [e.status for e in index.entries] == ["complete", "interrupted", "pending", "pending"]
-    assert read_record(tmp_path / "demo" / "cap-s2").status == "interrupted"
+    # an unfinished debate stays in .work/: only finished ones are under their own name
+    assert not (tmp_path / "demo" / "cap-s2").exists()
+    assert read_record(tmp_path / "demo" / ".work" / "cap-s2").status == "interrupted"
     events: list[BatchEvent] = []
     second = FakeRunner()
     run_batch(request(tmp_path), second, events.append)
     assert second.calls == [("resume", "cap-s2"), ("run", "sum-s1"), ("run", "sum-s2")]
-    assert [e.action for e in events if e.action != "done"] == ["skip", "resume", "run", "run"]
+    assert [e.action for e in events if e.position and e.action != "done"] == [
+        "skip", "resume", "run", "run"
+    ]  # fmt: skip
     resumed = read_record(tmp_path / "demo" / "cap-s2")
     assert resumed.status == "complete" and len(resumed.turns) == 6
-    # a SIGKILL leaves a record "running" and a stale index: the record decides
+    # an older localtable ran debates in place: a SIGKILL there left a record "running"
+    # under the run's own name and a stale index; the record decides, and it moves to .work
     record = read_record(tmp_path / "demo" / "sum-s2")
     record.status, record.summary = "running", None
     write_record(tmp_path / "demo" / "sum-s2", record)
     third = FakeRunner()
     run_batch(request(tmp_path), third, lambda e: None)
     assert third.calls == [("resume", "sum-s2")]
+    assert read_record(tmp_path / "demo" / "sum-s2").status == "complete"
 
 
 def test_batch_refuses_other_rounds_or_changed_questions(tmp_path: Path) -> None:

@@ -155,6 +155,6 @@ def test_cli_compare_and_score_on_stored_runs(tmp_path: Path) -> None:
     )  # fmt: skip
     assert scored.exit_code == 0 and scored.output.startswith("table,label,round")
     only_open = runner.invoke(cli, ["score", "o-s1", "--runs-dir", str(tmp_path)])
-    assert only_open.exit_code == 1 and "nothing to score" in only_open.output
+    assert only_open.exit_code == 2 and "nothing to score" in only_open.output
     missing = runner.invoke(cli, ["compare", "nope", "--runs-dir", str(tmp_path)])
-    assert missing.exit_code == 1 and "no run 'nope'" in missing.output
+    assert missing.exit_code == 2 and "no run 'nope'" in missing.output

@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -27,9 +28,9 @@ from typing import Any
 import pytest
 
 try:
-    from tests.hubserver import HubServer
+    from tests.hubserver import HubServer, StalledServer
 except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from hubserver import HubServer  # type: ignore[no-redef]
+    from hubserver import HubServer, StalledServer  # type: ignore[no-redef]
 
 from localtable.config import load_config
 from localtable.errors import ConfigError
@@ -410,6 +411,48 @@ def test_server_down(bench: Bench, hub: HubServer) -> None:
     hub.stop()
     result = bench.pull("tiny")["tiny"]
     assert_one_line_failure(result, "tiny", "cannot reach the Hub", hub.url)
+    assert_nothing_kept(bench, "tiny")
+
+
+def test_a_host_that_never_answers_fails_in_time_naming_it(bench: Bench) -> None:
+    """A stalled proxy or mirror: the connection is accepted, no answer ever comes."""
+    bench.write_config({"tiny": hf(REPO, "m.gguf")})
+    with StalledServer() as stalled:
+        proc = subprocess.run(
+            [sys.executable, "-m", "localtable", "pull", "tiny", "--config", str(bench.config),
+             "--read-timeout", "1.5", "--connect-timeout", "1", "-q"],
+            env=bench.env(endpoint=stalled.url), capture_output=True, text=True, timeout=120,
+            cwd=ROOT,
+        )  # fmt: skip
+    assert stalled.accepted >= 1
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.splitlines()[0]
+    assert line.startswith(f"tiny: failed - model 'tiny': {stalled.url} did not answer within "
+                           "1.5 s (ReadTimeout)"), line  # fmt: skip
+    assert "--read-timeout" in line
+    assert_nothing_kept(bench, "tiny")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stop_signal_ends_a_waiting_pull(bench: Bench, sig: signal.Signals, code: int) -> None:
+    """SIGTERM and SIGHUP stop a command as Ctrl-C does, with exit 128 + the signal."""
+    bench.write_config({"tiny": hf(REPO, "m.gguf")})
+    with StalledServer() as stalled:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "localtable", "pull", "tiny", "--config", str(bench.config),
+             "-q"],
+            env=bench.env(endpoint=stalled.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, cwd=ROOT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while stalled.accepted == 0 and proc.poll() is None:  # waiting for the Hub to answer
+            assert time.monotonic() < deadline, "pull never reached the Hub"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err == f"Stopped by {sig.name}.\n"
     assert_nothing_kept(bench, "tiny")
 
 

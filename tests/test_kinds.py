@@ -130,7 +130,7 @@ def test_parse_turn_checks_kind() -> None:
     with pytest.raises(ParseFailure, match="not a number"):
         parse_turn("Answer: twelve\nReasoning: x", later_round=False, peers={}, kind="number")
     parsed = parse_turn("Answer: 7\nReasoning: x", later_round=False, peers={}, kind="number")
-    assert parsed.answer == "7"  # one digit: no "has no words" check for numbers
+    assert parsed.answer == "7"
     parsed = parse_turn(
         "Answer: B\nReasoning: x", later_round=False, peers={}, kind="choice", options=["A", "B"]
     )
@@ -184,6 +184,6 @@ def test_a_number_question_summary_may_headline_the_number_alone() -> None:
     assert record.summary and record.summary.status == "ok"
     assert record.summary.headline == "3.9"
     assert record.summary.consensus.line == "2 of 3 agreed"
-    with pytest.raises(ParseFailure, match="headline has no words"):
-        parse_summary("Headline: 3.9\nPosition A: x\nA1: A\nCounterpoint: c\nSummary: s",
+    with pytest.raises(ParseFailure, match="headline has no letter or digit"):
+        parse_summary("Headline: ...\nPosition A: x\nA1: A\nCounterpoint: c\nSummary: s",
                       members={"A1": "A1"})  # fmt: skip

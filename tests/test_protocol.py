@@ -126,7 +126,7 @@ def test_nonsense_and_crash_become_failed_turns_never_agreement() -> None:
     )
     record, _ = run(speaker, make_record(["A1", "B2", "C3"]))
     b1 = record.turn(1, "B2")
-    assert b1 and b1.status == "failed" and b1.error and "answer has no words" in b1.error
+    assert b1 and b1.status == "failed" and b1.error and "answer has no letter or digit" in b1.error
     c2 = record.turn(2, "C3")
     assert c2 and c2.status == "failed" and c2.error and "SIGSEGV" in c2.error
     # the summarizer may only group panelists whose final turn is valid
@@ -209,6 +209,10 @@ def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
         f"seed {seeds[0]}: the headline only repeats the prompt: 'Is open source good?'",
         f"seed {seeds[1]}: no 'Position A:' line",
     ]
+    # the work thrown away is kept and counted, not only its reasons
+    thrown = record.summary.rejected_generations
+    assert [g.seed for g in thrown] == seeds[:2]
+    assert thrown[1].raw_output == "Headline: Open" and thrown[0].completion_tokens > 0
 
 
 def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() -> None:
@@ -220,6 +224,8 @@ def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() ->
     assert record.summary is not None and record.summary.status == "failed"
     assert record.summary.error and "only repeats the prompt" in record.summary.error
     assert len(record.summary.rejected) == 3 and len(speaker.calls) == 5
+    # the last attempt is the summary's generation; the two before it were thrown away
+    assert len(record.summary.rejected_generations) == 2
 
 
 def test_a_backend_that_cannot_answer_stops_the_run_and_resume_runs_that_turn_again() -> None:

@@ -40,3 +40,24 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert "make demo" in head and "make test" in head
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_readme_exit_codes_match_the_errors() -> None:
+    from localtable.errors import (
+        ConfigError,
+        LocaltableError,
+        ModelFileError,
+        RecordError,
+        RecordWriteError,
+    )
+    from localtable.runlock import RunLocked
+    from localtable.session.rerun import EngineChanged
+    from localtable.session.run import RunFailed, RunInterrupted
+
+    for code, meaning in [(0, "ok"), (1, "failed"), (2, "refused"), (130, "Ctrl-C"),
+                          (143, "SIGTERM"), (129, "SIGHUP")]:  # fmt: skip
+        assert re.search(rf"\| `{code}` \|[^\n]*{meaning}", README), (code, meaning)
+    refused = [ConfigError, ModelFileError, RecordError, RunLocked, EngineChanged]
+    assert {cls.exit_code for cls in refused} == {2}
+    assert {cls.exit_code for cls in (LocaltableError, RunFailed, RecordWriteError)} == {1}
+    assert RunInterrupted.exit_code == 130

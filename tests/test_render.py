@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from localtable.cli import cli
 from localtable.debate.protocol import Debate
-from localtable.record import READERS, ModelRecord, RunRecord, SummaryRecord, transcript_sha256
+from localtable.record import ModelRecord, RunRecord, SummaryRecord, transcript_sha256
 from localtable.report.render import (
     ChartCell,
     ChartRow,
@@ -45,8 +45,7 @@ PAYLOADS = [SCRIPT, CLOSE, ATTR, QUOTE, JS_LINK, IMAGE]
 
 
 def fixture_record() -> RunRecord:
-    """A real run's record, stored as written (schema version 2), read as today."""
-    return READERS[2](json.loads((DATA / "record.json").read_text(encoding="utf-8")))
+    return RunRecord.model_validate_json((DATA / "record.json").read_text(encoding="utf-8"))
 
 
 def run_fake(record: RunRecord, replies: dict[str, list[str | Exception]]) -> RunRecord:

@@ -116,7 +116,7 @@ def test_resume_matches_the_run_done_in_one_go(
     assert "Transcript sha256" in result.stderr
     assert comparable(run_dir) == comparable(one_go)
     again = localtable("resume", run_dir.name, "--runs-dir", str(tmp_path), env=env)
-    assert again.returncode == 1 and "already complete" in again.stderr
+    assert again.returncode == 2 and "already complete" in again.stderr
 
 
 def test_replay_is_identical(env: dict[str, str], one_go: Path) -> None:
@@ -149,7 +149,7 @@ def test_replay_refuses_another_engine_build_unless_asked(
     copy.mkdir()
     (copy / "record.json").write_text(json.dumps(raw))
     refused = localtable("replay", str(copy), "--runs-dir", str(tmp_path), env=env)
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "engine build differs" in refused.stderr and "--allow-engine-change" in refused.stderr
     forced = localtable(
         "replay", str(copy), "--runs-dir", str(tmp_path), "-q", "--allow-engine-change", env=env

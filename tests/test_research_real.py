@@ -52,7 +52,9 @@ def test_batch_interrupted_resumed_scored_and_compared(
     args = ["batch", str(questions), "--config", str(config), "--runs-dir", str(runs),
             "--seeds", "1", "--rounds", "2"]  # fmt: skip
     batch_dir = runs / "study"
-    first, second = batch_dir / "capital-s1" / "record.json", batch_dir / "sum-s1" / "record.json"
+    # a debate runs in .work/ and moves under its own name once finished
+    first = batch_dir / "capital-s1" / "record.json"
+    second = batch_dir / ".work" / "sum-s1" / "record.json"
 
     # 1. Ctrl-C once the first debate is finished and the second has begun
     proc = subprocess.Popen(
@@ -73,6 +75,7 @@ def test_batch_interrupted_resumed_scored_and_compared(
     assert [e.status for e in index.entries][1] == "interrupted"
     assert index.entries[0].status in ("complete", "failed")
     assert read_record(second.parent).status == "interrupted"
+    assert not (batch_dir / "sum-s1").exists()  # no unfinished run under a finished one's name
 
     # 2. the same command again: skips the first, resumes the second
     again = localtable(*args, env=env, timeout=1500)

@@ -284,7 +284,7 @@ def test_replay_against_the_server_is_identical_or_names_what_changed(
     assert same.stdout.strip() == f"identical {record.transcript_sha256}"
     server.build, server.variant = "b2-newer", " (newer)"
     refused = run("replay", str(run_dir), "--runs-dir", str(runs), "-q")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2  # refused before running: EngineChanged is input
     assert f"{server.url} build b1-fake -> b2-newer" in refused.stderr
     allowed = run("replay", str(run_dir), "--runs-dir", str(runs), "-q", "--allow-engine-change")
     assert allowed.exit_code == 1
@@ -316,7 +316,7 @@ def test_a_record_refuses_to_resume_on_a_server_running_another_model(
     server.on_completion.clear()
     server.model_path = "/models/another.gguf"
     result = run("resume", str(run_dir), "--runs-dir", str(tmp_path / "runs"), "-q")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "model /models/fake-7b.Q4_K_M.gguf -> /models/another.gguf" in result.stderr
 
 

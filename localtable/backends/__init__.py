@@ -39,6 +39,23 @@ def backend_for_source(kind: str) -> str:
     return _SOURCE_KINDS[kind]
 
 
+def registry() -> dict[str, str]:
+    """Every registered backend (name -> "module:Class"), for a worker process to restore."""
+    return dict(_REGISTRY)
+
+
+def source_kinds() -> dict[str, str]:
+    """models.toml source kind -> backend name, for a worker process to restore."""
+    return dict(_SOURCE_KINDS)
+
+
+def restore(registered: dict[str, str], kinds: dict[str, str]) -> None:
+    """Register in this process what registry() and source_kinds() returned in another
+    (a backend a plugin or a test registered in a batch's coordinator)."""
+    _REGISTRY.update(registered)
+    _SOURCE_KINDS.update(kinds)
+
+
 def create(name: str) -> Backend:
     if name not in _REGISTRY:
         raise ConfigError(

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict
 from localtable.debate.answers import answer_problem
 from localtable.record import ParsedTurn, PositionGroup, QuestionKind
 
-_HAS_WORD = re.compile(r"[^\W_]{2,}")
+# An answer says something when it has a letter or a digit: "4", "2+1" and "A" are
+# answers; "...", "-" and "?" are not.
+_SAYS_SOMETHING = re.compile(r"[^\W_]")
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 ECHO_MIN_WORDS = 3  # shorter fields ("Yes.") may well appear in instructions by chance
 
@@ -54,8 +56,8 @@ def _fields(text: str, names: list[str], last: str) -> dict[str, str]:
 
 
 def _meaningful(value: str, field: str) -> str:
-    if not _HAS_WORD.search(value):
-        raise ParseFailure(f"the {field} has no words: {value[:60]!r}")
+    if not _SAYS_SOMETHING.search(value):
+        raise ParseFailure(f"the {field} has no letter or digit: {value[:60]!r}")
     return value
 
 

@@ -370,6 +370,7 @@ class Debate:
         members = {p.label: p.name for p in valid}
         generation: Generation | None = None
         rejected: list[str] = []
+        rejected_generations: list[Generation] = []  # all but the attempt kept
         try:
             if not valid:
                 raise TurnFailed("no panelist gave a valid final answer")
@@ -439,6 +440,7 @@ class Debate:
                     rejected.append(f"seed {seed}: {exc}")
                     if attempt + 1 == SUMMARY_ATTEMPTS:
                         raise
+                    rejected_generations.append(generation)
         except BackendDown as exc:
             self.record.summary = SummaryRecord(
                 status="interrupted",
@@ -461,6 +463,7 @@ class Debate:
                 error=reason,
                 generation=generation,
                 rejected=rejected,
+                rejected_generations=rejected_generations,
                 groups=tallied,
                 consensus=compute_consensus(tallied, len(self.panel)),
                 line_max_chars=SUMMARY_LINE_MAX_CHARS,
@@ -475,6 +478,7 @@ class Debate:
             summarizer=summarizer.name,
             generation=generation,
             rejected=rejected,
+            rejected_generations=rejected_generations,
             headline=parsed.headline,
             groups=groups,
             counterpoint=parsed.counterpoint,

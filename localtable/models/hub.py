@@ -19,13 +19,21 @@ import errno
 import hashlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import httpx2
-from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub import (
+    HfApi,
+    constants,
+    hf_hub_download,
+    set_client_factory,
+    try_to_load_from_cache,
+)
 from huggingface_hub import errors as hf_errors
+from huggingface_hub.utils._http import default_client_factory
 from huggingface_hub.utils.tqdm import silent_tqdm
 from pydantic import BaseModel, ConfigDict
 
@@ -39,6 +47,11 @@ _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # What a Hub call or a download can raise; anything else is a bug and keeps its traceback.
 _HUB_FAILURES = (httpx2.HTTPError, OSError, hf_errors.HFValidationError)
+# Seconds to wait for a connection, and for each read once connected (`pull --connect-timeout`,
+# `--read-timeout`). huggingface_hub waits forever for some answers (model_info), so a proxy
+# or mirror that accepts the connection and never answers would hang `pull`.
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
 
 
 class NotPulledError(ModelFileError):
@@ -186,11 +199,43 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 
+def _timed_out(exc: BaseException) -> httpx2.TimeoutException | None:
+    """The timeout behind an error, however huggingface_hub wrapped it."""
+    seen: BaseException | None = exc
+    for _ in range(16):
+        if seen is None or isinstance(seen, httpx2.TimeoutException):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _no_answer(timeout: httpx2.TimeoutException, again: str) -> str:
+    """Which host did not answer, and within how long."""
+    try:
+        request = timeout.request
+        host = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
+        limits = request.extensions.get("timeout", {})
+    except RuntimeError:  # no request attached
+        host, limits = constants.ENDPOINT, {}
+    connecting = isinstance(timeout, httpx2.ConnectTimeout)
+    phase, option = ("connect", "--connect-timeout") if connecting else ("read", "--read-timeout")
+    seconds = limits.get(phase)
+    within = f" within {seconds:g} s" if isinstance(seconds, int | float) else ""
+    what = "accept the connection" if connecting else "answer"
+    return (
+        f"{host} did not {what}{within} ({type(timeout).__name__}); check the network, a "
+        f"proxy or HF_ENDPOINT, or give a longer {option}, then {again}"
+    )
+
+
 def _explain(exc: BaseException, name: str, source: HubSource, filename: str) -> ModelFileError:
     """One line naming the model, what went wrong and the fix."""
     again = f"run `localtable pull {name}` again"
     toml = "in models.toml"
-    if isinstance(exc, hf_errors.GatedRepoError):
+    timeout = _timed_out(exc)
+    if timeout is not None:
+        msg = _no_answer(timeout, again)
+    elif isinstance(exc, hf_errors.GatedRepoError):
         msg = (
             f"{source.repo} is gated: accept its terms on its Hub page, log in with "
             f"`hf auth login`, then {again}"
@@ -362,19 +407,55 @@ def _pull_one(name: str, source: HubSource, loaded: LoadedConfig, progress: bool
                      detail=detail, bytes_downloaded=downloaded)  # fmt: skip
 
 
+@contextmanager
+def bounded_requests(connect: float, read: float) -> Iterator[None]:
+    """Every request huggingface_hub sends while the block runs waits at most `connect`
+    seconds for a connection and `read` seconds for each read, whatever timeout the call
+    itself asks for (model_info asks for none). Through its public client factory, so a
+    client it rebuilds after an error keeps the bound."""
+    bounded = httpx2.Timeout(read, connect=connect).as_dict()
+
+    def bound(request: httpx2.Request) -> None:
+        request.extensions = {**request.extensions, "timeout": bounded}
+
+    def client() -> httpx2.Client:
+        made = default_client_factory()
+        made.event_hooks["request"].append(bound)
+        return made
+
+    set_client_factory(client)
+    try:
+        yield
+    finally:
+        set_client_factory(default_client_factory)
+
+
 def pull(
     loaded: LoadedConfig,
     names: list[str],
     *,
     progress: bool = True,
     on_result: Callable[[ModelPull], None] | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    read_timeout: float = READ_TIMEOUT,
 ) -> PullSummary:
     """Download, verify and pin the named models; a failure is reported, not raised.
 
     Unknown names are a ConfigError before anything is downloaded. Non-Hub
     models are reported as skipped. models.lock is updated after each model
-    that succeeds, so an interrupted pull keeps what it finished.
+    that succeeds, so an interrupted pull keeps what it finished. A host that
+    does not connect or answer within the timeouts fails that model, naming it.
     """
+    with bounded_requests(connect_timeout, read_timeout):
+        return _pull(loaded, names, progress, on_result)
+
+
+def _pull(
+    loaded: LoadedConfig,
+    names: list[str],
+    progress: bool,
+    on_result: Callable[[ModelPull], None] | None,
+) -> PullSummary:
     models = loaded.config.models
     unknown = [n for n in names if n not in models]
     if unknown:

@@ -351,6 +351,16 @@ def build_view(record: RunRecord) -> RoundtableView:
     )
 
 
+_RAW_CONTROL = re.compile(r"[\x7f-\x9f]")
+
+
+def json_text(text: str) -> str:
+    """JSON with DEL and the C1 control characters escaped as well (JSON escapes only
+    those below 0x20): a shared record printed to a terminal cannot drive it. They can
+    only occur inside strings, where \\u escapes mean the same characters."""
+    return _RAW_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def check_layout(templates: TemplateSet, fmt: str, layout: str | None = None) -> None:
     """Fail early (before a run) when the layout template for fmt does not compile."""
     if fmt == "json" and layout is None:
@@ -362,9 +372,10 @@ def render(record: RunRecord, fmt: str, templates: TemplateSet, layout: str | No
     """The record in a format; layout names a user template that replaces the built-in one.
 
     HTML layouts are autoescaped, Markdown layouts neutralise raw HTML and links
-    in every value they print, text layouts drop terminal control characters
-    (see TemplateSet.render_layout): by the format, not by the file's name.
+    in every value they print, and every layout drops terminal control characters
+    (see TemplateSet.render_layout): by the format, not by the file's name. JSON
+    escapes them.
     """
     if fmt == "json" and layout is None:
-        return record.model_dump_json(indent=2) + "\n"
+        return json_text(record.model_dump_json(indent=2)) + "\n"
     return templates.render_layout(layout or LAYOUTS[fmt], fmt, v=build_view(record))

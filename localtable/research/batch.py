@@ -6,25 +6,33 @@ batch.json, the index (a versioned BatchIndex) listing every debate, its
 folder, status and transcript hash. The run records are the truth; the
 index is rebuilt from them at every start and saved after every debate.
 
+A debate runs in <name>/.work/<run id>/ and its folder is renamed into place
+once it is finished, so a run folder under its own name always holds a
+finished debate, however the batch was stopped. The Coordinator hands the
+debates to workers (workers.py: this process, N processes, or Ray actors in
+raycluster.py) and is the only one to write in the batch folder.
+
 Running a batch again skips finished debates (complete or failed), resumes
-interrupted or crashed ones with resume_run, and runs the rest.
+interrupted or crashed ones from their last finished turn, and runs the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.config import LoadedConfig
-from localtable.debate.protocol import ProgressSink
-from localtable.errors import ConfigError, LocaltableError
-from localtable.record import RECORD_FILE, RunRecord, read_record
+from localtable.errors import ConfigError, LocaltableError, RecordError
+from localtable.record import RECORD_FILE, RunRecord, read_record, write_record
 from localtable.research.batchindex import (
     BatchEntry,
     BatchIndex,
@@ -33,12 +41,24 @@ from localtable.research.batchindex import (
     read_index,
     write_index,
 )
-from localtable.research.questions import Question, QuestionSet
+from localtable.research.questions import QUESTION_ID, Question, QuestionSet
+from localtable.research.workers import (
+    DebateRunner,
+    InProcessPool,
+    Job,
+    Report,
+    SessionRunner,
+    WorkerPool,
+)
+from localtable.runlock import hold
 from localtable.session.run import DebateRequest, RunInterrupted
-from localtable.templates import TemplateSet
 
 MAX_SEEDS = 1000
 FINISHED = ("complete", "failed")
+WORK_DIR = ".work"  # unfinished debates, and the workers' scratch folders
+MAX_ATTEMPTS = 3  # a debate whose worker died this many times is marked error
+
+__all__ = ["SessionRunner", "DebateRunner", "run_batch", "read_index"]
 
 
 class BatchRequest(BaseModel):
@@ -54,19 +74,48 @@ class BatchRequest(BaseModel):
     memory_budget: int | None = None  # bytes; default: most of MemAvailable (memory.py)
 
 
+class WorkerState(BaseModel):
+    """One worker as the batch's progress line shows it."""
+
+    worker: int  # 1-based
+    where: str = ""
+    state: Literal["starting", "idle", "busy", "refused", "gone"] = "starting"
+    run_id: str | None = None
+    turns: int = 0  # finished turns of the debate it runs
+    finished: int = 0  # debates it finished in this invocation
+    message: str = ""
+
+
+class BatchProgress(BaseModel):
+    """The whole batch at one moment: the live line."""
+
+    total: int
+    finished: int  # complete or failed, this invocation or before
+    failed: int
+    errors: int
+    running: int
+    per_hour: float | None = None  # debates finished per hour in this invocation
+    eta_seconds: float | None = None
+    workers: list[WorkerState] = []
+
+
 class BatchEvent(BaseModel):
-    """One line of batch progress: a debate skipped, started or finished."""
+    """One line of batch progress: a debate skipped, started, finished or handed back,
+    or a worker ready, refused or lost."""
 
     model_config = ConfigDict(frozen=True)
-    position: int  # 1-based, in batch order
+    position: int  # 1-based, in batch order (0: a worker event)
     total: int
-    question_id: str
-    seed: int
-    action: Literal["skip", "run", "resume", "done", "error"]
+    question_id: str = ""
+    seed: int = 0
+    action: Literal["skip", "run", "resume", "done", "error", "requeue", "ready", "refused", "lost"]
     status: str
     seconds: float | None = None  # how long this debate took (done)
     eta_seconds: float | None = None  # estimated time left for the debates still to run
     error: str | None = None
+    worker: int | None = None  # 1-based
+    where: str = ""  # the worker's machine
+    progress: BatchProgress | None = None
 
 
 BatchSink = Callable[[BatchEvent], None]
@@ -127,6 +176,32 @@ def _entry_from_record(entry: BatchEntry, record: RunRecord | None) -> BatchEntr
     )
 
 
+def _settle(batch_dir: Path, run_id: str) -> RunRecord | None:
+    """Put a debate's folder where its state says: finished in <batch>/<run id>,
+    unfinished in <batch>/.work/<run id>. Moves what a killed coordinator (or an
+    older localtable, which ran debates in place) left; returns the record."""
+    final, work = batch_dir / run_id, batch_dir / WORK_DIR / run_id
+    if (final / RECORD_FILE).is_file():
+        record = read_record(final)
+        if record.status in FINISHED:
+            if work.exists():
+                shutil.rmtree(work)  # a stale copy: the finished folder is the truth
+            return record
+        if work.exists():
+            shutil.rmtree(work)
+        work.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(final, work)
+        return record
+    if (work / RECORD_FILE).is_file():
+        record = read_record(work)
+        if record.status in FINISHED:  # finished, killed before it was moved into place
+            if final.exists():
+                shutil.rmtree(final)  # a folder without a record
+            os.rename(work, final)
+        return record
+    return None
+
+
 def plan(req: BatchRequest, batch_dir: Path, now: datetime) -> BatchIndex:
     """The index for this request, with each debate's status read from its record."""
     name = req.name or req.questions.name
@@ -139,16 +214,21 @@ def plan(req: BatchRequest, batch_dir: Path, now: datetime) -> BatchIndex:
                 f"--rounds {old.rounds}; use those, or give this one another --name"
             )
         created = old.created_at
+        ran_on = {e.run_dir: e.ran_on for e in old.entries}
+    else:
+        ran_on = {}
     entries = []
     for q in req.questions.questions:
         for seed in req.seeds:
             run_id = run_id_for(q.id, seed)
-            run_dir = batch_dir / run_id
-            record = read_record(run_dir) if (run_dir / RECORD_FILE).is_file() else None
+            record = _settle(batch_dir, run_id)
             if record is not None:
-                _check_same_debate(record, q, req, run_dir)
+                _check_same_debate(record, q, req, batch_dir / run_id)
             entry = BatchEntry(question_id=q.id, seed=seed, run_dir=run_id)
-            entries.append(_entry_from_record(entry, record))
+            entry = _entry_from_record(entry, record)
+            if entry.status in FINISHED:
+                entry = entry.model_copy(update={"ran_on": ran_on.get(run_id)})
+            entries.append(entry)
     return BatchIndex(
         name=name,
         source=req.questions.source,
@@ -163,34 +243,29 @@ def plan(req: BatchRequest, batch_dir: Path, now: datetime) -> BatchIndex:
     )
 
 
-def estimate_left(durations: list[float], debates_left: int) -> float | None:
-    """Mean time of the debates run so far in this session, times the debates left."""
+def estimate_left(durations: list[float], debates_left: int, workers: int = 1) -> float | None:
+    """Mean time of the debates run so far in this session, times the debates left,
+    shared by the workers running them."""
     if not durations:
         return None
-    return sum(durations) / len(durations) * debates_left
+    return sum(durations) / len(durations) * debates_left / max(1, workers)
 
 
 class BatchResult(BaseModel):
     model_config = ConfigDict(frozen=True)
     batch_dir: Path
     index: BatchIndex
+    workers: list[WorkerState] = []
+    requeued: int = 0  # debates handed back to the queue after their worker died
 
     def count(self, status: str) -> int:
         return sum(e.status == status for e in self.index.entries)
 
 
-def _event(
-    on_event: BatchSink,
-    i: int,
-    total: int,
-    entry: BatchEntry,
-    action: str,
-    status: str,
-    **more: object,
-) -> None:
-    fields = {"position": i + 1, "total": total, "question_id": entry.question_id}
-    fields.update(seed=entry.seed, action=action, status=status, **more)
-    on_event(BatchEvent.model_validate(fields))
+class BatchStalled(LocaltableError):
+    """No worker is left to run the debates still to run."""
+
+    exit_code = 1
 
 
 def _debate_request(
@@ -201,7 +276,7 @@ def _debate_request(
         panel=req.panel,
         rounds=req.rounds,
         seed=entry.seed,
-        runs_dir=batch_dir,
+        runs_dir=batch_dir / WORK_DIR,
         verify=req.verify,
         reuse_prefix=req.reuse_prefix,
         memory_budget=req.memory_budget,
@@ -213,112 +288,289 @@ def _debate_request(
     )
 
 
-class DebateRunner(Protocol):
-    """What a batch needs to run one debate, or to resume one from its folder."""
-
-    def run(self, req: DebateRequest) -> RunRecord: ...
-
-    def resume(self, run_dir: Path) -> RunRecord: ...
-
-
-class SessionRunner:
-    """Debates through one Session for the whole batch, so that each model is loaded
-    once per batch and not once per debate. Close it (or use `with`) at the end."""
+class Coordinator:
+    """Hands out the batch's debates to a pool's workers, and is the only writer of
+    the batch folder: batch.json, each unfinished debate's record in .work/<run id>/
+    as its worker reports its turns, and each finished run folder, renamed into
+    place in one step."""
 
     def __init__(
-        self,
-        loaded: LoadedConfig,
-        templates: TemplateSet,
-        progress: ProgressSink,
-        allow_engine_change: bool = False,
+        self, req: BatchRequest, pool: WorkerPool, on_event: BatchSink, batch_dir: Path
     ) -> None:
-        from localtable.session.session import Session
+        self.req, self.pool, self.on_event, self.batch_dir = req, pool, on_event, batch_dir
+        self.work_dir = batch_dir / WORK_DIR
+        self.index = plan(req, batch_dir, datetime.now(UTC).replace(microsecond=0))
+        write_index(batch_dir, self.index)
+        self.position = {e.run_dir: i for i, e in enumerate(self.index.entries)}
+        self.by_id = {q.id: q for q in self.index.questions}
+        self.queue: deque[str] = deque(
+            e.run_dir for e in self.index.entries if e.status not in FINISHED
+        )
+        self.workers = [WorkerState(worker=i + 1) for i in range(pool.size)]
+        self.running: dict[str, int] = {}  # run id -> worker
+        self.started: dict[str, float] = {}
+        self.attempts: dict[str, list[str]] = {}  # run id -> why its workers died
+        self.durations: list[float] = []
+        self.finished_here = 0
+        self.requeued = 0
+        self.began = time.monotonic()
+        self.reference: dict[str, str | None] = dict(pool.expected_models)
 
-        self.loaded = loaded
-        self.templates = templates
-        self.progress = progress
-        self.allow_engine_change = allow_engine_change
-        self.session = Session(templates, loaded)
+    # -- the loop ---------------------------------------------------------------
 
-    def run(self, req: DebateRequest) -> RunRecord:
-        from localtable.session.run import run_debate
+    def run(self) -> BatchResult:
+        for i, entry in enumerate(self.index.entries):
+            if entry.status in FINISHED:
+                self._event(i, "skip", entry.status)
+        try:
+            if self.queue:
+                self.pool.start(self.work_dir)
+            while self.queue or self.running:
+                self._dispatch()
+                if not self.running and not self._may_work():
+                    raise self._stalled()
+                self._handle(self.pool.next())
+        except (RunInterrupted, KeyboardInterrupt):
+            stopped = self._interrupt()
+            raise RunInterrupted(
+                f"batch interrupted during {', '.join(stopped) or 'start-up'}; run the same "
+                "`localtable batch` command again: it skips the finished debates and resumes "
+                "these from their last finished turn"
+            ) from None
+        finally:
+            self.pool.close()
+            shutil.rmtree(self.work_dir / "scratch", ignore_errors=True)
+            with contextlib.suppress(OSError):  # nothing left to resume: no .work/ either
+                self.work_dir.rmdir()
+        return BatchResult(
+            batch_dir=self.batch_dir, index=self.index, workers=self.workers,
+            requeued=self.requeued,
+        )  # fmt: skip
 
-        return run_debate(req, self.loaded, self.templates, self.progress, self.session)[1]
+    def _may_work(self) -> bool:
+        return any(w.state in ("starting", "idle", "busy") for w in self.workers)
 
-    def resume(self, run_dir: Path) -> RunRecord:
-        from localtable.session.rerun import resume_run
-
-        return resume_run(
-            run_dir,
-            self.loaded,
-            self.templates,
-            self.progress,
-            allow_engine_change=self.allow_engine_change,
-            session=self.session,
+    def _stalled(self) -> BatchStalled:
+        why = "; ".join(
+            f"worker {w.worker}{f' on {w.where}' if w.where else ''}: {w.message}"
+            for w in self.workers
+            if w.message
+        )
+        return BatchStalled(
+            f"no worker is left to run the {len(self.queue)} debates still to run ({why}); "
+            "fix that, then run the same `localtable batch` command again"
         )
 
-    def close(self) -> None:
-        self.session.close()
+    def _dispatch(self) -> None:
+        for state in self.workers:
+            if not self.queue:
+                return
+            if state.state != "idle":
+                continue
+            run_id = self.queue.popleft()
+            i = self.position[run_id]
+            entry = self.index.entries[i]
+            work = self.work_dir / run_id
+            partial = read_record(work) if (work / RECORD_FILE).is_file() else None
+            job = Job(
+                run_id=run_id,
+                request=_debate_request(
+                    self.req, self.by_id[entry.question_id], entry, self.batch_dir
+                ),
+                partial=partial,
+            )
+            turns = len([t for t in partial.turns if t.status != "interrupted"]) if partial else 0
+            state.state, state.run_id, state.turns = "busy", run_id, turns
+            self.running[run_id] = state.worker
+            self.started[run_id] = time.monotonic()
+            self._save(i, entry.model_copy(update={"status": "running", "error": None}))
+            action = "resume" if partial is not None else "run"
+            self._event(i, action, "running", worker=state)
+            self.pool.submit(state.worker - 1, job)
 
-    def __enter__(self) -> SessionRunner:
-        return self
+    def _handle(self, report: Report) -> None:
+        state = self.workers[report.worker]
+        if report.kind == "ready":
+            self._ready(state, report)
+        elif report.kind == "refused":
+            state.state, state.where, state.message = "refused", report.where, report.message
+            self._worker_event("refused", state, report.message)
+        elif report.kind == "lost":
+            self._lost(state, report)
+        elif report.run_id is None or self.running.get(report.run_id) != state.worker:
+            return  # not a debate this worker holds (never expected)
+        elif report.kind == "turn":
+            assert report.record is not None
+            write_record(self.work_dir / report.run_id, report.record)
+            state.turns = len([t for t in report.record.turns if t.status != "interrupted"])
+            self._worker_event("turn", state, "")
+        elif report.kind == "done":
+            assert report.record is not None
+            self._finish(state, report.run_id, report.record)
+        else:
+            self._error(state, report.run_id, report.message)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    # -- what workers report ----------------------------------------------------
+
+    def _ready(self, state: WorkerState, report: Report) -> None:
+        state.where = report.where
+        for name, sha in report.models.items():
+            want = self.reference.setdefault(name, sha)
+            if want is not None and sha is not None and want != sha:
+                state.state = "refused"
+                state.message = (
+                    f"model {name!r} there has sha256 {sha[:12]}..., the batch's has "
+                    f"{want[:12]}...: copy the batch's file to {report.where}"
+                )
+                self.pool.retire(report.worker)
+                self._worker_event("refused", state, state.message)
+                return
+        state.state = "idle"
+        self._worker_event("ready", state, "")
+
+    def _lost(self, state: WorkerState, report: Report) -> None:
+        state.state = "starting" if report.restarting else "gone"
+        state.message = report.message
+        state.run_id, state.turns = None, 0
+        run_id = report.run_id
+        if run_id is None or self.running.get(run_id) != state.worker:
+            self._worker_event("lost", state, report.message)
+            return
+        del self.running[run_id]
+        why = self.attempts.setdefault(run_id, [])
+        why.append(report.message)
+        i = self.position[run_id]
+        if len(why) >= MAX_ATTEMPTS:
+            message = f"{len(why)} workers died running it ({'; '.join(why)})"
+            self._save(i, self.index.entries[i].model_copy(
+                update={"status": "error", "error": message}))  # fmt: skip
+            self._event(i, "error", "error", worker=state, error=message)
+            return
+        self.queue.appendleft(run_id)
+        self.requeued += 1
+        self._save(i, self.index.entries[i].model_copy(update={"status": "interrupted"}))
+        self._event(i, "requeue", "interrupted", worker=state, error=report.message)
+
+    def _finish(self, state: WorkerState, run_id: str, record: RunRecord) -> None:
+        work, final = self.work_dir / run_id, self.batch_dir / run_id
+        write_record(work, record)
+        if final.exists():
+            raise RecordError(f"{final} already exists; the batch never replaces a finished run")
+        os.rename(work, final)
+        del self.running[run_id]
+        seconds = time.monotonic() - self.started.pop(run_id)
+        self.durations.append(seconds)
+        self.finished_here += 1
+        state.state, state.run_id, state.turns = "idle", None, 0
+        state.finished += 1
+        i = self.position[run_id]
+        entry = _entry_from_record(self.index.entries[i], record)
+        self._save(i, entry.model_copy(update={"ran_on": state.where or None}))
+        self._event(i, "done", record.status, worker=state, seconds=seconds)
+
+    def _error(self, state: WorkerState, run_id: str, message: str) -> None:
+        del self.running[run_id]
+        self.started.pop(run_id, None)
+        state.state, state.run_id, state.turns = "idle", None, 0
+        i = self.position[run_id]
+        self._save(i, self.index.entries[i].model_copy(
+            update={"status": "error", "error": message}))  # fmt: skip
+        self._event(i, "error", "error", worker=state, error=message)
+
+    def _interrupt(self) -> list[str]:
+        """Mark the debates in flight interrupted; their records keep every finished turn."""
+        stopped = sorted(self.running)
+        for run_id in stopped:
+            work = self.work_dir / run_id
+            if (work / RECORD_FILE).is_file():
+                record = read_record(work)
+                if record.status == "running":
+                    record.status = "interrupted"
+                    record.error = "the batch was stopped; `localtable batch` resumes it"
+                    write_record(work, record)
+            i = self.position[run_id]
+            self._save(i, self.index.entries[i].model_copy(update={"status": "interrupted"}))
+        return stopped
+
+    # -- the index and progress -------------------------------------------------
+
+    def _save(self, i: int, entry: BatchEntry) -> None:
+        self.index.entries[i] = entry
+        self.index.updated_at = datetime.now(UTC).replace(microsecond=0)
+        write_index(self.batch_dir, self.index)
+
+    def progress(self) -> BatchProgress:
+        entries = self.index.entries
+        finished = sum(e.status in FINISHED for e in entries)
+        left = len(entries) - finished - sum(e.status == "error" for e in entries)
+        elapsed = time.monotonic() - self.began
+        busy = max(1, sum(w.state in ("idle", "busy") for w in self.workers))
+        return BatchProgress(
+            total=len(entries),
+            finished=finished,
+            failed=sum(e.status == "failed" for e in entries),
+            errors=sum(e.status == "error" for e in entries),
+            running=len(self.running),
+            per_hour=3600 * self.finished_here / elapsed if self.finished_here else None,
+            eta_seconds=estimate_left(self.durations, left, busy),
+            workers=[w.model_copy() for w in self.workers],
+        )
+
+    def _event(
+        self, i: int, action: str, status: str, worker: WorkerState | None = None, **more: object
+    ) -> None:
+        entry = self.index.entries[i]
+        progress = self.progress()
+        fields: dict[str, object] = {
+            "position": i + 1, "total": len(self.index.entries), "question_id": entry.question_id,
+            "seed": entry.seed, "action": action, "status": status, "progress": progress,
+            "eta_seconds": progress.eta_seconds,
+        }  # fmt: skip
+        if worker is not None:
+            fields.update(worker=worker.worker, where=worker.where)
+        fields.update(more)
+        self.on_event(BatchEvent.model_validate(fields))
+
+    def _worker_event(self, action: str, state: WorkerState, message: str) -> None:
+        if action == "turn":
+            action, status = "ready", "turn"  # a live-line refresh, not a line of its own
+        else:
+            status = action
+        progress = self.progress()
+        fields: dict[str, object] = {
+            "position": 0, "total": progress.total, "action": action, "status": status,
+            "worker": state.worker, "where": state.where, "error": message or None,
+            "progress": progress, "eta_seconds": progress.eta_seconds,
+        }  # fmt: skip
+        self.on_event(BatchEvent.model_validate(fields))
 
 
-def run_batch(req: BatchRequest, runner: DebateRunner, on_event: BatchSink) -> BatchResult:
-    """Run, resume or skip every debate of the batch; the index is saved after each."""
+def batch_name(req: BatchRequest) -> str:
+    """The batch folder's name: one path component, by the rule of question ids, so that
+    `--name ../x` or `--name /abs` cannot put a batch outside --runs-dir."""
+    name = req.name or req.questions.name
+    if not re.fullmatch(QUESTION_ID, name):
+        given = "--name" if req.name else f"the name taken from {req.questions.source}"
+        raise ConfigError(
+            f"batch name {name!r} ({given}) must be one folder name: letters, digits, '.', "
+            "'_' or '-', starting with a letter or digit, at most 64 characters; give --name"
+        )
+    return name
+
+
+def run_batch(
+    req: BatchRequest, runner: DebateRunner | WorkerPool, on_event: BatchSink
+) -> BatchResult:
+    """Run, resume or skip every debate of the batch: in this process through a
+    DebateRunner, or through a pool of workers. The index is saved after each.
+
+    One process per batch: the batch folder's lock is held to the end, and a second
+    `localtable batch` on the same folder is refused (localtable/runlock.py)."""
     if not req.seeds:
         raise ConfigError("a batch needs at least one seed")
-    batch_dir = req.runs_dir / (req.name or req.questions.name)
-    index = plan(req, batch_dir, datetime.now(UTC).replace(microsecond=0))
-    write_index(batch_dir, index)
-    by_id = {q.id: q for q in index.questions}
-    total = len(index.entries)
-    left = sum(e.status not in FINISHED for e in index.entries)
-    durations: list[float] = []
-
-    def save(i: int, entry: BatchEntry) -> None:
-        index.entries[i] = entry
-        index.updated_at = datetime.now(UTC).replace(microsecond=0)
-        write_index(batch_dir, index)
-
-    for i, entry in enumerate(index.entries):
-        if entry.status in FINISHED:
-            _event(on_event, i, total, entry, "skip", entry.status)
-            continue
-        run_dir = batch_dir / entry.run_dir
-        resuming = (run_dir / RECORD_FILE).is_file()
-        eta = estimate_left(durations, left)
-        _event(
-            on_event, i, total, entry, "resume" if resuming else "run", "running", eta_seconds=eta
-        )
-        save(i, entry.model_copy(update={"status": "running", "error": None}))
-        started = time.monotonic()
-        try:
-            if resuming:
-                record = runner.resume(run_dir)
-            else:
-                record = runner.run(
-                    _debate_request(req, by_id[entry.question_id], entry, batch_dir)
-                )
-        except (RunInterrupted, KeyboardInterrupt):
-            save(i, entry.model_copy(update={"status": "interrupted"}))
-            raise RunInterrupted(
-                f"batch interrupted during {entry.run_dir}; run the same `localtable batch` "
-                "command again: it skips the finished debates and resumes this one"
-            ) from None
-        except LocaltableError as exc:
-            save(i, entry.model_copy(update={"status": "error", "error": str(exc)}))
-            left -= 1
-            _event(on_event, i, total, entry, "error", "error", error=str(exc))
-            continue
-        durations.append(time.monotonic() - started)
-        left -= 1
-        save(i, _entry_from_record(entry, record))
-        eta = estimate_left(durations, left)
-        _event(
-            on_event, i, total, entry, "done", record.status, seconds=durations[-1], eta_seconds=eta
-        )
-    return BatchResult(batch_dir=batch_dir, index=index)
+    pool = cast(WorkerPool, runner) if hasattr(runner, "submit") else None
+    pool = pool or InProcessPool(cast(DebateRunner, runner))
+    name = batch_name(req)
+    batch_dir = req.runs_dir / name
+    with hold(batch_dir, f"batch {name} ({batch_dir})"):
+        return Coordinator(req, pool, on_event, batch_dir).run()

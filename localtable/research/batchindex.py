@@ -7,19 +7,21 @@ this module; running one is batch.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from localtable.errors import RecordError
+from localtable.errors import RecordError, RecordWriteError
 from localtable.record import RECORD_FILE, RunRecord, read_record
 from localtable.research.questions import Question
 from localtable.storage import StorageError, read_versioned, write_atomic
 
 INDEX_FILE = "batch.json"
-INDEX_VERSION = 1
+# 2 added each entry's `ran_on` (where the debate ran); version 1 reads as 2 without it.
+INDEX_VERSION = 2
 
 EntryStatus = Literal["pending", "running", "complete", "failed", "interrupted", "error"]
 
@@ -32,13 +34,16 @@ class BatchEntry(BaseModel):
     status: EntryStatus = "pending"
     transcript_sha256: str | None = None
     error: str | None = None
+    ran_on: str | None = Field(
+        default=None, description="the machine (and worker) that ran it, as the batch saw it"
+    )
 
 
 class BatchIndex(BaseModel):
     """batch.json: what the batch is and where each of its debates is."""
 
     model_config = ConfigDict(extra="forbid")
-    version: Literal[1] = 1  # INDEX_VERSION
+    version: Literal[2] = 2  # INDEX_VERSION
     name: str
     source: str = Field(description="the questions file, or task:<name>")
     source_sha256: str
@@ -49,6 +54,16 @@ class BatchIndex(BaseModel):
     updated_at: datetime
     questions: list[Question]
     entries: list[BatchEntry]
+
+
+def _read_v1(raw: dict[str, object]) -> BatchIndex:
+    return BatchIndex.model_validate({**raw, "version": INDEX_VERSION})
+
+
+READERS: dict[int, Callable[[dict[str, object]], BatchIndex]] = {
+    1: _read_v1,
+    INDEX_VERSION: BatchIndex.model_validate,
+}
 
 
 def index_path(batch_dir: Path) -> Path:
@@ -65,7 +80,7 @@ def read_index(batch_dir: Path) -> BatchIndex:
             index_path(batch_dir),
             what="batch index",
             version_key="version",
-            readers={INDEX_VERSION: BatchIndex.model_validate},
+            readers=READERS,
         )
     except StorageError as exc:
         raise RecordError(str(exc)) from None
@@ -76,7 +91,7 @@ def write_index(batch_dir: Path, index: BatchIndex) -> None:
     try:
         write_atomic(index_path(batch_dir), index.model_dump_json(indent=2).encode("utf-8"))
     except StorageError as exc:
-        raise RecordError(str(exc)) from None
+        raise RecordWriteError(str(exc)) from None
 
 
 def batch_records(batch_dir: Path) -> list[tuple[BatchEntry, RunRecord | None]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from localtable.debate.answers import is_correct, position_of
-from localtable.errors import LocaltableError
+from localtable.errors import ConfigError
 from localtable.record import RunRecord, TurnRecord, find_run, read_record
 from localtable.research.batchindex import batch_records, is_batch
 
@@ -99,7 +99,7 @@ def collect(targets: list[str], runs_dir: Path) -> tuple[list[RunRecord], list[s
         else:
             records.append(read_record(find_run(target, runs_dir)))
     if not records:
-        raise LocaltableError("no runs to compare")
+        raise ConfigError("no runs to compare: the batches named hold no finished debate yet")
     return records, skipped
 
 

@@ -216,6 +216,10 @@ def _toml_entries(path: Path, text: str) -> list[tuple[str, str, Any]]:
 
 def load_questions(path: Path) -> QuestionSet:
     """Read and validate a .jsonl or .toml questions file."""
+    if path.suffix not in (".jsonl", ".ndjson", ".toml"):  # before reading: /dev/zero never ends
+        raise QuestionFileError(
+            f"{path}: unknown questions format {path.suffix!r}: use .jsonl or .toml"
+        )
     try:
         data = path.read_bytes()
         text = data.decode("utf-8")
@@ -223,14 +227,7 @@ def load_questions(path: Path) -> QuestionSet:
         raise QuestionFileError(f"{path}: no such questions file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise QuestionFileError(f"{path}: cannot read it ({exc})") from None
-    if path.suffix in (".jsonl", ".ndjson"):
-        entries = _jsonl_entries(path, text)
-    elif path.suffix == ".toml":
-        entries = _toml_entries(path, text)
-    else:
-        raise QuestionFileError(
-            f"{path}: unknown questions format {path.suffix!r}: use .jsonl or .toml"
-        )
+    entries = _toml_entries(path, text) if path.suffix == ".toml" else _jsonl_entries(path, text)
     questions = _validate(entries)
     if not questions:
         raise QuestionFileError(f"{path}: no questions in the file")

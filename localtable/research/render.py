@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from localtable.research.compare import Comparison, PositionRow
 from localtable.research.scoring import Accuracy, BatchScore
-from localtable.templates import TemplateSet
+from localtable.templates import TemplateSet, text_value
 
 ScoreFormat = Literal["text", "md", "csv"]
 CompareFormat = Literal["text", "md", "csv", "html"]
@@ -143,7 +143,7 @@ def score_csv(s: BatchScore) -> str:
 
 def render_score(s: BatchScore, fmt: ScoreFormat, templates: TemplateSet, title: str) -> str:
     if fmt == "csv":
-        return score_csv(s)
+        return str(text_value(score_csv(s)))  # no terminal control characters from records
     main, rounds = score_tables(s)
     return templates.render_layout(
         f"score.{'md' if fmt == 'md' else 'txt'}.j2",
@@ -287,7 +287,7 @@ def compare_csv(c: Comparison) -> str:
 
 def render_comparison(c: Comparison, fmt: CompareFormat, templates: TemplateSet) -> str:
     if fmt == "csv":
-        return compare_csv(c)
+        return str(text_value(compare_csv(c)))  # no terminal control characters from records
     layout = {"text": "compare.txt.j2", "md": "compare.md.j2", "html": "compare.html.j2"}[fmt]
     size = HEAT_LABEL + HEAT_CELL * len(c.panelists) + 10
     return templates.render_layout(

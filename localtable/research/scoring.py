@@ -24,7 +24,7 @@ from itertools import combinations
 from pydantic import BaseModel, ConfigDict, Field
 
 from localtable.debate.answers import is_correct, plurality, position_of
-from localtable.errors import LocaltableError
+from localtable.errors import ConfigError
 from localtable.record import RunRecord
 
 TIE_RULE = "ties and debates with no valid answer count as wrong"
@@ -107,7 +107,7 @@ def _check_alike(records: list[RunRecord]) -> tuple[list[str], int]:
     rounds = records[0].rounds
     for r in records[1:]:
         if [p.name for p in r.panelists] != names or r.rounds != rounds:
-            raise LocaltableError(
+            raise ConfigError(
                 f"run {r.run_id} has another panel or round count than run {records[0].run_id}; "
                 "score runs of one panel and round count together"
             )
@@ -148,7 +148,7 @@ def score(records: list[RunRecord]) -> BatchScore:
     finished = [r for r in records if r.status in ("complete", "failed")]
     scored = [r for r in finished if scorable(r)]
     if not scored:
-        raise LocaltableError(
+        raise ConfigError(
             "nothing to score: no finished run of a choice or number question with an answer key"
         )
     names, rounds = _check_alike(scored)

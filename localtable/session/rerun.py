@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict
 
 from localtable.config import LoadedConfig
 from localtable.debate.protocol import ProgressSink
-from localtable.errors import ConfigError, LocaltableError
+from localtable.errors import ConfigError
 from localtable.record import RunRecord, read_record
+from localtable.runlock import hold
 from localtable.session.run import execute, new_run_id, open_run
 from localtable.session.session import Session, SessionSpeaker
 from localtable.templates import TemplateSet
@@ -24,8 +25,8 @@ from localtable.templates import TemplateSet
 CONTEXT_CHARS = 60
 
 
-class EngineChanged(LocaltableError):
-    exit_code = 1
+class EngineChanged(ConfigError):
+    """This engine build is not the one that made the record: refused (exit 2)."""
 
 
 def check_templates(record: RunRecord, templates: TemplateSet) -> None:
@@ -58,19 +59,23 @@ def resume_run(
     allow_engine_change: bool = False,
     session: Session | None = None,  # default: a new one, closed at the end
 ) -> RunRecord:
-    """Continue an interrupted, crashed or failed run from its last finished turn."""
-    record = read_record(run_dir)
-    if record.status == "complete":
-        raise LocaltableError(f"run {record.run_id} is already complete; nothing to resume")
-    check_templates(record, templates)
-    own = session is None
-    session = session or Session(templates, loaded)
-    try:
-        _refuse_engine_change(record, session, allow_engine_change)
-        return _resume(record, run_dir, session, templates, progress)
-    finally:
-        if own:
-            session.close()
+    """Continue an interrupted, crashed or failed run from its last finished turn.
+
+    Refused while another process holds the run (the debate that started it, or
+    another resume): two processes would generate the same turns into one record."""
+    with hold(run_dir, f"run {run_dir.name}"):
+        record = read_record(run_dir)
+        if record.status == "complete":
+            raise ConfigError(f"run {record.run_id} is already complete; nothing to resume")
+        check_templates(record, templates)
+        own = session is None
+        session = session or Session(templates, loaded)
+        try:
+            _refuse_engine_change(record, session, allow_engine_change)
+            return _resume(record, run_dir, session, templates, progress)
+        finally:
+            if own:
+                session.close()
 
 
 def _resume(
@@ -172,7 +177,7 @@ def replay_run(
     """Run the recorded configuration again from scratch and compare every output."""
     original = read_record(run_dir)
     if original.status not in ("complete", "failed"):
-        raise LocaltableError(
+        raise ConfigError(
             f"run {original.run_id} is {original.status}; resume it first "
             f"(`localtable resume {original.run_id}`), then replay it"
         )
@@ -188,7 +193,8 @@ def replay_run(
         replay_dir = runs_dir / replay.run_id
         # on another build the replay's record describes the build it ran on
         speaker = open_run(session, replay, describe=bool(diffs))
-        replay = execute(replay, replay_dir, speaker, templates, progress)
+        with hold(replay_dir, f"run {replay.run_id}"):
+            replay = execute(replay, replay_dir, speaker, templates, progress)
         divergence = first_divergence(original, replay, speaker)
     return ReplayReport(original=original, replay=replay, replay_dir=replay_dir,
                         engine_differences=diffs, divergence=divergence)  # fmt: skip

@@ -28,7 +28,9 @@ from localtable.record import (
     transcript_sha256,
     write_record,
 )
+from localtable.runlock import hold
 from localtable.session.session import Session, SessionSpeaker
+from localtable.stopsignals import stop_reason
 from localtable.templates import TemplateSet
 
 PROMPT_TEMPLATES = [
@@ -68,13 +70,20 @@ def new_run_id(now: datetime) -> str:
 
 
 def check_question(question: str) -> str:
+    """The question stripped, or a ConfigError: empty, too long, or not UTF-8 text (bytes
+    that are not UTF-8 in a command-line argument arrive as lone surrogates)."""
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"the question is not valid UTF-8 text (character {exc.start + 1}); pass it as UTF-8"
+        ) from None
     question = question.strip()
     if not question:
         raise ConfigError("the question is empty; pass it as an argument, a file or on stdin")
     if len(question) > MAX_QUESTION_CHARS:
         raise ConfigError(
-            f"the question has {len(question):,} characters (limit {MAX_QUESTION_CHARS:,}); "
-            "shorten it"
+            f"the question has more than {MAX_QUESTION_CHARS:,} characters; shorten it"
         )
     return question
 
@@ -174,7 +183,7 @@ def execute(
         write_record(run_dir, record)
         done = len([t for t in record.turns if t.status != "interrupted"])
         raise RunFailed(f"{record.error} ({done} finished turns saved in {run_dir})") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (localtable/stopsignals.py)
         if debate.current is not None:
             round_no, name = debate.current
             if round_no <= record.rounds:
@@ -187,7 +196,7 @@ def execute(
                     )
                 )
         record.status = "interrupted"
-        record.error = "interrupted by the user (Ctrl-C); `localtable resume` continues it"
+        record.error = f"{stop_reason(exc)}; `localtable resume` continues it"
         record.finished_at = datetime.now(UTC)
         write_record(run_dir, record)
         raise RunInterrupted(
@@ -222,8 +231,9 @@ def run_debate(
         speaker = open_run(session, record, describe=True)
         preflight(Debate(record, speaker, templates, lambda r: None, progress))
         run_dir = req.runs_dir / record.run_id
-        write_record(run_dir, record)
-        return run_dir, execute(record, run_dir, speaker, templates, progress)
+        with hold(run_dir, f"run {record.run_id}"):  # one process per run, for its whole life
+            write_record(run_dir, record)
+            return run_dir, execute(record, run_dir, speaker, templates, progress)
     finally:
         if own:
             session.close()

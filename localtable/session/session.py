@@ -11,8 +11,9 @@ same way, so each model is loaded once per batch.
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from localtable import backends
 from localtable.backends.base import (
@@ -44,15 +45,28 @@ def this_machine() -> MachineRecord:
     )
 
 
-class PlannedModels:
+class BackendRegistry(BaseModel):
+    """The backends registered in this process, for a batch worker process to restore
+    (a backend registered by a plugin or a test, not only the built-in ones)."""
+
+    backends: dict[str, str] = Field(default_factory=dict)  # name -> "module:Class"
+    source_kinds: dict[str, str] = Field(default_factory=dict)  # source kind -> name
+
+    @classmethod
+    def here(cls) -> BackendRegistry:
+        return cls(backends=backends.registry(), source_kinds=backends.source_kinds())
+
+    def restore(self) -> None:
+        backends.restore(self.backends, self.source_kinds)
+
+
+class PlannedModels(BaseModel):
     """A new run's models as its backends planned them, before loading."""
 
-    def __init__(
-        self, models: list[ModelRecord], memory: MemoryRecord | None, notes: list[str]
-    ) -> None:
-        self.models = models
-        self.memory = memory
-        self.notes = notes
+    model_config = ConfigDict(frozen=True)
+    models: list[ModelRecord]
+    memory: MemoryRecord | None
+    notes: list[str]
 
 
 class SessionSpeaker:
@@ -142,7 +156,7 @@ class Session:
             planned.update({m.name: m for m in prepared.models})
             memory = prepared.memory or memory  # only in-process engines plan memory
             notes += prepared.notes
-        return PlannedModels([planned[n] for n in needed], memory, notes)
+        return PlannedModels(models=[planned[n] for n in needed], memory=memory, notes=notes)
 
     def open(self, record: RunRecord, *, describe: bool) -> SessionSpeaker:
         """Load the record's models as recorded. describe: a new run (or a replay on
@@ -188,6 +202,3 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-Notice = Callable[[str], None]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TypeVar
@@ -58,12 +59,19 @@ def describe_exit(exitcode: int | None) -> str:
     return f"engine process exited with status {exitcode}"
 
 
+def _kill_worker(proc: BaseProcess) -> None:
+    if proc.is_alive():
+        proc.kill()
+        proc.join(timeout=5)
+
+
 class Engine:
     """One worker process holding every loaded model of a run."""
 
     def __init__(self) -> None:
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
+        self._reaper: mp_util.Finalize | None = None
         self._loaded: dict[str, LoadRequest] = {}
         self._active: list[str] = []  # loaded in the worker; the others are parked
         self.infos: dict[str, ModelInfo] = {}
@@ -85,6 +93,9 @@ class Engine:
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
+        # The worker ignores SIGTERM, which multiprocessing sends its children at exit
+        # before waiting for them: an engine left open must still not hang the exit.
+        self._reaper = mp_util.Finalize(self, _kill_worker, args=(proc,), exitpriority=10)
         for req in self._loaded.values():  # after a crash: bring the models back
             if req.model_key in self._active:
                 self.infos[req.model_key] = self._send(req, ModelInfo)
@@ -160,10 +171,9 @@ class Engine:
     def _discard(self) -> None:
         if self._conn is not None:
             self._conn.close()
-        if self._proc is not None and self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(timeout=5)
-        self._proc, self._conn = None, None
+        if self._reaper is not None:
+            self._reaper()  # kills the worker if it is alive, once
+        self._proc, self._conn, self._reaper = None, None, None
 
     def close(self) -> None:
         self._loaded.clear()

@@ -3,8 +3,9 @@
 llama.cpp can die in ways no `try` catches (SIGSEGV on a bad grammar, SIGABRT
 on a backend assert, SIGKILL when memory runs out). Running it here, in a
 child process, turns each of those into a failed turn in the parent instead of
-a dead run. The worker ignores SIGINT: Ctrl-C is the parent's to handle, and
-dies with its parent, so a killed run leaves nothing generating behind it.
+a dead run. The worker ignores SIGINT, SIGTERM and SIGHUP: stopping is the
+parent's to handle. It dies with its parent, so a killed run leaves nothing
+generating behind it.
 """
 
 from __future__ import annotations
@@ -299,7 +300,11 @@ def _die_with_parent() -> None:
 def serve(conn: Connection) -> None:
     """Answer requests until the parent closes the pipe."""
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Stopping is the parent's to handle: Ctrl-C, `timeout` and a closed terminal signal
+    # the whole process group, and a worker dying first would turn the turn in flight
+    # into a failed one instead of an interrupted one. The parent kills it when done.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     _keep = _install_log_capture()  # noqa: F841
     worker = Worker()
     while True:
