@@ -139,7 +139,10 @@ class Side(BaseModel):
     kv_caches: int  # llama_contexts held at the end
     transcript_sha256: str | None = None
     load_seconds: float | None = None  # in-process: worker start and model loads, in the wall
+    # llama-server: its own debate's new prompt tokens (its texts, so its prompts, differ)
+    new_tokens: int | None = None
     retries: int = 0  # llama-server: requests sent again after a dropped connection
+    sampling_in_decode: bool = False  # llama-server's generation timer includes sampling
     # summary attempts generated and then rejected (work thrown away), counted above too
     rejected_summaries: int = 0
     rejected_tokens: int = 0
@@ -477,7 +480,9 @@ def run_server(
         decode_seconds=sum(r.decode_seconds for r in results),
         kv_caches=len(pids),
         transcript_sha256=record.transcript_sha256,
+        new_tokens=new_tokens(record),
         retries=backend.retries,
+        sampling_in_decode=True,
         rejected_summaries=len(thrown),
         rejected_tokens=sum(g.completion_tokens for g in thrown),
         rejected_seconds=sum(g.seconds for g in thrown),
@@ -604,15 +609,20 @@ def render(report: BenchReport) -> str:
     per_run("  ratio to bare", lambda s, b: s.usage.cpu_seconds / b.usage.cpu_seconds, "x", 2)
     row("prompt tokens sent", lambda s: f"{s.prompt_tokens:,}")
     row("prompt tokens evaluated", lambda s: f"{s.prompt_eval_tokens:,}")
-    row(
-        "  evaluated / new",
-        lambda s: f"{s.prompt_eval_tokens / report.new_tokens:.2f}x ({report.new_tokens:,} new)",
-    )
+
+    def evaluated_per_new(s: Side) -> str:
+        new = report.new_tokens if s.new_tokens is None else s.new_tokens
+        return f"{s.prompt_eval_tokens / new:.2f}x ({new:,} new)"
+
+    row("  evaluated / new", evaluated_per_new)
     row("prompt eval time", lambda s: f"{s.prompt_eval_seconds:.1f} s")
     row("generated tokens", lambda s: f"{s.completion_tokens:,}")
     row("generated tokens/s", lambda s: f"{s.generated_per_second:.1f}")
     row("  decode time", lambda s: f"{s.decode_seconds:.1f} s")
-    row("  sampling + grammar", lambda s: f"{s.sample_seconds:.1f} s")
+    row(
+        "  sampling + grammar",
+        lambda s: "in decode" if s.sampling_in_decode else f"{s.sample_seconds:.1f} s",
+    )
     row(
         "  rejected summaries",
         lambda s: (

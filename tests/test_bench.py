@@ -101,8 +101,11 @@ def test_repetitions_give_medians_of_per_repetition_ratios_with_their_range() ->
 def with_server(rep: BenchReport, walls: list[float], transcript: str = "other") -> BenchReport:
     """The report with a llama-server side in each repetition (wall times `walls`)."""
     server = side("localtable -> llama-server", walls[0], ["z"], 1000).model_copy(
-        update={"transcript_sha256": transcript, "completion_tokens": 230, "kv_caches": 2}
-    )
+        update={
+            "transcript_sha256": transcript, "completion_tokens": 230, "kv_caches": 2,
+            "new_tokens": 500, "sampling_in_decode": True,
+        }
+    )  # fmt: skip
     runs = rep.repeats or [rep.sides]
     rep.repeats = [
         [*r, server.model_copy(update={"wall_seconds": w})]
@@ -132,6 +135,11 @@ def test_a_server_column_gives_its_wall_time_over_in_process_and_what_differs() 
     assert "llama-server transcript identical to in-process: no (expected" in text
     assert "230 tokens generated, 200 in-process" in text
     assert "requests sent again" not in text
+    # its own debate's new tokens (its prompts differ); its decode timer holds sampling
+    evaluated = next(line for line in text.splitlines() if "evaluated / new" in line)
+    assert evaluated.split()[-3:] == ["2.00x", "(500", "new)"]
+    sampling_row = next(line for line in text.splitlines() if "sampling + grammar" in line)
+    assert sampling_row.rstrip().endswith("in decode")
     same = render(with_server(report(["x"]), [50], transcript="h"))
     assert "llama-server transcript identical to in-process: yes" in same
 
@@ -224,4 +232,5 @@ panelists = [{{ name = "Ada", model = "big" }}, {{ name = "Bob", model = "big" }
     assert side_.prompt_tokens == sum(g.prompt_tokens for g in generations if g)
     assert side_.transcript_sha256 == record.transcript_sha256 and side_.kv_caches == 1
     assert side_.name == "localtable -> llama-server" and side_.retries == 0
+    assert side_.new_tokens == new_tokens(record) and side_.rejected_summaries == 0
     assert side_.usage.cpu_seconds >= 0 and side_.usage.peak_rss_bytes > 0
