@@ -193,9 +193,7 @@ def record_figures(record: dict[str, Any]) -> dict[str, Any]:
         "completion_tokens": sum(int(g.get("completion_tokens", 0)) for g in gens),
         "generation_seconds": round(sum(float(g.get("seconds", 0.0)) for g in gens), 3),
         "reuse_prefix": record.get("reuse_prefix"),
-        "gpu_layers": sorted(
-            {(m.get("settings") or m).get("gpu_layers") for m in models}, key=str
-        ),
+        "gpu_layers": sorted({(m.get("settings") or m).get("gpu_layers") for m in models}, key=str),
         "system_info": engine.get("system_info"),
     }
 
