@@ -553,6 +553,11 @@ def _batch_line(p: BatchProgress) -> str:
     return " · ".join(parts)
 
 
+# Batch events that --quiet still prints: each needs the user's attention (a worker
+# that refused or died, a debate that erred or went back to the queue).
+WARNINGS = frozenset({"refused", "lost", "requeue", "error"})
+
+
 class BatchPrinter:
     """Batch progress on stderr: a line per debate started and finished and per worker
     event, and on a terminal one live line for the whole batch, rewritten in place."""
@@ -569,12 +574,12 @@ class BatchPrinter:
         click.echo(text, err=True)
 
     def __call__(self, event: BatchEvent) -> None:
-        if self.quiet:
+        if self.quiet and event.action not in WARNINGS:
             return
         line = self._line(event)
         if line:
             self._echo(line)
-        if self.live and event.progress is not None:
+        if self.live and event.progress is not None and not self.quiet:
             width = shutil.get_terminal_size((100, 20)).columns - 1
             click.echo("\r\x1b[K" + _batch_line(event.progress)[:width], err=True, nl=False)
             self.shown = True
@@ -686,7 +691,11 @@ SCORE_FORMATS = ["text", "md", "csv"]
     help="Run the workers as Ray actors on the cluster at ADDRESS (host:port), or 'auto' for "
     "a private Ray instance on this machine. Needs localtable[ray].",
 )  # fmt: skip
-@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@click.option(
+    "--quiet", "-q", is_flag=True,
+    help="No progress on stderr; a worker that refuses or dies and a debate that errs still "
+    "show.",
+)  # fmt: skip
 @user_errors
 def batch(
     questions_file: Path | None,

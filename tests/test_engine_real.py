@@ -47,16 +47,32 @@ def test_invalid_grammar_is_an_error_not_a_crash() -> None:
         assert engine.generate(request('root ::= "Red" | "Blue"')).text in ("Red", "Blue")
 
 
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process so far, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_until_computing(pid: int, since: int, ticks: int = 20) -> None:
+    """Wait for the event "the worker is generating": its CPU time grows past since."""
+    deadline = time.monotonic() + 120
+    while cpu_ticks(pid) < since + ticks:
+        assert time.monotonic() < deadline, f"worker {pid} never started generating"
+        time.sleep(0.05)
+
+
 def test_a_crash_mid_generation_ends_the_request_and_the_next_one_restarts() -> None:
     with Engine() as engine:
         load(engine)
         first_pid = engine.worker_pid
         assert first_pid is not None
+        idle = cpu_ticks(first_pid)
         outcome: list[BaseException | str] = []
 
         def generate() -> None:
             try:
-                # a grammar with no early end: the generation surely outlasts the sleep
+                # a grammar with no early end: the generation outlasts the wait below
                 long = request("root ::= [a-z ]{300,400}", max_tokens=400)
                 outcome.append(engine.generate(long).text)
             except BaseException as exc:
@@ -64,7 +80,8 @@ def test_a_crash_mid_generation_ends_the_request_and_the_next_one_restarts() -> 
 
         thread = threading.Thread(target=generate)
         thread.start()
-        time.sleep(1.0)
+        wait_until_computing(first_pid, idle)
+        assert not outcome, outcome
         os.kill(first_pid, signal.SIGSEGV)  # what a llama.cpp bug would do
         thread.join(timeout=60)
         assert len(outcome) == 1 and isinstance(outcome[0], EngineCrashed)
@@ -116,7 +133,7 @@ def test_the_worker_dies_with_a_killed_parent() -> None:
     try:
         assert parent.stdout is not None
         worker = int(parent.stdout.readline())
-        time.sleep(2.0)  # into the generation
+        wait_until_computing(worker, cpu_ticks(worker))  # into the generation
         assert not gone(worker)
         parent.kill()
         parent.wait(timeout=60)

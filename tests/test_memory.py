@@ -181,3 +181,56 @@ def test_cores_capped_by_a_cgroup_quota(tmp_path: Path) -> None:
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
     assert cgroup_cpu_quota(tmp_path) == 3
     assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_two_entries_for_one_file_share_one_load_with_both_kv_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from localtable.backends.llamacpp.backend import LlamaCppBackend, LlamaCppSettings
+    from localtable.backends.llamacpp.messages import LoadRequest, ModelInfo
+    from localtable.record import MemoryRecord, ModelRecord
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF not really a model")
+    sha = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    settings = LlamaCppSettings(
+        path=str(gguf), n_ctx_requested=512, n_batch=128, n_ubatch=128, threads=1,
+        gpu_layers=0, flash_attn=False,
+    )  # fmt: skip
+    models = [
+        ModelRecord(
+            name=name,
+            backend="llamacpp",
+            source="file",
+            sha256=sha,
+            size=gguf.stat().st_size,
+            chat_mode="completion",
+            n_ctx=512,
+            settings=settings.model_dump(mode="json"),
+        )  # fmt: skip
+        for name in ("first", "second")
+    ]
+    info = ModelInfo(n_ctx=512, n_batch=128, n_ubatch=128, threads=1, type_k="f16",
+                     type_v="f16", bos_token="", eos_token="", add_bos=False,
+                     chat_template=None, system_info="", llama_cpp_python="0.3.36",
+                     load_seconds=0.1)  # fmt: skip
+
+    @dataclass
+    class RecordingEngine:
+        one_at_a_time: bool = False
+        loads: list[LoadRequest] = field(default_factory=list)
+
+        def load(self, req: LoadRequest) -> ModelInfo:
+            self.loads.append(req)
+            return info
+
+    engine = RecordingEngine()
+    backend = LlamaCppBackend(engine)  # type: ignore[arg-type]
+    memory = MemoryRecord(kv_caches={"first": 2, "second": 1})
+    backend.open(models, memory, reuse_prefix=True, templates=builtin(), today="2026-12-01",
+                 loaded=None)  # fmt: skip
+    assert {load.model_key for load in engine.loads} == {engine.loads[0].model_key}
+    assert [load.kv_slots for load in engine.loads] == [3, 3]  # one model, both entries' caches

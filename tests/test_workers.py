@@ -269,3 +269,22 @@ def test_the_live_line_shows_counts_workers_rate_and_eta(
         "5/16 done · 2 running · 1 failed · w1 q3-s1 (4 turns) · w2 refused · 41 debates/h · "
         "ETA 12m34s"
     ) in err
+
+
+def test_quiet_hides_progress_but_not_a_worker_that_died(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from localtable.cli import BatchPrinter
+
+    printer = BatchPrinter(quiet=True, live=True)
+    printer(BatchEvent(position=1, total=4, question_id="q1", seed=1, action="run",
+                       status="running", worker=1))  # fmt: skip
+    printer(BatchEvent(position=1, total=4, question_id="q1", seed=1, action="requeue",
+                       status="running", worker=1, error="killed by SIGKILL"))  # fmt: skip
+    printer(BatchEvent(position=0, total=4, question_id="", seed=0, action="lost",
+                       status="dead", worker=2, error="exit 1"))  # fmt: skip
+    printer.close()
+    err = capsys.readouterr().err
+    assert "running" not in err
+    assert "its worker 1 died (killed by SIGKILL); back in the queue" in err
+    assert "worker 2 died: exit 1" in err

@@ -23,10 +23,10 @@ import queue
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,11 @@ class DebateWorker:
         self.where = f"{this_host()} ({ip}, node {context.get_node_id()[:8]})"
         self.scratch = Path(tempfile.mkdtemp(prefix="localtable-worker-"))
         self.core: WorkerCore | None = None
+        # Every debate runs on this one thread, which lives as long as the actor: the
+        # llama.cpp engine process it starts is killed by the kernel when the thread
+        # that started it ends (its parent-death signal), so a thread per debate
+        # would lose the loaded models after each one.
+        self.debates = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localtable-debate")
 
     def check(self) -> str:
         """Resolve and hash every model of the panel on this node."""
@@ -106,7 +111,7 @@ class DebateWorker:
             except BaseException as exc:  # a bug: fail the call, the driver replaces the actor
                 reports.put(exc)
 
-        threading.Thread(target=work, daemon=True, name="localtable-debate").start()
+        self.debates.submit(work)
         while True:
             item = reports.get()
             if isinstance(item, BaseException):
@@ -117,7 +122,8 @@ class DebateWorker:
 
     def close(self) -> None:
         if self.core is not None:
-            self.core.close()
+            self.debates.submit(self.core.close).result()
+        self.debates.shutdown(wait=False)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 

@@ -338,10 +338,13 @@ class LocalPool:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         scratch = self.work_dir / "scratch" / f"w{worker + 1}-{os.getpid()}-{len(self.procs)}"
+        # Not a daemon: a daemonic process may not start children, and the worker's
+        # llama.cpp engine is a child process of its own. retire() ends the worker and
+        # the kernel ends its engine with it (the engine's parent-death signal).
         proc = ctx.Process(
             target=_serve,
             args=(child, self.spec, scratch, worker),
-            daemon=True,
+            daemon=False,
             name=f"localtable-worker-{worker + 1}",
         )
         proc.start()
@@ -396,9 +399,12 @@ class LocalPool:
     def retire(self, worker: int) -> None:
         proc = self.procs.pop(worker, None)
         conn = self.conns.pop(worker, None)
+        busy = self.jobs.pop(worker, None) is not None
         if conn is not None:
             conn.close()
         if proc is not None:
+            if busy:  # mid-debate (Ctrl-C): its finished turns are saved, the rest is lost
+                proc.kill()
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()

@@ -335,6 +335,14 @@ class LlamaCppBackend:
         # the recorded plan, also on resume and replay: one at a time stays one at a time
         self.engine.one_at_a_time = memory is not None and memory.loading == "one at a time"
         kv_caches = memory.kv_caches if memory is not None else {}
+        # Two models.toml entries for one file with the same settings share one loaded
+        # model: it gets the KV caches of both, or their panelists would evict each
+        # other's reused prefixes.
+        slots: dict[str, int] = {}
+        for model in models:
+            if model.sha256 is not None:
+                key = model_key(model.sha256, LlamaCppSettings.model_validate(model.settings))
+                slots[key] = slots.get(key, 0) + kv_caches.get(model.name, 1)
         opened = []
         for model in models:
             settings = LlamaCppSettings.model_validate(model.settings)
@@ -346,7 +354,7 @@ class LlamaCppBackend:
                 model_key=key, path=path, n_ctx=settings.n_ctx_requested,
                 n_batch=settings.n_batch, n_ubatch=settings.n_ubatch, threads=settings.threads,
                 gpu_layers=settings.gpu_layers, flash_attn=settings.flash_attn,
-                kv_slots=kv_caches.get(model.name, 1),
+                kv_slots=slots[key],
             )  # fmt: skip
             try:
                 info = self.engine.load(request)

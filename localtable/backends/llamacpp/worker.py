@@ -287,7 +287,7 @@ def _die_with_parent() -> None:
     Without it, a run killed with SIGKILL leaves its worker finishing the current
     generation (minutes on a CPU) with nobody to read it. The signal fires when
     the thread that started the worker ends; localtable starts workers from the
-    main thread."""
+    main thread, or a Ray actor's one debate thread."""
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
