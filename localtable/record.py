@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from localtable.errors import RecordError, RecordWriteError
-from localtable.record_upgrade import TARGET_VERSION, upgrade_v2
+from localtable.record_upgrade import TARGET_VERSION, upgrade_v2, upgrade_v3
 from localtable.runlock import lock_holder
 from localtable.storage import StorageError, read_versioned, write_atomic
 
@@ -27,9 +27,12 @@ from localtable.storage import StorageError, read_versioned, write_atomic
 # replace the llama.cpp-only `engine`; sampling is stored as it was (no config
 # limits); turns and the summary keep the display limits that applied; generations
 # keep their token ids; rejected summary attempts keep their generations. Versions
-# 1 and 2 are upgraded on reading (record_upgrade.py).
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 1 and 2 are upgraded on reading (record_upgrade.py). 4 makes open positions explicit:
+# the labelled positions (`positions`, `labelings`), each turn's position letter and
+# whether it changed, and the order each turn's fields were generated in (reasoning
+# first since 4; versions up to 3 generated the answer first).
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 RECORD_FILE = "record.json"
 # A run id names the run's folder: one path component (`replay` writes <id>-replay-...
 # next to the runs it reads, and records are shared, so a record must not name "../x").
@@ -100,6 +103,14 @@ class ParsedTurn(Frozen):
     stance: Literal["maintain", "change"] | None = None  # None in round 1
     influenced_by: list[str] = Field(default_factory=list)  # panelist names
     reasoning: str = ""
+    position_claim: str | None = Field(
+        default=None,
+        description="open questions, rounds 2+: the position letter the panelist named, or 'new'",
+    )
+    order: list[str] = Field(
+        default_factory=list,
+        description="the fields in the order they were generated, e.g. reasoning, answer",
+    )
 
 
 TurnStatus = Literal["ok", "failed", "interrupted"]
@@ -132,8 +143,38 @@ class TurnRecord(Frozen):
     parsed: ParsedTurn | None = None
     changed_mind_stated: bool | None = None
     answer_changed: bool | None = None
+    position: str | None = Field(
+        default=None, description="the letter of the labelled position this turn holds"
+    )
+    position_changed: bool | None = Field(
+        default=None, description="rounds 2+: a different position from its previous turn"
+    )
     answer_max_chars: int | None = Field(
         default=None, description="where the grammar ended the answer line (for display)"
+    )
+
+
+class PositionLabel(Frozen):
+    """A distinct position of an open debate, labelled when it first appeared."""
+
+    letter: str = Field(pattern=r"^[A-Z]$")
+    label: str = Field(description="a short label, generated under a grammar")
+    round: int = Field(description="the round whose answers introduced it")
+
+
+class LabelingRecord(Frozen):
+    """The step after a round that gives the round's new open positions their labels
+    (after round 1: every answer; later: only answers that claimed a new position)."""
+
+    round: int = Field(description="the round whose answers were labelled")
+    labeller: str = Field(description="the panelist whose model wrote the labels")
+    status: TurnStatus
+    error: str | None = None
+    generation: Generation | None = None  # the attempt kept
+    rejected: list[str] = Field(default_factory=list)
+    rejected_generations: list[Generation] = Field(default_factory=list)
+    assigned: dict[str, str] = Field(
+        default_factory=dict, description="panelist name -> position letter"
     )
 
 
@@ -190,7 +231,7 @@ QuestionKind = Literal["open", "choice", "number"]
 
 
 class RunRecord(Frozen):
-    schema_version: Literal[3] = 3  # SCHEMA_VERSION
+    schema_version: Literal[4] = 4  # SCHEMA_VERSION
     run_id: str = Field(pattern=RUN_ID)
     created_at: datetime
     finished_at: datetime | None = None
@@ -220,8 +261,19 @@ class RunRecord(Frozen):
     summarizer: str
     templates: dict[str, str] = Field(default_factory=dict, description="template -> sha256")
     turns: list[TurnRecord] = Field(default_factory=list)
+    positions: list[PositionLabel] = Field(
+        default_factory=list, description="open questions: the labelled positions, A first"
+    )
+    labelings: list[LabelingRecord] = Field(default_factory=list)
     summary: SummaryRecord | None = None
     transcript_sha256: str | None = None
+
+    def label(self, letter: str | None) -> str | None:
+        """The label of a position letter, or None."""
+        return next((p.label for p in self.positions if p.letter == letter), None)
+
+    def labeling(self, round_no: int) -> LabelingRecord | None:
+        return next((x for x in self.labelings if x.round == round_no), None)
 
     def turn(self, round_no: int, panelist: str) -> TurnRecord | None:
         for t in self.turns:
@@ -281,6 +333,14 @@ def transcript_sha256(record: RunRecord) -> str:
             "consensus": record.summary.consensus.line,
         },
     }
+    if record.positions or record.labelings:  # schema 4, open questions
+        body["positions"] = [p.model_dump(mode="json") for p in record.positions]
+        body["labelings"] = [
+            {"round": x.round, "status": x.status, "generation": gen(x.generation),
+             "assigned": x.assigned}
+            for x in record.labelings
+        ]  # fmt: skip
+        body["turn_positions"] = [[t.round, t.panelist, t.position] for t in record.turns]
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -322,13 +382,18 @@ def find_run(run: str, runs_dir: Path) -> Path:
 
 
 def _read_v2(raw: dict[str, Any]) -> RunRecord:
-    return RunRecord.model_validate(upgrade_v2(raw))
+    return RunRecord.model_validate(upgrade_v3(upgrade_v2(raw)))
+
+
+def _read_v3(raw: dict[str, Any]) -> RunRecord:
+    return RunRecord.model_validate(upgrade_v3(raw))
 
 
 READERS: dict[int, Callable[[dict[str, Any]], RunRecord]] = {
     1: _read_v2,  # version 1 is version 2 without two optional fields
     2: _read_v2,
-    3: RunRecord.model_validate,
+    3: _read_v3,
+    4: RunRecord.model_validate,
 }
 assert TARGET_VERSION == SCHEMA_VERSION and set(READERS) == set(READABLE_VERSIONS)
 

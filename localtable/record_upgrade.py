@@ -3,15 +3,16 @@
 Versions 1 and 2 were written when llama.cpp in-process was the only backend:
 their models carried llama.cpp's load settings as fields, the record had one
 `engine`, and renderers recomputed display limits from the code of the day.
-Each upgrade below maps an old record, as raw JSON, onto version 3 without
+Each upgrade below maps an old record, as raw JSON, onto the next version without
 loss, so old records still render, resume and replay (record.py reads them).
+Version 3 generated every turn answer first; version 4 records the order.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-TARGET_VERSION = 3  # record.SCHEMA_VERSION, which reads through this module
+TARGET_VERSION = 4  # record.SCHEMA_VERSION, which reads through this module
 
 # What versions 1 and 2 computed in code when they rendered (answers: about half
 # the token budget, at most 400 characters; summary lines: 160 characters).
@@ -36,11 +37,31 @@ def _model_v2_to_v3(model: dict[str, Any]) -> dict[str, Any]:
     return {**common, "backend": "llamacpp", "settings": settings}
 
 
+# Up to version 3 the grammar generated a turn's answer before its reasoning.
+V3_ROUND1_ORDER = ["answer", "reasoning"]
+V3_LATER_ORDER = ["decision", "answer", "influenced_by", "reasoning"]
+
+
+def upgrade_v3(raw: dict[str, Any]) -> dict[str, Any]:
+    """A version 3 record as version 4: each parsed turn gets the order its fields
+    were generated in (answer first); open positions were not labelled then."""
+    out = dict(raw)
+    out["schema_version"] = TARGET_VERSION
+    turns = []
+    for t in raw.get("turns", []):
+        if isinstance(t.get("parsed"), dict):
+            order = V3_ROUND1_ORDER if t.get("round") == 1 else V3_LATER_ORDER
+            t = {**t, "parsed": {**t["parsed"], "order": order}}
+        turns.append(t)
+    out["turns"] = turns
+    return out
+
+
 def upgrade_v2(raw: dict[str, Any]) -> dict[str, Any]:
     """A version 1 or 2 record as version 3 (version 1 is version 2 without two
     optional fields)."""
     out = dict(raw)
-    out["schema_version"] = TARGET_VERSION
+    out["schema_version"] = 3
     out["models"] = [_model_v2_to_v3(m) for m in raw.get("models", [])]
     engine = out.pop("engine", None)
     if isinstance(engine, dict):

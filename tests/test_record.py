@@ -36,13 +36,18 @@ def test_unknown_schema_version_fails_clearly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_stored_records_of_older_versions_read_as_version_3(tmp_path: Path, version: int) -> None:
+def test_stored_records_of_older_versions_read_as_version_4(tmp_path: Path, version: int) -> None:
     """Real records written by localtable at d1000e0 (version 2, and the same run as
     version 1 wrote it: no memory plan, no rejected summaries)."""
     stored = json.loads((DATA / f"record-v{version}-real.json").read_text(encoding="utf-8"))
     (tmp_path / "record.json").write_text(json.dumps(stored))
     record = read_record(tmp_path)
-    assert record.schema_version == 3
+    assert record.schema_version == 4
+    assert all(
+        t.parsed.order[0] == ("answer" if t.round == 1 else "decision")
+        for t in record.turns
+        if t.parsed
+    )  # answer first then
     assert transcript_sha256(record) == stored["transcript_sha256"]  # outputs unchanged
     assert (record.memory is None) == (version == 1)
     for model, old in zip(record.models, stored["models"], strict=True):
