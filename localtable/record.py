@@ -310,14 +310,24 @@ def transcript_sha256(record: RunRecord) -> str:
             "completion_tokens": g.completion_tokens,
         }
 
-    body = {
+    def _parsed(p: ParsedTurn | None) -> dict[str, object] | None:
+        # `order` is implied by the raw output; an absent claim (schema 3) is left out,
+        # so older records keep their hash
+        if p is None:
+            return None
+        out = p.model_dump(mode="json", exclude={"order"})
+        if out["position_claim"] is None:
+            del out["position_claim"]
+        return out
+
+    body: dict[str, object] = {
         "turns": [
             {
                 "round": t.round,
                 "panelist": t.panelist,
                 "status": t.status,
                 "generation": gen(t.generation),
-                "parsed": t.parsed.model_dump(mode="json") if t.parsed else None,
+                "parsed": _parsed(t.parsed),
             }
             for t in record.turns
         ],
