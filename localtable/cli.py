@@ -140,14 +140,15 @@ class ProgressPrinter:
     def __call__(self, event: ProgressEvent) -> None:
         if self.quiet:
             return
-        what = f"round {event.round}/{event.rounds}" if event.stage == "turn" else "summary"
+        if event.stage == "turn":
+            what = f"[{event.done + 1}/{event.total}] round {event.round}/{event.rounds}"
+        elif event.stage == "labels":  # not counted in total: only open questions have it
+            what = f"{' ' * len(f'[{event.done}/{event.total}]')} labels of round {event.round}"
+        else:
+            what = f"[{event.done + 1}/{event.total}] summary"
         if event.status == "generating":
             self.started = time.monotonic()
-            click.echo(
-                f"[{event.done + 1}/{event.total}] {what} · {event.panelist} ... ",
-                err=True,
-                nl=False,
-            )
+            click.echo(f"{what} · {event.panelist} ... ", err=True, nl=False)
         else:
             click.echo(f"{event.status} ({time.monotonic() - self.started:.1f}s)", err=True)
 

@@ -126,6 +126,9 @@ class Generation(Frozen):
     prompt_sha256: str = Field(description="sha256 of the prompt's token ids")
     shortened: list[str] = Field(default_factory=list, description="context rules applied")
     grammar_sha256: str | None = None
+    prefill: str = Field(
+        default="", description="the start of the reply given to the model to continue"
+    )
     raw_output: str = ""
     token_ids: list[int] = Field(default_factory=list, description="the generated tokens")
     completion_tokens: int = 0
@@ -135,11 +138,19 @@ class Generation(Frozen):
 
 
 class TurnRecord(Frozen):
+    """One panelist's turn of one round. Its text is the generation's output, or,
+    after a cut-off, the continuation's prefill plus its output (`text`)."""
+
     round: int
     panelist: str
     status: TurnStatus
     error: str | None = None
     generation: Generation | None = None
+    continuation: Generation | None = Field(
+        default=None,
+        description="when max_tokens cut the generation off: the rest of the turn, "
+        "generated after the whole fields kept from it (see Generation.prefill)",
+    )
     parsed: ParsedTurn | None = None
     changed_mind_stated: bool | None = None
     answer_changed: bool | None = None
@@ -152,6 +163,13 @@ class TurnRecord(Frozen):
     answer_max_chars: int | None = Field(
         default=None, description="where the grammar ended the answer line (for display)"
     )
+
+    @property
+    def text(self) -> str:
+        """The turn as the model wrote it (what later rounds show it as its own reply)."""
+        if self.continuation is not None:
+            return self.continuation.prefill + self.continuation.raw_output
+        return self.generation.raw_output if self.generation else ""
 
 
 class PositionLabel(Frozen):
@@ -303,6 +321,7 @@ def transcript_sha256(record: RunRecord) -> str:
         if g is None:
             return None
         return {
+            **({"prefill": g.prefill} if g.prefill else {}),
             "seed": g.seed,
             "prompt_sha256": g.prompt_sha256,
             "raw_output": g.raw_output,
@@ -327,6 +346,7 @@ def transcript_sha256(record: RunRecord) -> str:
                 "panelist": t.panelist,
                 "status": t.status,
                 "generation": gen(t.generation),
+                **({"continuation": gen(t.continuation)} if t.continuation else {}),
                 "parsed": _parsed(t.parsed),
             }
             for t in record.turns

@@ -22,6 +22,7 @@ from localtable.backends.base import (
 from localtable.config import LoadedConfig
 from localtable.record import MemoryRecord, ModelRecord, PanelistRecord, RunRecord
 from localtable.templates import TemplateSet
+from tests.scripted import scripted_reply
 
 # model name -> how many times it was loaded, over every instance (a test resets it)
 LOADS: Counter[str] = Counter()
@@ -45,18 +46,8 @@ def hold() -> None:
         time.sleep(0.01)
 
 
-def reply_for(request: TurnRequest, panel: list[str]) -> str:
-    grammar = request.grammar
-    if grammar.startswith('root ::= "Headline'):
-        members = "".join(f"{name}: A\n" for name in panel)
-        return (
-            f"Headline: The panel agreed on one view.\nPosition A: one view\n{members}"
-            "Counterpoint: none was raised.\nSummary: everyone said the same thing."
-        )
-    answer = f"{request.panelist} says yes"
-    if "Decision" in grammar:
-        return f"Decision: maintained\nAnswer: {answer}\nInfluenced by: nobody\nReasoning: same."
-    return f"Answer: {answer}\nReasoning: because it is so."
+def reply_for(request: TurnRequest) -> str:
+    return scripted_reply(request.grammar, f"{request.panelist} says yes")
 
 
 class FakeSeat:
@@ -75,7 +66,7 @@ class FakeSeat:
 
     def generate(self, request: TurnRequest) -> TurnResult:
         hold()
-        text = reply_for(request, self.backend.panel)
+        text = reply_for(request)
         n = self.count_tokens(request.messages)
         return TurnResult(
             prompt="\n".join(m.content for m in request.messages),

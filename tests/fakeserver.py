@@ -19,6 +19,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.scripted import scripted_reply
+
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -43,20 +45,7 @@ def words(text: str, parse_special: bool) -> list[int]:
 
 
 def reply_for(body: dict[str, Any]) -> str:
-    grammar = body["grammar"]
-    seed = body["seed"]
-    if grammar.startswith('root ::= "Headline'):
-        line = next(x for x in grammar.splitlines() if x.startswith("groups1 ::="))
-        members = re.findall(r'"([^"]+): " letters1', line)
-        groups = "".join(f"{m}: A\n" for m in members)
-        return (
-            f"Headline: The panel agreed on one view.\nPosition A: one view\n{groups}"
-            "Counterpoint: none was raised.\nSummary: everyone said the same thing."
-        )
-    answer = f"yes {seed % 97}"
-    if "Decision" in grammar:
-        return f"Decision: maintained\nAnswer: {answer}\nInfluenced by: nobody\nReasoning: same."
-    return f"Answer: {answer}\nReasoning: because it is so."
+    return scripted_reply(body["grammar"], f"yes {body['seed'] % 97}")
 
 
 class FakeLlamaServer:

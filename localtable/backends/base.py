@@ -60,6 +60,11 @@ class TurnRequest(BaseModel):
     grammar: str
     seed: int
     sampling: SamplingRecord
+    prefill: str = Field(
+        default="",
+        description="the start of the reply, already written: the model continues it "
+        "(the grammar covers only what follows)",
+    )
 
 
 class TurnResult(BaseModel):

@@ -125,7 +125,28 @@ def _fold_system(messages: list[ChatMessage]) -> list[ChatMessage]:
     return [merged, *messages[2:]]
 
 
+def with_prefill(prompt: FormattedPrompt, prefill: str) -> FormattedPrompt:
+    """The prompt followed by the start of the reply (plain text: it was generated)."""
+    if not prefill:
+        return prompt
+    piece = PromptPiece(text=prefill, special=False)
+    return prompt.model_copy(update={"pieces": [*prompt.pieces, piece]})
+
+
 def format_prompt(
+    mode: Literal["template", "completion"],
+    info: ModelInfo,
+    messages: list[ChatMessage],
+    today: date,
+    templates: TemplateSet,
+    prefill: str = "",
+) -> FormattedPrompt:
+    """The conversation as the model's prompt pieces, ending where the reply starts
+    (after `prefill`, when part of the reply is already written)."""
+    return with_prefill(_format(mode, info, messages, today, templates), prefill)
+
+
+def _format(
     mode: Literal["template", "completion"],
     info: ModelInfo,
     messages: list[ChatMessage],

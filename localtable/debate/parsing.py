@@ -15,7 +15,7 @@ import re
 from pydantic import BaseModel, ConfigDict
 
 from localtable.debate.answers import answer_problem
-from localtable.record import ParsedTurn, PositionGroup, QuestionKind
+from localtable.record import ParsedTurn, QuestionKind
 
 # An answer says something when it has a letter or a digit: "4", "2+1" and "A" are
 # answers; "...", "-" and "?" are not.
@@ -31,9 +31,51 @@ class ParseFailure(ValueError):
 class ParsedSummary(BaseModel):
     model_config = ConfigDict(frozen=True)
     headline: str
-    groups: list[PositionGroup]
     counterpoint: str
     summary: str
+
+
+class ParsedLabels(BaseModel):
+    """New labelled positions (letters compacted in order of use) and who holds which."""
+
+    model_config = ConfigDict(frozen=True)
+    new: dict[str, str]  # letter -> label
+    assigned: dict[str, str]  # panelist name -> letter
+
+
+# A turn's fields, as the grammar (prompts/turn.gbnf.j2) writes them, by key.
+FIELD_NAMES = {
+    "reasoning": "Reasoning",
+    "influenced_by": "Influenced by",
+    "decision": "Decision",
+    "position": "Position",
+    "answer": "Answer",
+}
+# A headline sharing this much of its wording with the question restates it
+# (`make quality` counts the same measure).
+RESTATES_OVERLAP = 0.8
+
+
+def turn_fields(*, later_round: bool, labelled: bool) -> list[str]:
+    """The fields of a turn in the order they are generated: reasoning first, the
+    answer last (labelled: an open question whose positions have letters)."""
+    if not later_round:
+        return ["reasoning", "answer"]
+    middle = ["influenced_by", "decision", *(["position"] if labelled else [])]
+    return ["reasoning", *middle, "answer"]
+
+
+def completed_part(text: str, fields: list[str]) -> tuple[str, list[str]]:
+    """For an output that max_tokens cut off: the part to keep (whole fields, a cut
+    reasoning closed with an ellipsis) and the fields still to generate."""
+    lines = text.split("\n")
+    done = lines[:-1]  # the last line was cut
+    n = min(len(done), len(fields) - 1)  # the answer is last: never complete when cut
+    if n == 0:
+        if not lines[0].startswith(f"{FIELD_NAMES[fields[0]]}: ") or fields[0] != "reasoning":
+            return "", fields
+        return lines[0].rstrip() + "…\n", fields[1:]
+    return "\n".join(done[:n]) + "\n", fields[n:]
 
 
 def _fields(text: str, names: list[str], last: str) -> dict[str, str]:
@@ -81,6 +123,15 @@ def _answer(value: str, kind: QuestionKind, options: list[str]) -> str:
     return value
 
 
+def word_overlap(text: str, question: str) -> float:
+    """The share of the text's distinct words that also occur in the question
+    (casefolded); a text with no words counts as 1.0 (it says nothing of its own)."""
+    words = set(_WORD.findall(text.casefold()))
+    if not words:
+        return 1.0
+    return len(words & set(_WORD.findall(question.casefold()))) / len(words)
+
+
 def parse_turn(
     text: str,
     *,
@@ -88,77 +139,97 @@ def parse_turn(
     peers: dict[str, str],
     kind: QuestionKind = "open",
     options: list[str] | None = None,
+    letters: list[str] | None = None,
 ) -> ParsedTurn:
-    """Parse a panelist's turn; peers maps the labels it may cite to panelist names."""
+    """Parse a panelist's turn; peers maps the labels it may cite to panelist names,
+    letters are the labelled positions it may name (None: positions are not labelled)."""
     options = options or []
-    if later_round:
-        f = _fields(text, ["Decision", "Answer", "Influenced by", "Reasoning"], "Reasoning")
-        decision = f["Decision"]
-        if decision not in ("maintained", "changed"):
-            raise ParseFailure(f"decision is {decision!r}, not maintained or changed")
-        influenced: list[str] = []
-        if f["Influenced by"] != "nobody":
-            for label in (s.strip() for s in f["Influenced by"].split(", ")):
-                if label not in peers:
-                    raise ParseFailure(f"influenced by {label!r}, who is not on the panel")
-                if peers[label] not in influenced:
-                    influenced.append(peers[label])
-        return ParsedTurn(
-            answer=_answer(f["Answer"], kind, options),
-            stance="change" if decision == "changed" else "maintain",
-            influenced_by=influenced,
-            reasoning=f["Reasoning"],
-        )
-    f = _fields(text, ["Answer", "Reasoning"], "Reasoning")
-    return ParsedTurn(answer=_answer(f["Answer"], kind, options), reasoning=f["Reasoning"])
+    fields = turn_fields(later_round=later_round, labelled=later_round and letters is not None)
+    f = _fields(text, [FIELD_NAMES[k] for k in fields], "Answer")
+    answer = _answer(f["Answer"], kind, options)
+    reasoning = _meaningful(f["Reasoning"], "reasoning")
+    if not later_round:
+        return ParsedTurn(answer=answer, reasoning=reasoning, order=fields)
+    decision = f["Decision"]
+    if decision not in ("maintained", "changed"):
+        raise ParseFailure(f"decision is {decision!r}, not maintained or changed")
+    influenced: list[str] = []
+    if f["Influenced by"] != "nobody":
+        for label in (s.strip() for s in f["Influenced by"].split(", ")):
+            if label not in peers:
+                raise ParseFailure(f"influenced by {label!r}, who is not on the panel")
+            if peers[label] not in influenced:
+                influenced.append(peers[label])
+    claim = f.get("Position")
+    if claim is not None and claim != "new" and claim not in (letters or []):
+        raise ParseFailure(f"position {claim!r} is not one of the labelled positions")
+    return ParsedTurn(
+        answer=answer,
+        stance="change" if decision == "changed" else "maintain",
+        influenced_by=influenced,
+        reasoning=reasoning,
+        position_claim=claim,
+        order=fields,
+    )
 
 
 def parse_summary(
-    text: str, *, members: dict[str, str], kind: QuestionKind = "open", instructions: str = ""
+    text: str, *, kind: QuestionKind = "open", question: str = "", instructions: str = ""
 ) -> ParsedSummary:
-    """Parse the summarizer's output; members maps labels to panelist names, in panel order.
+    """Parse the summarizer's output (headline, counterpoint, summary).
 
     For a choice or number question the headline may be the answer alone ("3.9").
-    A headline, counterpoint or summary that only repeats a piece of `instructions`
-    (the prompt without the panelists' answers) is refused.
+    An open question's headline must answer it: one that is a question or shares
+    RESTATES_OVERLAP of its words with the question is refused, and so is a field
+    that only repeats a piece of `instructions` (the prompt without the answers).
     """
-    lines = text.split("\n")
-    if not lines or not lines[0].startswith("Headline: "):
-        raise ParseFailure("missing the 'Headline:' line")
-    headline = lines[0].removeprefix("Headline: ").strip()
+    f = _fields(text, ["Headline", "Counterpoint", "Summary"], "Summary")
+    headline = f["Headline"]
     if kind == "open" or not headline:
         headline = _meaningful(headline, "headline")
-    i = 1
-    positions: dict[str, str] = {}
+        if headline.rstrip().endswith("?"):
+            raise ParseFailure(f"the headline asks a question: {headline[:60]!r}")
+        if question and word_overlap(headline, question) >= RESTATES_OVERLAP:
+            raise ParseFailure(f"the headline restates the question: {headline[:60]!r}")
+    for field, value in (("headline", headline), ("counterpoint", f["Counterpoint"]),
+                         ("summary", f["Summary"])):  # fmt: skip
+        if repeats_instructions(value, instructions):
+            raise ParseFailure(f"the {field} only repeats the prompt: {value[:60]!r}")
+    return ParsedSummary(headline=headline, counterpoint=f["Counterpoint"], summary=f["Summary"])
+
+
+def parse_labels(
+    text: str, *, members: dict[str, str], existing: list[str], instructions: str = ""
+) -> ParsedLabels:
+    """Parse the labels of a round's new positions; members maps the labels of the
+    panelists to place to their names (in panel order), existing are the letters
+    already labelled. Declared letters nobody holds are dropped and the rest
+    renumbered in order, so the positions stay A, B, C... without gaps."""
+    lines = text.split("\n")
+    declared: dict[str, str] = {}
+    i = 0
     while i < len(lines) and (m := re.match(r"Position ([A-H]): (.*)$", lines[i])):
-        positions[m.group(1)] = m.group(2).strip()
+        label = _meaningful(m.group(2).strip(), "position label")
+        if repeats_instructions(label, instructions):
+            raise ParseFailure(f"the label only repeats the prompt: {label[:60]!r}")
+        declared[m.group(1)] = label
         i += 1
-    if not positions:
-        raise ParseFailure("no 'Position A:' line")
-    assigned: dict[str, list[str]] = {letter: [] for letter in positions}
+    raw: dict[str, str] = {}
     for label, name in members.items():
         prefix = f"{label}: "
         if i >= len(lines) or not lines[i].startswith(prefix):
             raise ParseFailure(f"no position given for {label}")
         letter = lines[i][len(prefix) :].strip()
-        if letter not in positions:
+        if letter not in declared and letter not in existing:
             raise ParseFailure(f"{label} is given position {letter!r}, which was not declared")
-        assigned[letter].append(name)
+        raw[name] = letter
         i += 1
-    rest = "\n".join(lines[i:])
-    f = _fields(rest, ["Counterpoint", "Summary"], "Summary")
-    for field, value in (("headline", headline), ("counterpoint", f["Counterpoint"]),
-                         ("summary", f["Summary"])):  # fmt: skip
-        if repeats_instructions(value, instructions):
-            raise ParseFailure(f"the {field} only repeats the prompt: {value[:60]!r}")
-    groups = [
-        PositionGroup(position=positions[letter], members=names)
-        for letter, names in assigned.items()
-        if names
-    ]
-    return ParsedSummary(
-        headline=headline,
-        groups=groups,
-        counterpoint=f["Counterpoint"],
-        summary=f["Summary"],
+    letters = "ABCDEFGH"
+    renamed: dict[str, str] = {}
+    for old in declared:
+        if old in raw.values():
+            renamed[old] = letters[len(existing) + len(renamed)]
+    return ParsedLabels(
+        new={renamed[old]: declared[old] for old in renamed},
+        assigned={name: renamed.get(letter, letter) for name, letter in raw.items()},
     )

@@ -14,13 +14,22 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import BackendDown, ChatMessage, TurnFailed, TurnRequest, TurnResult
-from localtable.debate.answers import normalize_open, same_position, tally_groups
+from localtable.debate import positions as pos
+from localtable.debate.answers import normalize_open, same_position
 from localtable.debate.consensus import compute_consensus
-from localtable.debate.parsing import ParseFailure, parse_summary, parse_turn
+from localtable.debate.parsing import (
+    ParsedLabels,
+    ParseFailure,
+    completed_part,
+    parse_labels,
+    parse_summary,
+    parse_turn,
+    turn_fields,
+)
 from localtable.record import (
     Generation,
+    LabelingRecord,
     PanelistRecord,
-    PositionGroup,
     RunRecord,
     SamplingRecord,
     SummaryRecord,
@@ -28,14 +37,20 @@ from localtable.record import (
 )
 from localtable.templates import TemplateSet
 
-ANSWER_MAX_CHARS = 400
-SUMMARY_LINE_MAX_CHARS = 160  # headline, positions, counterpoint: room left for the summary
+# One short sentence: answers of 300+ characters were reasoning in the wrong place.
+ANSWER_MAX_CHARS = 200
+REASONING_MAX_CHARS = 1500
+SUMMARY_LINE_MAX_CHARS = 160  # headline, counterpoint: room left for the summary
 MIN_MAX_TOKENS = 48
-SUMMARY_MAX_TOKENS = 384  # the summary has more fields than a turn
-# An unusable summary (cut off, or only parroting its instructions or the question,
-# as the demo's 135M summarizer sometimes does) is retried with other derived,
-# recorded seeds before the summary counts as failed.
+SUMMARY_MAX_TOKENS = 320
+LABELS_MAX_TOKENS = 256
+# The rest of a turn that max_tokens cut off: the fields after the reasoning.
+CONTINUATION_MAX_TOKENS = 128
+# An unusable summary or set of labels (cut off, restating the question, or only
+# parroting its instructions, as small models sometimes do) is retried with other
+# derived, recorded seeds before it counts as failed.
 SUMMARY_ATTEMPTS = 3
+LABEL_ATTEMPTS = 3
 
 # Applied in order until the prompt fits the model's context; each is recorded.
 SHORTENING_RULES = [
@@ -69,7 +84,7 @@ class Speaker(Protocol):
 
 class ProgressEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
-    stage: str  # "turn" | "summary"
+    stage: str  # "turn" | "labels" | "summary"
     round: int
     rounds: int
     panelist: str
@@ -88,10 +103,24 @@ def derive_seed(run_seed: int, round_no: int, panelist_index: int) -> int:
     return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
 
 
+def stage_seed(run_seed: int, stage: str, attempt: int) -> int:
+    """A seed for a step that is not a panelist's turn (labels after a round)."""
+    digest = hashlib.sha256(f"{run_seed}/{stage}/{attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
+
+
 def answer_max_chars(max_tokens: int) -> int:
-    """The answer line may use about half the token budget (~4 characters a token),
-    so a small max_tokens still leaves room for the reasoning after it."""
+    """The answer line may use about half the token budget (~4 characters a token)."""
     return max(40, min(ANSWER_MAX_CHARS, 2 * max_tokens))
+
+
+def reasoning_max_chars(max_tokens: int) -> int:
+    """The reasoning comes first and must leave room for the fields after it: about
+    3 characters a token of what the answer line and the short fields do not need.
+    Text with many digits has fewer characters a token; a turn that max_tokens cuts
+    off anyway is continued after its reasoning (Debate.continue_turn)."""
+    rest = max_tokens - answer_max_chars(max_tokens) // 3 - 24
+    return max(120, min(REASONING_MAX_CHARS, 3 * rest))
 
 
 def normalize_answer(text: str) -> str:
@@ -152,7 +181,12 @@ class Debate:
             elif level >= 1 and len(reasoning) > 200:
                 reasoning = reasoning[:200].rstrip() + "..."
             view.append(
-                {"label": other.label, "answer": turn.parsed.answer, "reasoning": reasoning}
+                {
+                    "label": other.label,
+                    "answer": turn.parsed.answer,
+                    "reasoning": reasoning,
+                    "position": turn.position or "",
+                }
             )
         return view
 
@@ -162,7 +196,7 @@ class Debate:
             return "Answer: (no valid answer)"
         if level >= 3:
             return f"Answer: {turn.parsed.answer}"
-        return turn.generation.raw_output
+        return turn.text
 
     def conversation(self, p: PanelistRecord, round_no: int, level: int) -> list[ChatMessage]:
         """The panelist's whole conversation up to its turn in round_no.
@@ -182,21 +216,49 @@ class Debate:
             if r < first_kept:
                 continue
             messages.append(ChatMessage(role="assistant", content=self._own_reply(p, r - 1, level)))
+            own = self._latest_ok(p.name, r)
             later = self.templates.render(
                 "round_later.j2",
                 round=r,
                 others=self._peers_view(p, r, level),
                 kind=self.record.question_kind,
+                positions=self._positions_before(r),
+                own_position=own.position if own is not None and own.position else "",
+                allow_new=self._allow_new(r),
             )
             messages.append(ChatMessage(role="user", content=later.strip()))
         return messages
 
-    def _grammar(self, p: PanelistRecord, round_no: int) -> str:
+    def _positions_before(self, round_no: int) -> list[dict[str, str]]:
+        """The labelled positions a turn of round_no may name (open questions)."""
+        return [
+            {"letter": x.letter, "label": x.label}
+            for x in self.record.positions
+            if x.round < round_no
+        ]
+
+    def _letters(self, round_no: int) -> list[str] | None:
+        """The letters a later-round turn may name; None when positions are not labelled
+        (choice and number questions, or no labelled position yet)."""
+        if self.record.question_kind != "open" or round_no == 1:
+            return None
+        return [x["letter"] for x in self._positions_before(round_no)] or None
+
+    def _allow_new(self, round_no: int) -> bool:
+        return len(self._positions_before(round_no)) < len(pos.LETTERS)
+
+    def _fields(self, round_no: int) -> list[str]:
+        return turn_fields(later_round=round_no > 1, labelled=self._letters(round_no) is not None)
+
+    def _grammar(self, p: PanelistRecord, round_no: int, fields: list[str]) -> str:
         peers = [o.label for o in self.panel if o.name != p.name]
         return self.templates.render(
             "turn.gbnf.j2",
-            later_round=round_no > 1,
+            fields=fields,
             peers=peers,
+            letters=self._letters(round_no) or [],
+            allow_new=self._allow_new(round_no),
+            reasoning_max=reasoning_max_chars(p.sampling.max_tokens),
             answer_max=answer_max_chars(p.sampling.max_tokens),
             kind=self.record.question_kind,
             options=self.record.options,
@@ -235,6 +297,7 @@ class Debate:
             prompt_sha256=result.prompt_sha256,
             shortened=[*shortened, *result.notes],
             grammar_sha256=hashlib.sha256(request.grammar.encode("utf-8")).hexdigest(),
+            prefill=request.prefill,
             raw_output=result.text,
             token_ids=result.token_ids,
             completion_tokens=result.completion_tokens,
@@ -273,32 +336,65 @@ class Debate:
         )
         self.save(self.record)
 
+    def continue_turn(
+        self,
+        p: PanelistRecord,
+        round_no: int,
+        first: TurnRequest,
+        cut: Generation,
+        fields: list[str],
+    ) -> Generation | None:
+        """A turn that max_tokens cut off (a long reasoning) goes on after its whole
+        fields: the model continues from them under the grammar of the fields left,
+        so the answer line is still written. None when nothing of it can be kept."""
+        kept, rest = completed_part(cut.raw_output, fields)
+        if not kept:
+            return None
+        budget = CONTINUATION_MAX_TOKENS
+        if self.record.question_kind == "open":
+            budget += answer_max_chars(p.sampling.max_tokens) // 3
+        request = first.model_copy(
+            update={
+                "grammar": self._grammar(p, round_no, rest),
+                "prefill": kept,
+                "sampling": first.sampling.model_copy(update={"max_tokens": budget}),
+            }
+        )
+        return self.generate(request, cut.shortened)
+
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
         self.current = (round_no, p.name)
         self._emit("turn", round_no, p.name, "generating")
         seed = derive_seed(self.record.seed, round_no, p.index)
         peers = {o.label: o.name for o in self.panel if o.name != p.name}
+        fields = self._fields(round_no)
         generation: Generation | None = None
+        continuation: Generation | None = None
+        limits = answer_max_chars(p.sampling.max_tokens)
         try:
             messages, sampling, rules = self.fit(
                 p.name, lambda level: self.conversation(p, round_no, level), p.sampling
             )
-            generation = self.generate(
-                TurnRequest(
-                    panelist=p.name,
-                    messages=messages,
-                    grammar=self._grammar(p, round_no),
-                    seed=seed,
-                    sampling=sampling,
-                ),
-                rules,
+            request = TurnRequest(
+                panelist=p.name,
+                messages=messages,
+                grammar=self._grammar(p, round_no, fields),
+                seed=seed,
+                sampling=sampling,
             )
+            generation = self.generate(request, rules)
+            text = generation.raw_output
+            if generation.finish_reason == "length":
+                continuation = self.continue_turn(p, round_no, request, generation, fields)
+                if continuation is not None:
+                    text = continuation.prefill + continuation.raw_output
             parsed = parse_turn(
-                generation.raw_output,
+                text,
                 later_round=round_no > 1,
                 peers=peers,
                 kind=self.record.question_kind,
                 options=self.record.options,
+                letters=self._letters(round_no),
             )
         except BackendDown as exc:
             # The server could not answer: nothing is known of this turn. Keep it as
@@ -309,7 +405,7 @@ class Debate:
                     panelist=p.name,
                     status="interrupted",
                     error=str(exc),
-                    answer_max_chars=answer_max_chars(p.sampling.max_tokens),
+                    answer_max_chars=limits,
                 )
             )
             self._emit("turn", round_no, p.name, "failed")
@@ -325,7 +421,8 @@ class Debate:
                     status="failed",
                     error=reason,
                     generation=generation,
-                    answer_max_chars=answer_max_chars(p.sampling.max_tokens),
+                    continuation=continuation,
+                    answer_max_chars=limits,
                 )
             )
             self._emit("turn", round_no, p.name, "failed")
@@ -336,30 +433,135 @@ class Debate:
             panelist=p.name,
             status="ok",
             generation=generation,
+            continuation=continuation,
             parsed=parsed,
-            answer_max_chars=answer_max_chars(p.sampling.max_tokens),
+            answer_max_chars=limits,
         )
         if round_no > 1:
-            turn.changed_mind_stated = parsed.stance == "change"
+            turn = turn.model_copy(update={"changed_mind_stated": parsed.stance == "change"})
             if previous is not None and previous.parsed is not None:
-                turn.answer_changed = not same_position(
+                changed = not same_position(
                     self.record.question_kind, parsed.answer, previous.parsed.answer
                 )
+                turn = turn.model_copy(update={"answer_changed": changed})
+            claim = parsed.position_claim
+            if claim is not None and claim != "new":
+                turn = pos.placed(self.record, turn, claim)
         self._store(turn)
         self._emit("turn", round_no, p.name, "ok")
 
-    # -- summary ----------------------------------------------------------------
+    # -- labelled positions -----------------------------------------------------
 
-    def tally(self) -> list[PositionGroup] | None:
-        """Choice and number questions: the final answers grouped in code (None: open)."""
-        if self.record.question_kind == "open":
-            return None
-        finals = [
-            (t.panelist, t.parsed.answer)
-            for t in self.record.final_turns()
-            if t.status == "ok" and t.parsed is not None
+    def run_labeling(self, round_no: int) -> None:
+        """Label the round's new open positions (all of round 1's) and place their
+        turns; when no usable labels come, group by exact answer text instead."""
+        turns = pos.to_label(self.record, round_no)
+        if not turns:
+            return
+        labeller = next(p for p in self.panel if p.name == self.record.summarizer)
+        self.current = (round_no, labeller.name)
+        self._emit("labels", round_no, labeller.name, "generating")
+        by_name = {p.name: p for p in self.panel}
+        members = {by_name[t.panelist].label: t.panelist for t in turns}
+        answers = {t.panelist: t.parsed.answer for t in turns if t.parsed is not None}
+        existing = [x.letter for x in self.record.positions]
+        view = [{"label": label, "answer": answers[name]} for label, name in members.items()]
+        first_new = pos.LETTERS[len(existing)] if len(existing) < len(pos.LETTERS) else ""
+        max_new = min(len(turns), len(pos.LETTERS) - len(existing))
+        generation: Generation | None = None
+        rejected: list[str] = []
+        thrown: list[Generation] = []
+        labels: ParsedLabels | None = None
+        error: str | None = None
+
+        def prompt(answers_view: list[dict[str, str]]) -> str:
+            return self.templates.render(
+                "label.j2",
+                question=self.record.question,
+                existing=self._positions_before(round_no + 1),
+                answers=answers_view,
+                first_new=first_new,
+            ).strip()
+
+        try:
+            system = self.templates.render("summary_system.j2").strip()
+            messages, sampling, rules = self.fit(
+                labeller.name,
+                lambda level: [
+                    ChatMessage(role="system", content=system),
+                    ChatMessage(role="user", content=prompt(view)),
+                ],
+                labeller.sampling.model_copy(update={"max_tokens": LABELS_MAX_TOKENS}),
+            )
+            grammar = self.templates.render(
+                "label.gbnf.j2",
+                members=list(members),
+                existing=len(existing),
+                min_new=0 if existing else 1,
+                max_new=max_new,
+                label_max=pos.LABEL_MAX_CHARS,
+            )
+            instructions = "\n".join([system, prompt([])])
+            for attempt in range(LABEL_ATTEMPTS):
+                seed = stage_seed(self.record.seed, f"labels{round_no}", attempt)
+                if generation is not None:
+                    thrown.append(generation)
+                generation = self.generate(
+                    TurnRequest(
+                        panelist=labeller.name,
+                        messages=messages,
+                        grammar=grammar,
+                        seed=seed,
+                        sampling=sampling,
+                    ),
+                    rules,
+                )
+                try:
+                    labels = parse_labels(
+                        generation.raw_output,
+                        members=members,
+                        existing=existing,
+                        instructions=instructions,
+                    )
+                    break
+                except ParseFailure as exc:
+                    rejected.append(f"seed {seed}: {exc}")
+            if labels is None:
+                error = "no usable labels; positions grouped by exact answer text instead"
+        except BackendDown as exc:
+            self.record.labelings = [
+                *(x for x in self.record.labelings if x.round != round_no),
+                LabelingRecord(
+                    round=round_no, labeller=labeller.name, status="interrupted", error=str(exc)
+                ),
+            ]
+            self.save(self.record)
+            self._emit("labels", round_no, labeller.name, "failed")
+            raise
+        except TurnFailed as exc:
+            error = f"{exc}; positions grouped by exact answer text instead"
+        if labels is None:
+            thrown = [*thrown, generation] if generation is not None else thrown
+            generation = None
+            labels = pos.fallback_labels(answers, len(existing))
+        pos.apply_labels(self.record, round_no, labels)
+        self.record.labelings = [
+            *(x for x in self.record.labelings if x.round != round_no),
+            LabelingRecord(
+                round=round_no,
+                labeller=labeller.name,
+                status="failed" if error else "ok",
+                error=error,
+                generation=generation,
+                rejected=rejected,
+                rejected_generations=thrown,
+                assigned=labels.assigned,
+            ),
         ]
-        return tally_groups(self.record.question_kind, finals)
+        self.save(self.record)
+        self._emit("labels", round_no, labeller.name, "failed" if error else "ok")
+
+    # -- summary ----------------------------------------------------------------
 
     def run_summary(self) -> None:
         summarizer = next(p for p in self.panel if p.name == self.record.summarizer)
@@ -367,7 +569,10 @@ class Debate:
         self._emit("summary", self.record.rounds + 1, summarizer.name, "generating")
         finals = {t.panelist: t for t in self.record.final_turns()}
         valid = [p for p in self.panel if p.name in finals and finals[p.name].status == "ok"]
-        members = {p.label: p.name for p in valid}
+        label_of = {p.name: p.label for p in self.panel}
+        # the positions and the consensus are counted in code, whatever the summary says
+        groups = pos.final_groups(self.record)
+        consensus = compute_consensus(groups, len(self.panel))
         generation: Generation | None = None
         rejected: list[str] = []
         rejected_generations: list[Generation] = []  # all but the attempt kept
@@ -385,34 +590,38 @@ class Debate:
                         "answer": t.parsed.answer if ok and t and t.parsed else "",
                     }
                 )
-            max_positions = min(len(valid), 4)
-            letters = list("ABCDEFGH"[:max_positions])
+            groups_view = [
+                {"position": g.position, "members": [label_of[m] for m in g.members]}
+                for g in groups
+            ]
+            changes_view = [
+                {"label": label_of[name], "before": before, "after": after}
+                for name, before, after in pos.changes(self.record)
+            ]
+
+            def user(finals_view: list[dict[str, object]]) -> str:
+                return self.templates.render(
+                    "summarize.j2",
+                    question=self.record.question,
+                    groups=groups_view if finals_view else [],
+                    panel_size=len(self.panel),
+                    finals=finals_view,
+                    changes=changes_view if finals_view else [],
+                ).strip()
+
+            system = self.templates.render("summary_system.j2").strip()
 
             def build(level: int) -> list[ChatMessage]:
-                system = self.templates.render("summary_system.j2").strip()
-                user = self.templates.render(
-                    "summarize.j2", question=self.record.question, finals=view, letters=letters
-                ).strip()
                 return [
                     ChatMessage(role="system", content=system),
-                    ChatMessage(role="user", content=user),
+                    ChatMessage(role="user", content=user(view)),
                 ]
 
-            grammar = self.templates.render(
-                "summary.gbnf.j2",
-                members=list(members),
-                max_positions=max_positions,
-                line_max=SUMMARY_LINE_MAX_CHARS,
-            )
-            wanted = summarizer.sampling.model_copy(
-                update={"max_tokens": max(summarizer.sampling.max_tokens, SUMMARY_MAX_TOKENS)}
-            )
+            grammar = self.templates.render("summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS)
+            wanted = summarizer.sampling.model_copy(update={"max_tokens": SUMMARY_MAX_TOKENS})
             messages, sampling, rules = self.fit(summarizer.name, build, wanted)
             # the prompt without the panelists' answers, which a summary may quote
-            instructions = "\n".join(
-                [messages[0].content, self.templates.render(
-                    "summarize.j2", question=self.record.question, finals=[], letters=letters)]
-            )  # fmt: skip
+            instructions = "\n".join([system, user([])])
             for attempt in range(SUMMARY_ATTEMPTS):
                 # attempt 0 has the summary's own seed; retries take the rounds after it
                 seed = derive_seed(
@@ -431,8 +640,8 @@ class Debate:
                 try:
                     parsed = parse_summary(
                         generation.raw_output,
-                        members=members,
                         kind=self.record.question_kind,
+                        question=self.record.question,
                         instructions=instructions,
                     )
                     break
@@ -456,7 +665,6 @@ class Debate:
             reason = str(exc)
             if isinstance(exc, ParseFailure):
                 reason = f"unusable summary: {reason}"
-            tallied = self.tally() or []  # choice and number answers still have a tally
             self.record.summary = SummaryRecord(
                 status="failed",
                 summarizer=summarizer.name,
@@ -464,15 +672,13 @@ class Debate:
                 generation=generation,
                 rejected=rejected,
                 rejected_generations=rejected_generations,
-                groups=tallied,
-                consensus=compute_consensus(tallied, len(self.panel)),
+                groups=groups,
+                consensus=consensus,
                 line_max_chars=SUMMARY_LINE_MAX_CHARS,
             )
             self.save(self.record)
             self._emit("summary", self.record.rounds + 1, summarizer.name, "failed")
             return
-        groups = self.tally()  # exact answers are grouped in code, not by the summarizer
-        groups = parsed.groups if groups is None else groups
         self.record.summary = SummaryRecord(
             status="ok",
             summarizer=summarizer.name,
@@ -483,7 +689,7 @@ class Debate:
             groups=groups,
             counterpoint=parsed.counterpoint,
             summary=parsed.summary,
-            consensus=compute_consensus(groups, len(self.panel)),
+            consensus=consensus,
             line_max_chars=SUMMARY_LINE_MAX_CHARS,
         )
         self.save(self.record)
@@ -500,6 +706,9 @@ class Debate:
                 if existing is not None and existing.status != "interrupted":
                     continue
                 self.run_turn(p, round_no)
+            done = self.record.labeling(round_no)
+            if done is None or done.status == "interrupted":
+                self.run_labeling(round_no)
         self.current = None
         if self.record.summary is None or self.record.summary.status == "interrupted":
             self.run_summary()

@@ -158,6 +158,8 @@ def whole_sentences(text: str, cut: bool) -> str:
 def turn_mark(turn: TurnRecord) -> Mark:
     if turn.status != "ok":
         return "failed"
+    if turn.position_changed is not None:  # labelled positions: counted, not stated
+        return "stated" if turn.position_changed else "held"
     if turn.changed_mind_stated:
         return "stated"
     if turn.answer_changed:
@@ -166,7 +168,10 @@ def turn_mark(turn: TurnRecord) -> Mark:
 
 
 def position_letters(record: RunRecord) -> dict[str, str]:
-    """Panelist name -> the letter of its position in the final summary."""
+    """Panelist name -> the letter of its final position: its labelled position, or
+    (choice and number questions, older records) its group in the summary."""
+    if record.positions:
+        return {t.panelist: t.position for t in record.final_turns() if t.position}
     s = record.summary
     if s is None or s.status != "ok":
         return {}
@@ -201,8 +206,8 @@ def turn_view(record: RunRecord, turn: TurnRecord, position: str = "") -> TurnVi
         answer=answer,
         short_answer=shorten(answer, SHORT_ANSWER_CHARS),
         reasoning=reasoning,
-        changed_mind=bool(turn.changed_mind_stated),
-        answer_changed=bool(turn.answer_changed),
+        changed_mind=turn_mark(turn) == "stated",
+        answer_changed=bool(turn.answer_changed) and turn.position_changed is None,
         mark=turn_mark(turn),
         position=position if turn.status == "ok" else "",
         slot=position_slot(position) if turn.status == "ok" else -1,
@@ -251,6 +256,8 @@ def build_chart(record: RunRecord, finals: list[TurnView]) -> StanceChart:
                 continue
             final = final_round.get(p.name) == r
             position = letters.get(p.name, "") if final else ""
+            if record.positions:  # labelled: every round has its letter
+                position = turn.position or ""
             t = turn_view(record, turn, position)
             cells.append(
                 ChartCell(
@@ -289,7 +296,18 @@ def generation_row(stage: str, name: str, status: str, g: Generation | None) -> 
 def build_generations(record: RunRecord) -> list[GenerationRow]:
     order = {p.name: p.index for p in record.panelists}
     turns = sorted(record.turns, key=lambda t: (t.round, order.get(t.panelist, 0)))
-    rows = [generation_row(f"Round {t.round}", t.panelist, t.status, t.generation) for t in turns]
+    rows = []
+    for r in range(1, record.rounds + 1):
+        for t in (t for t in turns if t.round == r):
+            rows.append(generation_row(f"Round {t.round}", t.panelist, t.status, t.generation))
+            if t.continuation is not None:
+                stage = f"Round {t.round}, continued"
+                rows.append(generation_row(stage, t.panelist, t.status, t.continuation))
+        if (x := record.labeling(r)) is not None:
+            for g in x.rejected_generations:
+                rows.append(generation_row(f"Labels {r}", x.labeller, "rejected", g))
+            if x.generation is not None:
+                rows.append(generation_row(f"Labels {r}", x.labeller, x.status, x.generation))
     s = record.summary
     if s is not None:
         rows.append(generation_row("Summary", s.summarizer, s.status, s.generation))
@@ -321,6 +339,16 @@ def build_view(record: RunRecord) -> RoundtableView:
         if s and summary_ok
         else []
     )
+    if record.positions and s is not None:  # labelled: the groups are counted in code
+        positions = [
+            PositionView(
+                letter=(at := letters.get(g.members[0], "")),
+                slot=position_slot(at),
+                text=g.position,
+                members=g.members,
+            )
+            for g in s.groups
+        ]
     counterpoint = summary_text = ""
     if s is not None:
         # free text in any kind of question: cut where the grammar ends a line, or

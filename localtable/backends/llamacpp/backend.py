@@ -224,9 +224,14 @@ class LlamaSeat:
         self.key = key
         self.info = info
 
-    def _format(self, messages: list[ChatMessage]) -> FormattedPrompt:
+    def _format(self, messages: list[ChatMessage], prefill: str = "") -> FormattedPrompt:
         return format_prompt(
-            self.model.chat_mode, self.info, messages, self.backend.today, self.backend.templates
+            self.model.chat_mode,
+            self.info,
+            messages,
+            self.backend.today,
+            self.backend.templates,
+            prefill,
         )
 
     def context_size(self) -> int:
@@ -242,7 +247,7 @@ class LlamaSeat:
         return _turn(lambda: self.backend.engine.count_tokens(self.key, piece, False))
 
     def generate(self, request: TurnRequest) -> TurnResult:
-        prompt = self._format(request.messages)
+        prompt = self._format(request.messages, request.prefill)
         engine = self.backend.engine
 
         def run() -> GenerateResult:

@@ -213,9 +213,14 @@ class ServerSeat:
 
     # -- prompts -----------------------------------------------------------------
 
-    def _format(self, messages: list[ChatMessage]) -> FormattedPrompt:
+    def _format(self, messages: list[ChatMessage], prefill: str = "") -> FormattedPrompt:
         return format_prompt(
-            self.model.chat_mode, self.info, messages, self.backend.today, self.backend.templates
+            self.model.chat_mode,
+            self.info,
+            messages,
+            self.backend.today,
+            self.backend.templates,
+            prefill,
         )
 
     def _piece_tokens(self, piece: PromptPiece) -> list[int]:
@@ -270,7 +275,7 @@ class ServerSeat:
             return None
 
     def generate(self, request: TurnRequest) -> TurnResult:
-        prompt = self._format(request.messages)
+        prompt = self._format(request.messages, request.prefill)
         tokens = self.prompt_tokens(prompt)
         s = request.sampling
         if len(tokens) + s.max_tokens > self.settings.n_ctx:

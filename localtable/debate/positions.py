@@ -1,0 +1,108 @@
+"""Labelled positions of open questions, counted in code.
+
+An open question has no options to compare, so after round 1 the summarizer's
+model gives each distinct answer a short label (a letter and a few words, under
+a grammar: prompts/label.gbnf.j2). From round 2 each panelist names the letter
+it holds now, or `new`; new positions are labelled after their round the same
+way. Consensus, "changed mind" and the stance chart then come from the letters,
+round by round, never from a model's grouping. Choice and number questions
+compare their answers exactly instead (answers.py).
+"""
+
+from __future__ import annotations
+
+from localtable.debate.answers import normalize_open, tally_groups
+from localtable.debate.parsing import ParsedLabels
+from localtable.record import PositionGroup, PositionLabel, RunRecord, TurnRecord
+
+LETTERS = "ABCDEFGH"
+LABEL_MAX_CHARS = 60
+
+
+def to_label(record: RunRecord, round_no: int) -> list[TurnRecord]:
+    """The ok turns of an open question's round whose position needs a label: all of
+    round 1, then those that claimed a new position."""
+    if record.question_kind != "open":
+        return []
+    turns = [t for t in record.turns if t.round == round_no and t.status == "ok" and t.parsed]
+    if round_no == 1:
+        return turns
+    return [t for t in turns if t.parsed is not None and t.parsed.position_claim == "new"]
+
+
+def fallback_labels(answers: dict[str, str], existing: int) -> ParsedLabels:
+    """When no usable labels were generated: one position per distinct answer text
+    (normalized), labelled with the answer itself, cut to LABEL_MAX_CHARS."""
+    new: dict[str, str] = {}
+    by_text: dict[str, str] = {}
+    assigned: dict[str, str] = {}
+    for name, answer in answers.items():
+        key = normalize_open(answer)
+        if key not in by_text:
+            letter = LETTERS[min(existing + len(new), len(LETTERS) - 1)]
+            by_text[key] = letter
+            text = " ".join(answer.split())
+            cut = len(text) > LABEL_MAX_CHARS
+            new[letter] = text[: LABEL_MAX_CHARS - 1].rstrip() + "…" if cut else text
+        assigned[name] = by_text[key]
+    return ParsedLabels(new=new, assigned=assigned)
+
+
+def previous_position(record: RunRecord, turn: TurnRecord) -> str | None:
+    """The position of the panelist's latest ok turn before this one."""
+    earlier = [
+        t
+        for t in record.turns
+        if t.panelist == turn.panelist and t.round < turn.round and t.status == "ok"
+    ]
+    return max(earlier, key=lambda t: t.round).position if earlier else None
+
+
+def placed(record: RunRecord, turn: TurnRecord, letter: str | None) -> TurnRecord:
+    """The turn holding `letter`, with whether that is a change from its previous one."""
+    before = previous_position(record, turn) if turn.round > 1 else None
+    changed = None if before is None or letter is None else letter != before
+    return turn.model_copy(update={"position": letter, "position_changed": changed})
+
+
+def apply_labels(record: RunRecord, round_no: int, labels: ParsedLabels) -> None:
+    """Add a round's new labelled positions and place its labelled turns."""
+    record.positions = [
+        *record.positions,
+        *(PositionLabel(letter=k, label=v, round=round_no) for k, v in labels.new.items()),
+    ]
+    record.turns = [
+        placed(record, t, labels.assigned[t.panelist])
+        if t.round == round_no and t.panelist in labels.assigned
+        else t
+        for t in record.turns
+    ]
+
+
+def final_groups(record: RunRecord) -> list[PositionGroup]:
+    """The positions the panel ended on, largest first (ties: letter or panel order).
+    Open questions group by labelled letter; choice and number questions by answer."""
+    finals = [t for t in record.final_turns() if t.status == "ok" and t.parsed is not None]
+    if record.question_kind != "open":
+        return tally_groups(
+            record.question_kind, [(t.panelist, t.parsed.answer) for t in finals if t.parsed]
+        )
+    members: dict[str, list[str]] = {}
+    for t in finals:
+        if t.position is not None:
+            members.setdefault(t.position, []).append(t.panelist)
+    ranked = sorted(members, key=lambda letter: (-len(members[letter]), letter))
+    return [
+        PositionGroup(position=record.label(letter) or letter, members=members[letter])
+        for letter in ranked
+    ]
+
+
+def changes(record: RunRecord) -> list[tuple[str, str, str]]:
+    """(panelist, position before, position after) for each labelled change, in order."""
+    out = []
+    for t in record.turns:
+        if t.position_changed:
+            before = previous_position(record, t)
+            out.append((t.panelist, record.label(before) or "", record.label(t.position) or ""))
+    return out

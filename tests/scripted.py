@@ -1,0 +1,34 @@
+"""Replies that fit localtable's grammars, for the fake backend and the fake server:
+the reply is read off the grammar, so a grammar change that the protocol does not
+expect shows up as an unusable turn in the tests that use them."""
+
+from __future__ import annotations
+
+import re
+
+
+def scripted_reply(grammar: str, answer: str) -> str:
+    """A summary, a set of position labels or a turn, whichever the grammar asks for;
+    every panelist holds one view (position A) and keeps it."""
+    root = grammar.splitlines()[0] if grammar else ""
+    if root.startswith('root ::= "Headline'):
+        return (
+            "Headline: The panel agreed on one view.\nCounterpoint: none was raised.\n"
+            "Summary: everyone said the same thing."
+        )
+    if root.startswith("root ::= new"):
+        first = next(x for x in grammar.splitlines() if re.match(r"new\d+ ::=", x))
+        declared = re.findall(r'"Position ([A-H]): "', first)
+        members = [m for m in re.findall(r'"([^"]+): " letters', first)]
+        lines = [f"Position {x}: one view" for x in declared]
+        letter = declared[0] if declared else "A"
+        return "\n".join([*lines, *(f"{m}: {letter}" for m in members)])
+    fields = re.findall(r'"([A-Za-z ]+): "', root)
+    values = {
+        "Reasoning": "because it is so.",
+        "Influenced by": "nobody",
+        "Decision": "maintained",
+        "Position": "A",
+        "Answer": answer,
+    }
+    return "\n".join(f"{f}: {values[f]}" for f in fields)
