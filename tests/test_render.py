@@ -13,7 +13,13 @@ from click.testing import CliRunner
 
 from localtable.cli import cli
 from localtable.debate.protocol import Debate
-from localtable.record import ModelRecord, RunRecord, SummaryRecord, transcript_sha256
+from localtable.record import (
+    ModelRecord,
+    RunRecord,
+    SummaryRecord,
+    read_record,
+    transcript_sha256,
+)
 from localtable.report.render import (
     ChartCell,
     ChartRow,
@@ -45,7 +51,7 @@ PAYLOADS = [SCRIPT, CLOSE, ATTR, QUOTE, JS_LINK, IMAGE]
 
 
 def fixture_record() -> RunRecord:
-    return RunRecord.model_validate_json((DATA / "record.json").read_text(encoding="utf-8"))
+    return read_record(DATA)  # a version 3 record (answer first), read as version 4
 
 
 def run_fake(record: RunRecord, replies: dict[str, list[str | Exception]]) -> RunRecord:
