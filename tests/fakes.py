@@ -23,11 +23,21 @@ class Call:
     grammar: str
     seed: int
     sampling: SamplingRecord
+    prefill: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A scripted reply that ends other than by the model's own stop: "length" is a
+    reply that max_tokens cut off (a plain str reply finishes with "stop")."""
+
+    text: str
+    finish_reason: str = "stop"
 
 
 @dataclass
 class FakeSpeaker:
-    replies: dict[str, list[str | Exception]]
+    replies: dict[str, list[str | Reply | Exception]]
     n_ctx: int = 4096
     chars_per_token: int = 4
     calls: list[Call] = field(default_factory=list)
@@ -45,17 +55,24 @@ class FakeSpeaker:
 
     def generate(self, request: TurnRequest) -> TurnResult:
         panelist, messages = request.panelist, request.messages
-        self.calls.append(Call(panelist, messages, request.grammar, request.seed, request.sampling))
+        self.calls.append(
+            Call(
+                panelist, messages, request.grammar, request.seed, request.sampling, request.prefill
+            )
+        )
         reply = self.replies[panelist].pop(0)
         if isinstance(reply, Exception):
             raise reply
+        if isinstance(reply, str):
+            reply = Reply(reply)
+        text = reply.text
         return TurnResult(
             prompt="\n".join(m.content for m in messages),
             prompt_tokens=self.count_tokens(panelist, messages),
             prompt_sha256="0" * 64,
-            text=reply,
-            finish_reason="stop",
-            completion_tokens=len(reply) // 4,
+            text=text,
+            finish_reason=reply.finish_reason,
+            completion_tokens=len(text) // 4,
             prompt_eval_tokens=self.count_tokens(panelist, messages),
             seconds=0.0,
         )
@@ -106,4 +123,4 @@ def crash() -> Exception:
     return BackendCrashed("engine process died with SIGSEGV (segmentation fault in llama.cpp)")
 
 
-__all__ = ["FakeSpeaker", "TurnFailed", "crash", "make_record"]
+__all__ = ["FakeSpeaker", "Reply", "TurnFailed", "crash", "make_record"]

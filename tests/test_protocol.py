@@ -5,21 +5,29 @@ from __future__ import annotations
 import pytest
 
 from localtable.backends.base import BackendDown
-from localtable.debate.protocol import SHORTENING_RULES, Debate, derive_seed
-from localtable.record import RunRecord
+from localtable.debate.protocol import (
+    CONTINUATION_MAX_TOKENS,
+    SHORTENING_RULES,
+    Debate,
+    answer_max_chars,
+    derive_seed,
+    stage_seed,
+)
+from localtable.record import RunRecord, transcript_sha256
 from localtable.templates import builtin
-from tests.fakes import FakeSpeaker, crash, make_record
+from tests.fakes import FakeSpeaker, Reply, crash, make_record
 
-R1 = "Answer: {a}\nReasoning: because {a}."
-R2 = "Decision: {d}\nAnswer: {a}\nInfluenced by: {i}\nReasoning: I thought again."
+# Replies in the order the grammar generates them: reasoning first, the answer last.
+R1 = "Reasoning: because {a}\nAnswer: {a}"
+# a later round of an open question, once its round-1 positions are labelled
+R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
+SUMMARY = "Headline: Open source wins.\nCounterpoint: Safety risks.\nSummary: They talked."
 
 
-def summary(assign: str, positions: int = 1) -> str:
-    lines = ["Headline: Open source wins."]
-    lines += [f"Position {'ABCD'[k]}: view {k}" for k in range(positions)]
-    lines += [f"{name}: {letter}" for name, letter in zip(["A1", "B2", "C3"], assign, strict=False)]
-    lines += ["Counterpoint: Safety risks.", "Summary: They talked."]
-    return "\n".join(lines)
+def labels(positions: list[str], **assigned: str) -> str:
+    """The labeller's reply: positions A, B... declared in order, then each panelist's letter."""
+    declared = [f"Position {'ABCDEFGH'[k]}: {label}" for k, label in enumerate(positions)]
+    return "\n".join([*declared, *(f"{name}: {letter}" for name, letter in assigned.items())])
 
 
 def run(speaker: FakeSpeaker, record: RunRecord) -> tuple[RunRecord, list[RunRecord]]:
@@ -35,62 +43,87 @@ def test_two_round_debate_records_everything() -> None:
         {
             "A1": [
                 R1.format(a="Yes, open it."),
-                R2.format(d="maintained", a="Yes, open it.", i="nobody"),
-                summary("AAA"),
+                labels(["Open it", "Keep it closed"], A1="A", B2="B", C3="A"),
+                R2.format(d="maintained", a="Yes, open it.", i="nobody", p="A"),
+                SUMMARY,
             ],
             "B2": [
                 R1.format(a="No, keep closed."),
-                R2.format(d="changed", a="Yes, open it.", i="A1"),
+                R2.format(d="changed", a="Yes, open it.", i="A1", p="A"),
             ],
-            "C3": [R1.format(a="Yes."), R2.format(d="maintained", a="Yes, mostly.", i="A1, B2")],
+            "C3": [
+                R1.format(a="Yes."),
+                R2.format(d="maintained", a="Yes, mostly.", i="A1, B2", p="A"),
+            ],
         }
     )
     record, saved = run(speaker, make_record(["A1", "B2", "C3"]))
-    assert [(t.round, t.panelist, t.status) for t in record.turns] == [
-        (1, "A1", "ok"),
-        (1, "B2", "ok"),
-        (1, "C3", "ok"),
-        (2, "A1", "ok"),
-        (2, "B2", "ok"),
-        (2, "C3", "ok"),
+    assert [(t.round, t.panelist, t.status, t.position) for t in record.turns] == [
+        (1, "A1", "ok", "A"),
+        (1, "B2", "ok", "B"),
+        (1, "C3", "ok", "A"),
+        (2, "A1", "ok", "A"),
+        (2, "B2", "ok", "A"),
+        (2, "C3", "ok", "A"),
     ]
+    assert [(p.letter, p.label, p.round) for p in record.positions] == [
+        ("A", "Open it", 1),
+        ("B", "Keep it closed", 1),
+    ]
+    (labelling,) = record.labelings  # round 2 claimed no new position: nothing to label
+    assert labelling.round == 1 and labelling.status == "ok" and labelling.labeller == "A1"
+    assert labelling.assigned == {"A1": "A", "B2": "B", "C3": "A"}
     b2 = record.turn(2, "B2")
     assert b2 and b2.changed_mind_stated is True and b2.answer_changed is True
-    assert b2.parsed and b2.parsed.influenced_by == ["A1"]
+    assert b2.position_changed is True
+    assert b2.parsed and b2.parsed.influenced_by == ["A1"] and b2.parsed.position_claim == "A"
     c3 = record.turn(2, "C3")
     assert c3 and c3.changed_mind_stated is False and c3.answer_changed is True
+    assert c3.position_changed is False  # other words, the same labelled position
+    assert c3.parsed and c3.parsed.influenced_by == ["A1", "B2"]
     a1 = record.turn(2, "A1")
-    assert a1 and a1.answer_changed is False
+    assert a1 and a1.answer_changed is False and a1.position_changed is False
     assert record.summary and record.summary.consensus.line == "All 3 models agreed"
-    # saved after every turn and after the summary
-    assert len(saved) == 7
-    # seeds: explicit, per (round, panelist), recorded, all different
+    assert [(g.position, g.members) for g in record.summary.groups] == [
+        ("Open it", ["A1", "B2", "C3"])
+    ]
+    # saved after every turn, after the labels and after the summary
+    assert len(saved) == 8
+    # seeds: explicit, per (round, panelist) or per step, recorded, all different
     seeds = [c.seed for c in speaker.calls]
-    assert len(set(seeds)) == 7
+    assert len(set(seeds)) == 8
     assert record.turns[0].generation and record.turns[0].generation.seed == derive_seed(7, 1, 0)
+    assert labelling.generation and labelling.generation.seed == stage_seed(7, "labels1", 0)
 
 
-def test_round_two_sees_others_latest_answers_not_own() -> None:
+def test_round_two_sees_others_latest_answers_and_positions_not_own() -> None:
     speaker = FakeSpeaker(
         {
             "A1": [
                 R1.format(a="Alpha view."),
-                R2.format(d="maintained", a="Alpha.", i="nobody"),
-                summary("AB", 2),
+                labels(["Alpha", "Beta"], A1="A", B2="B"),
+                R2.format(d="maintained", a="Alpha.", i="nobody", p="A"),
+                SUMMARY,
             ],
-            "B2": [R1.format(a="Beta view."), R2.format(d="maintained", a="Beta.", i="nobody")],
+            "B2": [
+                R1.format(a="Beta view."),
+                R2.format(d="maintained", a="Beta.", i="nobody", p="B"),
+            ],
         }
     )
     run(speaker, make_record(["A1", "B2"]))
-    a_round2 = speaker.calls[2]
+    a_round2 = speaker.calls[3]
     assert a_round2.panelist == "A1"
     last_user = a_round2.messages[-1].content
-    assert "B2:\nAnswer: Beta view." in last_user
+    assert "B2:\nReasoning: because Beta view.\nAnswer: Beta view.\n(position B)" in last_user
     assert "Alpha view." not in last_user  # its own answer is its assistant turn
+    assert "A: Alpha\nB: Beta\nYour position last round was A." in last_user
     assert a_round2.messages[-2].role == "assistant"
-    assert "Answer: Alpha view." in a_round2.messages[-2].content
-    # the grammar lets it cite only the others
+    assert a_round2.messages[-2].content == "Reasoning: because Alpha view.\nAnswer: Alpha view."
+    # the grammar lets it cite only the others, and name a labelled position or a new one
     assert '"B2"' in a_round2.grammar and '"A1"' not in a_round2.grammar
+    assert 'position ::= "A" | "B" | "new"\n' in a_round2.grammar
+    assert a_round2.grammar.startswith('root ::= "Reasoning: " reasoning "\\n" "Influenced by: "')
 
 
 def test_anonymous_labels_map_back_to_names() -> None:
@@ -98,18 +131,27 @@ def test_anonymous_labels_map_back_to_names() -> None:
         {
             "A1": [
                 R1.format(a="Alpha view."),
-                R2.format(d="changed", a="Beta.", i="Panelist B"),
-                "Headline: Both agree.\nPosition A: x\nPanelist A: A\nPanelist B: A\n"
-                "Counterpoint: c\nSummary: s",
+                labels(["Alpha", "Beta"], **{"Panelist A": "A", "Panelist B": "B"}),
+                R2.format(d="changed", a="Beta.", i="Panelist B", p="B"),
+                SUMMARY,
             ],
-            "B2": [R1.format(a="Beta view."), R2.format(d="maintained", a="Beta.", i="nobody")],
+            "B2": [
+                R1.format(a="Beta view."),
+                R2.format(d="maintained", a="Beta.", i="nobody", p="B"),
+            ],
         }
     )
     record, _ = run(speaker, make_record(["A1", "B2"], anonymous=True))
-    assert "B2" not in speaker.calls[2].messages[-1].content
+    labeller = speaker.calls[2]
+    assert '"Panelist A: "' in labeller.grammar and '"Panelist B: "' in labeller.grammar
+    for call in speaker.calls:  # no prompt and no grammar names a panelist
+        text = "\n".join([call.grammar, *(m.content for m in call.messages)])
+        assert "A1" not in text and "B2" not in text, text
+    assert record.labelings[0].assigned == {"A1": "A", "B2": "B"}
     t = record.turn(2, "A1")
     assert t and t.parsed and t.parsed.influenced_by == ["B2"]
     assert record.summary and record.summary.groups[0].members == ["A1", "B2"]
+    assert "- Beta (Panelist A, Panelist B)" in speaker.calls[-1].messages[-1].content
 
 
 def test_nonsense_and_crash_become_failed_turns_never_agreement() -> None:
@@ -117,24 +159,36 @@ def test_nonsense_and_crash_become_failed_turns_never_agreement() -> None:
         {
             "A1": [
                 R1.format(a="Yes."),
-                R2.format(d="maintained", a="Yes.", i="nobody"),
-                "Headline: Yes.\nPosition A: yes\nA1: A\nCounterpoint: none\nSummary: s",
+                labels(["yes"], A1="A", C3="A"),
+                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+                SUMMARY,
             ],
-            "B2": ["Answer: ?!?\nReasoning: x", "Answer: !!\nReasoning: y"],
+            "B2": [
+                "Reasoning: x\nAnswer: ?!?",
+                R2.format(d="maintained", a="!!", i="nobody", p="A"),
+            ],
             "C3": [R1.format(a="Yes."), crash()],
         }
     )
     record, _ = run(speaker, make_record(["A1", "B2", "C3"]))
     b1 = record.turn(1, "B2")
     assert b1 and b1.status == "failed" and b1.error and "answer has no letter or digit" in b1.error
+    b2 = record.turn(2, "B2")
+    assert b2 and b2.status == "failed" and b2.error and "answer has no letter or digit" in b2.error
+    assert b2.position is None
     c2 = record.turn(2, "C3")
     assert c2 and c2.status == "failed" and c2.error and "SIGSEGV" in c2.error
-    # the summarizer may only group panelists whose final turn is valid
-    summary_grammar = speaker.calls[-1].grammar
-    assert (
-        '"A1: "' in summary_grammar and "B2" not in summary_grammar and "C3" not in summary_grammar
-    )
-    assert record.summary and record.summary.consensus.line == "No consensus"
+    assert c2.position is None
+    # a failed turn is never labelled: the labeller places only valid answers
+    labeller = speaker.calls[3]
+    assert labeller.panelist == "A1" and '"A1: "' in labeller.grammar
+    assert '"C3: "' in labeller.grammar and "B2" not in labeller.grammar
+    assert "B2" not in labeller.messages[-1].content
+    # the summary is told only of the panelists whose final turn is valid
+    summary_prompt = speaker.calls[-1].messages[-1].content
+    assert "- yes (A1)\n" in summary_prompt and "B2: (no valid answer)" in summary_prompt
+    assert record.summary and [g.members for g in record.summary.groups] == [["A1"]]
+    assert record.summary.consensus.line == "No consensus"
     assert record.summary.consensus.agreeing == 1 and record.summary.consensus.total == 3
 
 
@@ -143,13 +197,14 @@ def test_long_history_is_shortened_by_recorded_rules() -> None:
     speaker = FakeSpeaker(
         {
             "A1": [
-                f"Answer: Yes.\nReasoning: {long}",
-                R2.format(d="maintained", a="Yes.", i="nobody"),
-                summary("AA"),
+                f"Reasoning: {long}\nAnswer: Yes.",
+                labels(["Yes", "No"], A1="A", B2="B"),
+                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+                SUMMARY,
             ],
             "B2": [
-                f"Answer: No.\nReasoning: {long}",
-                R2.format(d="maintained", a="No.", i="nobody"),
+                f"Reasoning: {long}\nAnswer: No.",
+                R2.format(d="maintained", a="No.", i="nobody", p="B"),
             ],
         },
         n_ctx=480,
@@ -165,12 +220,19 @@ def test_prompt_that_never_fits_fails_the_turn_clearly() -> None:
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
     t = record.turn(1, "A1")
     assert t and t.status == "failed" and t.error and "raise n_ctx" in t.error
+    assert record.labelings == [] and record.positions == []  # no valid answer to label
+    assert record.summary and record.summary.consensus.line == "No consensus"
 
 
-def test_resume_runs_only_missing_turns() -> None:
+def test_resume_runs_only_missing_turns_and_labels() -> None:
     replies = {
-        "A1": [R1.format(a="Yes."), R2.format(d="maintained", a="Yes.", i="nobody"), summary("AA")],
-        "B2": [R1.format(a="Yes!"), R2.format(d="maintained", a="Yes!", i="nobody")],
+        "A1": [
+            R1.format(a="Yes."),
+            labels(["Yes"], A1="A", B2="A"),
+            R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+            SUMMARY,
+        ],
+        "B2": [R1.format(a="Yes!"), R2.format(d="maintained", a="Yes!", i="nobody", p="A")],
     }
     partial = make_record(["A1", "B2"])
     speaker = FakeSpeaker({k: list(v) for k, v in replies.items()})
@@ -178,26 +240,40 @@ def test_resume_runs_only_missing_turns() -> None:
     debate.run_turn(partial.panelists[0], 1)
     debate.run_turn(partial.panelists[1], 1)
     record, _ = run(speaker, partial)
-    assert [c.panelist for c in speaker.calls] == ["A1", "B2", "A1", "B2", "A1"]
-    assert len(record.turns) == 4
+    # round 1's labels were missing too: they run before round 2
+    assert [c.panelist for c in speaker.calls] == ["A1", "B2", "A1", "A1", "B2", "A1"]
+    assert "Position A: " in speaker.calls[2].grammar
+    assert len(record.turns) == 4 and [t.position for t in record.turns] == ["A"] * 4
+    # a record whose round-1 labels are done does not label that round again
+    again = make_record(["A1", "B2"])
+    again.turns, again.positions = record.turns[:2], record.positions
+    again.labelings = record.labelings
+    speaker = FakeSpeaker({"A1": list(replies["A1"][2:]), "B2": list(replies["B2"][1:])})
+    finished, _ = run(speaker, again)
+    assert [c.panelist for c in speaker.calls] == ["A1", "B2", "A1"]
+    assert finished.summary and finished.summary.consensus.line == "All 2 models agreed"
 
 
 def with_headline(headline: str) -> str:
-    return summary("AA").replace("Open source wins.", headline)
+    return SUMMARY.replace("Open source wins.", headline)
+
+
+def one_round(*summaries: str) -> FakeSpeaker:
+    """Both say the same in a one-round debate; A1 labels and then summarizes."""
+    return FakeSpeaker(
+        {
+            "A1": [R1.format(a="Yes, open it."), labels(["Open it"], A1="A", B2="A"), *summaries],
+            "B2": [R1.format(a="Yes, open it.")],
+        }
+    )
 
 
 def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
     # the demo's 135M summarizer has repeated the question, or its instructions, as a headline
-    speaker = FakeSpeaker(
-        {
-            "A1": [
-                R1.format(a="Yes, open it."),
-                with_headline("Is open source good?"),  # make_record's question
-                "Headline: Open",  # cut off
-                summary("AA"),
-            ],
-            "B2": [R1.format(a="Yes, open it.")],
-        }
+    speaker = one_round(
+        with_headline("Is open source good?"),  # make_record's question
+        "Headline: Open",  # cut off
+        SUMMARY,
     )
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
     assert record.summary is not None and record.summary.status == "ok"
@@ -206,8 +282,8 @@ def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
     assert [c.seed for c in speaker.calls[-3:]] == seeds
     assert record.summary.generation and record.summary.generation.seed == seeds[2]
     assert record.summary.rejected == [
-        f"seed {seeds[0]}: the headline only repeats the prompt: 'Is open source good?'",
-        f"seed {seeds[1]}: no 'Position A:' line",
+        f"seed {seeds[0]}: the headline asks a question: 'Is open source good?'",
+        f"seed {seeds[1]}: the 'Headline:' line was cut off (max_tokens too small?)",
     ]
     # the work thrown away is kept and counted, not only its reasons
     thrown = record.summary.rejected_generations
@@ -216,24 +292,46 @@ def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
 
 
 def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() -> None:
-    echo = with_headline("state what the panel concluded about the question")
-    speaker = FakeSpeaker(
-        {"A1": [R1.format(a="Yes."), echo, echo, echo], "B2": [R1.format(a="No.")]}
-    )
+    echo = with_headline("the panel's answer to the question as one statement")
+    speaker = one_round(echo, echo, echo)
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
     assert record.summary is not None and record.summary.status == "failed"
     assert record.summary.error and "only repeats the prompt" in record.summary.error
-    assert len(record.summary.rejected) == 3 and len(speaker.calls) == 5
+    summary_calls = [c for c in speaker.calls if c.grammar.startswith('root ::= "Headline')]
+    assert len(record.summary.rejected) == 3 and len(summary_calls) == 3
     # the last attempt is the summary's generation; the two before it were thrown away
     assert len(record.summary.rejected_generations) == 2
+
+
+def test_a_headline_restating_the_question_is_retried_then_fails_but_consensus_stands() -> None:
+    restated = with_headline("Open source is good")  # every word is the question's
+    speaker = one_round(restated, restated, restated)
+    record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
+    summary = record.summary
+    assert summary is not None and summary.status == "failed"
+    assert summary.error == "unusable summary: the headline restates the question: " + repr(
+        "Open source is good"
+    )
+    seeds = [derive_seed(7, 2 + attempt, 0) for attempt in range(3)]
+    assert [r.split(":")[0] for r in summary.rejected] == [f"seed {s}" for s in seeds]
+    assert all("restates the question" in r for r in summary.rejected)
+    assert summary.headline == ""  # no headline shown from a refused summary
+    # the positions and the consensus are counted in code: still right without a summary
+    assert [(g.position, g.members) for g in summary.groups] == [("Open it", ["A1", "B2"])]
+    assert summary.consensus.line == "All 2 models agreed"
 
 
 def test_a_backend_that_cannot_answer_stops_the_run_and_resume_runs_that_turn_again() -> None:
     """BackendDown (a server down): the turn is kept as interrupted with the reason, nothing
     after it runs (later turns would read it), and resuming the record finishes it."""
     replies = {
-        "A1": [R1.format(a="Yes."), R2.format(d="maintained", a="Yes.", i="nobody"), summary("AA")],
-        "B2": [R1.format(a="Yes!"), R2.format(d="maintained", a="Yes!", i="nobody")],
+        "A1": [
+            R1.format(a="Yes."),
+            labels(["Yes"], A1="A", B2="A"),
+            R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+            SUMMARY,
+        ],
+        "B2": [R1.format(a="Yes!"), R2.format(d="maintained", a="Yes!", i="nobody", p="A")],
     }
     down = BackendDown("http://gpu:8080: connection refused")
     speaker = FakeSpeaker({"A1": list(replies["A1"]), "B2": [down, *replies["B2"]]})
@@ -243,6 +341,7 @@ def test_a_backend_that_cannot_answer_stops_the_run_and_resume_runs_that_turn_ag
     assert [(t.panelist, t.status) for t in record.turns] == [("A1", "ok"), ("B2", "interrupted")]
     assert record.turns[1].error == "http://gpu:8080: connection refused"
     assert [c.panelist for c in speaker.calls] == ["A1", "B2"]
+    assert record.labelings == []  # the round was not over: nothing labelled
     # what resume does: drop the interrupted turn, run the rest
     record.turns = [t for t in record.turns if t.status != "interrupted"]
     finished, _ = run(speaker, record)
@@ -252,10 +351,37 @@ def test_a_backend_that_cannot_answer_stops_the_run_and_resume_runs_that_turn_ag
     assert finished.summary is not None and finished.summary.status == "ok"
 
 
+def test_a_labeller_whose_backend_cannot_answer_leaves_the_labels_interrupted() -> None:
+    down = BackendDown("http://gpu:8080: HTTP 503")
+    speaker = FakeSpeaker({"A1": [R1.format(a="Yes."), down], "B2": [R1.format(a="No.")]})
+    record = make_record(["A1", "B2"])
+    with pytest.raises(BackendDown):
+        run(speaker, record)
+    (labelling,) = record.labelings
+    assert labelling.status == "interrupted" and labelling.error == "http://gpu:8080: HTTP 503"
+    assert record.positions == [] and all(t.position is None for t in record.turns)
+    assert len(record.turns) == 2  # round 2 would read positions that are not there yet
+    # resume labels round 1 again, then goes on
+    speaker.replies["A1"] += [
+        labels(["Yes", "No"], A1="A", B2="B"),
+        R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+        SUMMARY,
+    ]
+    speaker.replies["B2"] += [R2.format(d="changed", a="Yes.", i="A1", p="A")]
+    finished, _ = run(speaker, record)
+    (labelling,) = finished.labelings
+    assert labelling.status == "ok" and labelling.assigned == {"A1": "A", "B2": "B"}
+    assert finished.summary and finished.summary.consensus.line == "All 2 models agreed"
+
+
 def test_a_summarizer_whose_backend_cannot_answer_leaves_the_summary_interrupted() -> None:
     speaker = FakeSpeaker(
         {
-            "A1": [R1.format(a="Yes."), BackendDown("http://gpu:8080: HTTP 500 boom")],
+            "A1": [
+                R1.format(a="Yes."),
+                labels(["Yes"], A1="A", B2="A"),
+                BackendDown("http://gpu:8080: HTTP 500 boom"),
+            ],
             "B2": [R1.format(a="Yes.")],
         }
     )
@@ -264,3 +390,86 @@ def test_a_summarizer_whose_backend_cannot_answer_leaves_the_summary_interrupted
         run(speaker, record)
     assert record.summary is not None and record.summary.status == "interrupted"
     assert record.summary.error == "http://gpu:8080: HTTP 500 boom"
+
+
+# -- a turn that max_tokens cut off ------------------------------------------------
+
+
+def test_a_turn_cut_off_in_its_reasoning_is_continued_after_it() -> None:
+    cut = Reply("Reasoning: Open code lets anyone check it, and the", finish_reason="length")
+    rest = "Influenced by: B2\nDecision: maintained\nPosition: A\nAnswer: Yes, open it."
+    speaker = FakeSpeaker(
+        {
+            "A1": [
+                R1.format(a="Yes, open it."),
+                labels(["Open it"], A1="A", B2="A"),
+                cut,
+                rest,
+                SUMMARY,
+            ],
+            "B2": [
+                R1.format(a="Yes, open it."),
+                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+            ],
+        }
+    )
+    record, _ = run(speaker, make_record(["A1", "B2"]))
+    first, then = speaker.calls[3], speaker.calls[4]
+    assert first.panelist == then.panelist == "A1" and first.prefill == ""
+    kept = "Reasoning: Open code lets anyone check it, and the…\n"
+    assert then.prefill == kept
+    # the continuation's grammar starts at the field after the kept reasoning
+    assert then.grammar.startswith('root ::= "Influenced by: " influenced-by "\\n" "Decision: "')
+    assert "reasoning ::=" not in then.grammar and 'position ::= "A" | "new"' in then.grammar
+    assert then.messages == first.messages and then.seed == first.seed
+    assert then.sampling.max_tokens == CONTINUATION_MAX_TOKENS + answer_max_chars(64) // 3
+    turn = record.turn(2, "A1")
+    assert turn and turn.status == "ok"
+    assert turn.generation and turn.generation.finish_reason == "length"
+    assert turn.continuation and turn.continuation.prefill == kept
+    assert turn.continuation.raw_output == rest and turn.text == kept + rest
+    assert turn.parsed and turn.parsed.reasoning == "Open code lets anyone check it, and the…"
+    assert turn.parsed.answer == "Yes, open it." and turn.parsed.influenced_by == ["B2"]
+    assert turn.position == "A" and turn.position_changed is False
+    # the continuation is part of the transcript: another one gives another hash
+    other = record.model_copy(deep=True)
+    other.turns[2] = turn.model_copy(
+        update={"continuation": turn.continuation.model_copy(update={"raw_output": rest + "!"})}
+    )
+    assert transcript_sha256(other) != transcript_sha256(record)
+
+
+def test_a_cut_off_round_one_turn_is_continued_and_read_back_whole() -> None:
+    cut = Reply("Reasoning: Two plus two is four, as", finish_reason="length")
+    speaker = FakeSpeaker(
+        {
+            "A1": [cut, "Answer: Yes.", labels(["Yes"], A1="A", B2="A"),
+                   R2.format(d="maintained", a="Yes.", i="nobody", p="A"), SUMMARY],
+            "B2": [R1.format(a="Yes."), R2.format(d="maintained", a="Yes.", i="nobody", p="A")],
+        }
+    )  # fmt: skip
+    record, _ = run(speaker, make_record(["A1", "B2"]))
+    assert speaker.calls[1].grammar.startswith('root ::= "Answer: " answer')
+    t = record.turn(1, "A1")
+    assert t and t.status == "ok" and t.parsed and t.parsed.answer == "Yes."
+    # later rounds show the panelist its own turn as written: prefill and continuation
+    a_round2 = next(c for c in speaker.calls if c.panelist == "A1" and "Decision" in c.grammar)
+    assert a_round2.messages[-2].content == "Reasoning: Two plus two is four, as…\nAnswer: Yes."
+    b_round2 = next(c for c in speaker.calls if c.panelist == "B2" and "Decision" in c.grammar)
+    assert (
+        "A1:\nReasoning: Two plus two is four, as…\nAnswer: Yes." in b_round2.messages[-1].content
+    )
+
+
+def test_a_cut_off_turn_with_nothing_to_keep_fails_without_a_continuation() -> None:
+    speaker = FakeSpeaker(
+        {
+            "A1": [Reply("Reaso", finish_reason="length"), labels(["No"], B2="A"), SUMMARY],
+            "B2": [R1.format(a="No.")],
+        }
+    )
+    record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
+    t = record.turn(1, "A1")
+    assert t and t.status == "failed" and t.continuation is None
+    assert t.error and "missing the 'Reasoning:' line" in t.error
+    assert [c.panelist for c in speaker.calls] == ["A1", "B2", "A1", "A1"]  # no continuation
