@@ -1,0 +1,320 @@
+"""Labelled positions of open questions: labelled by the summarizer's model under a
+grammar, counted in code (debate/positions.py), shown by the renderers."""
+
+from __future__ import annotations
+
+from localtable.debate import positions as pos
+from localtable.debate.parsing import ParsedLabels
+from localtable.debate.protocol import Debate, stage_seed
+from localtable.record import ParsedTurn, RunRecord, TurnRecord
+from localtable.report.render import build_view
+from localtable.templates import builtin
+from tests.fakes import FakeSpeaker, make_record
+
+R1 = "Reasoning: because {a}\nAnswer: {a}"
+R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
+SUMMARY = "Headline: Cities should phase it in.\nCounterpoint: Shops lose.\nSummary: Talked."
+NAMES = ["A1", "B2", "C3"]
+
+
+def labels(positions: list[str], start: int = 0, **assigned: str) -> str:
+    """The labeller's reply: new positions declared from letter number `start`, then
+    each panelist's letter."""
+    abc = "ABCDEFGH"
+    declared = [f"Position {abc[start + k]}: {label}" for k, label in enumerate(positions)]
+    return "\n".join([*declared, *(f"{name}: {letter}" for name, letter in assigned.items())])
+
+
+def run(
+    replies: dict[str, list[str | Exception]], rounds: int = 2
+) -> tuple[RunRecord, FakeSpeaker]:
+    speaker = FakeSpeaker(replies)  # type: ignore[arg-type]
+    record = make_record(NAMES, rounds=rounds, question="Should cities ban cars?")
+    return Debate(record, speaker, builtin(), lambda r: None, lambda e: None).run(), speaker
+
+
+def label_calls(speaker: FakeSpeaker) -> list[int]:
+    return [i for i, c in enumerate(speaker.calls) if c.grammar.startswith("root ::= new")]
+
+
+# -- in a debate -------------------------------------------------------------------
+
+
+def test_round_one_labels_give_every_valid_turn_its_position() -> None:
+    record, speaker = run(
+        {
+            "A1": [
+                R1.format(a="Ban them."),
+                labels(["Ban", "Keep"], A1="A", B2="B", C3="A"),
+                SUMMARY,
+            ],
+            "B2": [R1.format(a="Keep them.")],
+            "C3": [R1.format(a="Yes, ban cars.")],
+        },
+        rounds=1,
+    )
+    assert label_calls(speaker) == [3]  # after the round, before the summary
+    call = speaker.calls[3]
+    assert call.panelist == "A1" and call.seed == stage_seed(7, "labels1", 0)
+    assert "A1: Ban them.\nB2: Keep them.\nC3: Yes, ban cars." in call.messages[-1].content
+    assert "Positions already labelled" not in call.messages[-1].content
+    assert [(p.letter, p.label, p.round) for p in record.positions] == [
+        ("A", "Ban", 1),
+        ("B", "Keep", 1),
+    ]
+    assert [(t.panelist, t.position, t.position_changed) for t in record.turns] == [
+        ("A1", "A", None),
+        ("B2", "B", None),
+        ("C3", "A", None),
+    ]
+    # different words, one labelled position: 2 of 3, counted in code
+    assert record.summary and record.summary.consensus.line == "2 of 3 agreed"
+    assert [(g.position, g.members) for g in record.summary.groups] == [
+        ("Ban", ["A1", "C3"]),
+        ("Keep", ["B2"]),
+    ]
+
+
+def test_a_new_position_is_labelled_after_its_round_with_only_that_panelist() -> None:
+    record, speaker = run(
+        {
+            "A1": [
+                R1.format(a="Ban them."),
+                labels(["Ban", "Keep"], A1="A", B2="B", C3="B"),
+                R2.format(d="maintained", a="Ban them.", i="nobody", p="A"),
+                labels(["Tolls instead"], start=2, C3="C"),
+                SUMMARY,
+            ],
+            "B2": [
+                R1.format(a="Keep them."),
+                R2.format(d="maintained", a="Keep.", i="nobody", p="B"),
+            ],
+            "C3": [
+                R1.format(a="Keep them."),
+                R2.format(d="changed", a="Charge tolls.", i="A1", p="new"),
+            ],
+        }
+    )
+    assert label_calls(speaker) == [3, 7]
+    later = speaker.calls[7]
+    # only the panelist that claimed a new position, with the letters already taken
+    assert (
+        '"C3: "' in later.grammar
+        and '"A1: "' not in later.grammar
+        and '"B2: "' not in later.grammar
+    )
+    assert '"Position C: "' in later.grammar and '"Position A: "' not in later.grammar
+    assert "letters0 ::= [A-B]" in later.grammar  # or one of the existing ones
+    prompt = later.messages[-1].content
+    assert "Positions already labelled:\nPosition A: Ban\nPosition B: Keep" in prompt
+    assert "C3: Charge tolls." in prompt and "Ban them." not in prompt
+    assert "(new letters start at C)" in prompt
+    assert later.seed == stage_seed(7, "labels2", 0)
+    c3 = record.turn(2, "C3")
+    assert c3 and c3.parsed and c3.parsed.position_claim == "new"
+    assert c3.position == "C" and c3.position_changed is True
+    assert [(p.letter, p.round) for p in record.positions] == [("A", 1), ("B", 1), ("C", 2)]
+    assert record.labeling(2) and record.labeling(2).assigned == {"C3": "C"}  # type: ignore[union-attr]
+    assert record.summary and record.summary.consensus.line == "No consensus"
+    assert pos.changes(record) == [("C3", "Keep", "Tolls instead")]
+
+
+def test_a_new_position_may_be_labelled_as_an_existing_one() -> None:
+    record, _ = run(
+        {
+            "A1": [
+                R1.format(a="Ban them."),
+                labels(["Ban", "Keep"], A1="A", B2="B", C3="B"),
+                R2.format(d="maintained", a="Ban them.", i="nobody", p="A"),
+                "C3: A",  # no new label: its 'new' answer is position A after all
+                SUMMARY,
+            ],
+            "B2": [R1.format(a="Keep them."), R2.format(d="changed", a="Ban.", i="A1", p="A")],
+            "C3": [
+                R1.format(a="Keep them."),
+                R2.format(d="changed", a="Ban, slowly.", i="A1", p="new"),
+            ],
+        }
+    )
+    assert [p.letter for p in record.positions] == ["A", "B"]
+    c3 = record.turn(2, "C3")
+    assert c3 and c3.position == "A" and c3.position_changed is True
+    assert record.summary and record.summary.consensus.line == "All 3 models agreed"
+
+
+def test_declared_but_unused_letters_are_dropped_and_the_rest_compacted() -> None:
+    record, _ = run(
+        {
+            "A1": [
+                R1.format(a="Ban them."),
+                labels(["Ban", "Unused", "Keep"], A1="A", B2="C", C3="C"),
+                SUMMARY,
+            ],
+            "B2": [R1.format(a="Keep them.")],
+            "C3": [R1.format(a="Keep them all.")],
+        },
+        rounds=1,
+    )
+    assert [(p.letter, p.label) for p in record.positions] == [("A", "Ban"), ("B", "Keep")]
+    assert [t.position for t in record.turns] == ["A", "B", "B"]
+    assert record.labelings[0].assigned == {"A1": "A", "B2": "B", "C3": "B"}
+    assert record.summary and [g.position for g in record.summary.groups] == ["Keep", "Ban"]
+
+
+def test_labels_that_fail_three_times_fall_back_to_exact_answer_text() -> None:
+    unusable = [
+        "Position A: ...\nA1: A\nB2: A\nC3: A",  # a label with no word
+        "Position A: Ban\nA1: A\nB2: A",  # cut off before C3
+        "Position A: Ban\nA1: A\nB2: B\nC3: A",  # B was not declared
+    ]
+    record, speaker = run(
+        {
+            "A1": [R1.format(a="Ban them."), *unusable, SUMMARY],
+            "B2": [R1.format(a="ban them")],
+            "C3": [R1.format(a="Keep them.")],
+        },
+        rounds=1,
+    )
+    assert len(label_calls(speaker)) == 3
+    seeds = [stage_seed(7, "labels1", attempt) for attempt in range(3)]
+    assert [speaker.calls[i].seed for i in label_calls(speaker)] == seeds
+    (labelling,) = record.labelings
+    assert labelling.status == "failed" and labelling.generation is None
+    assert labelling.error == "no usable labels; positions grouped by exact answer text instead"
+    assert [r.split(":")[0] for r in labelling.rejected] == [f"seed {s}" for s in seeds]
+    assert "no letter or digit" in labelling.rejected[0]
+    assert "no position given for C3" in labelling.rejected[1]
+    assert "'B', which was not declared" in labelling.rejected[2]
+    assert [g.raw_output for g in labelling.rejected_generations] == unusable  # work thrown away
+    # the same text (case and punctuation aside) is one position; the answer is its label
+    assert [(p.letter, p.label) for p in record.positions] == [
+        ("A", "Ban them."),
+        ("B", "Keep them."),
+    ]
+    assert labelling.assigned == {"A1": "A", "B2": "A", "C3": "B"}
+    assert record.summary and record.summary.consensus.line == "2 of 3 agreed"
+
+
+def test_position_changes_and_consensus_follow_the_letters_not_the_stated_decision() -> None:
+    record, _ = run(
+        {
+            "A1": [
+                R1.format(a="Ban them."),
+                labels(["Ban", "Keep"], A1="A", B2="B", C3="B"),
+                # says it changed, but holds the same position in other words
+                R2.format(d="changed", a="Ban them, but slowly.", i="nobody", p="A"),
+                SUMMARY,
+            ],
+            # says it maintained, but names another position
+            "B2": [
+                R1.format(a="Keep them."),
+                R2.format(d="maintained", a="Keep.", i="nobody", p="A"),
+            ],
+            "C3": [
+                R1.format(a="Keep them."),
+                R2.format(d="maintained", a="Keep them.", i="nobody", p="B"),
+            ],
+        }
+    )
+    a1, b2, c3 = (record.turn(2, n) for n in NAMES)
+    assert a1 and a1.changed_mind_stated is True and a1.position_changed is False
+    assert b2 and b2.changed_mind_stated is False and b2.position_changed is True
+    assert c3 and c3.changed_mind_stated is False and c3.position_changed is False
+    assert record.summary and record.summary.consensus.line == "2 of 3 agreed"
+    assert [(g.position, g.members) for g in record.summary.groups] == [
+        ("Ban", ["A1", "B2"]),
+        ("Keep", ["C3"]),
+    ]
+    assert pos.changes(record) == [("B2", "Keep", "Ban")]
+    assert 'B2: from "Keep" to "Ban"' in record.summary.generation.prompt  # type: ignore[union-attr]
+    # the renderers show a change of mind where the letter changed, whatever was stated
+    view = build_view(record)
+    finals = {t.name: t for t in view.finals}
+    assert finals["A1"].changed_mind is False and finals["A1"].mark == "held"
+    assert finals["B2"].changed_mind is True and finals["B2"].mark == "stated"
+    assert not any(t.answer_changed for t in view.finals)  # the letters say it, not the words
+    assert [(c.position, c.mark) for c in view.chart.rows[1].cells] == [
+        ("B", "held"),
+        ("A", "stated"),
+    ]
+    assert [(p.letter, p.text, p.members) for p in view.positions] == [
+        ("A", "Ban", ["A1", "B2"]),
+        ("B", "Keep", ["C3"]),
+    ]
+
+
+def test_no_labelling_for_choice_and_number_questions() -> None:
+    record = make_record(NAMES, rounds=2, question="2+2?")
+    record.question_kind = "number"
+    r2 = "Reasoning: again.\nInfluenced by: {i}\nDecision: {d}\nAnswer: {a}"  # no Position
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="4"), r2.format(d="maintained", a="4", i="nobody"), SUMMARY],
+            "B2": [R1.format(a="4"), r2.format(d="maintained", a="4.0", i="nobody")],
+            "C3": [R1.format(a="5"), r2.format(d="changed", a="4", i="A1")],
+        }
+    )
+    record = Debate(record, speaker, builtin(), lambda r: None, lambda e: None).run()
+    assert label_calls(speaker) == [] and record.labelings == [] and record.positions == []
+    assert all("Position" not in c.grammar for c in speaker.calls)
+    assert all(t.status == "ok" and t.position is None for t in record.turns)
+    c3 = record.turn(2, "C3")
+    assert c3 and c3.position_changed is None and c3.answer_changed is True
+    # exact comparison: 4 and 4.0 are one answer
+    assert record.summary and record.summary.consensus.line == "All 3 models agreed"
+    assert build_view(record).finals[2].mark == "stated"  # stated, as before labels
+
+
+# -- the counting itself ------------------------------------------------------------
+
+
+def turn(
+    round_no: int, name: str, answer: str, claim: str | None = None, **kw: object
+) -> TurnRecord:
+    parsed = ParsedTurn(answer=answer, position_claim=claim)
+    return TurnRecord(round=round_no, panelist=name, status="ok", parsed=parsed, **kw)  # type: ignore[arg-type]
+
+
+def test_to_label_takes_round_one_and_then_only_new_claims() -> None:
+    record = make_record(NAMES, rounds=2)
+    failed = TurnRecord(round=1, panelist="C3", status="failed", error="x")
+    record.turns = [
+        turn(1, "A1", "Yes"), turn(1, "B2", "No"), failed,
+        turn(2, "A1", "Yes", "A"), turn(2, "B2", "Maybe", "new"), turn(2, "C3", "Hm", "new"),
+    ]  # fmt: skip
+    assert [t.panelist for t in pos.to_label(record, 1)] == ["A1", "B2"]
+    assert [t.panelist for t in pos.to_label(record, 2)] == ["B2", "C3"]
+    record.question_kind = "choice"
+    assert pos.to_label(record, 1) == []
+
+
+def test_fallback_labels_group_by_normalized_text_and_cut_long_labels() -> None:
+    long = "Ban private cars from every city centre within five years, " * 3
+    labels = pos.fallback_labels({"A1": "Yes, ban.", "B2": "yes ban", "C3": long}, existing=1)
+    assert labels.assigned == {"A1": "B", "B2": "B", "C3": "C"}
+    assert labels.new["B"] == "Yes, ban."
+    assert len(labels.new["C"]) <= pos.LABEL_MAX_CHARS and labels.new["C"].endswith("…")
+    assert long.startswith(labels.new["C"][:-1])
+
+
+def test_apply_labels_places_turns_and_final_groups_rank_by_size_then_letter() -> None:
+    record = make_record(NAMES, rounds=2)
+    record.turns = [turn(1, n, n) for n in NAMES]
+    pos.apply_labels(
+        record,
+        1,
+        ParsedLabels(new={"A": "x", "B": "y"}, assigned={"A1": "A", "B2": "B", "C3": "B"}),
+    )
+    assert [t.position for t in record.turns] == ["A", "B", "B"]
+    groups = pos.final_groups(record)
+    assert [(g.position, g.members) for g in groups] == [("y", ["B2", "C3"]), ("x", ["A1"])]
+    # round 2: B2 moves to A; a tie is ranked by letter
+    record.turns.append(pos.placed(record, turn(2, "B2", "x"), "A"))
+    record.turns.append(pos.placed(record, turn(2, "C3", "y"), "B"))
+    assert [(t.position, t.position_changed) for t in record.turns[3:]] == [
+        ("A", True),
+        ("B", False),
+    ]
+    groups = pos.final_groups(record)
+    assert [(g.position, g.members) for g in groups] == [("x", ["A1", "B2"]), ("y", ["C3"])]
+    assert pos.changes(record) == [("B2", "y", "x")]
