@@ -22,12 +22,10 @@ from localtable.record import RunRecord, read_record, write_record
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, make_record
 
-R1 = "Answer: {a}\nReasoning: because."
-R2 = "Decision: {d}\nAnswer: {a}\nInfluenced by: {i}\nReasoning: I thought again."
-SUMMARY_ALL_A = (
-    "Headline: They answered.\nPosition A: one answer\nA1: A\nB2: A\nC3: A\n"
-    "Counterpoint: none.\nSummary: short."
-)
+R1 = "Reasoning: because.\nAnswer: {a}"
+# choice and number questions compare answers exactly: no labels, no Position line
+R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nAnswer: {a}"
+SUMMARY = "Headline: They answered.\nCounterpoint: none.\nSummary: short."
 
 
 def scored(kind: str, options: list[str] | None = None, rounds: int = 2) -> RunRecord:
@@ -50,16 +48,18 @@ def test_choice_grammar_allows_exactly_the_options_and_prompt_lists_them() -> No
             "C3": [R1.format(a='Say "hi"'), R2.format(d="maintained", a='Say "hi"', i="nobody")],
         }
     )
-    speaker.replies["A1"].append(SUMMARY_ALL_A)
+    speaker.replies["A1"].append(SUMMARY)
     record = run(speaker, scored("choice", options))
+    assert len(speaker.calls) == 7  # six turns and the summary: no labels
     for call in speaker.calls[:-1]:  # every turn, not the summary
         assert 'answer ::= "Paris" | "Lyon" | "Say \\"hi\\""\n' in call.grammar
+        assert "Position" not in call.grammar
     first_prompt = speaker.calls[0].messages[-1].content
     assert 'Options: Paris | Lyon | Say "hi"' in first_prompt
     assert "gives exactly one of the options" in first_prompt
     b2 = record.turn(2, "B2")
     assert b2 and b2.answer_changed is True
-    # the tally is computed in code from the final answers, whatever the summarizer grouped
+    # the tally is computed in code from the final answers
     assert record.summary and record.summary.status == "ok"
     assert [(g.position, g.members) for g in record.summary.groups] == [
         ("Paris", ["A1", "B2"]),
@@ -77,7 +77,7 @@ def test_number_grammar_and_numeric_equality() -> None:
             "C3": [R1.format(a="12.50"), R2.format(d="maintained", a="12.5", i="nobody")],
         }
     )
-    speaker.replies["A1"].append(SUMMARY_ALL_A)
+    speaker.replies["A1"].append(SUMMARY)
     record = run(speaker, scored("number"))
     assert 'answer ::= "-"? [0-9]{1,15} ("." [0-9]{1,6})?' in speaker.calls[0].grammar
     assert "gives the number only" in speaker.calls[0].messages[-1].content
@@ -94,10 +94,14 @@ def test_number_grammar_and_numeric_equality() -> None:
     assert record.summary.consensus.kind == "majority"
 
 
-def test_open_grammar_unchanged_and_summary_groups_kept() -> None:
+def test_open_grammar_is_free_text_and_its_groups_come_from_labels_not_exact_text() -> None:
     speaker = FakeSpeaker(
         {
-            "A1": [R1.format(a="Yes, surely."), SUMMARY_ALL_A],
+            "A1": [
+                R1.format(a="Yes, surely."),
+                "Position A: Yes\nPosition B: No\nA1: A\nB2: B\nC3: A",
+                SUMMARY,
+            ],
             "B2": [R1.format(a="No, never.")],
             "C3": [R1.format(a="Maybe so.")],
         }
@@ -105,7 +109,13 @@ def test_open_grammar_unchanged_and_summary_groups_kept() -> None:
     record = run(speaker, scored("open", rounds=1))
     assert "answer ::= [^\\x00-\\x20<] [^\\x00-\\x1f]{1," in speaker.calls[0].grammar
     assert "Options:" not in speaker.calls[0].messages[-1].content
-    assert record.summary and record.summary.consensus.line == "All 3 models agreed"
+    # three different texts, two labelled positions: the labels decide, counted in code
+    assert record.summary and record.summary.status == "ok"
+    assert [(g.position, g.members) for g in record.summary.groups] == [
+        ("Yes", ["A1", "C3"]),
+        ("No", ["B2"]),
+    ]
+    assert record.summary.consensus.line == "2 of 3 agreed"
 
 
 def test_summary_failure_still_tallies_choice_answers() -> None:
@@ -113,7 +123,7 @@ def test_summary_failure_still_tallies_choice_answers() -> None:
         {
             "A1": [R1.format(a="Lyon"), "Headline: ?!", "Headline: ?!", "Headline: ?!"],
             "B2": [R1.format(a="Lyon")],
-            "C3": ["Answer: Nice\nReasoning: grammar bypassed."],
+            "C3": ["Reasoning: grammar bypassed.\nAnswer: Nice"],
         }
     )
     record = run(speaker, scored("choice", ["Paris", "Lyon"], rounds=1))
@@ -128,13 +138,16 @@ def test_summary_failure_still_tallies_choice_answers() -> None:
 
 def test_parse_turn_checks_kind() -> None:
     with pytest.raises(ParseFailure, match="not a number"):
-        parse_turn("Answer: twelve\nReasoning: x", later_round=False, peers={}, kind="number")
-    parsed = parse_turn("Answer: 7\nReasoning: x", later_round=False, peers={}, kind="number")
+        parse_turn("Reasoning: x\nAnswer: twelve", later_round=False, peers={}, kind="number")
+    parsed = parse_turn("Reasoning: x\nAnswer: 7", later_round=False, peers={}, kind="number")
     assert parsed.answer == "7"
     parsed = parse_turn(
-        "Answer: B\nReasoning: x", later_round=False, peers={}, kind="choice", options=["A", "B"]
+        "Reasoning: x\nAnswer: B", later_round=False, peers={}, kind="choice", options=["A", "B"]
     )
     assert parsed.answer == "B"
+    with pytest.raises(ParseFailure, match="not one of the options"):
+        parse_turn("Reasoning: x\nAnswer: C", later_round=False, peers={}, kind="choice",
+                   options=["A", "B"])  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -173,8 +186,7 @@ def test_a_number_question_summary_may_headline_the_number_alone() -> None:
         {
             "A1": [
                 R1.format(a="3.9"),
-                "Headline: 3.9\nPosition A: 3.9\nA1: A\nB2: A\nC3: A\nCounterpoint: 3\n"
-                "Summary: 3.9",
+                "Headline: 3.9\nCounterpoint: 3\nSummary: 3.9",
             ],
             "B2": [R1.format(a="3.9")],
             "C3": [R1.format(a="4")],
@@ -184,6 +196,10 @@ def test_a_number_question_summary_may_headline_the_number_alone() -> None:
     assert record.summary and record.summary.status == "ok"
     assert record.summary.headline == "3.9"
     assert record.summary.consensus.line == "2 of 3 agreed"
+    # ... and it may repeat the question's words (an open headline may not)
+    parsed = parse_summary(
+        "Headline: 3.9\nCounterpoint: c\nSummary: s", kind="number", question="3.9 or 4?"
+    )
+    assert parsed.headline == "3.9"
     with pytest.raises(ParseFailure, match="headline has no letter or digit"):
-        parse_summary("Headline: ...\nPosition A: x\nA1: A\nCounterpoint: c\nSummary: s",
-                      members={"A1": "A1"})  # fmt: skip
+        parse_summary("Headline: ...\nCounterpoint: c\nSummary: s")
