@@ -32,13 +32,13 @@ from localtable.report.render import (
     render,
 )
 from localtable.templates import TemplateSet, builtin
-from tests.fakes import FakeSpeaker, crash, make_record, sampling
+from tests.fakes import FakeSpeaker, Reply, crash, make_record, sampling
 
 DATA = Path(__file__).parent / "data"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "report.md"
 
-R1 = "Answer: {a}\nReasoning: {r}"
-R2 = "Decision: {d}\nAnswer: {a}\nInfluenced by: {i}\nReasoning: {r}"
+R1 = "Reasoning: {r}\nAnswer: {a}"
+R2 = "Reasoning: {r}\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
 
 # Text a model (or a user's question, or a config) could hold to break out of the page.
 SCRIPT = "<script>window.pwned=1</script>"
@@ -61,13 +61,17 @@ def run_fake(record: RunRecord, replies: dict[str, list[str | Exception]]) -> Ru
 def hostile_record() -> RunRecord:
     """A complete record with hostile text in every field a person or a model writes."""
     names = [SCRIPT, "A \"quoted\" 'name' </div>", "Plain"]
+    # the labeller's positions (words of their own, not only the question's), the new one
+    # of round 2, and the summary
+    labels = "\n".join(
+        [f"Position A: Keep {CLOSE}", f"Position B: Drop {JS_LINK}"]
+        + [f"{names[0]}: A", f"{names[1]}: B", f"{names[2]}: A"]
+    )
+    new_label = f"Position C: Tolls {IMAGE} {SCRIPT}\n{names[1]}: C"
     summary = "\n".join(
         [
-            f"Headline: Verdict {SCRIPT} {ATTR}",  # words of its own: not a copy of the question
-            f"Position A: {CLOSE}",
-            f"Position B: {JS_LINK}",
-            f"{names[0]}: A",
-            f"{names[1]}: B",
+            # words of its own: not a restatement of the question
+            f"Headline: Verdict: keep the walls up {SCRIPT} {ATTR}",
             f"Counterpoint: {QUOTE} {IMAGE}",
             f"Summary: {JS_LINK}\n{CLOSE}",
         ]
@@ -75,14 +79,23 @@ def hostile_record() -> RunRecord:
     replies: dict[str, list[str | Exception]] = {
         names[0]: [
             R1.format(a=f"Yes {SCRIPT}", r=ATTR),
-            R2.format(d="maintained", a=f"Yes {CLOSE}", i="nobody", r=JS_LINK),
+            labels,
+            R2.format(d="maintained", a=f"Yes {CLOSE}", i="nobody", p="A", r=JS_LINK),
+            new_label,
             summary,
         ],
         names[1]: [
             R1.format(a=f"No {QUOTE}", r=IMAGE),
-            R2.format(d="changed", a=f"Maybe {JS_LINK}", i=names[0], r=f"{SCRIPT}\n{CLOSE}"),
+            # the answer runs to the end of the output: a line break in it is kept
+            R2.format(
+                d="changed",
+                a=f"Maybe {SCRIPT}\n{QUOTE}",
+                i=names[0],
+                p="new",
+                r=f"{JS_LINK} {CLOSE}",
+            ),  # fmt: skip
         ],
-        names[2]: [R1.format(a="<b>!</b>", r="x"), crash()],  # a failed turn quoting markup
+        names[2]: [R1.format(a="<b>!</b>", r="x"), crash()],  # markup, then a failed turn
     }
     record = make_record(names, question=f"{SCRIPT}\n{CLOSE}\n{ATTR} {QUOTE} {JS_LINK} {IMAGE}")
     record = run_fake(record, replies)
@@ -448,9 +461,8 @@ def test_the_view_trims_answers_the_grammar_cut_and_leaves_others() -> None:
     record = run_fake(
         make_record(["A1", "B2"], rounds=1),
         {
-            "A1": [R1.format(a=cut, r="Why."),
-                   "Headline: Open up.\nPosition A: Open.\nA1: A\nB2: A\nCounterpoint: Risks.\n"
-                   "Summary: Brief."],
+            "A1": [R1.format(a=cut, r="Why."), "Position A: Open.\nA1: A\nB2: A",
+                   "Headline: Open up.\nCounterpoint: Risks.\nSummary: Brief."],
             "B2": [R1.format(a="Closed weights, no end mark", r="Why.")],
         },
     )  # fmt: skip
@@ -466,3 +478,28 @@ def test_a_line_at_the_grammars_limit_counts_as_cut_even_without_its_last_space(
 
     assert at_limit("x" * 160, 160) and at_limit("x" * 159, 160)  # "…to have " stripped
     assert not at_limit("x" * 158, 160)
+
+
+def test_generations_list_continuations_and_labels_in_the_order_they_ran() -> None:
+    cut = Reply("Reasoning: Open code can be checked by", finish_reason="length")
+    record = run_fake(
+        make_record(["A1", "B2"], rounds=1),
+        {
+            "A1": [cut, "Answer: Open it.", "Position A: ...\nA1: A\nB2: A",
+                   "Position A: Open it\nA1: A\nB2: A",
+                   "Headline: Open up.\nCounterpoint: Risks.\nSummary: Brief."],
+            "B2": [R1.format(a="Open it too.", r="Why.")],
+        },
+    )  # fmt: skip
+    rows = [(g.stage, g.name, g.status, g.finish_reason) for g in build_view(record).generations]
+    assert rows == [
+        ("Round 1", "A1", "ok", "length"),
+        ("Round 1, continued", "A1", "ok", "stop"),
+        ("Round 1", "B2", "ok", "stop"),
+        ("Labels 1", "A1", "rejected", "stop"),  # a label with no word, thrown away
+        ("Labels 1", "A1", "ok", "stop"),
+        ("Summary", "A1", "ok", "stop"),
+    ]
+    final = {t.name: t for t in build_view(record).finals}["A1"]
+    assert final.reasoning == "Open code can be checked by…" and final.answer == "Open it."
+    assert final.position == "A"
