@@ -26,6 +26,7 @@ from localtable.research.questions import Question, QuestionSet
 from localtable.session.run import DebateRequest, RunInterrupted, execute
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, make_record
+from tests.scripted import scripted_reply
 
 NAMES = ["A1", "B2", "C3"]
 QUESTIONS = QuestionSet(
@@ -52,17 +53,8 @@ class ScriptedSpeaker(FakeSpeaker):
         panelist, grammar = request.panelist, request.grammar
         if self.stop_at is not None and len(self.calls) == self.stop_at:
             raise KeyboardInterrupt
-        answer = self.answers.get(panelist, "")
-        if grammar.startswith('root ::= "Headline'):
-            reply = "Headline: They answered.\nPosition A: same\n" + "".join(
-                f"{n}: A\n" for n in NAMES
-            )
-            reply += "Counterpoint: none.\nSummary: short."
-        elif "Decision" in grammar:
-            reply = f"Decision: maintained\nAnswer: {answer}\nInfluenced by: nobody\nReasoning: r"
-        else:
-            reply = f"Answer: {answer}\nReasoning: r"
-        self.replies[panelist] = [reply]
+        # a reply in the shape the grammar asks for (tests/scripted.py)
+        self.replies[panelist] = [scripted_reply(grammar, self.answers.get(panelist, ""))]
         return super().generate(request)
 
 
