@@ -205,7 +205,8 @@ panelists = [
 
 
 def test_the_server_side_measures_every_generation_of_the_debate(tmp_path: Path) -> None:
-    """Through the stand-in llama-server: each turn and the summary give a TurnResult."""
+    """Through the stand-in llama-server: each turn, the labels and the summary give a
+    TurnResult."""
     with FakeLlamaServer() as server:
         cfg = tmp_path / "models.toml"
         cfg.write_text(
@@ -225,8 +226,11 @@ panelists = [{{ name = "Ada", model = "big" }}, {{ name = "Bob", model = "big" }
         served = load_config(cfg)
         side_, record = run_server(served, "p", 2, 7, tmp_path / "runs", [os.getpid()])
     assert record.status == "complete"
-    generations = [t.generation for t in record.turns] + [record.summary.generation]  # type: ignore[union-attr]
-    assert server.calls["/completion"] == len(generations) == 5
+    # in the order they ran: round 1, its labels (an open question), round 2, the summary
+    (labels,) = record.labelings  # round 2 claimed no new position
+    turns = [t.generation for t in record.turns]
+    generations = [*turns[:2], labels.generation, *turns[2:], record.summary.generation]  # type: ignore[union-attr]
+    assert server.calls["/completion"] == len(generations) == 6
     assert side_.texts == [g.raw_output for g in generations if g is not None]
     assert side_.completion_tokens == sum(g.completion_tokens for g in generations if g)
     assert side_.prompt_tokens == sum(g.prompt_tokens for g in generations if g)
