@@ -190,6 +190,9 @@ def replay_run(
         replay.created_at, replay.finished_at = now, None
         replay.status, replay.error = "running", None
         replay.turns, replay.summary, replay.transcript_sha256 = [], None, None
+        # an open question's labels are generated too (after each round): kept, they
+        # would skip the labelling and leave the replayed turns without positions
+        replay.positions, replay.labelings = [], []
         replay_dir = runs_dir / replay.run_id
         # on another build the replay's record describes the build it ran on
         speaker = open_run(session, replay, describe=bool(diffs))
