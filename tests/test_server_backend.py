@@ -102,10 +102,13 @@ def test_a_debate_on_a_server_records_the_server_and_every_token(
     assert model.chat_template_sha256 is not None and model.eos_token == "<|im_end|>"
     servers = record.backends["server"]["servers"]
     assert isinstance(servers, dict) and servers[server.url]["build_info"] == "b1-fake"  # type: ignore[index]
-    generations = [t.generation for t in record.turns] + [record.summary.generation]  # type: ignore[union-attr]
+    # in the order they ran: round 1, its labels (an open question), round 2, the summary
+    (labels,) = record.labelings
+    turns = [t.generation for t in record.turns]
+    generations = [*turns[:2], labels.generation, *turns[2:], record.summary.generation]  # type: ignore[union-attr]
     assert all(g is not None and g.token_ids and g.token_ids[-1] == 2 for g in generations)
     # what went to /completion: token ids, the seed, an explicit sampler order, no cache
-    assert server.calls["/completion"] == 5
+    assert server.calls["/completion"] == 6
     for body, g in zip(server.completions, generations, strict=True):
         assert g is not None
         assert isinstance(body["prompt"], list) and all(isinstance(t, int) for t in body["prompt"])
@@ -361,7 +364,9 @@ def test_a_mixed_panel_keeps_panel_order_and_each_backend(
     assert [(t.round, t.panelist) for t in record.turns] == [
         (r, p) for r in (1, 2) for p in ("Cy", "Ada", "Bob")
     ]
-    assert server.calls["/completion"] == 5  # Ada and Bob, two rounds, and the summary
+    # Ada and Bob, two rounds; the labels of round 1 and the summary, by Ada's model
+    assert server.calls["/completion"] == 6
+    assert record.labelings[0].labeller == "Ada" and record.labelings[0].status == "ok"
 
 
 def test_the_record_json_names_no_credentials(server: FakeLlamaServer, tmp_path: Path) -> None:
