@@ -236,7 +236,9 @@ class BareResult(BaseModel):
 
 def bare_calls(record: RunRecord, engine: RecordingEngine) -> list[BareCall]:
     """The run's generations as bare calls; each one's prompt is checked against the record."""
-    generations = [t.generation for t in record.turns if t.generation is not None]
+    generations = [g for t in record.turns for g in (t.generation, t.continuation) if g]
+    for x in record.labelings:  # an open question's labels, attempts thrown away too
+        generations += [*x.rejected_generations, *([x.generation] if x.generation else [])]
     if record.summary is not None and record.summary.generation is not None:
         generations.append(record.summary.generation)
     if record.summary is not None:  # attempts the summary threw away were run too
@@ -494,7 +496,9 @@ def run_server(
 
 
 def new_tokens(record: RunRecord) -> int:
-    """Prompt tokens that are new in each turn: not in its panelist's previous prompt."""
+    """Prompt tokens that are new in each turn: not in its panelist's previous prompt
+    (a continuation's: not in its turn's prompt); the labels' and the summary's
+    prompts are new as a whole."""
     total = 0
     for turn in record.turns:
         gen = turn.generation
@@ -506,6 +510,13 @@ def new_tokens(record: RunRecord) -> int:
             total += gen.prompt_tokens - prev.prompt_tokens
         else:
             total += gen.prompt_tokens
+        cont = turn.continuation  # the turn's prompt and the part of its reply kept
+        if cont is not None:
+            shared = cont.prompt.startswith(gen.prompt)
+            total += cont.prompt_tokens - (gen.prompt_tokens if shared else 0)
+    for x in record.labelings:  # a prompt of its own, once a round (as the summary's)
+        attempts = [*x.rejected_generations, *([x.generation] if x.generation else [])]
+        total += attempts[0].prompt_tokens if attempts else 0
     if record.summary is not None and record.summary.generation is not None:
         total += record.summary.generation.prompt_tokens
     return total

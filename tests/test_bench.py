@@ -6,19 +6,26 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from localtable.backends.chatformat import PromptPiece
+from localtable.backends.llamacpp.messages import GenerateRequest, GenerateResult
 from localtable.backends.server.launch import declared_flags
 from localtable.bench import (
     BenchReport,
     ProcessUsage,
+    RecordingEngine,
     Side,
+    bare_calls,
     new_tokens,
     render,
     run_server,
     served_config,
 )
+from localtable.bench import Call as BenchCall
 from localtable.config import ServerSource, load_config
-from localtable.record import Consensus, Generation, SummaryRecord, TurnRecord
-from tests.fakes import make_record, sampling
+from localtable.debate.protocol import Debate
+from localtable.record import Consensus, Generation, RunRecord, SummaryRecord, TurnRecord
+from localtable.templates import builtin
+from tests.fakes import FakeSpeaker, Reply, make_record, sampling
 from tests.fakeserver import FakeLlamaServer
 
 
@@ -238,3 +245,64 @@ panelists = [{{ name = "Ada", model = "big" }}, {{ name = "Bob", model = "big" }
     assert side_.name == "localtable -> llama-server" and side_.retries == 0
     assert side_.new_tokens == new_tokens(record) and side_.rejected_summaries == 0
     assert side_.usage.cpu_seconds >= 0 and side_.usage.peak_rss_bytes > 0
+
+
+def recorded_generations(record: RunRecord) -> list[Generation]:
+    """Every generation the record holds: turns and their continuations, the labels of
+    each round (rejected attempts too), the summary (rejected attempts too)."""
+    out = [g for t in record.turns for g in (t.generation, t.continuation) if g is not None]
+    for x in record.labelings:
+        out += [*x.rejected_generations, *([x.generation] if x.generation else [])]
+    s = record.summary
+    if s is not None:
+        out += [*s.rejected_generations, *([s.generation] if s.generation else [])]
+    return out
+
+
+def test_bare_calls_replay_every_generation_of_an_open_debate() -> None:
+    """An open debate also generates labels after round 1 (here one rejected attempt,
+    then a kept one) and continues a turn that max_tokens cut off: the bare side must
+    replay those calls too, each matched to its generation in the record."""
+    r1 = "Reasoning: r.\nAnswer: {a}"
+    speaker = FakeSpeaker(
+        {
+            "A": [Reply("Reasoning: long and", finish_reason="length"), "Answer: Yes.",
+                  "Position A: ...\nA: A\nB: A", "Position A: Yes\nA: A\nB: A",
+                  "Headline: Yes, they agreed.\nCounterpoint: c\nSummary: s"],
+            "B": [r1.format(a="Yes!")],
+        }
+    )  # fmt: skip
+    record = make_record(["A", "B"], rounds=1)
+    record = Debate(record, speaker, builtin(), lambda r: None, lambda e: None).run()
+    generations = recorded_generations(record)
+    assert len(generations) == len(speaker.calls) == 6
+    engine = RecordingEngine()
+    for g in generations:  # what the engine was asked, as the bench's run recorded it
+        req = GenerateRequest(
+            model_key="m",
+            pieces=[PromptPiece(text=g.prompt, special=False)],
+            grammar="root ::= x",
+            seed=g.seed,
+            sampling=g.sampling,
+        )
+        res = GenerateResult(text=g.raw_output, finish_reason=g.finish_reason or "stop",
+                             prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens,
+                             prompt_eval_tokens=g.prompt_tokens, prompt_sha256=g.prompt_sha256,
+                             seconds=0.0)  # fmt: skip
+        engine.calls.append(BenchCall(request=req, result=res))
+    calls = bare_calls(record, engine)
+    assert [c.seed for c in calls] == [g.seed for g in generations]
+    # and their prompts are new tokens too: the labels' prompt once (as the summary's)
+    labels = record.labelings[0].generation
+    assert labels is not None
+    base = new_tokens(record.model_copy(update={"labelings": []}))
+    assert new_tokens(record) == base + labels.prompt_tokens
+    # ... and a continuation's prompt is its turn's with the kept part of the reply after it
+    turn = record.turns[0]
+    assert turn.generation and turn.continuation
+    cont = turn.continuation.model_copy(
+        update={"prompt": turn.generation.prompt + turn.continuation.prefill,
+                "prompt_tokens": turn.generation.prompt_tokens + 5}
+    )  # fmt: skip
+    record.turns[0] = turn.model_copy(update={"continuation": cont})
+    assert new_tokens(record) == base + labels.prompt_tokens + 5
