@@ -459,7 +459,9 @@ class Debate:
         if not turns:
             return
         labeller = next(p for p in self.panel if p.name == self.record.summarizer)
-        self.current = (round_no, labeller.name)
+        # no turn is being generated: a stop now interrupts none (the round's turns are
+        # done); the labels are not recorded yet, so resume labels the round again
+        self.current = None
         self._emit("labels", round_no, labeller.name, "generating")
         by_name = {p.name: p for p in self.panel}
         members = {by_name[t.panelist].label: t.panelist for t in turns}
