@@ -37,7 +37,7 @@ class Reply:
 
 @dataclass
 class FakeSpeaker:
-    replies: dict[str, list[str | Reply | Exception]]
+    replies: dict[str, list[str | Reply | BaseException]]  # an exception is raised
     n_ctx: int = 4096
     chars_per_token: int = 4
     calls: list[Call] = field(default_factory=list)
@@ -61,7 +61,7 @@ class FakeSpeaker:
             )
         )
         reply = self.replies[panelist].pop(0)
-        if isinstance(reply, Exception):
+        if isinstance(reply, BaseException):
             raise reply
         if isinstance(reply, str):
             reply = Reply(reply)

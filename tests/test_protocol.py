@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from localtable.backends.base import BackendDown
@@ -13,7 +15,8 @@ from localtable.debate.protocol import (
     derive_seed,
     stage_seed,
 )
-from localtable.record import RunRecord, transcript_sha256
+from localtable.record import RunRecord, read_record, transcript_sha256
+from localtable.session.run import RunInterrupted, execute
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, Reply, crash, make_record
 
@@ -473,3 +476,29 @@ def test_a_cut_off_turn_with_nothing_to_keep_fails_without_a_continuation() -> N
     assert t and t.status == "failed" and t.continuation is None
     assert t.error and "missing the 'Reasoning:' line" in t.error
     assert [c.panelist for c in speaker.calls] == ["A1", "B2", "A1", "A1"]  # no continuation
+
+
+def test_ctrl_c_while_labelling_leaves_no_false_turn_and_resume_labels_again(
+    tmp_path: Path,
+) -> None:
+    """A stop during the labels (Ctrl-C, SIGTERM) interrupts no panelist's turn: each
+    one of the round is finished and stays as it is; resume labels the round again."""
+    replies: dict[str, list[str | Reply | BaseException]] = {
+        "A1": [R1.format(a="Yes."), KeyboardInterrupt()],
+        "B2": [R1.format(a="No.")],
+    }
+    record = make_record(["A1", "B2"], rounds=1)
+    with pytest.raises(RunInterrupted):
+        execute(record, tmp_path, FakeSpeaker(replies), builtin(), lambda e: None)  # type: ignore[arg-type]
+    saved = read_record(tmp_path)
+    assert saved.status == "interrupted"
+    assert [(t.round, t.panelist, t.status) for t in saved.turns] == [
+        (1, "A1", "ok"),
+        (1, "B2", "ok"),
+    ]
+    assert saved.labelings == [] and saved.positions == []
+    speaker = FakeSpeaker({"A1": [labels(["Yes", "No"], A1="A", B2="B"), SUMMARY], "B2": []})
+    saved.status = "running"
+    finished = execute(saved, tmp_path, speaker, builtin(), lambda e: None)  # type: ignore[arg-type]
+    assert [c.panelist for c in speaker.calls] == ["A1", "A1"]  # the labels, the summary
+    assert finished.status == "complete" and [t.position for t in finished.turns] == ["A", "B"]
