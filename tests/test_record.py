@@ -69,6 +69,23 @@ def test_stored_records_of_older_versions_read_as_version_4(tmp_path: Path, vers
     assert record.question in text and all(p.name in text for p in record.panelists)
 
 
+def test_a_version_3_record_reads_as_version_4_with_its_transcript_hash() -> None:
+    """tests/data/record.json was written as version 3: turns answer first, open
+    positions grouped by the summarizer, no labels."""
+    stored = json.loads((DATA / "record.json").read_text(encoding="utf-8"))
+    assert stored["schema_version"] == 3
+    record = read_record(DATA)
+    assert record.schema_version == 4 and record.positions == [] and record.labelings == []
+    assert all(
+        t.parsed.order == (["answer", "reasoning"] if t.round == 1 else
+                           ["decision", "answer", "influenced_by", "reasoning"])
+        for t in record.turns
+        if t.parsed
+    )  # fmt: skip
+    assert all(t.position is None and t.continuation is None for t in record.turns)
+    assert transcript_sha256(record) == stored["transcript_sha256"]
+
+
 def test_sampling_outside_todays_limits_still_reads(tmp_path: Path) -> None:
     """Recorded sampling is stored as it was: a limit tightened later (in the config)
     must not make old records unreadable."""
