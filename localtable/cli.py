@@ -661,7 +661,7 @@ SCORE_FORMATS = ["text", "md", "csv"]
 
 @cli.command()
 @click.argument("questions_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--task", help="A built-in question set instead of a file: arithmetic.")
+@click.option("--task", help="A built-in question set instead of a file: arithmetic or quality.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N questions.")
 @click.option(
     "--seeds", help="Seeds to run each question with: 1-5, 1,3,7 (default: [debate] seed)."
