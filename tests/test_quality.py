@@ -37,6 +37,7 @@ from localtable.research.tasks import load_task
 from localtable.templates import TemplateSet
 from tests.conftest import REPO
 from tests.fakes import make_record, sampling
+from tests.hostile import CONTROL
 
 QUESTION = "Should cities ban private cars from their centres?"
 NAMES = ["A1", "B2", "C3"]
@@ -354,3 +355,13 @@ def test_stored_records_of_every_schema_version(tmp_path: Path) -> None:
     assert city.turns == 12 and city.failed_turns == 2 and city.agreement.n == 6
     assert city.agreement.by_answer_text == city.agreement.n
     assert city.wall_seconds.max == 150.0
+
+
+@pytest.mark.parametrize("fmt", ["text", "md"])
+def test_no_terminal_control_characters_from_records(fmt: str) -> None:
+    escapes = "\x1b]0;PWNED\x07 \x1b[2J\x9b31m"
+    record = debate(panel=f"p{escapes}", headline=f"Should cities ban cars{escapes}?",
+                    turns=[ok(1, "A1", f"Why {escapes}?")])  # fmt: skip
+    record.panelists[0] = record.panelists[0].model_copy(update={"model": f"m{escapes}"})
+    out = render_quality(quality([record]), fmt, TemplateSet(), "Quality: t")  # type: ignore[arg-type]
+    assert "PWNED" in out and not CONTROL.search(out), CONTROL.findall(out)
