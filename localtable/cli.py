@@ -662,7 +662,7 @@ SCORE_FORMATS = ["text", "md", "csv"]
 
 @cli.command()
 @click.argument("questions_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--task", help="A built-in question set instead of a file: arithmetic.")
+@click.option("--task", help="A built-in question set instead of a file: arithmetic or quality.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N questions.")
 @click.option(
     "--seeds", help="Seeds to run each question with: 1-5, 1,3,7 (default: [debate] seed)."
@@ -804,9 +804,13 @@ def _print_score(
         if quiet_if_none:
             return
         raise
-    names = [Path(t).name for t in targets]
-    title = f"Accuracy: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+    title = _title("Accuracy", targets)
     _write_output(render_score(result, fmt, TemplateSet(), title), output)  # type: ignore[arg-type]
+
+
+def _title(what: str, targets: list[str]) -> str:
+    names = [Path(t).name for t in targets]
+    return f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
 
 
 @cli.command()
@@ -845,6 +849,37 @@ def compare(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: P
     records, skipped = collect(list(targets), runs_dir)
     result = compare_runs(records, skipped)
     _write_output(render_comparison(result, fmt, TemplateSet()), output)  # type: ignore[arg-type]
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "md"]), default="text",
+              show_default=True)  # fmt: skip
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
+@runs_dir_option
+@user_errors
+def quality(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: Path) -> None:
+    """Is a panel's output usable? Each metric against its target, per panel.
+
+    Headlines that restate the question, `Answer:` line length and answers that
+    are not positions, failed turns, stated "changed mind" against a change of
+    labelled position, and seconds per debate, over the finished runs. TARGETS
+    are batch folders, run folders or run ids. `make quality` runs the built-in
+    quality task and then this. Example: localtable quality runs/quality-default
+    """
+    from localtable.research.compare import NoRuns, collect
+    from localtable.research.quality import quality as measure
+    from localtable.research.render import render_quality
+
+    try:
+        records, skipped = collect(list(targets), runs_dir)
+    except NoRuns:
+        raise ConfigError(
+            f"nothing to measure in {', '.join(targets)}: no debate of it has a record yet"
+        ) from None
+    result = measure(records, skipped)
+    title = _title("Quality", list(targets))
+    _write_output(render_quality(result, fmt, TemplateSet(), title), output)  # type: ignore[arg-type]
 
 
 def _optional_config(path: Path | None) -> LoadedConfig | None:

@@ -129,7 +129,8 @@ for args in (["render", "{run}", "--runs-dir", runs, "--format", fmt] for fmt in
              "html", "json")):
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-for args in (["score", "{run}", "--runs-dir", runs], ["compare", "{run}", "--runs-dir", runs]):
+for args in (["score", "{run}", "--runs-dir", runs], ["compare", "{run}", "--runs-dir", runs],
+             ["quality", "{run}", "--runs-dir", runs]):
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code in (0, 1, 2), result.output  # 2: nothing to score
 backend = ("llama_cpp", "localtable.backends.llamacpp")
@@ -138,7 +139,7 @@ print("loaded:", loaded)
 """
 
 
-def test_render_score_and_compare_load_no_backend(tmp_path: Path) -> None:
+def test_render_score_compare_and_quality_load_no_backend(tmp_path: Path) -> None:
     """Reading records is for machines without llama.cpp too: nothing of a backend loads."""
     run = tmp_path / "real-run"
     run.mkdir()

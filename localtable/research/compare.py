@@ -26,6 +26,10 @@ from localtable.record import RunRecord, TurnRecord, find_run, read_record
 from localtable.research.batchindex import batch_records, is_batch
 
 
+class NoRuns(ConfigError):
+    """The targets named hold no run record yet (each command words it its own way)."""
+
+
 class Model(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -99,7 +103,7 @@ def collect(targets: list[str], runs_dir: Path) -> tuple[list[RunRecord], list[s
         else:
             records.append(read_record(find_run(target, runs_dir)))
     if not records:
-        raise ConfigError("no runs to compare: the batches named hold no finished debate yet")
+        raise NoRuns("no runs to compare: the batches named hold no finished debate yet")
     return records, skipped
 
 

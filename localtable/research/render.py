@@ -1,9 +1,10 @@
-"""Renderers for batch scores and comparisons: text, Markdown, CSV and HTML.
+"""Renderers for batch scores, comparisons and quality: text, Markdown, CSV and HTML.
 
-The layouts are Jinja templates in prompts/ (score.*.j2, compare.*.j2); this
-module only turns a BatchScore or a Comparison into rows of display strings
-for them. CSV is written with the csv module (a data format, not a layout):
-one tidy table whose first column names the table a row belongs to.
+The layouts are Jinja templates in prompts/ (score.*.j2, compare.*.j2,
+quality.*.j2); this module only turns a BatchScore, a Comparison or a
+QualityReport into rows of display strings for them. CSV is written with the
+csv module (a data format, not a layout): one tidy table whose first column
+names the table a row belongs to.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from localtable.research import quality as q
 from localtable.research.compare import Comparison, PositionRow
 from localtable.research.scoring import Accuracy, BatchScore
 from localtable.templates import TemplateSet, text_value
 
 ScoreFormat = Literal["text", "md", "csv"]
 CompareFormat = Literal["text", "md", "csv", "html"]
+QualityFormat = Literal["text", "md"]
 ANSWER_CHARS = 40
 HEAT_CELL = 72  # pixels of one heatmap square
 HEAT_LABEL = 150  # pixels left of (and above) the squares for the names
@@ -301,4 +304,123 @@ def render_comparison(c: Comparison, fmt: CompareFormat, templates: TemplateSet)
         heat_size=size,
         heat_cell=HEAT_CELL,
         heat_label=HEAT_LABEL,
+    )
+
+
+# -- quality ----------------------------------------------------------------
+
+EXAMPLES = 5  # offending headlines and answers quoted per panel
+EXAMPLE_CHARS = 80
+
+
+class PanelView(BaseModel):
+    """One panel of the quality report as its layout shows it."""
+
+    model_config = ConfigDict(frozen=True)
+    quality: q.PanelQuality
+    table: Table
+    notes: list[str]
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if x == int(x) else f"{x:.1f}"
+
+
+def _spread(s: q.Spread) -> str:
+    if s.median is None or s.max is None:
+        return "-"
+    return f"median {_num(s.median)}, max {_num(s.max)}"
+
+
+def _met(verdict: bool | None) -> str:
+    return "n/a" if verdict is None else ("pass" if verdict else "FAIL")
+
+
+def quality_table(p: q.PanelQuality) -> Table:
+    a, v = p.agreement, p.verdicts
+    failed_pct = p.failed_turn_pct
+    rate = a.rate
+    rows = [
+        ["Headlines restating the question", f"{len(p.restated)} of {p.summaries_ok} summaries",
+         str(q.MAX_RESTATED), _met(v.restated)],
+        ["Summaries failed", f"{p.summaries_failed} of {p.debates} "
+         f"({p.summary_rejected} attempts rejected)", "-", "-"],
+        ["Answer line length (chars)", _spread(p.answer_chars), "-", "-"],
+        ["Answers that are not positions", f"{len(p.non_positions)} of {p.ok_turns} answers",
+         str(q.MAX_NON_POSITIONS), _met(v.non_positions)],
+        ["Failed turns", "-" if failed_pct is None else
+         f"{failed_pct:.1f}% ({p.failed_turns} of {p.turns})",
+         f"≤ {_num(q.MAX_FAILED_TURNS_PCT)}%", _met(v.failed_turns)],
+        ["Failed labelings", f"{p.failed_labelings} of {p.labelings}", "-", "-"],
+        ["Stated change of mind = change of position", "-" if rate is None else
+         f"{100 * rate:.1f}% ({a.agree} of {a.n})", f"≥ {100 * q.MIN_AGREEMENT:.0f}%",
+         _met(v.agreement)],
+        ["Disagree: said changed, same position", str(a.said_changed_same_position), "-", "-"],
+        ["Disagree: said maintained, position changed",
+         str(a.said_maintained_position_changed), "-", "-"],
+        ["Seconds per debate, wall", _spread(p.wall_seconds), "-", "-"],
+        ["Seconds per debate, engine", _spread(p.engine_seconds), "-", "-"],
+    ]  # fmt: skip
+    return Table(
+        header=["METRIC", "VALUE", "TARGET", "MET"], rows=rows, aligns=["l", "l", "l", "l"]
+    )
+
+
+def _examples(what: str, examples: list[q.Example]) -> list[str]:
+    out = []
+    for e in examples[:EXAMPLES]:
+        where = e.run_id if e.round is None else f"{e.run_id} round {e.round} {e.panelist}"
+        out.append(f"{what}: {where}: {short(e.text, EXAMPLE_CHARS)!r}")
+    if len(examples) > EXAMPLES:
+        out.append(f"{what}: {len(examples) - EXAMPLES} more")
+    return out
+
+
+def quality_panel_notes(p: q.PanelQuality) -> list[str]:
+    notes = []
+    if p.left_out:
+        notes.append(f"{p.left_out} runs still running or interrupted: not measured.")
+    if p.agreement.by_answer_text:
+        notes.append(
+            f"{p.agreement.by_answer_text} of {p.agreement.n} change-of-mind turns are from "
+            "records without labelled positions (schema before 4): their change is any change "
+            "of the answer text, so every rewording counts as a change of position."
+        )
+    notes += _examples("Restated", p.restated)
+    notes += _examples("Not a position", p.non_positions)
+    return notes
+
+
+def quality_notes(r: q.QualityReport) -> list[str]:
+    notes = [
+        f"Restating: a headline of which {100 * q.RESTATE_OVERLAP:.0f}% or more of the distinct "
+        "words (casefolded letters and digits) occur in the question; a headline without "
+        "words counts. Over ok summaries.",
+        "Not a position: an answer that is empty, ends with '?', or holds two or more '?'. "
+        "Answer length and positions: over ok turns.",
+        "Failed turns: turns with status failed out of all turns; labelings (naming the open "
+        "positions) are counted apart.",
+        "Change of mind: round 2 on, a turn's stated stance (change or maintain) against a "
+        "change of its labelled position from its previous turn.",
+        "Wall: finished_at - created_at (a resumed run counts the time it stood stopped). "
+        "Engine: the seconds of every generation, rejected attempts included.",
+        "Measured: finished runs (complete or failed: a failed summary fails its run).",
+    ]
+    notes += [f"Left out: {s}" for s in r.skipped]
+    return notes
+
+
+def render_quality(
+    r: q.QualityReport, fmt: QualityFormat, templates: TemplateSet, title: str
+) -> str:
+    panels = [
+        PanelView(quality=p, table=quality_table(p), notes=quality_panel_notes(p)) for p in r.panels
+    ]
+    return templates.render_layout(
+        f"quality.{'md' if fmt == 'md' else 'txt'}.j2",
+        fmt,
+        title=title,
+        report=r,
+        panels=panels,
+        notes=quality_notes(r),
     )

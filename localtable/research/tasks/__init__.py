@@ -6,9 +6,12 @@ from collections.abc import Callable
 
 from localtable.errors import ConfigError
 from localtable.research.questions import QuestionSet
-from localtable.research.tasks import arithmetic
+from localtable.research.tasks import arithmetic, quality
 
-TASKS: dict[str, Callable[[], QuestionSet]] = {"arithmetic": arithmetic.question_set}
+TASKS: dict[str, Callable[[], QuestionSet]] = {
+    "arithmetic": arithmetic.question_set,
+    "quality": quality.question_set,
+}
 
 
 def load_task(name: str) -> QuestionSet:
