@@ -23,11 +23,10 @@ from tests.fakes import FakeSpeaker, make_record
 from tests.realmodels import smollm2_path
 
 MIB = 1 << 20
-R1 = "Answer: {a}\nReasoning: because {a}."
-R2 = "Decision: maintained\nAnswer: {a}\nInfluenced by: nobody\nReasoning: still {a}."
-SUMMARY = (
-    "Headline: Yes.\nPosition A: yes\nA1: A\nB2: A\nC3: A\nCounterpoint: Risks.\nSummary: Agreed."
-)
+R1 = "Reasoning: because {a}.\nAnswer: {a}"
+R2 = "Reasoning: still {a}.\nInfluenced by: nobody\nDecision: maintained\nPosition: A\nAnswer: {a}"
+LABELS = "Position A: yes\nA1: A\nB2: A\nC3: A"
+SUMMARY = "Headline: Yes.\nCounterpoint: Risks.\nSummary: Agreed."
 
 
 @pytest.mark.parametrize(
@@ -108,7 +107,7 @@ class OrderingSpeaker(FakeSpeaker):
 
 def replies() -> dict[str, list[str | Exception]]:
     return {
-        "A1": [R1.format(a="Yes"), R2.format(a="Yes"), SUMMARY],
+        "A1": [R1.format(a="Yes"), LABELS, R2.format(a="Yes"), SUMMARY],
         "B2": [R1.format(a="Yes"), R2.format(a="Yes")],
         "C3": [R1.format(a="Yes"), R2.format(a="Yes")],
     }
@@ -122,6 +121,8 @@ def run(speaker: FakeSpeaker) -> RunRecord:
 def test_turn_order_changes_neither_the_record_nor_the_transcript() -> None:
     plain, ordered = FakeSpeaker(replies()), OrderingSpeaker(replies())
     a, b = run(plain), run(ordered)
+    assert all(t.status == "ok" for t in [*a.turns, *b.turns])  # nothing compared is empty
+    assert b.summary and b.summary.status == "ok" and b.labelings[0].status == "ok"
     assert ordered.orders == [["C3", "B2", "A1"], ["C3", "B2", "A1"]]
     assert [c.panelist for c in ordered.calls[:3]] == ["C3", "B2", "A1"]
     assert [(t.round, t.panelist) for t in b.turns] == [(t.round, t.panelist) for t in a.turns]
