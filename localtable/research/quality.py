@@ -15,22 +15,21 @@ the function that computes it; the targets below are the issue's.
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from localtable.debate.parsing import RESTATES_OVERLAP, word_overlap
 from localtable.errors import ConfigError
 from localtable.record import Generation, RunRecord, TurnRecord
 
 FINISHED = ("complete", "failed")
-RESTATE_OVERLAP = 0.8  # a headline this close to the question restates it
+RESTATE_OVERLAP = RESTATES_OVERLAP  # 0.8: a headline this close to the question restates it
 MAX_RESTATED = 0  # headlines that restate the question
 MAX_NON_POSITIONS = 0  # answers that are not positions
 MAX_FAILED_TURNS_PCT = 2.0  # failed turns, percent of all turns
 MIN_AGREEMENT = 0.9  # stated "changed mind" agreeing with a change of position
-WORD = re.compile(r"[^\W_]+")  # letters and digits of any script; `_` separates words
 
 
 class Quality(BaseModel):
@@ -127,19 +126,11 @@ def spread(values: list[float]) -> Spread:
     return Spread(n=len(values), median=statistics.median(values), max=max(values))
 
 
-def words(text: str) -> set[str]:
-    """The distinct normalized words of a text: casefolded runs of letters and digits."""
-    return set(WORD.findall(text.casefold()))
-
-
 def overlap(headline: str, question: str) -> float:
-    """The share of the headline's distinct words that also occur in the question.
-
-    A headline with no words at all has nothing of its own to say: 1.0 (it restates)."""
-    own = words(headline)
-    if not own:
-        return 1.0
-    return len(own & words(question)) / len(own)
+    """The share of the headline's distinct words that also occur in the question; a
+    headline with no words has nothing of its own to say: 1.0. The same measure the
+    summary's parser refuses a headline by (debate/parsing.py)."""
+    return word_overlap(headline, question)
 
 
 def restates(headline: str, question: str) -> bool:
@@ -168,6 +159,8 @@ def generations(record: RunRecord) -> Iterator[Generation]:
     for turn in record.turns:
         if turn.generation is not None:
             yield turn.generation
+        if turn.continuation is not None:
+            yield turn.continuation
     for labeling in record.labelings:
         if labeling.generation is not None:
             yield labeling.generation
