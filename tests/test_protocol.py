@@ -8,11 +8,14 @@ import pytest
 
 from localtable.backends.base import BackendDown
 from localtable.debate.protocol import (
+    ANSWER_MAX_CHARS,
     CONTINUATION_MAX_TOKENS,
+    REASONING_MAX_CHARS,
     SHORTENING_RULES,
     Debate,
     answer_max_chars,
     derive_seed,
+    reasoning_max_chars,
     stage_seed,
 )
 from localtable.record import RunRecord, read_record, transcript_sha256
@@ -395,7 +398,21 @@ def test_a_summarizer_whose_backend_cannot_answer_leaves_the_summary_interrupted
     assert record.summary.error == "http://gpu:8080: HTTP 500 boom"
 
 
-# -- a turn that max_tokens cut off ------------------------------------------------
+# -- the limits of a turn, and a turn that max_tokens cut off --------------------------
+
+
+def test_the_answer_is_one_short_sentence_and_the_reasoning_leaves_room_after_it() -> None:
+    # about half the token budget, never over ANSWER_MAX_CHARS (200) nor under 40
+    assert [answer_max_chars(n) for n in (10, 64, 100, 192, 4096)] == [40, 128, 200, 200, 200]
+    assert ANSWER_MAX_CHARS == 200
+    # what the answer and the short fields do not need, at ~3 characters a token
+    assert reasoning_max_chars(512) == 3 * (512 - 200 // 3 - 24)
+    assert reasoning_max_chars(64) == 120 and reasoning_max_chars(8192) == REASONING_MAX_CHARS
+    speaker = one_round(SUMMARY)
+    record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))  # max_tokens 64
+    assert "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x1f]{0,119}\n" in speaker.calls[0].grammar
+    assert "answer ::= [^\\x00-\\x20<] [^\\x00-\\x1f]{1,127}\n" in speaker.calls[0].grammar
+    assert [t.answer_max_chars for t in record.turns] == [128, 128]
 
 
 def test_a_turn_cut_off_in_its_reasoning_is_continued_after_it() -> None:
