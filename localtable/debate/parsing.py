@@ -132,6 +132,17 @@ def word_overlap(text: str, question: str) -> float:
     return len(words & set(_WORD.findall(question.casefold()))) / len(words)
 
 
+_INLINE_FIELD = re.compile(r"\s(?:Answer|Influenced by|Decision|Position):\s")
+
+
+def _own_reasoning(text: str) -> str:
+    """The reasoning without the fields a small model sometimes writes inside it
+    ("... Answer: Yes") before the grammar's own lines: those follow, and shown
+    twice they read as a muddle. The record keeps the output as generated."""
+    m = _INLINE_FIELD.search(text)
+    return text[: m.start()].rstrip() if m and m.start() >= 40 else text
+
+
 def parse_turn(
     text: str,
     *,
@@ -147,7 +158,7 @@ def parse_turn(
     fields = turn_fields(later_round=later_round, labelled=later_round and letters is not None)
     f = _fields(text, [FIELD_NAMES[k] for k in fields], "Answer")
     answer = _answer(f["Answer"], kind, options)
-    reasoning = _meaningful(f["Reasoning"], "reasoning")
+    reasoning = _meaningful(_own_reasoning(f["Reasoning"]), "reasoning")
     if not later_round:
         return ParsedTurn(answer=answer, reasoning=reasoning, order=fields)
     decision = f["Decision"]
