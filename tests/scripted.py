@@ -11,10 +11,10 @@ def scripted_reply(grammar: str, answer: str) -> str:
     """A summary, a set of position labels or a turn, whichever the grammar asks for;
     every panelist holds one view (position A) and keeps it."""
     root = grammar.splitlines()[0] if grammar else ""
-    if root.startswith('root ::= "Headline'):
+    if root.startswith('root ::= "Summary'):
         return (
-            "Headline: The panel agreed on one view.\nCounterpoint: none was raised.\n"
-            "Summary: everyone said the same thing."
+            "Summary: everyone said the same thing.\nCounterpoint: none was raised.\n"
+            "Answer: The panel agreed on one view."
         )
     if root.startswith("root ::= new"):
         first = next(x for x in grammar.splitlines() if re.match(r"new\d+ ::=", x))

@@ -268,7 +268,7 @@ def test_bare_calls_replay_every_generation_of_an_open_debate() -> None:
         {
             "A": [Reply("Reasoning: long and", finish_reason="length"), "Answer: Yes.",
                   "Position A: ...\nA: A\nB: A", "Position A: Yes\nA: A\nB: A",
-                  "Headline: Yes, they agreed.\nCounterpoint: c\nSummary: s"],
+                  "Summary: s\nCounterpoint: c\nAnswer: Yes, they agreed."],
             "B": [r1.format(a="Yes!")],
         }
     )  # fmt: skip

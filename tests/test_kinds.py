@@ -25,7 +25,7 @@ from tests.fakes import FakeSpeaker, make_record
 R1 = "Reasoning: because.\nAnswer: {a}"
 # choice and number questions compare answers exactly: no labels, no Position line
 R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nAnswer: {a}"
-SUMMARY = "Headline: They answered.\nCounterpoint: none.\nSummary: short."
+SUMMARY = "Summary: short.\nCounterpoint: none.\nAnswer: They answered."
 
 
 def scored(kind: str, options: list[str] | None = None, rounds: int = 2) -> RunRecord:
@@ -121,7 +121,7 @@ def test_open_grammar_is_free_text_and_its_groups_come_from_labels_not_exact_tex
 def test_summary_failure_still_tallies_choice_answers() -> None:
     speaker = FakeSpeaker(
         {
-            "A1": [R1.format(a="Lyon"), "Headline: ?!", "Headline: ?!", "Headline: ?!"],
+            "A1": [R1.format(a="Lyon"), "Summary: ?!", "Summary: ?!", "Summary: ?!"],
             "B2": [R1.format(a="Lyon")],
             "C3": ["Reasoning: grammar bypassed.\nAnswer: Nice"],
         }
@@ -186,7 +186,7 @@ def test_a_number_question_summary_may_headline_the_number_alone() -> None:
         {
             "A1": [
                 R1.format(a="3.9"),
-                "Headline: 3.9\nCounterpoint: 3\nSummary: 3.9",
+                "Summary: 3.9\nCounterpoint: 3\nAnswer: 3.9",
             ],
             "B2": [R1.format(a="3.9")],
             "C3": [R1.format(a="4")],
@@ -198,8 +198,8 @@ def test_a_number_question_summary_may_headline_the_number_alone() -> None:
     assert record.summary.consensus.line == "2 of 3 agreed"
     # ... and it may repeat the question's words (an open headline may not)
     parsed = parse_summary(
-        "Headline: 3.9\nCounterpoint: c\nSummary: s", kind="number", question="3.9 or 4?"
+        "Summary: s\nCounterpoint: c\nAnswer: 3.9", kind="number", question="3.9 or 4?"
     )
     assert parsed.headline == "3.9"
     with pytest.raises(ParseFailure, match="headline has no letter or digit"):
-        parse_summary("Headline: ...\nCounterpoint: c\nSummary: s")
+        parse_summary("Summary: s\nCounterpoint: c\nAnswer: ...")

@@ -26,7 +26,7 @@ MIB = 1 << 20
 R1 = "Reasoning: because {a}.\nAnswer: {a}"
 R2 = "Reasoning: still {a}.\nInfluenced by: nobody\nDecision: maintained\nPosition: A\nAnswer: {a}"
 LABELS = "Position A: yes\nA1: A\nB2: A\nC3: A"
-SUMMARY = "Headline: Yes.\nCounterpoint: Risks.\nSummary: Agreed."
+SUMMARY = "Summary: Agreed.\nCounterpoint: Risks.\nAnswer: Yes."
 
 
 @pytest.mark.parametrize(

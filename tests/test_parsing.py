@@ -215,11 +215,11 @@ def test_labels_refuse_what_the_grammar_cannot() -> None:
 
 def test_a_summary_has_three_lines_and_no_groups() -> None:
     parsed = parse_summary(
-        "Headline: Ban them.\nCounterpoint: Shops lose.\nSummary: They agreed.\nThen more.",
+        "Summary: They agreed. Then more.\nCounterpoint: Shops lose.\nAnswer: Ban them.",
         question="Should cities ban cars?",
     )
     assert parsed.headline == "Ban them." and parsed.counterpoint == "Shops lose."
-    assert parsed.summary == "They agreed.\nThen more."
+    assert parsed.summary == "They agreed. Then more."
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_a_summary_has_three_lines_and_no_groups() -> None:
 )
 def test_a_headline_that_restates_or_asks_the_question_is_refused(headline: str, why: str) -> None:
     question = "Should cities ban private cars from their centres?"
-    text = f"Headline: {headline}\nCounterpoint: c\nSummary: s"
+    text = f"Summary: s\nCounterpoint: c\nAnswer: {headline}"
     with pytest.raises(ParseFailure, match=why):
         parse_summary(text, question=question)
 
@@ -241,6 +241,6 @@ def test_a_headline_with_words_of_its_own_answers_the_question() -> None:
     question = "Should cities ban private cars from their centres?"
     headline = "Yes, but phase the ban in with exemptions for deliveries"
     assert word_overlap(headline, question) < 0.8
-    assert parse_summary(f"Headline: {headline}\nCounterpoint: c\nSummary: s", question=question)
+    assert parse_summary(f"Summary: s\nCounterpoint: c\nAnswer: {headline}", question=question)
     assert word_overlap("...", question) == 1.0  # no words: nothing of its own
     assert word_overlap("CITIES Ban cars", question) == 1.0  # casefolded

@@ -27,7 +27,7 @@ from tests.fakes import FakeSpeaker, Reply, crash, make_record
 R1 = "Reasoning: because {a}\nAnswer: {a}"
 # a later round of an open question, once its round-1 positions are labelled
 R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
-SUMMARY = "Headline: Open source wins.\nCounterpoint: Safety risks.\nSummary: They talked."
+SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Open source wins."
 
 
 def labels(positions: list[str], **assigned: str) -> str:
@@ -278,7 +278,7 @@ def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
     # the demo's 135M summarizer has repeated the question, or its instructions, as a headline
     speaker = one_round(
         with_headline("Is open source good?"),  # make_record's question
-        "Headline: Open",  # cut off
+        "Summary: Open",  # cut off
         SUMMARY,
     )
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
@@ -289,12 +289,12 @@ def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
     assert record.summary.generation and record.summary.generation.seed == seeds[2]
     assert record.summary.rejected == [
         f"seed {seeds[0]}: the headline asks a question: 'Is open source good?'",
-        f"seed {seeds[1]}: the 'Headline:' line was cut off (max_tokens too small?)",
+        f"seed {seeds[1]}: the 'Summary:' line was cut off (max_tokens too small?)",
     ]
     # the work thrown away is kept and counted, not only its reasons
     thrown = record.summary.rejected_generations
     assert [g.seed for g in thrown] == seeds[:2]
-    assert thrown[1].raw_output == "Headline: Open" and thrown[0].completion_tokens > 0
+    assert thrown[1].raw_output == "Summary: Open" and thrown[0].completion_tokens > 0
 
 
 def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() -> None:
@@ -303,7 +303,7 @@ def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() ->
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
     assert record.summary is not None and record.summary.status == "failed"
     assert record.summary.error and "only repeats the prompt" in record.summary.error
-    summary_calls = [c for c in speaker.calls if c.grammar.startswith('root ::= "Headline')]
+    summary_calls = [c for c in speaker.calls if c.grammar.startswith('root ::= "Summary')]
     assert len(record.summary.rejected) == 3 and len(summary_calls) == 3
     # the last attempt is the summary's generation; the two before it were thrown away
     assert len(record.summary.rejected_generations) == 2

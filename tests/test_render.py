@@ -71,9 +71,9 @@ def hostile_record() -> RunRecord:
     summary = "\n".join(
         [
             # words of its own: not a restatement of the question
-            f"Headline: Verdict: keep the walls up {SCRIPT} {ATTR}",
+            f"Summary: {JS_LINK} {CLOSE}",
             f"Counterpoint: {QUOTE} {IMAGE}",
-            f"Summary: {JS_LINK}\n{CLOSE}",
+            f"Answer: Verdict: keep the walls up {SCRIPT} {ATTR}",
         ]
     )
     replies: dict[str, list[str | Exception]] = {
@@ -462,7 +462,7 @@ def test_the_view_trims_answers_the_grammar_cut_and_leaves_others() -> None:
         make_record(["A1", "B2"], rounds=1),
         {
             "A1": [R1.format(a=cut, r="Why."), "Position A: Open.\nA1: A\nB2: A",
-                   "Headline: Open up.\nCounterpoint: Risks.\nSummary: Brief."],
+                   "Summary: Brief.\nCounterpoint: Risks.\nAnswer: Open up."],
             "B2": [R1.format(a="Closed weights, no end mark", r="Why.")],
         },
     )  # fmt: skip
@@ -487,7 +487,7 @@ def test_generations_list_continuations_and_labels_in_the_order_they_ran() -> No
         {
             "A1": [cut, "Answer: Open it.", "Position A: ...\nA1: A\nB2: A",
                    "Position A: Open it\nA1: A\nB2: A",
-                   "Headline: Open up.\nCounterpoint: Risks.\nSummary: Brief."],
+                   "Summary: Brief.\nCounterpoint: Risks.\nAnswer: Open up."],
             "B2": [R1.format(a="Open it too.", r="Why.")],
         },
     )  # fmt: skip

@@ -187,15 +187,16 @@ def parse_turn(
 def parse_summary(
     text: str, *, kind: QuestionKind = "open", question: str = "", instructions: str = ""
 ) -> ParsedSummary:
-    """Parse the summarizer's output (headline, counterpoint, summary).
+    """Parse the summarizer's output: summary, counterpoint, then the answer line
+    that the layouts show as the headline.
 
     For a choice or number question the headline may be the answer alone ("3.9").
     An open question's headline must answer it: one that is a question or shares
     RESTATES_OVERLAP of its words with the question is refused, and so is a field
     that only repeats a piece of `instructions` (the prompt without the answers).
     """
-    f = _fields(text, ["Headline", "Counterpoint", "Summary"], "Summary")
-    headline = f["Headline"]
+    f = _fields(text, ["Summary", "Counterpoint", "Answer"], "Answer")
+    headline = f["Answer"]
     if kind == "open" or not headline:
         headline = _meaningful(headline, "headline")
         if headline.rstrip().endswith("?"):

@@ -43,6 +43,7 @@ REASONING_MAX_CHARS = 1500
 SUMMARY_LINE_MAX_CHARS = 160  # headline, counterpoint: room left for the summary
 MIN_MAX_TOKENS = 48
 SUMMARY_MAX_TOKENS = 320
+SUMMARY_MAX_CHARS = 800  # about 200 tokens: the two lines after it still fit
 LABELS_MAX_TOKENS = 256
 # The rest of a turn that max_tokens cut off: the fields after the reasoning.
 CONTINUATION_MAX_TOKENS = 128
@@ -619,7 +620,9 @@ class Debate:
                     ChatMessage(role="user", content=user(view)),
                 ]
 
-            grammar = self.templates.render("summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS)
+            grammar = self.templates.render(
+                "summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS, summary_max=SUMMARY_MAX_CHARS
+            )
             wanted = summarizer.sampling.model_copy(update={"max_tokens": SUMMARY_MAX_TOKENS})
             messages, sampling, rules = self.fit(summarizer.name, build, wanted)
             # the prompt without the panelists' answers, which a summary may quote
