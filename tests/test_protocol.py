@@ -298,7 +298,7 @@ def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
 
 
 def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() -> None:
-    echo = with_headline("the panel's answer to the question as one statement")
+    echo = with_headline("the panel's answer to the question in one sentence")
     speaker = one_round(echo, echo, echo)
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
     assert record.summary is not None and record.summary.status == "failed"

@@ -132,12 +132,12 @@ def word_overlap(text: str, question: str) -> float:
     return len(words & set(_WORD.findall(question.casefold()))) / len(words)
 
 
-_INLINE_FIELD = re.compile(r"\s(?:Answer|Influenced by|Decision|Position):\s")
+_INLINE_FIELD = re.compile(r"\s(?:Answer|Influenced by|Decision|Position|Counterpoint):\s")
 
 
 def _own_reasoning(text: str) -> str:
-    """The reasoning without the fields a small model sometimes writes inside it
-    ("... Answer: Yes") before the grammar's own lines: those follow, and shown
+    """A reasoning or summary without the fields a small model sometimes writes inside
+    it ("... Answer: Yes") before the grammar's own lines: those follow, and shown
     twice they read as a muddle. The record keeps the output as generated."""
     m = _INLINE_FIELD.search(text)
     return text[: m.start()].rstrip() if m and m.start() >= 40 else text
@@ -207,7 +207,8 @@ def parse_summary(
                          ("summary", f["Summary"])):  # fmt: skip
         if repeats_instructions(value, instructions):
             raise ParseFailure(f"the {field} only repeats the prompt: {value[:60]!r}")
-    return ParsedSummary(headline=headline, counterpoint=f["Counterpoint"], summary=f["Summary"])
+    summary = _own_reasoning(f["Summary"])
+    return ParsedSummary(headline=headline, counterpoint=f["Counterpoint"], summary=summary)
 
 
 def parse_labels(

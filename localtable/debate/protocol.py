@@ -40,10 +40,10 @@ from localtable.templates import TemplateSet
 # One short sentence: answers of 300+ characters were reasoning in the wrong place.
 ANSWER_MAX_CHARS = 200
 REASONING_MAX_CHARS = 1500
-SUMMARY_LINE_MAX_CHARS = 160  # headline, counterpoint: room left for the summary
+SUMMARY_LINE_MAX_CHARS = 200  # answer (headline), counterpoint: one sentence each
 MIN_MAX_TOKENS = 48
 SUMMARY_MAX_TOKENS = 320
-SUMMARY_MAX_CHARS = 800  # about 200 tokens: the two lines after it still fit
+SUMMARY_MAX_CHARS = 600  # about 150 tokens: the two lines after it still fit
 LABELS_MAX_TOKENS = 256
 # The rest of a turn that max_tokens cut off: the fields after the reasoning.
 CONTINUATION_MAX_TOKENS = 128
