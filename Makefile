@@ -96,16 +96,17 @@ test: .stamp-venv $(LLAMA_SERVER)
 test-fast: .stamp-venv
 	$(PY) -m pytest -q -m "not slow"
 
-# A fixed debate (default panel, 3 rounds, seed 42) through localtable with prefix
+# A fixed debate (the tiny panel, 3 rounds, seed 42) through localtable with prefix
 # reuse on and off, the same generations through bare llama-cpp-python calls, and the
 # debate through llama-server, side by side (docs/benchmarks.md).
 # E.g. make bench BENCH_ARGS="--json bench.json"
 bench: .stamp-venv $(LLAMA_SERVER)
 	LOCALTABLE_LLAMA_SERVER=$(LLAMA_SERVER) $(PY) -m localtable.bench $(BENCH_ARGS)
 
-# A batch of 8 arithmetic debates four ways, interleaved: an earlier localtable (d1000e0:
-# every model reloaded per debate), this tree with one worker, with --workers 2, and on a
-# local Ray cluster with 2 workers (docs/benchmarks.md); e.g. BENCH_BATCH_ARGS="--repeat 1"
+# A batch of 8 arithmetic debates on the tiny panel four ways, interleaved: an earlier
+# localtable (d1000e0: every model reloaded per debate), this tree with one worker, with
+# --workers 2, and on a local Ray cluster with 2 workers (docs/benchmarks.md);
+# e.g. BENCH_BATCH_ARGS="--repeat 1"
 bench-batch: .stamp-venv
 	$(PY) -m localtable.benchbatch $(BENCH_BATCH_ARGS)
 
