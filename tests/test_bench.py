@@ -71,7 +71,7 @@ def report(bare_texts: list[str]) -> BenchReport:
     ]
     return BenchReport(
         created_at=datetime(2026, 1, 1, tzinfo=UTC), machine="cpu", cores=2,
-        llama_system_info="AVX2 = 1", rounds=3, seed=42, panel="default", sides=sides,
+        llama_system_info="AVX2 = 1", rounds=3, seed=42, panel="tiny", sides=sides,
         new_tokens=400, memory_target_bytes={"on": 950_000_000, "off": 900_000_000,
         "bare": 900_000_000}, mismatches=[] if bare_texts == ["x"] else ["call 1"],
         prompt_mismatches=0,

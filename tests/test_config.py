@@ -31,7 +31,7 @@ model = "m"
 
 def test_bundled_config_is_valid() -> None:
     loaded = load_config(MODELS_TOML)
-    panel = loaded.config.panel("default")
+    panel = loaded.config.panel("tiny")
     assert len(panel.panelists) == 3
     models = {p.model for p in panel.panelists}
     assert models == {"smollm2-135m", "gemma3-270m"}

@@ -1,4 +1,4 @@
-"""End to end on real llama.cpp: the default panel through the CLI, seeds, bad inputs."""
+"""End to end on real llama.cpp: the tiny panel through the CLI, seeds, bad inputs."""
 
 from __future__ import annotations
 
@@ -29,9 +29,13 @@ def only_run(runs: Path) -> Path:
     return run_dir
 
 
-def test_default_panel_two_rounds_through_cli(tmp_path: Path, env: dict[str, str]) -> None:
+def test_tiny_panel_two_rounds_through_cli(tmp_path: Path, env: dict[str, str]) -> None:
+    """The bundled models.toml's tiny panel as a user runs it (its own sampling, the
+    default question); the default panel's larger models are left to `make demo`."""
     runs = tmp_path / "runs"
-    result = localtable("debate", "--rounds", "2", "--runs-dir", str(runs), env=env)
+    result = localtable(
+        "debate", "--panel", "tiny", "--rounds", "2", "--runs-dir", str(runs), env=env
+    )
     assert result.returncode == 0, result.stderr
     record = read_record(only_run(runs))
     assert record.status == "complete"

@@ -11,6 +11,8 @@ import copy
 import importlib.util
 import json
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -154,3 +156,42 @@ def test_record_figures_read_a_version_3_record() -> None:
     figures = gc.record_figures(record)
     assert figures["gpu_layers"] == [0]
     assert figures["system_info"] == record["backends"]["llamacpp"]["system_info"]
+
+
+@dataclass
+class ScriptedRunner:
+    """Runner's debate/cli/check as panel_checks uses them, every run complete."""
+
+    debates: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    def debate(
+        self, label: str, config: Path, rounds: int, seed: int,
+        extra: Sequence[str] = (), env: Any = None, wrapper: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        self.debates.append((label, tuple(extra)))
+        on = "--reuse" in extra
+        return {"exit": 0, "status": "complete", "wall_seconds": 1.0, "run_id": label,
+                "runs_dir": "runs", "transcript_sha256": "ab" * 32, "prompt_tokens": 100,
+                "prompt_eval_tokens": 40 if on else 100, "_record": {}}  # fmt: skip
+
+    def cli(self, label: str, args: list[str], env: Any = None) -> tuple[int, str, float]:
+        return 0, "identical " + "ab" * 32, 1.0
+
+    def check(self, name: str, result: str, detail: str = "", **figures: Any) -> None:
+        self.checks.append(f"{name} {result}")
+
+
+def test_the_models_toml_panel_runs_the_tiny_panel_in_every_debate(tmp_path: Path) -> None:
+    """models.toml's [debate] panel is the Qwen default: each debate of the check asks
+    for the tiny panel by name, and the checks say which panel they are about."""
+    runner = ScriptedRunner()
+    extra = ["--panel", gc.TINY_PANEL]
+    first = gc.panel_checks(runner, "models-tiny", tmp_path / "m.toml", "cpu", 3, 42, {},
+                            extra=extra, title="models.toml tiny panel")  # fmt: skip
+    assert first is not None and gc.TINY_PANEL == "tiny"
+    assert runner.debates and all(e[:2] == tuple(extra) for _, e in runner.debates)
+    assert [label for label, _ in runner.debates][0] == "models-tiny-cpu-1"
+    assert len(runner.checks) == 4
+    assert all(c.startswith("models.toml tiny panel: ") for c in runner.checks)
+    assert runner.checks[-1].endswith("(cpu) identical")

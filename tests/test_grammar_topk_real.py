@@ -4,7 +4,7 @@ localtable/backends/llamacpp/grammar_topk.py replaces llama-cpp-python's grammar
 samplers with one step that checks the likely tokens first. These tests
 compare it with the two samplers it replaces: array for array on random
 logits (with ties and fixed literals, where it must fall back), and text for
-text on whole generations of both demo models.
+text on whole generations of both tiny models.
 """
 
 from __future__ import annotations

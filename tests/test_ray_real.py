@@ -1,4 +1,4 @@
-"""Batches on a real Ray cluster on 127.0.0.1, with the demo models: two workers give the
+"""Batches on a real Ray cluster on 127.0.0.1, with the tiny models: two workers give the
 records of a serial batch; a worker actor killed and the driver SIGKILLed lose and
 duplicate nothing; a node without a model file refuses, and the others run the batch."""
 
@@ -18,10 +18,10 @@ import pytest
 from tests.conftest import REPO, subprocess_env
 from tests.realmodels import (
     SMOLLM2_SHA256,
-    demo_models_block,
     fast_config,
     localtable,
     smollm2_path,
+    tiny_models_block,
 )
 from tests.test_workers import RAY_ENV, assert_settled, transcripts
 
@@ -167,7 +167,7 @@ def hub_config(tmp: Path, cache: Path) -> Path:
     }]}  # fmt: skip
     (tmp / "models.lock").write_text(json.dumps(lock))
     body = [
-        "[debate]", 'panel = "solo"', "", demo_models_block(),
+        "[debate]", 'panel = "solo"', "", tiny_models_block(),
         "[models.hubsmol]",
         f'source = {{ kind = "hf", repo = "{repo}", file = "{file}", revision = "{commit}" }}',
         'chat = "template"', "", "[panels.solo]",

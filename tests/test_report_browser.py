@@ -386,9 +386,9 @@ REAL_QUESTION = 'Should cities ban cars from their centres, in "Oslo" <b>&</b> e
 
 @pytest.mark.slow
 def test_real_run_page_in_chromium(browser: Chromium, tmp_path: Path, isolated_cache: Path) -> None:
-    """A real two-round debate on the demo models, rendered by `debate --format html`.
+    """A real two-round debate on the tiny models, rendered by `debate --format html`.
 
-    The default panel's models and shape, with short answers (fast_config) to
+    The tiny panel's models and shape, with short answers (fast_config) to
     keep the suite's time down.
     """
     runs, page = tmp_path / "runs", tmp_path / "report.html"

@@ -1,6 +1,6 @@
 """The server backend on a real llama-server: the binary `make llama-server` builds from
 the llama-cpp-python 0.3.36 source package (the same llama.cpp commit and CPU flags as
-the in-process engine), started on 127.0.0.1 with the demo SmolLM2 GGUF.
+the in-process engine), started on 127.0.0.1 with the tiny panel's SmolLM2 GGUF.
 
 What these establish (figures in docs/benchmarks.md):
 - the server tokenizes the prompts exactly as in-process (the same prompt sha256), and
@@ -41,7 +41,7 @@ from localtable.templates import TemplateSet
 from tests.conftest import REPO, subprocess_env
 from tests.fakes import sampling
 from tests.llamaserver import LlamaServer, free_port, llama_server, llama_server_binary
-from tests.realmodels import SMOLLM2_SHA256, demo_models_block, localtable, smollm2_path
+from tests.realmodels import SMOLLM2_SHA256, localtable, smollm2_path, tiny_models_block
 
 pytestmark = pytest.mark.slow
 QUESTION = "Should every city have free public transport?"
@@ -69,15 +69,15 @@ def config(
     max_tokens: int = 48,
     source_extra: str = "",
 ) -> Path:
-    """The demo models in-process, SmolLM2 on the server as `smollm2-server`, a panel of
-    (name, model); each panelist with the demo panel's sampling."""
+    """The tiny panel's models in-process, SmolLM2 on the server as `smollm2-server`, a
+    panel of (name, model); each panelist with the tiny panel's temperatures."""
     body = [
         "[debate]",
         'panel = "p"',
         f"rounds = {rounds}",
         "seed = 42",
         "",
-        demo_models_block(),
+        tiny_models_block(),
         "[models.smollm2-server]",
         f'source = {{ kind = "server", url = "{url}", model = "SmolLM2-135M-Instruct.Q4_1.gguf",'
         f' flags = "{declared_flags()}"{source_extra} }}',
