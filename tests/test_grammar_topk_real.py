@@ -17,6 +17,7 @@ import pytest
 from localtable.backends.llamacpp import grammar_topk
 from localtable.config import load_config
 from localtable.models.files import resolve
+from localtable.templates import TemplateSet
 from tests.conftest import MODELS_TOML
 from tests.realmodels import smollm2_path
 
@@ -27,14 +28,17 @@ ANY_TEXT = r"root ::= [^\x00-\x1f]+"
 LITERAL_FIRST = (
     r'root ::= "Decision: " ("maintained" | "changed") "\nAnswer: " [^\x00-\x20<] [^\x00-\x1f]*'
 )
-TURN = (
-    'root ::= "Decision: " decision "\\nAnswer: " answer "\\nInfluenced by: " influence '
-    '"\\nReasoning: " reasoning\n'
-    'decision ::= "maintained" | "changed"\n'
-    'influence ::= "nobody" | peer (", " peer)*\n'
-    'peer ::= "Gemma 3 270M" | "SmolLM2 Skeptic"\n'
-    "answer ::= [^\\x00-\\x20<] [^\\x00-\\x1f]{1,399}\n"
-    "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x1f]*"
+# a later-round turn of an open question, as the protocol renders it
+TURN = TemplateSet().render(
+    "turn.gbnf.j2",
+    fields=["reasoning", "influenced_by", "decision", "position", "answer"],
+    peers=["Gemma 3 270M", "SmolLM2 Skeptic"],
+    letters=["A", "B"],
+    allow_new=True,
+    reasoning_max=500,
+    answer_max=200,
+    kind="open",
+    options=[],
 )
 
 
