@@ -24,6 +24,7 @@ class Call:
     seed: int
     sampling: SamplingRecord
     prefill: str = ""
+    conversation: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,13 @@ class FakeSpeaker:
         panelist, messages = request.panelist, request.messages
         self.calls.append(
             Call(
-                panelist, messages, request.grammar, request.seed, request.sampling, request.prefill
+                panelist,
+                messages,
+                request.grammar,
+                request.seed,
+                request.sampling,
+                request.prefill,
+                request.conversation,
             )
         )
         reply = self.replies[panelist].pop(0)

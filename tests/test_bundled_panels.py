@@ -10,6 +10,7 @@ real-model tests run on.
 from __future__ import annotations
 
 from localtable.config import PackageSource, load_config
+from localtable.session.session import users
 from tests.conftest import MODELS_TOML, REPO
 
 QWEN_1_5B = ("cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1117320768)
@@ -43,7 +44,7 @@ def test_the_default_panel_is_the_two_qwen_files() -> None:
         ("Qwen 1.5B Skeptic", "qwen2.5-coder-1.5b"),
     ]
     assert panel.summarizer_spec().name == "Qwen 1.5B"
-    assert [p.sampling.max_tokens for p in panel.panelists] == [320, 320, 320]
+    assert [p.sampling.max_tokens for p in panel.panelists] == [256, 256, 256]
     big, small = config.models["qwen2.5-coder-1.5b"], config.models["qwen2.5-coder-0.5b"]
     assert (big.sha256, big.size) == QWEN_1_5B and (small.sha256, small.size) == QWEN_0_5B
     assert big.chat == small.chat == "template"
@@ -85,3 +86,15 @@ def test_the_tiny_panel_is_the_smollm2_and_gemma_pair() -> None:
     assert panel.summarizer_spec().name == "SmolLM2"
     assert config.models["smollm2-135m"].sha256.startswith("b179c952")
     assert config.models["gemma3-270m"].sha256.startswith("a5fd3b62")
+
+
+def test_the_summarizers_model_holds_one_more_conversation_for_labels_and_summary() -> None:
+    """Labels and summary run in a KV cache of their own (TurnRequest.conversation):
+    in the summarizer's own they evicted its debate, and its next turn evaluated its
+    whole conversation again (seen in test_reuse_real: 491 tokens for 351 new)."""
+    config = load_config(MODELS_TOML).config
+    default, tiny = config.panel("default"), config.panel("tiny")
+    assert users(default, "qwen2.5-coder-1.5b") == 3  # two panelists + the moderator
+    assert users(default, "qwen2.5-coder-0.5b") == 1
+    assert tiny.summarizer_spec().model == "smollm2-135m"
+    assert users(tiny, "smollm2-135m") == 3 and users(tiny, "gemma3-270m") == 1

@@ -93,6 +93,11 @@ def test_two_round_debate_records_everything() -> None:
     assert [(g.position, g.members) for g in record.summary.groups] == [
         ("Open it", ["A1", "B2", "C3"])
     ]
+    # the labels and the summary keep to a KV conversation of their own (the turns
+    # reuse each panelist's own), so they never evict the summarizer's debate
+    assert [c.conversation for c in speaker.calls] == [""] * 3 + ["moderator"] + [""] * 3 + [
+        "moderator"
+    ]
     # saved after every turn, after the labels and after the summary
     assert len(saved) == 8
     # seeds: explicit, per (round, panelist) or per step, recorded, all different

@@ -60,6 +60,12 @@ class TurnRequest(BaseModel):
     grammar: str
     seed: int
     sampling: SamplingRecord
+    conversation: str = Field(
+        default="",
+        description="whose evaluated prompt to extend (KV prefix reuse); default: the "
+        "panelist's own. The labels and the summary use their own, so they do not evict "
+        "the summarizer's debate conversation",
+    )
     prefill: str = Field(
         default="",
         description="the start of the reply, already written: the model continues it "

@@ -52,6 +52,9 @@ CONTINUATION_MAX_TOKENS = 128
 # derived, recorded seeds before it counts as failed.
 SUMMARY_ATTEMPTS = 3
 LABEL_ATTEMPTS = 3
+# The labels and the summary run on the summarizer's model in a conversation (KV
+# cache) of their own: in the summarizer's, they would evict its debate's prompt.
+MODERATOR = "moderator"
 
 # Applied in order until the prompt fits the model's context; each is recorded.
 SHORTENING_RULES = [
@@ -512,6 +515,7 @@ class Debate:
                 generation = self.generate(
                     TurnRequest(
                         panelist=labeller.name,
+                        conversation=MODERATOR,
                         messages=messages,
                         grammar=grammar,
                         seed=seed,
@@ -635,6 +639,7 @@ class Debate:
                 generation = self.generate(
                     TurnRequest(
                         panelist=summarizer.name,
+                        conversation=MODERATOR,
                         messages=messages,
                         grammar=grammar,
                         seed=seed,

@@ -69,6 +69,14 @@ class PlannedModels(BaseModel):
     notes: list[str]
 
 
+def users(panel: PanelSpec, model: str) -> int:
+    """The conversations a model holds: one per panelist on it, and one more on the
+    summarizer's model for the labels and the summary (TurnRequest.conversation),
+    so that those do not evict the summarizer's own debate from its KV cache."""
+    seats = sum(p.model == model for p in panel.panelists)
+    return seats + (1 if panel.summarizer_spec().model == model else 0)
+
+
 class SessionSpeaker:
     """The debate protocol's Speaker over the seats of one opened run."""
 
@@ -146,7 +154,7 @@ class Session:
             prepared = self.backend(backend_name).prepare(
                 PanelModels(
                     specs={n: loaded.config.models[n] for n in names},
-                    users={n: sum(p.model == n for p in panel.panelists) for n in names},
+                    users={n: users(panel, n) for n in names},
                     loaded=loaded,
                     verify=verify,
                     reuse_prefix=reuse_prefix,

@@ -262,7 +262,7 @@ class LlamaSeat:
                     sampling=request.sampling,
                     stop=prompt.stop,
                     reuse_prefix=self.backend.reuse_prefix,
-                    conversation=request.panelist,
+                    conversation=request.conversation or request.panelist,
                 )
             )
 
