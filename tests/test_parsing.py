@@ -11,6 +11,7 @@ from localtable.debate.parsing import (
     parse_summary,
     parse_turn,
     repeats_instructions,
+    restates_question,
     turn_fields,
     word_overlap,
 )
@@ -244,3 +245,20 @@ def test_a_headline_with_words_of_its_own_answers_the_question() -> None:
     assert parse_summary(f"Summary: s\nCounterpoint: c\nAnswer: {headline}", question=question)
     assert word_overlap("...", question) == 1.0  # no words: nothing of its own
     assert word_overlap("CITIES Ban cars", question) == 1.0  # casefolded
+
+
+def test_a_headline_that_opens_with_the_question_restates_it() -> None:
+    """Seen before schema 4 (Qwen 1.5B, car-free-centres seed 2): the question, then
+    an answer after it. Word overlap alone (< 0.8) let it through."""
+    question = "Should cities ban private cars from their centres?"
+    headline = (
+        "Should cities ban private cars from their centres? A. Cities should ban private "
+        "cars from their centres to reduce traffic congestion, air pollution, a"
+    )
+    assert word_overlap(headline, question) < 0.8
+    assert restates_question(headline, question)
+    assert not restates_question(
+        "Yes, with exemptions for deliveries and disabled drivers.", question
+    )
+    with pytest.raises(ParseFailure, match="restates the question"):
+        parse_summary(f"Summary: s\nCounterpoint: c\nAnswer: {headline}", question=question)

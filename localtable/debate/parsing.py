@@ -143,6 +143,16 @@ def _own_reasoning(text: str) -> str:
     return text[: m.start()].rstrip() if m and m.start() >= 40 else text
 
 
+def restates_question(text: str, question: str) -> bool:
+    """Whether a headline restates the question: RESTATES_OVERLAP of its words are the
+    question's, or it opens with a question that is (seen before schema 4 with Qwen
+    1.5B: "Should cities ban private cars from their centres? A. Cities should ...")."""
+    if word_overlap(text, question) >= RESTATES_OVERLAP:
+        return True
+    opening, mark, _ = text.partition("?")
+    return bool(mark) and word_overlap(opening, question) >= RESTATES_OVERLAP
+
+
 def parse_turn(
     text: str,
     *,
@@ -201,7 +211,7 @@ def parse_summary(
         headline = _meaningful(headline, "headline")
         if headline.rstrip().endswith("?"):
             raise ParseFailure(f"the headline asks a question: {headline[:60]!r}")
-        if question and word_overlap(headline, question) >= RESTATES_OVERLAP:
+        if question and restates_question(headline, question):
             raise ParseFailure(f"the headline restates the question: {headline[:60]!r}")
     for field, value in (("headline", headline), ("counterpoint", f["Counterpoint"]),
                          ("summary", f["Summary"])):  # fmt: skip

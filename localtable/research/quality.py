@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from localtable.debate.parsing import RESTATES_OVERLAP, word_overlap
+from localtable.debate.parsing import RESTATES_OVERLAP, restates_question, word_overlap
 from localtable.errors import ConfigError
 from localtable.record import Generation, RunRecord, TurnRecord
 
@@ -134,8 +134,9 @@ def overlap(headline: str, question: str) -> float:
 
 
 def restates(headline: str, question: str) -> bool:
-    """overlap(headline, question) >= RESTATE_OVERLAP (0.8)."""
-    return overlap(headline, question) >= RESTATE_OVERLAP
+    """overlap(headline, question) >= RESTATE_OVERLAP (0.8), or the headline opens
+    with a question of which that holds (debate/parsing.restates_question)."""
+    return restates_question(headline, question)
 
 
 def is_position(answer: str) -> bool:

@@ -394,8 +394,9 @@ def quality_panel_notes(p: q.PanelQuality) -> list[str]:
 def quality_notes(r: q.QualityReport) -> list[str]:
     notes = [
         f"Restating: a headline of which {100 * q.RESTATE_OVERLAP:.0f}% or more of the distinct "
-        "words (casefolded letters and digits) occur in the question; a headline without "
-        "words counts. Over ok summaries.",
+        "words (casefolded letters and digits) occur in the question, or one that opens with "
+        "such a question ('Should ...? A. ...'); a headline without words counts. Over ok "
+        "summaries.",
         "Not a position: an answer that is empty, ends with '?', or holds two or more '?'. "
         "Answer length and positions: over ok turns.",
         "Failed turns: turns with status failed out of all turns; labelings (naming the open "
