@@ -310,6 +310,27 @@ class Debate:
             seconds=round(result.seconds, 3),
         )
 
+    def moderate(
+        self,
+        who: PanelistRecord,
+        messages: list[ChatMessage],
+        grammar: str,
+        seed: int,
+        sampling: SamplingRecord,
+        rules: list[str],
+    ) -> Generation:
+        """A generation of the labels or the summary: on the summarizer's model, in the
+        moderator's own KV conversation."""
+        request = TurnRequest(
+            panelist=who.name,
+            conversation=MODERATOR,
+            messages=messages,
+            grammar=grammar,
+            seed=seed,
+            sampling=sampling,
+        )
+        return self.generate(request, rules)
+
     # -- turns ------------------------------------------------------------------
 
     def _emit(self, stage: str, round_no: int, who: str, status: str) -> None:
@@ -512,17 +533,7 @@ class Debate:
                 seed = stage_seed(self.record.seed, f"labels{round_no}", attempt)
                 if generation is not None:
                     thrown.append(generation)
-                generation = self.generate(
-                    TurnRequest(
-                        panelist=labeller.name,
-                        conversation=MODERATOR,
-                        messages=messages,
-                        grammar=grammar,
-                        seed=seed,
-                        sampling=sampling,
-                    ),
-                    rules,
-                )
+                generation = self.moderate(labeller, messages, grammar, seed, sampling, rules)
                 try:
                     labels = parse_labels(
                         generation.raw_output,
@@ -636,17 +647,7 @@ class Debate:
                 seed = derive_seed(
                     self.record.seed, self.record.rounds + 1 + attempt, summarizer.index
                 )
-                generation = self.generate(
-                    TurnRequest(
-                        panelist=summarizer.name,
-                        conversation=MODERATOR,
-                        messages=messages,
-                        grammar=grammar,
-                        seed=seed,
-                        sampling=sampling,
-                    ),
-                    rules,
-                )
+                generation = self.moderate(summarizer, messages, grammar, seed, sampling, rules)
                 try:
                     parsed = parse_summary(
                         generation.raw_output,
