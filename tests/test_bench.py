@@ -267,7 +267,7 @@ def test_bare_calls_replay_every_generation_of_an_open_debate() -> None:
     speaker = FakeSpeaker(
         {
             "A": [Reply("Reasoning: long and", finish_reason="length"), "Answer: Yes.",
-                  "A: new: ...\nB: same as A", "A: new: Yes\nB: same as A",
+                  "Position A: ...\nA: A\nB: A", "Position A: Yes\nA: A\nB: A",
                   "Summary: s\nCounterpoint: c\nAnswer: Yes, they agreed."],
             "B": [r1.format(a="Yes!")],
         }

@@ -99,7 +99,7 @@ def test_open_grammar_is_free_text_and_its_groups_come_from_labels_not_exact_tex
         {
             "A1": [
                 R1.format(a="Yes, surely."),
-                "A1: new: Yes\nB2: new: No\nC3: same as A1",
+                "Position A: Yes\nPosition B: No\nA1: A\nB2: B\nC3: A",
                 SUMMARY,
             ],
             "B2": [R1.format(a="No, never.")],

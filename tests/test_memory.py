@@ -25,7 +25,7 @@ from tests.realmodels import smollm2_path
 MIB = 1 << 20
 R1 = "Reasoning: because {a}.\nAnswer: {a}"
 R2 = "Reasoning: still {a}.\nInfluenced by: nobody\nDecision: maintained\nPosition: A\nAnswer: {a}"
-LABELS = "A1: new: yes\nB2: same as A1\nC3: same as A1"
+LABELS = "Position A: yes\nA1: A\nB2: A\nC3: A"
 SUMMARY = "Summary: Agreed.\nCounterpoint: Risks.\nAnswer: Yes."
 
 

@@ -156,15 +156,27 @@ def test_a_kept_part_and_its_continuation_parse_as_one_turn() -> None:
 MEMBERS = {"Panelist A": "Ada", "Panelist B": "Bob", "Panelist C": "Cy"}
 
 
-def test_labels_place_each_member_new_or_same_as_an_earlier_one() -> None:
-    text = "Panelist A: new: Ban cars\nPanelist B: new: Keep them\nPanelist C: same as Panelist A"
+def test_labels_assign_every_member_a_declared_letter() -> None:
+    text = (
+        "Position A: Ban cars\nPosition B: Keep them\nPanelist A: A\nPanelist B: B\nPanelist C: A"
+    )
     labels = parse_labels(text, members=MEMBERS, existing=[])
     assert labels.new == {"A": "Ban cars", "B": "Keep them"}
     assert labels.assigned == {"Ada": "A", "Bob": "B", "Cy": "A"}
 
 
-def test_later_labels_may_reuse_existing_letters_and_letter_new_ones_after_them() -> None:
-    text = "Panelist B: new: Tolls instead\nPanelist C: position A"
+def test_a_declared_but_unused_letter_is_dropped_and_the_rest_compacted() -> None:
+    text = (
+        "Position A: Ban cars\nPosition B: Nobody holds this\nPosition C: Keep them\n"
+        "Panelist A: C\nPanelist B: A\nPanelist C: C"
+    )
+    labels = parse_labels(text, members=MEMBERS, existing=[])
+    assert labels.new == {"A": "Ban cars", "B": "Keep them"}  # C became B, no gap
+    assert labels.assigned == {"Ada": "B", "Bob": "A", "Cy": "B"}
+
+
+def test_later_labels_may_reuse_existing_letters_and_number_new_ones_after_them() -> None:
+    text = "Position C: Tolls instead\nPosition D: Unused\nPanelist B: C\nPanelist C: A"
     labels = parse_labels(
         text, members={"Panelist B": "Bob", "Panelist C": "Cy"}, existing=["A", "B"]
     )
@@ -174,27 +186,21 @@ def test_later_labels_may_reuse_existing_letters_and_letter_new_ones_after_them(
 
 def test_labels_refuse_what_the_grammar_cannot() -> None:
     with pytest.raises(ParseFailure, match="no position given for Panelist B"):
-        parse_labels("Panelist A: new: Ban", members=MEMBERS, existing=[])
-    with pytest.raises(ParseFailure, match="not placed before it"):
+        parse_labels("Position A: Ban\nPanelist A: A", members=MEMBERS, existing=[])
+    with pytest.raises(ParseFailure, match="given position 'B', which was not declared"):
         parse_labels(
-            "Panelist A: same as Panelist B\nPanelist B: new: Ban\nPanelist C: new: Keep",
-            members=MEMBERS,
-            existing=[],
-        )
-    with pytest.raises(ParseFailure, match="not a position"):
-        parse_labels(  # no position is labelled yet: there is no B to name
-            "Panelist A: new: Ban\nPanelist B: position B\nPanelist C: new: Keep",
+            "Position A: Ban\nPanelist A: B\nPanelist B: A\nPanelist C: A",
             members=MEMBERS,
             existing=[],
         )
     with pytest.raises(ParseFailure, match="position label has no letter or digit"):
         parse_labels(
-            "Panelist A: new: ...\nPanelist B: same as Panelist A\nPanelist C: new: Keep",
+            "Position A: ...\nPanelist A: A\nPanelist B: A\nPanelist C: A",
             members=MEMBERS,
             existing=[],
         )
-    echo = "Panelist A: new: a label that states the position itself\n" + "\n".join(
-        f"{label}: same as Panelist A" for label in list(MEMBERS)[1:]
+    echo = "Position A: a label that states the position itself\n" + "\n".join(
+        f"{label}: A" for label in MEMBERS
     )
     with pytest.raises(ParseFailure, match="the label only repeats the prompt"):
         parse_labels(

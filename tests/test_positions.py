@@ -10,7 +10,6 @@ from localtable.record import ParsedTurn, RunRecord, TurnRecord
 from localtable.report.render import build_view
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, make_record
-from tests.scripted import placements
 
 R1 = "Reasoning: because {a}\nAnswer: {a}"
 R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
@@ -21,7 +20,9 @@ NAMES = ["A1", "B2", "C3"]
 def labels(positions: list[str], start: int = 0, **assigned: str) -> str:
     """The labeller's reply: new positions declared from letter number `start`, then
     each panelist's letter."""
-    return placements(positions, start, assigned)
+    abc = "ABCDEFGH"
+    declared = [f"Position {abc[start + k]}: {label}" for k, label in enumerate(positions)]
+    return "\n".join([*declared, *(f"{name}: {letter}" for name, letter in assigned.items())])
 
 
 def run(
@@ -33,7 +34,7 @@ def run(
 
 
 def label_calls(speaker: FakeSpeaker) -> list[int]:
-    return [i for i, c in enumerate(speaker.calls) if c.grammar.startswith("root ::= place")]
+    return [i for i, c in enumerate(speaker.calls) if c.grammar.startswith("root ::= new")]
 
 
 # -- in a debate -------------------------------------------------------------------
@@ -102,11 +103,12 @@ def test_a_new_position_is_labelled_after_its_round_with_only_that_panelist() ->
         and '"A1: "' not in later.grammar
         and '"B2: "' not in later.grammar
     )
-    assert '"position " [A-B]' in later.grammar  # one of the existing ones, or new
-    assert '"new: " label' in later.grammar and '"same as "' not in later.grammar
+    assert '"Position C: "' in later.grammar and '"Position A: "' not in later.grammar
+    assert "letters0 ::= [A-B]" in later.grammar  # or one of the existing ones
     prompt = later.messages[-1].content
     assert "Positions already labelled:\nPosition A: Ban\nPosition B: Keep" in prompt
     assert "C3: Charge tolls." in prompt and "Ban them." not in prompt
+    assert "(new letters start at C)" in prompt
     assert later.seed == stage_seed(7, "labels2", 0)
     c3 = record.turn(2, "C3")
     assert c3 and c3.parsed and c3.parsed.position_claim == "new"
@@ -124,7 +126,7 @@ def test_a_new_position_may_be_labelled_as_an_existing_one() -> None:
                 R1.format(a="Ban them."),
                 labels(["Ban", "Keep"], A1="A", B2="B", C3="B"),
                 R2.format(d="maintained", a="Ban them.", i="nobody", p="A"),
-                "C3: position A",  # no new label: its 'new' answer is position A after all
+                "C3: A",  # no new label: its 'new' answer is position A after all
                 SUMMARY,
             ],
             "B2": [R1.format(a="Keep them."), R2.format(d="changed", a="Ban.", i="A1", p="A")],
@@ -140,7 +142,7 @@ def test_a_new_position_may_be_labelled_as_an_existing_one() -> None:
     assert record.summary and record.summary.consensus.line == "All 3 models agreed"
 
 
-def test_new_positions_take_the_next_free_letters_without_gaps() -> None:
+def test_declared_but_unused_letters_are_dropped_and_the_rest_compacted() -> None:
     record, _ = run(
         {
             "A1": [
@@ -161,9 +163,9 @@ def test_new_positions_take_the_next_free_letters_without_gaps() -> None:
 
 def test_labels_that_fail_three_times_fall_back_to_exact_answer_text() -> None:
     unusable = [
-        "A1: new: ...\nB2: same as A1\nC3: same as A1",  # a label with no word
-        "A1: new: Ban\nB2: same as A1",  # cut off before C3
-        "A1: new: Ban\nB2: position B\nC3: same as A1",  # there is no B yet
+        "Position A: ...\nA1: A\nB2: A\nC3: A",  # a label with no word
+        "Position A: Ban\nA1: A\nB2: A",  # cut off before C3
+        "Position A: Ban\nA1: A\nB2: B\nC3: A",  # B was not declared
     ]
     record, speaker = run(
         {
@@ -182,7 +184,7 @@ def test_labels_that_fail_three_times_fall_back_to_exact_answer_text() -> None:
     assert [r.split(":")[0] for r in labelling.rejected] == [f"seed {s}" for s in seeds]
     assert "no letter or digit" in labelling.rejected[0]
     assert "no position given for C3" in labelling.rejected[1]
-    assert "'position B', not a position" in labelling.rejected[2]
+    assert "'B', which was not declared" in labelling.rejected[2]
     assert [g.raw_output for g in labelling.rejected_generations] == unusable  # work thrown away
     # the same text (case and punctuation aside) is one position; the answer is its label
     assert [(p.letter, p.label) for p in record.positions] == [

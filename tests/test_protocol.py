@@ -22,7 +22,6 @@ from localtable.record import RunRecord, read_record, transcript_sha256
 from localtable.session.run import RunInterrupted, execute
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, Reply, crash, make_record
-from tests.scripted import placements
 
 # Replies in the order the grammar generates them: reasoning first, the answer last.
 R1 = "Reasoning: because {a}\nAnswer: {a}"
@@ -33,7 +32,8 @@ SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Open sour
 
 def labels(positions: list[str], **assigned: str) -> str:
     """The labeller's reply: positions A, B... declared in order, then each panelist's letter."""
-    return placements(positions, 0, assigned)
+    declared = [f"Position {'ABCDEFGH'[k]}: {label}" for k, label in enumerate(positions)]
+    return "\n".join([*declared, *(f"{name}: {letter}" for name, letter in assigned.items())])
 
 
 def run(speaker: FakeSpeaker, record: RunRecord) -> tuple[RunRecord, list[RunRecord]]:
@@ -253,7 +253,7 @@ def test_resume_runs_only_missing_turns_and_labels() -> None:
     record, _ = run(speaker, partial)
     # round 1's labels were missing too: they run before round 2
     assert [c.panelist for c in speaker.calls] == ["A1", "B2", "A1", "A1", "B2", "A1"]
-    assert '"new: " label' in speaker.calls[2].grammar  # the labels of round 1
+    assert "Position A: " in speaker.calls[2].grammar
     assert len(record.turns) == 4 and [t.position for t in record.turns] == ["A"] * 4
     # a record whose round-1 labels are done does not label that round again
     again = make_record(["A1", "B2"])

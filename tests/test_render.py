@@ -64,13 +64,10 @@ def hostile_record() -> RunRecord:
     # the labeller's positions (words of their own, not only the question's), the new one
     # of round 2, and the summary
     labels = "\n".join(
-        [
-            f"{names[0]}: new: Keep {CLOSE}",
-            f"{names[1]}: new: Drop {JS_LINK}",
-            f"{names[2]}: same as {names[0]}",
-        ]
+        [f"Position A: Keep {CLOSE}", f"Position B: Drop {JS_LINK}"]
+        + [f"{names[0]}: A", f"{names[1]}: B", f"{names[2]}: A"]
     )
-    new_label = f"{names[1]}: new: Tolls {IMAGE} {SCRIPT}"
+    new_label = f"Position C: Tolls {IMAGE} {SCRIPT}\n{names[1]}: C"
     summary = "\n".join(
         [
             # words of its own: not a restatement of the question
@@ -464,7 +461,7 @@ def test_the_view_trims_answers_the_grammar_cut_and_leaves_others() -> None:
     record = run_fake(
         make_record(["A1", "B2"], rounds=1),
         {
-            "A1": [R1.format(a=cut, r="Why."), "A1: new: Open.\nB2: same as A1",
+            "A1": [R1.format(a=cut, r="Why."), "Position A: Open.\nA1: A\nB2: A",
                    "Summary: Brief.\nCounterpoint: Risks.\nAnswer: Open up."],
             "B2": [R1.format(a="Closed weights, no end mark", r="Why.")],
         },
@@ -488,8 +485,8 @@ def test_generations_list_continuations_and_labels_in_the_order_they_ran() -> No
     record = run_fake(
         make_record(["A1", "B2"], rounds=1),
         {
-            "A1": [cut, "Answer: Open it.", "A1: new: ...\nB2: same as A1",
-                   "A1: new: Open it\nB2: same as A1",
+            "A1": [cut, "Answer: Open it.", "Position A: ...\nA1: A\nB2: A",
+                   "Position A: Open it\nA1: A\nB2: A",
                    "Summary: Brief.\nCounterpoint: Risks.\nAnswer: Open up."],
             "B2": [R1.format(a="Open it too.", r="Why.")],
         },

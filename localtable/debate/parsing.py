@@ -224,37 +224,35 @@ def parse_summary(
 def parse_labels(
     text: str, *, members: dict[str, str], existing: list[str], instructions: str = ""
 ) -> ParsedLabels:
-    """Parse the labels of a round's new positions, one line per panelist placed
-    (members maps their labels to their names, in panel order): "position B" (one of
-    the `existing` letters), "same as NAME" (a panelist listed before it) or
-    "new: LABEL" (the next free letter). Letters stay A, B, C... without gaps."""
+    """Parse the labels of a round's new positions; members maps the labels of the
+    panelists to place to their names (in panel order), existing are the letters
+    already labelled. Declared letters nobody holds are dropped and the rest
+    renumbered in order, so the positions stay A, B, C... without gaps."""
     lines = text.split("\n")
-    letters = "ABCDEFGH"
-    new: dict[str, str] = {}
-    placed: dict[str, str] = {}  # member label -> letter
-    for i, member in enumerate(members):
-        prefix = f"{member}: "
+    declared: dict[str, str] = {}
+    i = 0
+    while i < len(lines) and (m := re.match(r"Position ([A-H]): (.*)$", lines[i])):
+        label = _meaningful(m.group(2).strip(), "position label")
+        if repeats_instructions(label, instructions):
+            raise ParseFailure(f"the label only repeats the prompt: {label[:60]!r}")
+        declared[m.group(1)] = label
+        i += 1
+    raw: dict[str, str] = {}
+    for label, name in members.items():
+        prefix = f"{label}: "
         if i >= len(lines) or not lines[i].startswith(prefix):
-            raise ParseFailure(f"no position given for {member}")
-        choice = lines[i][len(prefix) :].strip()
-        if choice.startswith("new: "):
-            label = _meaningful(choice.removeprefix("new: ").strip(), "position label")
-            if repeats_instructions(label, instructions):
-                raise ParseFailure(f"the label only repeats the prompt: {label[:60]!r}")
-            if len(existing) + len(new) >= len(letters):
-                raise ParseFailure(f"{member} opens a position beyond {letters[-1]}")
-            letter = letters[len(existing) + len(new)]
-            new[letter] = label
-        elif choice.startswith("same as "):
-            earlier = choice.removeprefix("same as ")
-            if earlier not in placed:
-                raise ParseFailure(f"{member} is the same as {earlier!r}, not placed before it")
-            letter = placed[earlier]
-        elif choice.startswith("position ") and choice.removeprefix("position ") in existing:
-            letter = choice.removeprefix("position ")
-        else:
-            raise ParseFailure(f"{member} is given {choice[:40]!r}, not a position")
-        placed[member] = letter
+            raise ParseFailure(f"no position given for {label}")
+        letter = lines[i][len(prefix) :].strip()
+        if letter not in declared and letter not in existing:
+            raise ParseFailure(f"{label} is given position {letter!r}, which was not declared")
+        raw[name] = letter
+        i += 1
+    letters = "ABCDEFGH"
+    renamed: dict[str, str] = {}
+    for old in declared:
+        if old in raw.values():
+            renamed[old] = letters[len(existing) + len(renamed)]
     return ParsedLabels(
-        new=new, assigned={name: placed[member] for member, name in members.items()}
+        new={renamed[old]: declared[old] for old in renamed},
+        assigned={name: renamed.get(letter, letter) for name, letter in raw.items()},
     )

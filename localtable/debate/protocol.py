@@ -493,6 +493,8 @@ class Debate:
         answers = {t.panelist: t.parsed.answer for t in turns if t.parsed is not None}
         existing = [x.letter for x in self.record.positions]
         view = [{"label": label, "answer": answers[name]} for label, name in members.items()]
+        first_new = pos.LETTERS[len(existing)] if len(existing) < len(pos.LETTERS) else ""
+        max_new = min(len(turns), len(pos.LETTERS) - len(existing))
         generation: Generation | None = None
         rejected: list[str] = []
         thrown: list[Generation] = []
@@ -505,6 +507,7 @@ class Debate:
                 question=self.record.question,
                 existing=self._positions_before(round_no + 1),
                 answers=answers_view,
+                first_new=first_new,
             ).strip()
 
         try:
@@ -521,6 +524,8 @@ class Debate:
                 "label.gbnf.j2",
                 members=list(members),
                 existing=len(existing),
+                min_new=0 if existing else 1,
+                max_new=max_new,
                 label_max=pos.LABEL_MAX_CHARS,
             )
             instructions = "\n".join([system, prompt([])])
