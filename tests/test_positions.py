@@ -180,7 +180,10 @@ def test_labels_that_fail_three_times_fall_back_to_exact_answer_text() -> None:
     assert [speaker.calls[i].seed for i in label_calls(speaker)] == seeds
     (labelling,) = record.labelings
     assert labelling.status == "failed" and labelling.generation is None
-    assert labelling.error == "no usable labels; positions grouped by exact answer text instead"
+    assert labelling.error == (
+        "no usable labels; positions grouped by a leading yes/no, else by exact answer text,"
+        " instead"
+    )
     assert [r.split(":")[0] for r in labelling.rejected] == [f"seed {s}" for s in seeds]
     assert "no letter or digit" in labelling.rejected[0]
     assert "no position given for C3" in labelling.rejected[1]
@@ -192,6 +195,65 @@ def test_labels_that_fail_three_times_fall_back_to_exact_answer_text() -> None:
         ("B", "Keep them."),
     ]
     assert labelling.assigned == {"A1": "A", "B2": "A", "C3": "B"}
+    assert record.summary and record.summary.consensus.line == "2 of 3 agreed"
+
+
+def test_labels_that_put_a_yes_and_a_no_in_one_position_are_refused() -> None:
+    # the failure seen with the 1.5B labeller: "No, unless ..." lumped with two "Yes"
+    lumped = labels(["Yes, with safeguards"], A1="A", B2="A", C3="A")
+    record, speaker = run(
+        {
+            "A1": [
+                R1.format(a="Yes, open it."),
+                lumped,
+                labels(["Yes, open it", "No, unless audited"], A1="A", B2="B", C3="A"),
+                SUMMARY,
+            ],
+            "B2": [R1.format(a="No, unless it is audited first.")],
+            "C3": [R1.format(a="Yes, with safeguards.")],
+        },
+        rounds=1,
+    )
+    assert len(label_calls(speaker)) == 2
+    (labelling,) = record.labelings
+    assert labelling.status == "ok" and labelling.generation is not None
+    assert labelling.rejected == [
+        f"seed {stage_seed(7, 'labels1', 0)}: position A puts A1's 'yes' with B2's 'no'"
+    ]
+    assert [g.raw_output for g in labelling.rejected_generations] == [lumped]
+    assert [t.position for t in record.turns] == ["A", "B", "A"]
+    assert record.summary and record.summary.consensus.line == "2 of 3 agreed"
+
+
+def test_a_new_no_answer_is_not_placed_on_a_yes_position() -> None:
+    record, _ = run(
+        {
+            "A1": [
+                R1.format(a="Yes."),
+                labels(["Yes"], A1="A", B2="A", C3="A"),
+                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+                "C3: A",  # the new "No" answer placed on the "Yes" position: refused
+                labels(["No, too risky"], start=1, C3="B"),
+                SUMMARY,
+            ],
+            "B2": [
+                R1.format(a="Yes, surely."),
+                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+            ],
+            "C3": [
+                R1.format(a="Yes, but slowly."),
+                R2.format(d="changed", a="No, it is too risky.", i="A1", p="new"),
+            ],
+        }
+    )
+    second = record.labeling(2)
+    assert (
+        second
+        and second.rejected
+        and "puts C3's 'no' with its label's 'yes'" in (second.rejected[0])
+    )
+    c3 = record.turn(2, "C3")
+    assert c3 and c3.position == "B" and c3.position_changed is True
     assert record.summary and record.summary.consensus.line == "2 of 3 agreed"
 
 
@@ -290,11 +352,29 @@ def test_to_label_takes_round_one_and_then_only_new_claims() -> None:
 
 def test_fallback_labels_group_by_normalized_text_and_cut_long_labels() -> None:
     long = "Ban private cars from every city centre within five years, " * 3
-    labels = pos.fallback_labels({"A1": "Yes, ban.", "B2": "yes ban", "C3": long}, existing=1)
-    assert labels.assigned == {"A1": "B", "B2": "B", "C3": "C"}
+    labels = pos.fallback_labels(
+        {"A1": "Yes, ban.", "B2": "yes ban", "C3": long, "D4": "ban cars"}, existing=1
+    )
+    assert labels.assigned == {"A1": "B", "B2": "B", "C3": "C", "D4": "D"}
     assert labels.new["B"] == "Yes, ban."
     assert len(labels.new["C"]) <= pos.LABEL_MAX_CHARS and labels.new["C"].endswith("…")
     assert long.startswith(labels.new["C"][:-1])
+
+
+def test_fallback_labels_group_a_leading_yes_or_no_whatever_follows() -> None:
+    labels = pos.fallback_labels(
+        {"A1": "No, unless audited.", "B2": "Yes, fully.", "C3": "**Yes**, slowly.", "D4": "no"},
+        existing=0,
+    )
+    assert labels.assigned == {"A1": "A", "B2": "B", "C3": "B", "D4": "A"}
+    assert labels.new == {"A": "No", "B": "Yes"}
+
+
+def test_stance_reads_only_a_leading_yes_or_no() -> None:
+    assert [
+        pos.stance(a)
+        for a in ["Yes, but slowly.", "NO.", '"No" - never', "Not yet.", "Maybe yes", ""]
+    ] == ["yes", "no", "no", None, None, None]
 
 
 def test_apply_labels_places_turns_and_final_groups_rank_by_size_then_letter() -> None:

@@ -7,12 +7,17 @@ it holds now, or `new`; new positions are labelled after their round the same
 way. Consensus, "changed mind" and the stance chart then come from the letters,
 round by round, never from a model's grouping. Choice and number questions
 compare their answers exactly instead (answers.py).
+
+The one thing code can read in an open answer for sure is a leading "Yes" or
+"No": a labelling that puts a yes and a no in one position is refused (a 1.5B
+labeller put "No, unless ..." with two "Yes" answers and the page said "All 3
+models agreed"), and the fallback groups answers by that word.
 """
 
 from __future__ import annotations
 
 from localtable.debate.answers import normalize_open, tally_groups
-from localtable.debate.parsing import ParsedLabels
+from localtable.debate.parsing import ParsedLabels, ParseFailure
 from localtable.record import PositionGroup, PositionLabel, RunRecord, TurnRecord
 
 LETTERS = "ABCDEFGH"
@@ -30,22 +35,58 @@ def to_label(record: RunRecord, round_no: int) -> list[TurnRecord]:
     return [t for t in turns if t.parsed is not None and t.parsed.position_claim == "new"]
 
 
+def stance(answer: str) -> str | None:
+    """'yes' or 'no' when the answer opens with that word ("No, unless ..."), else None."""
+    words = normalize_open(answer).split()
+    return words[0] if words and words[0] in ("yes", "no") else None
+
+
+def check_stances(record: RunRecord, labels: ParsedLabels, answers: dict[str, str]) -> None:
+    """Refuse labels that put a yes and a no answer (or label) in one position: each
+    panelist placed now against the position's label and its other holders, this
+    round's and earlier rounds'. A conflict the panelists made themselves (naming a
+    "Yes" letter with a "No" answer) is theirs, not the labeller's: not checked."""
+
+    def label_of(letter: str) -> str:
+        return labels.new.get(letter) or record.label(letter) or ""
+
+    for name, letter in labels.assigned.items():
+        mine = stance(answers.get(name, ""))
+        if mine is None:
+            continue
+        others = [("its label", label_of(letter))]
+        others += [(n, answers.get(n, "")) for n, x in labels.assigned.items() if x == letter]
+        others += [
+            (t.panelist, t.parsed.answer)
+            for t in record.turns
+            if t.position == letter and t.parsed is not None and t.panelist not in labels.assigned
+        ]
+        for who, text in others:
+            theirs = stance(text)
+            if theirs is not None and theirs != mine:
+                raise ParseFailure(
+                    f"position {letter} puts {name}'s {mine!r} with {who}'s {theirs!r}"
+                )
+
+
 def fallback_labels(answers: dict[str, str], existing: int) -> ParsedLabels:
-    """When no usable labels were generated: one position per distinct answer text
-    (normalized), labelled with the answer itself, cut to LABEL_MAX_CHARS."""
-    new: dict[str, str] = {}
-    by_text: dict[str, str] = {}
-    assigned: dict[str, str] = {}
+    """When no usable labels were generated: answers opening with "Yes" take one
+    position, those opening with "No" another (labelled "Yes" and "No" unless all
+    their texts are the same); every other distinct answer text (normalized) is a
+    position of its own, labelled with the answer, cut to LABEL_MAX_CHARS."""
+    groups: dict[str, list[str]] = {}  # stance or normalized text -> panelists
     for name, answer in answers.items():
-        key = normalize_open(answer)
-        if key not in by_text:
-            letter = LETTERS[min(existing + len(new), len(LETTERS) - 1)]
-            by_text[key] = letter
-            text = " ".join(answer.split())
-            cut = len(text) > LABEL_MAX_CHARS
-            new[letter] = text[: LABEL_MAX_CHARS - 1].rstrip() + "…" if cut else text
-        assigned[name] = by_text[key]
-    return ParsedLabels(new=new, assigned=assigned)
+        groups.setdefault(stance(answer) or normalize_open(answer), []).append(name)
+    new: dict[str, str] = {}
+    letter_of: dict[str, str] = {}
+    for key, names in groups.items():
+        letter = LETTERS[min(existing + len(new), len(LETTERS) - 1)]
+        texts = {normalize_open(answers[n]) for n in names}
+        text = " ".join(answers[names[0]].split()) if len(texts) == 1 else key.capitalize()
+        cut = len(text) > LABEL_MAX_CHARS
+        new[letter] = text[: LABEL_MAX_CHARS - 1].rstrip() + "…" if cut else text
+        letter_of.update(dict.fromkeys(names, letter))
+    return ParsedLabels(new=new, assigned={name: letter_of[name] for name in answers})
 
 
 def previous_position(record: RunRecord, turn: TurnRecord) -> str | None:

@@ -52,6 +52,7 @@ CONTINUATION_MAX_TOKENS = 128
 # derived, recorded seeds before it counts as failed.
 SUMMARY_ATTEMPTS = 3
 LABEL_ATTEMPTS = 3
+FALLBACK_GROUPING = "positions grouped by a leading yes/no, else by exact answer text, instead"
 # The labels and the summary run on the summarizer's model in a conversation (KV
 # cache) of their own: in the summarizer's, they would evict its debate's prompt.
 MODERATOR = "moderator"
@@ -479,7 +480,7 @@ class Debate:
 
     def run_labeling(self, round_no: int) -> None:
         """Label the round's new open positions (all of round 1's) and place their
-        turns; when no usable labels come, group by exact answer text instead."""
+        turns; when no usable labels come, group by yes/no and answer text instead."""
         turns = pos.to_label(self.record, round_no)
         if not turns:
             return
@@ -541,11 +542,13 @@ class Debate:
                         existing=existing,
                         instructions=instructions,
                     )
+                    pos.check_stances(self.record, labels, answers)
                     break
                 except ParseFailure as exc:
+                    labels = None
                     rejected.append(f"seed {seed}: {exc}")
             if labels is None:
-                error = "no usable labels; positions grouped by exact answer text instead"
+                error = f"no usable labels; {FALLBACK_GROUPING}"
         except BackendDown as exc:
             self.record.labelings = [
                 *(x for x in self.record.labelings if x.round != round_no),
@@ -557,7 +560,7 @@ class Debate:
             self._emit("labels", round_no, labeller.name, "failed")
             raise
         except TurnFailed as exc:
-            error = f"{exc}; positions grouped by exact answer text instead"
+            error = f"{exc}; {FALLBACK_GROUPING}"
         if labels is None:
             thrown = [*thrown, generation] if generation is not None else thrown
             generation = None
