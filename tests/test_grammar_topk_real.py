@@ -36,6 +36,7 @@ TURN = TemplateSet().render(
     letters=["A", "B"],
     allow_new=True,
     reasoning_max=500,
+    multiline=False,
     answer_max=200,
     kind="open",
     options=[],

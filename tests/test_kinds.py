@@ -203,3 +203,59 @@ def test_a_number_question_summary_may_headline_the_number_alone() -> None:
     assert parsed.headline == "3.9"
     with pytest.raises(ParseFailure, match="headline has no letter or digit"):
         parse_summary("Summary: s\nCounterpoint: c\nAnswer: ...")
+
+
+# -- multi-line working for choice and number questions ------------------------------
+
+WORKING = "Reasoning: First 15*21 = 315.\n3*27 = 81.\n\nSo 12+315+0-81 = 246.\nAnswer: {a}"
+WORKING2 = (
+    "Reasoning: A1 multiplied first:\n315 and 81.\nInfluenced by: {i}\nDecision: {d}\nAnswer: {a}"
+)
+
+
+def test_a_number_turn_may_work_over_several_lines_and_its_answer_is_the_last() -> None:
+    speaker = FakeSpeaker(
+        {
+            "A1": [WORKING.format(a="246"), WORKING2.format(d="maintained", a="246", i="nobody")],
+            "B2": [R1.format(a="249"), WORKING2.format(d="changed", a="246", i="A1")],
+            "C3": [WORKING.format(a="600"), R2.format(d="maintained", a="600", i="nobody")],
+        }
+    )
+    speaker.replies["A1"].append(SUMMARY)
+    record = run(speaker, scored("number"))
+    for call in speaker.calls[:-1]:  # every turn's reasoning may hold a line break
+        assert "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x09\\x0b-\\x1f]{0," in call.grammar
+    assert "step by step, on as many lines as it needs" in speaker.calls[0].messages[-1].content
+    assert "step by step, checking the others' answers" in speaker.calls[3].messages[-1].content
+    a1 = record.turn(1, "A1")
+    assert a1 and a1.parsed and a1.parsed.answer == "246"
+    assert a1.parsed.reasoning == "First 15*21 = 315.\n3*27 = 81.\n\nSo 12+315+0-81 = 246."
+    b2 = record.turn(2, "B2")
+    assert b2 and b2.parsed and b2.parsed.reasoning == "A1 multiplied first:\n315 and 81."
+    assert b2.parsed.influenced_by == ["A1"] and b2.parsed.stance == "change"
+    assert record.summary and record.summary.consensus.line == "2 of 3 agreed"
+
+
+def test_an_open_turn_keeps_its_reasoning_on_one_line() -> None:
+    grammar = builtin().render(
+        "turn.gbnf.j2", fields=["reasoning", "answer"], peers=[], letters=[],
+        allow_new=False, reasoning_max=300, answer_max=200, multiline=False, kind="open",
+        options=[],
+    )  # fmt: skip
+    assert "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x1f]{0,299}" in grammar
+    with pytest.raises(ParseFailure, match="'Answer:' line"):
+        parse_turn("Reasoning: one.\ntwo.\nAnswer: Yes", later_round=False, peers={})
+    with pytest.raises(ParseFailure, match="lines after the reasoning"):
+        parse_turn("Reasoning: 1+1 is 2", later_round=False, peers={}, kind="number")
+
+
+@pytest.mark.parametrize("kind", ["open", "number", "choice"])
+def test_the_turn_grammar_of_every_kind_is_valid_gbnf(kind: str) -> None:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    for fields in (["reasoning", "answer"], ["reasoning", "influenced_by", "decision", "answer"]):
+        grammar = builtin().render(
+            "turn.gbnf.j2", fields=fields, peers=["B2", "C3"], letters=[], allow_new=False,
+            reasoning_max=600, answer_max=200, multiline=kind != "open", kind=kind,
+            options=["Paris", "Lyon"],
+        )  # fmt: skip
+        llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)

@@ -138,6 +138,22 @@ def test_a_turn_cut_later_keeps_its_whole_lines() -> None:
     assert (kept, rest) == ("Reasoning: r.\n", ["answer"])
 
 
+def test_a_cut_multi_line_reasoning_ends_where_the_next_field_begins() -> None:
+    work = "Reasoning: 15*21 = 315.\n3*27 = "
+    assert completed_part(work, LATER, multiline=True) == (
+        "Reasoning: 15*21 = 315.\n3*27 =…\n",
+        ["influenced_by", "decision", "answer"],
+    )
+    text = "Reasoning: 15*21 = 315.\nSo 246.\nInfluenced by: nobody\nDecision: mainta"
+    kept, rest = completed_part(text, LATER, multiline=True)
+    assert kept == "Reasoning: 15*21 = 315.\nSo 246.\nInfluenced by: nobody\n"
+    assert rest == ["decision", "answer"]
+    text = "Reasoning: 15*21 = 315.\nSo 246.\nAnswer: 24"
+    kept, rest = completed_part(text, ["reasoning", "answer"], multiline=True)
+    assert (kept, rest) == ("Reasoning: 15*21 = 315.\nSo 246.\n", ["answer"])
+    assert completed_part("Work: 1", ["reasoning", "answer"], multiline=True)[0] == ""
+
+
 def test_a_cut_turn_with_nothing_usable_keeps_nothing() -> None:
     assert completed_part("", ["reasoning", "answer"]) == ("", ["reasoning", "answer"])
     assert completed_part("Reason", ["reasoning", "answer"]) == ("", ["reasoning", "answer"])

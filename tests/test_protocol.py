@@ -413,6 +413,9 @@ def test_the_answer_is_one_short_sentence_and_the_reasoning_leaves_room_after_it
     # what the answer and the short fields do not need, at ~3 characters a token
     assert reasoning_max_chars(512) == 3 * (512 - 200 // 3 - 24)
     assert reasoning_max_chars(64) == 120 and reasoning_max_chars(8192) == REASONING_MAX_CHARS
+    # a number or choice answer needs a few tokens: the reasoning gets the rest
+    assert reasoning_max_chars(256, "number") == 3 * (256 - 8 - 24) == 672
+    assert reasoning_max_chars(256, "choice") > reasoning_max_chars(256) == 3 * (256 - 66 - 24)
     speaker = one_round(SUMMARY)
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))  # max_tokens 64
     assert "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x1f]{0,119}\n" in speaker.calls[0].grammar

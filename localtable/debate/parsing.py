@@ -65,9 +65,30 @@ def turn_fields(*, later_round: bool, labelled: bool) -> list[str]:
     return ["reasoning", *middle, "answer"]
 
 
-def completed_part(text: str, fields: list[str]) -> tuple[str, list[str]]:
+def multiline_reasoning(kind: QuestionKind) -> bool:
+    """Whether a turn's reasoning may run over several lines: a choice or number
+    question's reasoning is working, written step by step on lines (held to one
+    line, Qwen ended it at its first line break and guessed the number); an open
+    question's is the prose the transcript shows. The fields after the reasoning
+    are one line each either way, so the reasoning is whatever precedes them."""
+    return kind != "open"
+
+
+def completed_part(
+    text: str, fields: list[str], *, multiline: bool = False
+) -> tuple[str, list[str]]:
     """For an output that max_tokens cut off: the part to keep (whole fields, a cut
-    reasoning closed with an ellipsis) and the fields still to generate."""
+    reasoning closed with an ellipsis) and the fields still to generate. With a
+    multi-line reasoning, it ends where the first field after it begins."""
+    if multiline and fields[0] == "reasoning" and len(fields) > 1:
+        if not text.startswith(f"{FIELD_NAMES['reasoning']}: "):
+            return "", fields
+        at = text.rfind(f"\n{FIELD_NAMES[fields[1]]}: ")
+        if at < 0:  # cut inside the reasoning
+            return text.rstrip() + "…\n", fields[1:]
+        head = text[: at + 1]
+        kept, rest = completed_part(text[at + 1 :], fields[1:])
+        return head + kept, rest
     lines = text.split("\n")
     done = lines[:-1]  # the last line was cut
     n = min(len(done), len(fields) - 1)  # the answer is last: never complete when cut
@@ -166,7 +187,18 @@ def parse_turn(
     letters are the labelled positions it may name (None: positions are not labelled)."""
     options = options or []
     fields = turn_fields(later_round=later_round, labelled=later_round and letters is not None)
-    f = _fields(text, [FIELD_NAMES[k] for k in fields], "Answer")
+    names = [FIELD_NAMES[k] for k in fields]
+    if multiline_reasoning(kind):
+        # every field after the reasoning is one line: the reasoning is the rest
+        lines = text.split("\n")
+        after = len(names) - 1
+        if len(lines) <= after:
+            raise ParseFailure("missing the lines after the reasoning (output cut off?)")
+        reasoning_part = "\n".join(lines[:-after])
+        f = _fields(reasoning_part, names[:1], names[0])
+        f.update(_fields("\n".join(lines[-after:]), names[1:], "Answer"))
+    else:
+        f = _fields(text, names, "Answer")
     answer = _answer(f["Answer"], kind, options)
     reasoning = _meaningful(_own_reasoning(f["Reasoning"]), "reasoning")
     if not later_round:

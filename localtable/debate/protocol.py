@@ -21,6 +21,7 @@ from localtable.debate.parsing import (
     ParsedLabels,
     ParseFailure,
     completed_part,
+    multiline_reasoning,
     parse_labels,
     parse_summary,
     parse_turn,
@@ -30,6 +31,7 @@ from localtable.record import (
     Generation,
     LabelingRecord,
     PanelistRecord,
+    QuestionKind,
     RunRecord,
     SamplingRecord,
     SummaryRecord,
@@ -119,12 +121,14 @@ def answer_max_chars(max_tokens: int) -> int:
     return max(40, min(ANSWER_MAX_CHARS, 2 * max_tokens))
 
 
-def reasoning_max_chars(max_tokens: int) -> int:
+def reasoning_max_chars(max_tokens: int, kind: QuestionKind = "open") -> int:
     """The reasoning comes first and must leave room for the fields after it: about
-    3 characters a token of what the answer line and the short fields do not need.
+    3 characters a token of what the answer line and the short fields do not need
+    (a choice or number answer needs a few tokens, not an open answer's sentence).
     Text with many digits has fewer characters a token; a turn that max_tokens cuts
     off anyway is continued after its reasoning (Debate.continue_turn)."""
-    rest = max_tokens - answer_max_chars(max_tokens) // 3 - 24
+    answer_tokens = answer_max_chars(max_tokens) // 3 if kind == "open" else 8
+    rest = max_tokens - answer_tokens - 24
     return max(120, min(REASONING_MAX_CHARS, 3 * rest))
 
 
@@ -263,8 +267,9 @@ class Debate:
             peers=peers,
             letters=self._letters(round_no) or [],
             allow_new=self._allow_new(round_no),
-            reasoning_max=reasoning_max_chars(p.sampling.max_tokens),
+            reasoning_max=reasoning_max_chars(p.sampling.max_tokens, self.record.question_kind),
             answer_max=answer_max_chars(p.sampling.max_tokens),
+            multiline=multiline_reasoning(self.record.question_kind),
             kind=self.record.question_kind,
             options=self.record.options,
         )
@@ -373,7 +378,9 @@ class Debate:
         """A turn that max_tokens cut off (a long reasoning) goes on after its whole
         fields: the model continues from them under the grammar of the fields left,
         so the answer line is still written. None when nothing of it can be kept."""
-        kept, rest = completed_part(cut.raw_output, fields)
+        kept, rest = completed_part(
+            cut.raw_output, fields, multiline=multiline_reasoning(self.record.question_kind)
+        )
         if not kept:
             return None
         budget = CONTINUATION_MAX_TOKENS
