@@ -31,4 +31,7 @@ def scripted_reply(grammar: str, answer: str) -> str:
         "Position": "A",
         "Answer": answer,
     }
+    kept = re.search(r'decision-position ::= "maintained\\nPosition: ([A-H])"', grammar)
+    if kept:  # the Decision line decides the Position line: keep the letter held
+        values["Decision"] = f"maintained\nPosition: {kept.group(1)}"
     return "\n".join(f"{f}: {values[f]}" for f in fields)

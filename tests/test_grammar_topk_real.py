@@ -35,6 +35,7 @@ TURN = TemplateSet().render(
     peers=["Gemma 3 270M", "SmolLM2 Skeptic"],
     letters=["A", "B"],
     allow_new=True,
+    own_position="",
     reasoning_max=500,
     multiline=False,
     answer_max=200,

@@ -107,7 +107,7 @@ def test_open_grammar_is_free_text_and_its_groups_come_from_labels_not_exact_tex
         }
     )
     record = run(speaker, scored("open", rounds=1))
-    assert "answer ::= [^\\x00-\\x20<] [^\\x00-\\x1f]{1," in speaker.calls[0].grammar
+    assert "answer ::= [^\\x00-\\x20<?] ([^\\x00-\\x1f.?]" in speaker.calls[0].grammar
     assert "Options:" not in speaker.calls[0].messages[-1].content
     # three different texts, two labelled positions: the labels decide, counted in code
     assert record.summary and record.summary.status == "ok"
@@ -239,8 +239,8 @@ def test_a_number_turn_may_work_over_several_lines_and_its_answer_is_the_last() 
 def test_an_open_turn_keeps_its_reasoning_on_one_line() -> None:
     grammar = builtin().render(
         "turn.gbnf.j2", fields=["reasoning", "answer"], peers=[], letters=[],
-        allow_new=False, reasoning_max=300, answer_max=200, multiline=False, kind="open",
-        options=[],
+        allow_new=False, own_position="", reasoning_max=300, answer_max=200, multiline=False,
+        kind="open", options=[],
     )  # fmt: skip
     assert "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x1f]{0,299}" in grammar
     with pytest.raises(ParseFailure, match="'Answer:' line"):
@@ -252,10 +252,14 @@ def test_an_open_turn_keeps_its_reasoning_on_one_line() -> None:
 @pytest.mark.parametrize("kind", ["open", "number", "choice"])
 def test_the_turn_grammar_of_every_kind_is_valid_gbnf(kind: str) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
-    for fields in (["reasoning", "answer"], ["reasoning", "influenced_by", "decision", "answer"]):
+    later = ["reasoning", "influenced_by", "decision", "answer"]
+    labelled = ["reasoning", "influenced_by", "decision", "position", "answer"]
+    for fields, own in ((["reasoning", "answer"], ""), (later, ""), (labelled, "B")):
+        if fields == labelled and kind != "open":
+            continue  # only open questions have labelled positions
         grammar = builtin().render(
-            "turn.gbnf.j2", fields=fields, peers=["B2", "C3"], letters=[], allow_new=False,
-            reasoning_max=600, answer_max=200, multiline=kind != "open", kind=kind,
-            options=["Paris", "Lyon"],
+            "turn.gbnf.j2", fields=fields, peers=["B2", "C3"], letters=["A", "B"],
+            allow_new=True, own_position=own, reasoning_max=600, answer_max=200,
+            multiline=kind != "open", kind=kind, options=["Paris", "Lyon"],
         )  # fmt: skip
         llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)

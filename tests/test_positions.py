@@ -3,6 +3,8 @@ grammar, counted in code (debate/positions.py), shown by the renderers."""
 
 from __future__ import annotations
 
+import pytest
+
 from localtable.debate import positions as pos
 from localtable.debate.parsing import ParsedLabels
 from localtable.debate.protocol import Debate, stage_seed
@@ -104,7 +106,7 @@ def test_a_new_position_is_labelled_after_its_round_with_only_that_panelist() ->
         and '"B2: "' not in later.grammar
     )
     assert '"Position C: "' in later.grammar and '"Position A: "' not in later.grammar
-    assert "letters0 ::= [A-B]" in later.grammar  # or one of the existing ones
+    assert 'letters0m0 ::= "A" | "B"' in later.grammar  # or one of the existing ones
     prompt = later.messages[-1].content
     assert "Positions already labelled:\nPosition A: Ban\nPosition B: Keep" in prompt
     assert "C3: Charge tolls." in prompt and "Ban them." not in prompt
@@ -370,6 +372,48 @@ def test_fallback_labels_group_a_leading_yes_or_no_whatever_follows() -> None:
     assert labels.new == {"A": "No", "B": "Yes"}
 
 
+def test_label_plans_never_let_a_yes_and_a_no_share_a_position() -> None:
+    plans = pos.label_plans(["no", "yes", "yes"], [], max_new=3)
+    # "Yes" positions first (one or two of them), then the "No" one
+    assert [p.declared for p in plans] == [
+        [("A", "yes"), ("B", "no")],
+        [("A", "yes"), ("B", "yes"), ("C", "no")],
+    ]
+    assert plans[1].choices == [["C"], ["A", "B"], ["A", "B"]]
+    # an answer with neither word may take any position; a later round may reuse one
+    (only,) = pos.label_plans([None], ["yes"], max_new=0)
+    assert only.declared == [] and only.choices == [["A"]]
+    plans = pos.label_plans(["no"], ["no", "yes"], max_new=6)
+    assert [(p.declared, p.choices) for p in plans] == [
+        ([], [["A"]]),
+        ([("C", "no")], [["A", "C"]]),
+    ]
+    # no room for a new position and none to reuse: no plan (the fallback applies)
+    assert pos.label_plans(["no"], ["yes"], max_new=0) == []
+
+
+def test_the_label_grammar_makes_labels_open_with_their_stance() -> None:
+    record, speaker = run(
+        {
+            "A1": [
+                R1.format(a="No, unless audited."),
+                labels(["Yes, open it", "No, unless audited"], A1="B", B2="A", C3="A"),
+                SUMMARY,
+            ],
+            "B2": [R1.format(a="Yes, open it.")],
+            "C3": [R1.format(a="Yes, with safeguards.")],
+        },
+        rounds=1,
+    )
+    grammar = speaker.calls[label_calls(speaker)[0]].grammar
+    assert grammar.startswith("root ::= new0 | new1\n")
+    assert 'new0 ::= "Position A: " label-yes "\\n" "Position B: " label-no "\\n" "A1: "' in grammar
+    assert 'letters0m0 ::= "B"\nletters0m1 ::= "A"\nletters0m2 ::= "A"\n' in grammar
+    assert 'label-yes ::= "Yes"' in grammar and 'label-no ::= "No"' in grammar
+    assert [t.position for t in record.turns] == ["B", "A", "A"]
+    assert pos.position_stances(record) == ["yes", "no"]
+
+
 def test_stance_reads_only_a_leading_yes_or_no() -> None:
     assert [
         pos.stance(a)
@@ -398,3 +442,16 @@ def test_apply_labels_places_turns_and_final_groups_rank_by_size_then_letter() -
     groups = pos.final_groups(record)
     assert [(g.position, g.members) for g in groups] == [("x", ["A1", "B2"]), ("y", ["C3"])]
     assert pos.changes(record) == [("B2", "y", "x")]
+
+
+def test_the_label_grammar_is_valid_gbnf() -> None:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    for stances, existing in (([None, "yes", "no"], []), (["no", None], ["yes", None])):
+        plans = pos.label_plans(stances, existing, max_new=3)
+        grammar = builtin().render(
+            "label.gbnf.j2",
+            members=["A1", 'B "2"', "C3"][: len(stances)],
+            plans=[p.model_dump() for p in plans],
+            label_max=pos.LABEL_MAX_CHARS,
+        )
+        llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)

@@ -131,9 +131,14 @@ def test_round_two_sees_others_latest_answers_and_positions_not_own() -> None:
     assert "A: Alpha\nB: Beta\nYour position last round was A." in last_user
     assert a_round2.messages[-2].role == "assistant"
     assert a_round2.messages[-2].content == "Reasoning: because Alpha view.\nAnswer: Alpha view."
-    # the grammar lets it cite only the others, and name a labelled position or a new one
+    # the grammar lets it cite only the others, and name a labelled position or a new
+    # one: its own (A) when it says it maintained, another or new when it changed
     assert '"B2"' in a_round2.grammar and '"A1"' not in a_round2.grammar
-    assert 'position ::= "A" | "B" | "new"\n' in a_round2.grammar
+    assert (
+        'decision-position ::= "maintained\\nPosition: A" | "changed\\nPosition: " ("B" | "new")\n'
+        in a_round2.grammar
+    )
+    assert "position ::=" not in a_round2.grammar.replace("decision-position ::=", "")
     assert a_round2.grammar.startswith('root ::= "Reasoning: " reasoning "\\n" "Influenced by: "')
 
 
@@ -419,7 +424,9 @@ def test_the_answer_is_one_short_sentence_and_the_reasoning_leaves_room_after_it
     speaker = one_round(SUMMARY)
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))  # max_tokens 64
     assert "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x1f]{0,119}\n" in speaker.calls[0].grammar
-    assert "answer ::= [^\\x00-\\x20<] [^\\x00-\\x1f]{1,127}\n" in speaker.calls[0].grammar
+    # one statement: no "?", and it ends at its first ". " (a "." inside a word is text)
+    answer = 'answer ::= [^\\x00-\\x20<?] ([^\\x00-\\x1f.?] | "." [^\\x00-\\x20?]){1,127} "."?\n'
+    assert answer in speaker.calls[0].grammar
     assert [t.answer_max_chars for t in record.turns] == [128, 128]
 
 
@@ -448,7 +455,7 @@ def test_a_turn_cut_off_in_its_reasoning_is_continued_after_it() -> None:
     assert then.prefill == kept
     # the continuation's grammar starts at the field after the kept reasoning
     assert then.grammar.startswith('root ::= "Influenced by: " influenced-by "\\n" "Decision: "')
-    assert "reasoning ::=" not in then.grammar and 'position ::= "A" | "new"' in then.grammar
+    assert "reasoning ::=" not in then.grammar and '"changed\\nPosition: " ("new")' in then.grammar
     assert then.messages == first.messages and then.seed == first.seed
     assert then.sampling.max_tokens == CONTINUATION_MAX_TOKENS + answer_max_chars(64) // 3
     turn = record.turn(2, "A1")

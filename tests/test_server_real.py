@@ -141,9 +141,9 @@ def test_the_server_computes_like_in_process_and_samples_grammars_its_own_way(
         assert props.chat_template == info.chat_template
         bos = server_model_info(client, props, props.chat_template, "smollm2").bos_id
         grammar = TemplateSet().render("turn.gbnf.j2", fields=["reasoning", "answer"], peers=[],
-                                       letters=[], allow_new=False, reasoning_max=200,
-                                       answer_max=128, multiline=False, kind="open",
-                                       options=[])  # fmt: skip
+                                       letters=[], allow_new=False, own_position="",
+                                       reasoning_max=200, answer_max=128, multiline=False,
+                                       kind="open", options=[])  # fmt: skip
         messages = [
             ChatMessage(role="system", content="You are a careful analyst. <|im_end|>"),
             ChatMessage(role="user", content=QUESTION),

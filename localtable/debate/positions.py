@@ -16,6 +16,10 @@ models agreed"), and the fallback groups answers by that word.
 
 from __future__ import annotations
 
+from itertools import product
+
+from pydantic import BaseModel, ConfigDict
+
 from localtable.debate.answers import normalize_open, tally_groups
 from localtable.debate.parsing import ParsedLabels, ParseFailure
 from localtable.record import PositionGroup, PositionLabel, RunRecord, TurnRecord
@@ -39,6 +43,66 @@ def stance(answer: str) -> str | None:
     """'yes' or 'no' when the answer opens with that word ("No, unless ..."), else None."""
     words = normalize_open(answer).split()
     return words[0] if words and words[0] in ("yes", "no") else None
+
+
+class LabelPlan(BaseModel):
+    """One shape the labels of a round may take: the new positions declared (letter,
+    and the stance its label must open with, or None) and, per panelist to place in
+    panel order, the letters it may take."""
+
+    model_config = ConfigDict(frozen=True)
+    declared: list[tuple[str, str | None]]
+    choices: list[list[str]]
+
+
+def label_plans(
+    member_stances: list[str | None], existing_stances: list[str | None], max_new: int
+) -> list[LabelPlan]:
+    """Every shape the labels may take so that a yes and a no never share a position:
+    the new positions are declared "Yes" ones first, then "No" ones, then the rest,
+    each stance at least one when it has an answer no existing position can take,
+    and a panelist may take a position of its own stance or of none (an answer that
+    opens with neither may take any). At most max_new new positions in all."""
+    order: list[str | None] = ["yes", "no", None]
+    counts = {s: sum(1 for m in member_stances if m == s) for s in order}
+
+    def fits(mine: str | None, theirs: str | None) -> bool:
+        return mine is None or theirs is None or mine == theirs
+
+    def bounds(s: str | None) -> range:
+        members = [m for m in member_stances if m == s]
+        if not members:
+            return range(0, 1)
+        open_to = any(fits(s, x) for x in existing_stances)
+        return range(0 if open_to else 1, counts[s] + 1)
+
+    plans = []
+    for j_yes, j_no, j_other in product(bounds("yes"), bounds("no"), bounds(None)):
+        total = j_yes + j_no + j_other
+        if total > max_new or (not existing_stances and total == 0):
+            continue
+        stances = ["yes"] * j_yes + ["no"] * j_no + [None] * j_other
+        first = len(existing_stances)
+        declared = [(LETTERS[first + i], st) for i, st in enumerate(stances)]
+        every = [*zip(LETTERS, existing_stances, strict=False), *declared]
+        choices = [[letter for letter, st in every if fits(m, st)] for m in member_stances]
+        if all(choices):
+            plans.append(LabelPlan(declared=declared, choices=choices))
+    return plans
+
+
+def position_stances(record: RunRecord) -> list[str | None]:
+    """The stance of each labelled position, in letter order: its label's leading
+    yes/no, else the one its holders' answers share, else None."""
+    out: list[str | None] = []
+    for x in record.positions:
+        held = {
+            stance(t.parsed.answer)
+            for t in record.turns
+            if t.position == x.letter and t.parsed is not None
+        }
+        out.append(stance(x.label) or (held.pop() if len(held) == 1 else None))
+    return out
 
 
 def check_stances(record: RunRecord, labels: ParsedLabels, answers: dict[str, str]) -> None:

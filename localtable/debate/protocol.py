@@ -261,12 +261,14 @@ class Debate:
 
     def _grammar(self, p: PanelistRecord, round_no: int, fields: list[str]) -> str:
         peers = [o.label for o in self.panel if o.name != p.name]
+        own = self._latest_ok(p.name, round_no) if round_no > 1 else None
         return self.templates.render(
             "turn.gbnf.j2",
             fields=fields,
             peers=peers,
             letters=self._letters(round_no) or [],
             allow_new=self._allow_new(round_no),
+            own_position=own.position if own is not None and own.position else "",
             reasoning_max=reasoning_max_chars(p.sampling.max_tokens, self.record.question_kind),
             answer_max=answer_max_chars(p.sampling.max_tokens),
             multiline=multiline_reasoning(self.record.question_kind),
@@ -528,12 +530,17 @@ class Debate:
                 ],
                 labeller.sampling.model_copy(update={"max_tokens": LABELS_MAX_TOKENS}),
             )
+            plans = pos.label_plans(
+                [pos.stance(answers.get(name, "")) for name in members.values()],
+                pos.position_stances(self.record),
+                max_new,
+            )
+            if not plans:  # all eight letters taken, none of this answer's stance
+                raise TurnFailed("no letter left for a position of this stance")
             grammar = self.templates.render(
                 "label.gbnf.j2",
                 members=list(members),
-                existing=len(existing),
-                min_new=0 if existing else 1,
-                max_new=max_new,
+                plans=[plan.model_dump() for plan in plans],
                 label_max=pos.LABEL_MAX_CHARS,
             )
             instructions = "\n".join([system, prompt([])])
