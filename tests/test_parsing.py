@@ -278,3 +278,18 @@ def test_a_headline_that_opens_with_the_question_restates_it() -> None:
     )
     with pytest.raises(ParseFailure, match="restates the question"):
         parse_summary(f"Summary: s\nCounterpoint: c\nAnswer: {headline}", question=question)
+
+
+def test_fields_a_small_model_writes_inside_a_summary_or_counterpoint_are_cut() -> None:
+    text = (
+        "Summary: Two panelists favour a ban and one opposes it. Counterpoint: none\n"
+        "Counterpoint: Some argue a ban would hurt shops in the centre. Question: Should"
+        " cities ban private cars? Answer: Yes, if\n"
+        "Answer: Most favour a ban with exceptions for deliveries."
+    )
+    parsed = parse_summary(text, question="Should cities ban private cars?")
+    assert parsed.summary == "Two panelists favour a ban and one opposes it."
+    assert parsed.counterpoint == "Some argue a ban would hurt shops in the centre."
+    # a short field is left alone: what precedes the label would not say anything
+    short = parse_summary("Summary: s\nCounterpoint: Shops. Answer: x\nAnswer: Most favour it.")
+    assert short.counterpoint == "Shops. Answer: x"

@@ -153,7 +153,9 @@ def word_overlap(text: str, question: str) -> float:
     return len(words & set(_WORD.findall(question.casefold()))) / len(words)
 
 
-_INLINE_FIELD = re.compile(r"\s(?:Answer|Influenced by|Decision|Position|Counterpoint):\s")
+_INLINE_FIELD = re.compile(
+    r"\s(?:Answer|Influenced by|Decision|Position|Counterpoint|Summary|Question):\s"
+)
 
 
 def _own_reasoning(text: str) -> str:
@@ -250,7 +252,9 @@ def parse_summary(
         if repeats_instructions(value, instructions):
             raise ParseFailure(f"the {field} only repeats the prompt: {value[:60]!r}")
     summary = _own_reasoning(f["Summary"])
-    return ParsedSummary(headline=headline, counterpoint=f["Counterpoint"], summary=summary)
+    # a counterpoint ran on with "Question: <the question> Answer: ..." (2b64b94)
+    counterpoint = _own_reasoning(f["Counterpoint"])
+    return ParsedSummary(headline=headline, counterpoint=counterpoint, summary=summary)
 
 
 def parse_labels(
