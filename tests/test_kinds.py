@@ -20,7 +20,7 @@ from localtable.debate.parsing import ParseFailure, parse_summary, parse_turn
 from localtable.debate.protocol import Debate
 from localtable.record import RunRecord, read_record, write_record
 from localtable.templates import builtin
-from tests.fakes import FakeSpeaker, make_record
+from tests.fakes import FakeSpeaker, Reply, make_record
 
 R1 = "Reasoning: because.\nAnswer: {a}"
 # choice and number questions compare answers exactly: no labels, no Position line
@@ -263,3 +263,29 @@ def test_the_turn_grammar_of_every_kind_is_valid_gbnf(kind: str) -> None:
             multiline=kind != "open", kind=kind, options=["Paris", "Lyon"],
         )  # fmt: skip
         llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
+
+
+def test_a_cut_number_turn_writes_every_field_after_its_working_again() -> None:
+    # seen at 4c5c313: Qwen 0.5B wrote field-like lines inside its working until
+    # max_tokens cut it, and those lines were kept as if they were its fields
+    wandered = (
+        "Reasoning: First the products: 9*3 = 27, 9*14 = 126.\n153 - 378 = -225\nAnswer: -225"
+        "\n\nInfluenced by: A1 (it"
+        " changed).\nDecision: Maintain or changed the view.\nAnswer: -225\n\nReasoning: To, "
+    )
+    rest = "Influenced by: A1\nDecision: maintained\nAnswer: -225"
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="-225"), R2.format(d="maintained", a="-225", i="nobody")],
+            "B2": [R1.format(a="-225"), Reply(wandered, finish_reason="length"), rest],
+            "C3": [R1.format(a="600"), R2.format(d="maintained", a="600", i="nobody")],
+        }
+    )
+    speaker.replies["A1"].append(SUMMARY)
+    record = run(speaker, scored("number"))
+    b2 = record.turn(2, "B2")
+    assert b2 and b2.status == "ok" and b2.parsed and b2.parsed.answer == "-225"
+    assert b2.continuation and b2.continuation.prefill == wandered.split("Influenced by: A1 (")[0]
+    assert b2.parsed.stance == "maintain" and b2.parsed.influenced_by == ["A1"]
+    # what it wrote inside its working is kept in the record, not shown twice
+    assert b2.parsed.reasoning == "First the products: 9*3 = 27, 9*14 = 126.\n153 - 378 = -225"

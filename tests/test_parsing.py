@@ -144,10 +144,18 @@ def test_a_cut_multi_line_reasoning_ends_where_the_next_field_begins() -> None:
         "Reasoning: 15*21 = 315.\n3*27 =…\n",
         ["influenced_by", "decision", "answer"],
     )
+    # the lines after it may have been written as reasoning: they are written again
     text = "Reasoning: 15*21 = 315.\nSo 246.\nInfluenced by: nobody\nDecision: mainta"
     kept, rest = completed_part(text, LATER, multiline=True)
-    assert kept == "Reasoning: 15*21 = 315.\nSo 246.\nInfluenced by: nobody\n"
-    assert rest == ["decision", "answer"]
+    assert kept == "Reasoning: 15*21 = 315.\nSo 246.\n"
+    assert rest == ["influenced_by", "decision", "answer"]
+    seen = (
+        "Reasoning: 27 + 126 = 153\nAnswer: -225\n\nInfluenced by: B2 (the answer was"
+        " altered).\nDecision: Maintain or changed the view.\nAnswer: -225\n\nReasoning: To, "
+    )
+    kept, rest = completed_part(seen, LATER, multiline=True)
+    assert kept == "Reasoning: 27 + 126 = 153\nAnswer: -225\n\n"
+    assert rest == ["influenced_by", "decision", "answer"]
     text = "Reasoning: 15*21 = 315.\nSo 246.\nAnswer: 24"
     kept, rest = completed_part(text, ["reasoning", "answer"], multiline=True)
     assert (kept, rest) == ("Reasoning: 15*21 = 315.\nSo 246.\n", ["answer"])

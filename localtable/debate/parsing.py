@@ -79,16 +79,18 @@ def completed_part(
 ) -> tuple[str, list[str]]:
     """For an output that max_tokens cut off: the part to keep (whole fields, a cut
     reasoning closed with an ellipsis) and the fields still to generate. With a
-    multi-line reasoning, it ends where the first field after it begins."""
+    multi-line reasoning, it ends where the last line naming the first field after
+    it begins, and every field after it is written again: the reasoning's grammar
+    allows any line, so those lines may never have been held to their fields'
+    (Qwen 0.5B wrote "Decision: Maintain or changed the view." inside its working
+    until max_tokens cut it)."""
     if multiline and fields[0] == "reasoning" and len(fields) > 1:
         if not text.startswith(f"{FIELD_NAMES['reasoning']}: "):
             return "", fields
         at = text.rfind(f"\n{FIELD_NAMES[fields[1]]}: ")
         if at < 0:  # cut inside the reasoning
             return text.rstrip() + "…\n", fields[1:]
-        head = text[: at + 1]
-        kept, rest = completed_part(text[at + 1 :], fields[1:])
-        return head + kept, rest
+        return text[: at + 1], fields[1:]
     lines = text.split("\n")
     done = lines[:-1]  # the last line was cut
     n = min(len(done), len(fields) - 1)  # the answer is last: never complete when cut
