@@ -9,9 +9,11 @@ round by round, never from a model's grouping. Choice and number questions
 compare their answers exactly instead (answers.py).
 
 The one thing code can read in an open answer for sure is a leading "Yes" or
-"No": a labelling that puts a yes and a no in one position is refused (a 1.5B
-labeller put "No, unless ..." with two "Yes" answers and the page said "All 3
-models agreed"), and the fallback groups answers by that word.
+"No" (a 1.5B labeller put "No, unless ..." with two "Yes" answers and the page
+said "All 3 models agreed"): the label grammar is planned so that a yes and a
+no never share a position (label_plans), labels that do anyway (a user's
+grammar template) are refused (check_stances), and the fallback groups answers
+by that word.
 """
 
 from __future__ import annotations
@@ -63,18 +65,16 @@ def label_plans(
     each stance at least one when it has an answer no existing position can take,
     and a panelist may take a position of its own stance or of none (an answer that
     opens with neither may take any). At most max_new new positions in all."""
-    order: list[str | None] = ["yes", "no", None]
-    counts = {s: sum(1 for m in member_stances if m == s) for s in order}
 
     def fits(mine: str | None, theirs: str | None) -> bool:
         return mine is None or theirs is None or mine == theirs
 
     def bounds(s: str | None) -> range:
-        members = [m for m in member_stances if m == s]
-        if not members:
+        count = member_stances.count(s)
+        if not count:
             return range(0, 1)
         open_to = any(fits(s, x) for x in existing_stances)
-        return range(0 if open_to else 1, counts[s] + 1)
+        return range(0 if open_to else 1, count + 1)
 
     plans = []
     for j_yes, j_no, j_other in product(bounds("yes"), bounds("no"), bounds(None)):
