@@ -121,6 +121,36 @@ def test_a_new_position_is_labelled_after_its_round_with_only_that_panelist() ->
     assert pos.changes(record) == [("C3", "Keep", "Tolls instead")]
 
 
+def test_a_record_cut_back_to_round_one_labels_its_later_rounds_again() -> None:
+    # A record cut back by hand (as test_reuse_real does) keeps round 2's labels and
+    # position C; resumed, round 2 runs again and must be labelled again, not left with
+    # C3's "new" position unplaced under labels made from other turns.
+    replies: dict[str, list[str | Exception]] = {
+        "A1": [
+            R1.format(a="Ban them."),
+            labels(["Ban", "Keep"], A1="A", B2="B", C3="B"),
+            R2.format(d="maintained", a="Ban them.", i="nobody", p="A"),
+            labels(["Tolls instead"], start=2, C3="C"),
+            SUMMARY,
+        ],
+        "B2": [R1.format(a="Keep them."), R2.format(d="maintained", a="Keep.", i="nobody", p="B")],
+        "C3": [
+            R1.format(a="Keep them."),
+            R2.format(d="changed", a="Charge tolls.", i="A1", p="new"),
+        ],
+    }
+    whole, _ = run({k: list(v) for k, v in replies.items()})
+    cut = whole.model_copy(deep=True)
+    cut.turns = [t for t in cut.turns if t.round == 1]
+    cut.summary = None
+    later = {"A1": replies["A1"][2:], "B2": replies["B2"][1:], "C3": replies["C3"][1:]}
+    speaker = FakeSpeaker(later)
+    resumed = Debate(cut, speaker, builtin(), lambda r: None, lambda e: None).run()
+    assert label_calls(speaker) == [3]  # round 2 labelled again, round 1 not
+    assert resumed.model_dump() == whole.model_dump()
+    assert pos.changes(resumed) == [("C3", "Keep", "Tolls instead")]
+
+
 def test_a_new_position_may_be_labelled_as_an_existing_one() -> None:
     record, _ = run(
         {

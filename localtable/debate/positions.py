@@ -184,6 +184,20 @@ def apply_labels(record: RunRecord, round_no: int, labels: ParsedLabels) -> None
     ]
 
 
+def forget_labels_from(record: RunRecord, round_no: int) -> None:
+    """Drop the labels of round_no and later rounds, and the places they gave: a
+    round's labels describe its turns, so a round still to be generated (resumed, or
+    cut back by hand) is labelled again once its turns are done."""
+    record.positions = [x for x in record.positions if x.round < round_no]
+    record.labelings = [x for x in record.labelings if x.round < round_no]
+    record.turns = [
+        t.model_copy(update={"position": None, "position_changed": None})
+        if t.round >= round_no and t.parsed is not None and t.parsed.position_claim == "new"
+        else t
+        for t in record.turns
+    ]
+
+
 def final_groups(record: RunRecord) -> list[PositionGroup]:
     """The positions the panel ended on, largest first (ties: letter or panel order).
     Open questions group by labelled letter; choice and number questions by answer."""

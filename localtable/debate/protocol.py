@@ -723,15 +723,26 @@ class Debate:
         self.save(self.record)
         self._emit("summary", self.record.rounds + 1, summarizer.name, "ok")
 
+    def _missing(self, round_no: int, name: str) -> bool:
+        turn = self.record.turn(round_no, name)
+        return turn is None or turn.status == "interrupted"
+
     def run(self) -> RunRecord:
         """Run every missing turn, round by round, then the summary."""
+        unfinished = [
+            r
+            for r in range(1, self.record.rounds + 1)
+            if any(self._missing(r, p.name) for p in self.panel)
+        ]
+        if unfinished:  # labels and a summary made before a missing turn are stale
+            pos.forget_labels_from(self.record, unfinished[0])
+            self.record.summary = None
         for round_no in range(1, self.record.rounds + 1):
             # EngineSpeaker groups a round's turns by model when models are loaded one
             # at a time; the record stays in panel order (_store).
             then = self.record.summarizer if round_no == self.record.rounds else None
             for p in self.speaker.turn_order(round_no, self.panel, then):
-                existing = self.record.turn(round_no, p.name)
-                if existing is not None and existing.status != "interrupted":
+                if not self._missing(round_no, p.name):
                     continue
                 self.run_turn(p, round_no)
             done = self.record.labeling(round_no)
