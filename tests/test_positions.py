@@ -77,26 +77,26 @@ def test_round_one_labels_give_every_valid_turn_its_position() -> None:
     ]
 
 
+def new_position_in_round_two() -> dict[str, list[str | Exception]]:
+    """C3 leaves position B for a new one in round 2; the labeller names it C."""
+    return {
+        "A1": [
+            R1.format(a="Ban them."),
+            labels(["Ban", "Keep"], A1="A", B2="B", C3="B"),
+            R2.format(d="maintained", a="Ban them.", i="nobody", p="A"),
+            labels(["Tolls instead"], start=2, C3="C"),
+            SUMMARY,
+        ],
+        "B2": [R1.format(a="Keep them."), R2.format(d="maintained", a="Keep.", i="nobody", p="B")],
+        "C3": [
+            R1.format(a="Keep them."),
+            R2.format(d="changed", a="Charge tolls.", i="A1", p="new"),
+        ],
+    }
+
+
 def test_a_new_position_is_labelled_after_its_round_with_only_that_panelist() -> None:
-    record, speaker = run(
-        {
-            "A1": [
-                R1.format(a="Ban them."),
-                labels(["Ban", "Keep"], A1="A", B2="B", C3="B"),
-                R2.format(d="maintained", a="Ban them.", i="nobody", p="A"),
-                labels(["Tolls instead"], start=2, C3="C"),
-                SUMMARY,
-            ],
-            "B2": [
-                R1.format(a="Keep them."),
-                R2.format(d="maintained", a="Keep.", i="nobody", p="B"),
-            ],
-            "C3": [
-                R1.format(a="Keep them."),
-                R2.format(d="changed", a="Charge tolls.", i="A1", p="new"),
-            ],
-        }
-    )
+    record, speaker = run(new_position_in_round_two())
     assert label_calls(speaker) == [3, 7]
     later = speaker.calls[7]
     # only the panelist that claimed a new position, with the letters already taken
@@ -125,21 +125,8 @@ def test_a_record_cut_back_to_round_one_labels_its_later_rounds_again() -> None:
     # A record cut back by hand (as test_reuse_real does) keeps round 2's labels and
     # position C; resumed, round 2 runs again and must be labelled again, not left with
     # C3's "new" position unplaced under labels made from other turns.
-    replies: dict[str, list[str | Exception]] = {
-        "A1": [
-            R1.format(a="Ban them."),
-            labels(["Ban", "Keep"], A1="A", B2="B", C3="B"),
-            R2.format(d="maintained", a="Ban them.", i="nobody", p="A"),
-            labels(["Tolls instead"], start=2, C3="C"),
-            SUMMARY,
-        ],
-        "B2": [R1.format(a="Keep them."), R2.format(d="maintained", a="Keep.", i="nobody", p="B")],
-        "C3": [
-            R1.format(a="Keep them."),
-            R2.format(d="changed", a="Charge tolls.", i="A1", p="new"),
-        ],
-    }
-    whole, _ = run({k: list(v) for k, v in replies.items()})
+    replies = new_position_in_round_two()
+    whole, _ = run(new_position_in_round_two())
     cut = whole.model_copy(deep=True)
     cut.turns = [t for t in cut.turns if t.round == 1]
     cut.summary = None
