@@ -729,13 +729,12 @@ class Debate:
 
     def run(self) -> RunRecord:
         """Run every missing turn, round by round, then the summary."""
-        unfinished = [
-            r
-            for r in range(1, self.record.rounds + 1)
-            if any(self._missing(r, p.name) for p in self.panel)
-        ]
-        if unfinished:  # labels and a summary made before a missing turn are stale
-            pos.forget_labels_from(self.record, unfinished[0])
+        rounds = range(1, self.record.rounds + 1)
+        first_open = next(
+            (r for r in rounds if any(self._missing(r, p.name) for p in self.panel)), None
+        )
+        if first_open is not None:  # labels and a summary made before a missing turn are stale
+            pos.forget_labels_from(self.record, first_open)
             self.record.summary = None
         for round_no in range(1, self.record.rounds + 1):
             # EngineSpeaker groups a round's turns by model when models are loaded one
