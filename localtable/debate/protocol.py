@@ -736,7 +736,7 @@ class Debate:
         if first_open is not None:  # labels and a summary made before a missing turn are stale
             pos.forget_labels_from(self.record, first_open)
             self.record.summary = None
-        for round_no in range(1, self.record.rounds + 1):
+        for round_no in rounds:
             # EngineSpeaker groups a round's turns by model when models are loaded one
             # at a time; the record stays in panel order (_store).
             then = self.record.summarizer if round_no == self.record.rounds else None
