@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from localtable.backends.chatformat import PromptPiece
-from localtable.backends.llamacpp import grammar_topk
+from localtable.backends.llamacpp import grammar_topk, threadload
 from localtable.backends.llamacpp.kvslots import SlotPool
 from localtable.backends.llamacpp.messages import (
     EngineFailure,
@@ -74,6 +74,8 @@ class Worker:
         self.cpu_only: dict[str, bool] = {}
         # Vocabulary-only models of unloaded ("parked") models, for counting tokens.
         self.tokenizers: dict[str, Any] = {}
+        self.threads: dict[str, int] = {}  # per model, as configured: the most it may use
+        self.governor = None if threadload.fixed_by_environment() else threadload.ThreadGovernor()
 
     def handle(self, req: Request) -> Any:
         if isinstance(req, LoadRequest):
@@ -120,6 +122,7 @@ class Worker:
         self.models[req.model_key] = llm
         self.pools[req.model_key] = SlotPool(llm, req.kv_slots)
         self.cpu_only[req.model_key] = req.gpu_layers == 0
+        self.threads[req.model_key] = req.threads
         vocab = llm._model.vocab
         bos, eos = llm.token_bos(), llm.token_eos()
 
@@ -163,6 +166,7 @@ class Worker:
         if pool is not None:
             pool.close()
         self.cpu_only.pop(key, None)
+        self.threads.pop(key, None)
         llm = self.models.pop(key, None)
         if llm is not None:
             llm.close()
@@ -222,6 +226,7 @@ class Worker:
         reused = slot.prepare(tokens, reuse)
         llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
         started = time.monotonic()
+        self.fit_threads(llm, req.model_key)
         slot.prefill(tokens)
         sampled: list[int] = []
         plain_generate = llm.generate
@@ -231,6 +236,8 @@ class Worker:
             # which create_completion itself does not return
             for token in plain_generate(*args, **kwargs):
                 sampled.append(int(token))
+                if self.governor is not None and self.governor.due():
+                    self.fit_threads(llm, req.model_key)
                 yield token
 
         llm.generate = recording_generate
@@ -258,6 +265,15 @@ class Worker:
             grammar_full_steps=full_steps,
             token_ids=sampled,
         )
+
+    def fit_threads(self, llm: Any, model_key: str) -> None:
+        """Run the next steps on the cores other programs leave free (threadload.py)."""
+        import llama_cpp
+
+        configured = self.threads.get(model_key, 1)
+        n = configured if self.governor is None else self.governor.threads(configured)
+        # two ints in the context's parameters: cheaper than remembering what each has
+        llama_cpp.llama_set_n_threads(llm._ctx.ctx, n, n)
 
     @staticmethod
     def _complete(llm: Any, tokens: list[int], req: GenerateRequest, grammar: Any) -> Any:
