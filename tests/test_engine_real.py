@@ -92,6 +92,56 @@ def test_a_crash_mid_generation_ends_the_request_and_the_next_one_restarts() -> 
         assert engine.worker_pid not in (None, first_pid)
 
 
+STORY = [PromptPiece(text="Write a long story about a cat. " * 8, special=False)]
+
+
+def test_a_crash_fails_every_generation_in_flight_and_the_next_restarts() -> None:
+    """Two generations at once (a round's turns, issue #17): both fail with the signal."""
+    with Engine() as engine:
+        engine.load(LoadRequest(model_key="s", path=smollm2_path(), n_ctx=1024, threads=2,
+                                kv_slots=2))  # fmt: skip
+        first_pid = engine.worker_pid
+        assert first_pid is not None
+        outcome: dict[str, BaseException | str] = {}
+        started = threading.Barrier(3, timeout=60)
+
+        def generate(conversation: str) -> None:
+            long = GenerateRequest(
+                model_key="s", pieces=STORY, grammar="root ::= [a-z ]{400,500}", seed=1,
+                sampling=sampling(max_tokens=500), reuse_prefix=True, conversation=conversation,
+            )  # fmt: skip
+            started.wait()
+            try:
+                outcome[conversation] = engine.generate(long).text
+            except BaseException as exc:
+                outcome[conversation] = exc
+
+        threads = [threading.Thread(target=generate, args=(c,)) for c in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        link = engine._link
+        assert link is not None
+        deadline = time.monotonic() + 60
+        while len(link._waiting) < 2:  # both sent (or being sent) to this worker
+            assert time.monotonic() < deadline, "the generations were never sent"
+            time.sleep(0.01)
+        assert engine.count_tokens("s", STORY, False) > 0  # the worker still answers
+        assert not outcome, outcome
+        os.kill(first_pid, signal.SIGSEGV)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert set(outcome) == {"a", "b"}
+        assert all(isinstance(x, EngineCrashed) and "SIGSEGV" in str(x) for x in outcome.values())
+        green = 'root ::= "Green"'
+        short = GenerateRequest(
+            model_key="s", pieces=STORY, grammar=green, seed=1, sampling=sampling(max_tokens=16)
+        )
+        again = engine.generate(short)
+        assert again.text == "Green"
+        assert engine.worker_pid not in (None, first_pid)
+
+
 def test_out_of_memory_kill_is_named() -> None:
     with Engine() as engine:
         load(engine)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
-from localtable.backends.llamacpp.kvslots import MIN_STEP, ROW_GROUP, prompt_steps
+from localtable.backends.llamacpp.kvslots import MIN_STEP, ROW_GROUP, KVSlot, SlotPool, prompt_steps
+
+WAIT = 30  # seconds: reached only when a test fails (a slot never freed)
 
 
 def test_steps_are_long_enough_and_start_on_row_groups() -> None:
@@ -27,3 +33,46 @@ def test_steps_are_long_enough_and_start_on_row_groups() -> None:
 def test_unaligned_spans_are_refused() -> None:
     with pytest.raises(AssertionError):
         prompt_steps(2, 100, 128)
+
+
+# -- generations at the same time (issue #17): a slot serves one at a time --------------
+
+
+def fake_llm() -> Any:
+    return SimpleNamespace()
+
+
+def test_a_busy_slot_is_never_given_to_another_generation() -> None:
+    pool = SlotPool(fake_llm(), max_slots=1)
+    first = pool.acquire("A1", [1, 2, 3], reuse=True)
+    assert pool._pick("B2", [1, 2, 3], reuse=True) is None  # must wait
+    assert pool._pick("B2", [1, 2, 3], reuse=False) is None
+    got: list[KVSlot] = []
+    done = threading.Event()
+
+    def second() -> None:
+        got.append(pool.acquire("B2", [1, 2, 3], reuse=True))
+        done.set()
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    pool.release(first)
+    assert done.wait(WAIT)
+    waiter.join(WAIT)
+    assert got[0] is first and first.owner == "B2"
+
+
+def test_each_conversation_in_flight_gets_its_own_slot() -> None:
+    pool = SlotPool(fake_llm(), max_slots=2)
+    pool.slots.append(KVSlot(fake_llm()))  # as share_weights would add it
+    for conversation, tokens in (("A1", [5, 6, 7, 8]), ("C3", [1, 2])):
+        slot = pool.acquire(conversation, tokens, reuse=True)
+        slot.tokens = tokens
+        pool.release(slot)
+    a = pool.acquire("A1", [5, 6, 7, 8, 9], reuse=True)
+    # every slot has an owner: B2 takes the free one sharing most of its prompt, not
+    # A1's, which shares more but is in use
+    b = pool.acquire("B2", [5, 6, 7, 8], reuse=True)
+    assert a is pool.slots[0] and b is pool.slots[1] and b.owner == "B2"
+    pool.release(b)
+    pool.release(a)

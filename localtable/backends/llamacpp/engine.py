@@ -1,8 +1,16 @@
 """The run's handle on the engine worker process.
 
-Every request goes over a pipe to localtable.backends.llamacpp.worker. When the worker dies
-(a llama.cpp crash), the request raises EngineCrashed with the signal, and
-the next request starts a fresh worker and reloads the models it had.
+Every request goes over a pipe to localtable.backends.llamacpp.worker, with an id;
+a receiver thread hands each answer to the caller waiting for it, so several
+threads may have generations in flight at once (the turns of a round, Debate.run).
+When the worker dies (a llama.cpp crash), every request in flight raises
+EngineCrashed with the signal, and the next request starts a fresh worker and
+reloads the models it had.
+
+The worker is started from a thread of the Engine's own, which lives as long as
+the Engine: the kernel kills the worker when the thread that started it ends
+(its parent-death signal, worker.py), so a restart asked for by a short-lived
+thread (one turn's) must not start it there.
 
 When the models do not fit in memory together (localtable/backends/llamacpp/memory.py), the
 engine holds one at a time: activating a model "parks" the others, keeping
@@ -11,12 +19,16 @@ only their vocabulary so that prompts can still be counted.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from localtable.backends.chatformat import PromptPiece
 from localtable.backends.llamacpp.messages import (
@@ -65,13 +77,89 @@ def _kill_worker(proc: BaseProcess) -> None:
         proc.join(timeout=5)
 
 
+@dataclass
+class _Waiting:
+    """A request sent, until its answer (or the worker's death) arrives."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: tuple[str, Any] = ("crashed", "engine process stopped answering")
+
+
+class _Link:
+    """One worker process, its pipe, and the requests waiting for its answers."""
+
+    def __init__(self, proc: BaseProcess, conn: Connection, owner: object) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.closing = False  # Engine.close(): the end is ours, not a crash
+        self._sending = threading.Lock()
+        self._lock = threading.Lock()
+        self._waiting: dict[int, _Waiting] = {}
+        self._ids = itertools.count(1)
+        self._dead: str | None = None  # why the worker stopped answering
+        # The worker ignores SIGTERM, which multiprocessing sends its children at exit
+        # before waiting for them: an engine left open must still not hang the exit.
+        # Also when the Engine is collected unclosed (the receiver keeps this link alive).
+        self.reaper = mp_util.Finalize(owner, _kill_worker, args=(proc,), exitpriority=10)
+        self.receiver = threading.Thread(
+            target=self._receive, daemon=True, name="localtable-engine-answers"
+        )
+        self.receiver.start()
+
+    def call(self, req: Request) -> tuple[str, Any]:
+        waiting = _Waiting()
+        with self._lock:
+            if self._dead is not None:
+                return "crashed", self._dead
+            request_id = next(self._ids)
+            self._waiting[request_id] = waiting
+        try:
+            with self._sending:
+                self.conn.send((request_id, req))
+        except (OSError, ValueError):
+            pass  # the worker is gone: the receiver says why, to every request waiting
+        waiting.done.wait()
+        return waiting.answer
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                request_id, status, payload = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                waiting = self._waiting.pop(request_id, None)
+            if waiting is not None:  # else its caller stopped waiting (Ctrl-C)
+                waiting.answer = (status, payload)
+                waiting.done.set()
+        if self.closing:
+            reason = "the engine was closed"
+        else:
+            self.proc.join(timeout=10)
+            reason = describe_exit(self.proc.exitcode)
+        with self._lock:
+            self._dead = reason
+            left, self._waiting = list(self._waiting.values()), {}
+        for waiting in left:
+            waiting.answer = ("crashed", reason)
+            waiting.done.set()
+        self.conn.close()
+
+    def close(self) -> None:
+        """Kill the worker (if alive) and wait for the receiver to fail what waits."""
+        self.closing = True
+        self.reaper()  # kills the worker if it is alive, once
+        if threading.current_thread() is not self.receiver:
+            self.receiver.join(timeout=30)
+
+
 class Engine:
     """One worker process holding every loaded model of a run."""
 
     def __init__(self) -> None:
-        self._proc: BaseProcess | None = None
-        self._conn: Connection | None = None
-        self._reaper: mp_util.Finalize | None = None
+        self._link: _Link | None = None
+        self._lock = threading.RLock()  # starting, loading, parking: one at a time
+        self._launcher: ThreadPoolExecutor | None = None
         self._loaded: dict[str, LoadRequest] = {}
         self._active: list[str] = []  # loaded in the worker; the others are parked
         self.infos: dict[str, ModelInfo] = {}
@@ -84,18 +172,21 @@ class Engine:
 
     @property
     def worker_pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        link = self._link
+        return link.proc.pid if link is not None else None
 
-    def _start(self) -> None:
+    def _spawn(self) -> _Link:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=serve, args=(child,), daemon=True, name="localtable-engine")
         proc.start()
         child.close()
-        self._proc, self._conn = proc, parent
-        # The worker ignores SIGTERM, which multiprocessing sends its children at exit
-        # before waiting for them: an engine left open must still not hang the exit.
-        self._reaper = mp_util.Finalize(self, _kill_worker, args=(proc,), exitpriority=10)
+        return _Link(proc, parent, owner=self)
+
+    def _start(self) -> None:
+        if self._launcher is None:
+            self._launcher = ThreadPoolExecutor(1, thread_name_prefix="localtable-engine-start")
+        self._link = self._launcher.submit(self._spawn).result()
         for req in self._loaded.values():  # after a crash: bring the models back
             if req.model_key in self._active:
                 self.infos[req.model_key] = self._send(req, ModelInfo)
@@ -103,15 +194,15 @@ class Engine:
                 self._send(TokenizerRequest(model_key=req.model_key, path=req.path), type(None))
 
     def _send(self, req: Request, expect: type[T]) -> T:
-        assert self._conn is not None and self._proc is not None
-        try:
-            self._conn.send(req)
-            status, payload = self._conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            self._proc.join(timeout=10)
-            reason = describe_exit(self._proc.exitcode)
-            self._discard()
-            raise EngineCrashed(reason) from None
+        link = self._link
+        assert link is not None
+        status, payload = link.call(req)
+        if status == "crashed":
+            with self._lock:
+                if self._link is link:  # the next request starts a fresh worker
+                    self._link = None
+                    link.close()
+            raise EngineCrashed(payload)
         if status == "error":
             raise EngineFailure(payload)
         if expect is type(None):
@@ -120,11 +211,16 @@ class Engine:
         return payload
 
     def _call(self, req: Request, expect: type[T]) -> T:
-        if self._proc is None:
-            self._start()
+        with self._lock:
+            if self._link is None:
+                self._start()
         return self._send(req, expect)
 
     def load(self, req: LoadRequest) -> ModelInfo:
+        with self._lock:
+            return self._load(req)
+
+    def _load(self, req: LoadRequest) -> ModelInfo:
         key = req.model_key
         if key in self._active and self._loaded.get(key) == req:
             return self.infos[key]
@@ -142,24 +238,27 @@ class Engine:
 
     def park(self, model_key: str) -> None:
         """Free a model's weights and KV caches, keeping its vocabulary for counting tokens."""
-        if model_key in self._active:
-            self._active.remove(model_key)
-            if self._proc is not None:
-                req = UnloadRequest(model_key=model_key, keep_tokenizer=True)
-                self._call(req, type(None))
+        with self._lock:
+            if model_key in self._active:
+                self._active.remove(model_key)
+                if self._link is not None:
+                    req = UnloadRequest(model_key=model_key, keep_tokenizer=True)
+                    self._call(req, type(None))
 
     def activate(self, model_key: str) -> None:
         """Make sure a model is loaded (parking the others when one at a time)."""
-        if model_key not in self._active:
-            self.load(self._loaded[model_key])
+        with self._lock:
+            if model_key not in self._active:
+                self._load(self._loaded[model_key])
 
     def unload(self, model_key: str) -> None:
-        self._loaded.pop(model_key, None)
-        self.infos.pop(model_key, None)
-        if model_key in self._active:
-            self._active.remove(model_key)
-        if self._proc is not None:
-            self._call(UnloadRequest(model_key=model_key), type(None))
+        with self._lock:
+            self._loaded.pop(model_key, None)
+            self.infos.pop(model_key, None)
+            if model_key in self._active:
+                self._active.remove(model_key)
+            if self._link is not None:
+                self._call(UnloadRequest(model_key=model_key), type(None))
 
     def count_tokens(self, model_key: str, pieces: list[PromptPiece], add_bos: bool) -> int:
         req = TokenizeRequest(model_key=model_key, pieces=pieces, add_bos=add_bos)
@@ -168,18 +267,19 @@ class Engine:
     def generate(self, req: GenerateRequest) -> GenerateResult:
         return self._call(req, GenerateResult)
 
-    def _discard(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        if self._reaper is not None:
-            self._reaper()  # kills the worker if it is alive, once
-        self._proc, self._conn, self._reaper = None, None, None
-
     def close(self) -> None:
-        self._loaded.clear()
-        self._active.clear()
-        self.infos.clear()
-        self._discard()
+        """Stop the worker; a request still waiting (a turn abandoned after Ctrl-C)
+        raises EngineCrashed."""
+        with self._lock:
+            self._loaded.clear()
+            self._active.clear()
+            self.infos.clear()
+            link, self._link = self._link, None
+            if link is not None:
+                link.close()
+            if self._launcher is not None:
+                self._launcher.shutdown(wait=False)
+                self._launcher = None
 
     def __enter__(self) -> Engine:
         return self

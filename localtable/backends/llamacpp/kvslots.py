@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,35 +172,56 @@ class KVSlot:
 
 class SlotPool:
     """The KV slots of one loaded model: the model's own context, then up to
-    max_slots - 1 more, created when another conversation needs one."""
+    max_slots - 1 more, created when another conversation needs one.
+
+    Generations of one round may run at the same time (the worker runs each in a
+    thread of its own): a slot serves one of them at a time, from acquire to
+    release, and a generation that finds every slot busy waits for one."""
 
     def __init__(self, llm: Any, max_slots: int) -> None:
         self.slots = [KVSlot(llm)]
         self.max_slots = max(1, max_slots)
         self._clock = 0
+        self._free = threading.Condition()
+        self._busy: set[int] = set()  # id() of the slots in use
 
     def acquire(self, conversation: str, tokens: list[int], reuse: bool) -> KVSlot:
-        """The slot for this turn: the conversation's own, else a free or new one,
-        else the one whose cached prompt shares most with this one (then the least
-        recently used). Without reuse, always the first slot (evaluated cold)."""
-        self._clock += 1
-        slot = self._pick(conversation, tokens) if reuse else self.slots[0]
-        slot.owner = conversation if reuse else None
-        slot.last_used = self._clock
-        return slot
+        """The slot for this turn, held until release(): the conversation's own, else a
+        free or new one, else the free one whose cached prompt shares most with this one
+        (then the least recently used). Without reuse, the first free slot (evaluated
+        cold). Waits while every slot the turn could take is busy."""
+        with self._free:
+            while (slot := self._pick(conversation, tokens, reuse)) is None:
+                self._free.wait()
+            self._busy.add(id(slot))
+            self._clock += 1
+            slot.owner = conversation if reuse else None
+            slot.last_used = self._clock
+            return slot
 
-    def _pick(self, conversation: str, tokens: list[int]) -> KVSlot:
+    def release(self, slot: KVSlot) -> None:
+        with self._free:
+            self._busy.discard(id(slot))
+            self._free.notify_all()
+
+    def _pick(self, conversation: str, tokens: list[int], reuse: bool) -> KVSlot | None:
+        free = [slot for slot in self.slots if id(slot) not in self._busy]
+        if not reuse:
+            return free[0] if free else None
         for slot in self.slots:
             if slot.owner == conversation:
-                return slot
-        for slot in self.slots:
+                # its own prefix; a conversation has one turn in flight at a time
+                return None if id(slot) in self._busy else slot
+        for slot in free:
             if slot.owner is None:
                 return slot
         if len(self.slots) < self.max_slots:
             slot = KVSlot(share_weights(self.slots[0].llm))
             self.slots.append(slot)
             return slot
-        return max(self.slots, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
+        if not free:
+            return None
+        return max(free, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
 
     def close(self) -> None:
         """Free the extra contexts; the first slot's belongs to the model's Llama."""

@@ -6,16 +6,23 @@ child process, turns each of those into a failed turn in the parent instead of
 a dead run. The worker ignores SIGINT, SIGTERM and SIGHUP: stopping is the
 parent's to handle. It dies with its parent, so a killed run leaves nothing
 generating behind it.
+
+Each generation runs in a thread of its own, so that the turns of a round can
+run at the same time (Debate.run); each takes a KV slot of its own (kvslots.py)
+and its share of the configured threads. Counting tokens answers at once; a
+load or an unload first waits for the generations in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection
@@ -76,6 +83,8 @@ class Worker:
         self.tokenizers: dict[str, Any] = {}
         self.threads: dict[str, int] = {}  # per model, as configured: the most it may use
         self.governor = None if threadload.fixed_by_environment() else threadload.ThreadGovernor()
+        self.lanes = 0  # generations in flight: they share the configured threads
+        self._lanes_lock = threading.Lock()  # also keeps the governor's looks one at a time
 
     def handle(self, req: Request) -> Any:
         if isinstance(req, LoadRequest):
@@ -221,35 +230,47 @@ class Worker:
             self.check_grammar(llm, req.grammar)
             grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)  # type: ignore[attr-defined]
         reuse = req.reuse_prefix and self.cpu_only[req.model_key]
-        slot = self.pools[req.model_key].acquire(req.conversation, tokens, reuse)
-        llm = slot.llm
-        reused = slot.prepare(tokens, reuse)
-        llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
-        started = time.monotonic()
-        self.fit_threads(llm, req.model_key)
-        slot.prefill(tokens)
-        sampled: list[int] = []
-        plain_generate = llm.generate
-
-        def recording_generate(*args: Any, **kwargs: Any) -> Any:
-            # every token sampled, in order (the end-of-generation token included),
-            # which create_completion itself does not return
-            for token in plain_generate(*args, **kwargs):
-                sampled.append(int(token))
-                if self.governor is not None and self.governor.due():
-                    self.fit_threads(llm, req.model_key)
-                yield token
-
-        llm.generate = recording_generate
+        pool = self.pools[req.model_key]
+        slot = pool.acquire(req.conversation, tokens, reuse)
+        with self._lanes_lock:  # counted once it has a slot: a waiting one takes no threads
+            self.lanes += 1
         try:
-            out = self._complete(llm, tokens, req, grammar)
+            llm = slot.llm
+            reused = slot.prepare(tokens, reuse)
+            llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+            started = time.monotonic()
+            fitted = self.fit_threads(llm, req.model_key)
+            slot.prefill(tokens)
+            sampled: list[int] = []
+            plain_generate = llm.generate
+
+            def recording_generate(*args: Any, **kwargs: Any) -> Any:
+                # every token sampled, in order (the end-of-generation token included),
+                # which create_completion itself does not return
+                nonlocal fitted
+                for token in plain_generate(*args, **kwargs):
+                    sampled.append(int(token))
+                    # a look is due, or a generation began or ended beside this one
+                    if (self.governor is not None and self.governor.due()) or (
+                        self.lanes != fitted
+                    ):
+                        fitted = self.fit_threads(llm, req.model_key)
+                    yield token
+
+            llm.generate = recording_generate
+            try:
+                out = self._complete(llm, tokens, req, grammar)
+            finally:
+                del llm.generate  # back to the class's method
+            seconds = time.monotonic() - started
+            perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+            fast_steps, full_steps = grammar_topk.steps(llm)
+            llm._sampler = None  # free the sampler chain now, not at interpreter exit
+            slot.keep_prompt(tokens)
         finally:
-            del llm.generate  # back to the class's method
-        seconds = time.monotonic() - started
-        perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
-        fast_steps, full_steps = grammar_topk.steps(llm)
-        llm._sampler = None  # free the sampler chain now, not at interpreter exit
-        slot.keep_prompt(tokens)
+            with self._lanes_lock:
+                self.lanes -= 1
+            pool.release(slot)
         choice = out["choices"][0]
         return GenerateResult(
             text=choice["text"],
@@ -266,14 +287,19 @@ class Worker:
             token_ids=sampled,
         )
 
-    def fit_threads(self, llm: Any, model_key: str) -> None:
-        """Run the next steps on the cores other programs leave free (threadload.py)."""
+    def fit_threads(self, llm: Any, model_key: str) -> int:
+        """Run the next steps on the cores other programs leave free (threadload.py),
+        shared evenly with the other generations in flight; return how many are."""
         import llama_cpp
 
         configured = self.threads.get(model_key, 1)
-        n = configured if self.governor is None else self.governor.threads(configured)
+        with self._lanes_lock:
+            lanes = max(1, self.lanes)
+            n = configured if self.governor is None else self.governor.threads(configured)
+        n = max(1, n // lanes)
         # two ints in the context's parameters: cheaper than remembering what each has
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, n, n)
+        return lanes
 
     @staticmethod
     def _complete(llm: Any, tokens: list[int], req: GenerateRequest, grammar: Any) -> Any:
@@ -314,25 +340,45 @@ def _die_with_parent() -> None:
 
 
 def serve(conn: Connection) -> None:
-    """Answer requests until the parent closes the pipe."""
+    """Answer requests until the parent closes the pipe. A request comes as (id, request)
+    and its answer goes back as (id, "ok" | "error", payload), in the order they finish."""
     _die_with_parent()
     # Stopping is the parent's to handle: Ctrl-C, `timeout` and a closed terminal signal
-    # the whole process group, and a worker dying first would turn the turn in flight
-    # into a failed one instead of an interrupted one. The parent kills it when done.
+    # the whole process group, and a worker dying first would turn the turns in flight
+    # into failed ones instead of interrupted ones. The parent kills it when done.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     _keep = _install_log_capture()  # noqa: F841
     worker = Worker()
+    sending = threading.Lock()
+    generations: list[threading.Thread] = []
+
+    def answer(request_id: int, req: Request) -> None:
+        try:
+            reply: tuple[int, str, Any] = (request_id, "ok", worker.handle(req))
+        except EngineFailure as exc:
+            reply = (request_id, "error", str(exc))
+        except Exception as exc:  # an engine bug must not kill the run: report it
+            reply = (request_id, "error", f"{type(exc).__name__}: {exc}")
+        with sending, contextlib.suppress(OSError):  # else the parent is gone, and so is this
+            conn.send(reply)
+
     while True:
         try:
-            req = conn.recv()
+            request_id, req = conn.recv()
         except (EOFError, OSError):
+            if any(t.is_alive() for t in generations):
+                os._exit(0)  # freeing models under running generations could crash
             # Free the models now: at interpreter exit, Llama.__del__ raises.
             worker.close()
             return
-        try:
-            conn.send(("ok", worker.handle(req)))
-        except EngineFailure as exc:
-            conn.send(("error", str(exc)))
-        except Exception as exc:  # an engine bug must not kill the run: report it
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        generations = [t for t in generations if t.is_alive()]
+        if isinstance(req, GenerateRequest):
+            thread = threading.Thread(target=answer, args=(request_id, req), daemon=True)
+            thread.start()
+            generations.append(thread)
+            continue
+        if not isinstance(req, TokenizeRequest):
+            for thread in generations:  # a load or unload changes what they use
+                thread.join()
+        answer(request_id, req)
