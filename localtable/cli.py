@@ -131,26 +131,42 @@ def _write_output(text: str, output: Path | None) -> None:
 
 
 class ProgressPrinter:
-    """One stderr line per turn: which round and panelist, then how it ended."""
+    """One stderr line per turn: which round and panelist, then how it ended. Turns
+    that run at the same time (--parallel-turns) each end on a line of their own."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.started = time.monotonic()
+        self.running: dict[tuple[str, int, str], tuple[str, float]] = {}  # -> (line, start)
+        self.open: tuple[str, int, str] | None = None  # whose line awaits its status
 
     def __call__(self, event: ProgressEvent) -> None:
         if self.quiet:
             return
-        if event.stage == "turn":
-            what = f"[{event.done + 1}/{event.total}] round {event.round}/{event.rounds}"
-        elif event.stage == "labels":  # not counted in total: only open questions have it
-            what = f"{' ' * len(f'[{event.done}/{event.total}]')} labels of round {event.round}"
-        else:
-            what = f"[{event.done + 1}/{event.total}] summary"
+        key = (event.stage, event.round, event.panelist)
         if event.status == "generating":
-            self.started = time.monotonic()
-            click.echo(f"{what} · {event.panelist} ... ", err=True, nl=False)
+            number = event.done + 1 + len(self.running)  # counting those still running
+            if event.stage == "turn":
+                what = f"[{number}/{event.total}] round {event.round}/{event.rounds}"
+            elif event.stage == "labels":  # not counted in total: only open questions have it
+                what = f"{' ' * len(f'[{event.done}/{event.total}]')} labels of round {event.round}"
+            else:
+                what = f"[{number}/{event.total}] summary"
+            line = f"{what} · {event.panelist} ... "
+            if self.open is not None:
+                click.echo("", err=True)  # the turn before it is still running
+            click.echo(line, err=True, nl=False)
+            self.running[key] = (line, time.monotonic())
+            self.open = key
+            return
+        line, started = self.running.pop(key, ("", time.monotonic()))
+        status = f"{event.status} ({time.monotonic() - started:.1f}s)"
+        if self.open == key:
+            click.echo(status, err=True)
         else:
-            click.echo(f"{event.status} ({time.monotonic() - self.started:.1f}s)", err=True)
+            if self.open is not None:
+                click.echo("", err=True)
+            click.echo(f"{line}{status}", err=True)
+        self.open = None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -213,6 +229,12 @@ def _read_question(question: str | None, question_file: Path | None, default: st
     show_default=True,
     help="Reuse each panelist's evaluated prompt prefix across rounds.",
 )
+@click.option(
+    "--parallel-turns",
+    type=click.IntRange(0, 8),
+    help="Turns of a round run at the same time, at most; 0 = as many as the cores run "
+    "well (default: [debate] parallel_turns, else 0). The transcript is the same.",
+)
 @memory_budget_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @user_errors
@@ -229,6 +251,7 @@ def debate(
     template_path: Path | None,
     verify: bool,
     reuse: bool,
+    parallel_turns: int | None,
     memory_budget: str | None,
     quiet: bool,
 ) -> None:
@@ -252,6 +275,7 @@ def debate(
         verify=verify,
         reuse_prefix=reuse,
         memory_budget=budget,
+        parallel_turns=defaults.parallel_turns if parallel_turns is None else parallel_turns,
     )
     templates, layout = _templates(template_path)
     check_layout(templates, fmt, layout)  # a broken template fails now, not after the run
@@ -748,6 +772,7 @@ def batch(
         verify=verify,
         reuse_prefix=reuse,
         memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
+        parallel_turns=defaults.parallel_turns,
     )
     loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
     printer = BatchPrinter(quiet)

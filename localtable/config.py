@@ -210,6 +210,13 @@ class DebateDefaults(Strict):
     rounds: int = Field(default=2, ge=1, le=10)
     seed: int = Field(default=42, ge=0, le=2**31 - 1)
     question: str = ""
+    parallel_turns: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="turns of a round run at the same time, at most; 0 = as many as the "
+        "backends run well (the transcript is the same either way)",
+    )
 
 
 class Config(Strict):

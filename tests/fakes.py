@@ -54,6 +54,10 @@ class FakeSpeaker:
     ) -> list[PanelistRecord]:
         return panel
 
+    def lanes(self, requested: int) -> int:
+        """As SessionSpeaker.lanes, for a backend that says nothing: one at a time."""
+        return requested or 1
+
     def generate(self, request: TurnRequest) -> TurnResult:
         panelist, messages = request.panelist, request.messages
         self.calls.append(

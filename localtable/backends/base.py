@@ -128,7 +128,12 @@ class Prepared(BaseModel):
 
 
 class Backend(Protocol):
-    """Something that runs panelists. One instance serves a Session (many debates)."""
+    """Something that runs panelists. One instance serves a Session (many debates).
+
+    Optional: `turn_lanes(requested: int) -> int`, how many of its turns of a round
+    may run at the same time, each on a thread of its own: `requested`, or for 0 as
+    many as it runs well; 1 when it cannot run two at once. A backend without it runs
+    its turns one at a time (session.SessionSpeaker.lanes)."""
 
     name: str
 

@@ -3,11 +3,18 @@
 The protocol never prints and never touches llama.cpp: it asks a Speaker for
 generations and hands every finished turn to a callback that saves it. It
 skips turns the record already holds, which is what makes resume work.
+
+Within a round each turn reads only earlier rounds, so a round's turns may run
+at the same time (`lanes` of them, each on a thread of its own); the record
+keeps them in panel order whatever order they finish in, so the transcript is
+the one a run of one turn at a time gives. The labels and the summary run alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Callable
 from typing import Protocol
 
@@ -150,15 +157,23 @@ class Debate:
         templates: TemplateSet,
         save: TurnSink,
         progress: ProgressSink,
+        lanes: int = 1,
     ) -> None:
         self.record = record
         self.speaker = speaker
         self.templates = templates
         self.save = save
         self.progress = progress
+        self.lanes = max(1, lanes)  # turns of a round run at once, at most
         self.panel = record.panelists
         self.total = len(self.panel) * record.rounds + 1
-        self.current: tuple[int, str] | None = None  # the turn being generated
+        # (round, panelist) of each generation under way; the summary is (rounds + 1, its
+        # writer). What stop() keeps as interrupted.
+        self.in_flight: set[tuple[int, str]] = set()
+        # Turns finishing on several threads: one at a time changes the record, saves it
+        # and reports progress. After stop() none does.
+        self._lock = threading.Lock()
+        self._stopped = False
 
     # -- messages -------------------------------------------------------------
 
@@ -355,19 +370,52 @@ class Debate:
             )
         )
 
-    def _store(self, turn: TurnRecord) -> None:
+    def _place(self, turn: TurnRecord) -> None:
         turns = [
             t
             for t in self.record.turns
             if not (t.round == turn.round and t.panelist == turn.panelist)
         ]
-        # Canonical order (round, then panel order), whatever order turns ran in:
-        # the transcript hash reads them in list order.
+        # Canonical order (round, then panel order), whatever order turns ran or
+        # finished in: the transcript hash reads them in list order.
         seat = {p.name: p.index for p in self.panel}
         self.record.turns = sorted(
             [*turns, turn], key=lambda t: (t.round, seat.get(t.panelist, len(seat)))
         )
+
+    def _store(self, turn: TurnRecord) -> None:
+        self._place(turn)
         self.save(self.record)
+
+    def _begin(self, round_no: int, who: str) -> None:
+        with self._lock:
+            self.in_flight.add((round_no, who))
+            self._emit("turn", round_no, who, "generating")
+
+    def _finish(self, turn: TurnRecord, status: str) -> None:
+        """Record a finished turn (ok, failed, or interrupted by its backend) and save."""
+        with self._lock:
+            if self._stopped:  # the record is the stopper's now: this turn is interrupted
+                return
+            self.in_flight.discard((turn.round, turn.panelist))
+            self._store(turn)
+            self._emit("turn", turn.round, turn.panelist, status)
+
+    def stop(self, reason: str = "interrupted before it finished") -> None:
+        """The run stops (Ctrl-C, a stop signal): each turn in flight is kept as
+        interrupted (resume runs it again), and a turn that finishes after this writes
+        nothing. The caller saves the record."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            for round_no, name in sorted(self.in_flight):
+                if round_no <= self.record.rounds:  # not the summary, kept as missing
+                    self._place(
+                        TurnRecord(
+                            round=round_no, panelist=name, status="interrupted", error=reason
+                        )
+                    )
 
     def continue_turn(
         self,
@@ -398,8 +446,7 @@ class Debate:
         return self.generate(request, cut.shortened)
 
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
-        self.current = (round_no, p.name)
-        self._emit("turn", round_no, p.name, "generating")
+        self._begin(round_no, p.name)
         seed = derive_seed(self.record.seed, round_no, p.index)
         peers = {o.label: o.name for o in self.panel if o.name != p.name}
         fields = self._fields(round_no)
@@ -434,33 +481,29 @@ class Debate:
         except BackendDown as exc:
             # The server could not answer: nothing is known of this turn. Keep it as
             # interrupted (resume runs it again) and stop: later turns would read it.
-            self._store(
-                TurnRecord(
-                    round=round_no,
-                    panelist=p.name,
-                    status="interrupted",
-                    error=str(exc),
-                    answer_max_chars=limits,
-                )
+            interrupted = TurnRecord(
+                round=round_no,
+                panelist=p.name,
+                status="interrupted",
+                error=str(exc),
+                answer_max_chars=limits,
             )
-            self._emit("turn", round_no, p.name, "failed")
+            self._finish(interrupted, "failed")
             raise
         except (TurnFailed, ParseFailure) as exc:
             reason = str(exc)
             if isinstance(exc, ParseFailure):
                 reason = f"unusable answer: {reason}"
-            self._store(
-                TurnRecord(
-                    round=round_no,
-                    panelist=p.name,
-                    status="failed",
-                    error=reason,
-                    generation=generation,
-                    continuation=continuation,
-                    answer_max_chars=limits,
-                )
+            failed = TurnRecord(
+                round=round_no,
+                panelist=p.name,
+                status="failed",
+                error=reason,
+                generation=generation,
+                continuation=continuation,
+                answer_max_chars=limits,
             )
-            self._emit("turn", round_no, p.name, "failed")
+            self._finish(failed, "failed")
             return
         previous = self._latest_ok(p.name, round_no)
         turn = TurnRecord(
@@ -482,8 +525,7 @@ class Debate:
             claim = parsed.position_claim
             if claim is not None and claim != "new":
                 turn = pos.placed(self.record, turn, claim)
-        self._store(turn)
-        self._emit("turn", round_no, p.name, "ok")
+        self._finish(turn, "ok")
 
     # -- labelled positions -----------------------------------------------------
 
@@ -494,9 +536,8 @@ class Debate:
         if not turns:
             return
         labeller = next(p for p in self.panel if p.name == self.record.summarizer)
-        # no turn is being generated: a stop now interrupts none (the round's turns are
-        # done); the labels are not recorded yet, so resume labels the round again
-        self.current = None
+        # no turn is in flight (the round's turns are done): a stop now interrupts none;
+        # the labels are not recorded yet, so resume labels the round again
         self._emit("labels", round_no, labeller.name, "generating")
         by_name = {p.name: p for p in self.panel}
         members = {by_name[t.panelist].label: t.panelist for t in turns}
@@ -600,7 +641,7 @@ class Debate:
 
     def run_summary(self) -> None:
         summarizer = next(p for p in self.panel if p.name == self.record.summarizer)
-        self.current = (self.record.rounds + 1, summarizer.name)
+        self.in_flight = {(self.record.rounds + 1, summarizer.name)}
         self._emit("summary", self.record.rounds + 1, summarizer.name, "generating")
         finals = {t.panelist: t for t in self.record.final_turns()}
         valid = [p for p in self.panel if p.name in finals and finals[p.name].status == "ok"]
@@ -740,15 +781,54 @@ class Debate:
             # EngineSpeaker groups a round's turns by model when models are loaded one
             # at a time; the record stays in panel order (_store).
             then = self.record.summarizer if round_no == self.record.rounds else None
-            for p in self.speaker.turn_order(round_no, self.panel, then):
-                if not self._missing(round_no, p.name):
-                    continue
-                self.run_turn(p, round_no)
+            order = self.speaker.turn_order(round_no, self.panel, then)
+            self.run_round(round_no, [p for p in order if self._missing(round_no, p.name)])
             done = self.record.labeling(round_no)
             if done is None or done.status == "interrupted":
                 self.run_labeling(round_no)
-        self.current = None
         if self.record.summary is None or self.record.summary.status == "interrupted":
             self.run_summary()
-        self.current = None
+        self.in_flight = set()
         return self.record
+
+    def run_round(self, round_no: int, turns: list[PanelistRecord]) -> None:
+        """The round's missing turns: one after another, or up to `lanes` at a time,
+        started in `turns` order. A turn whose backend cannot answer (BackendDown)
+        starts no more turns; those running finish, then it is raised."""
+        if self.lanes == 1 or len(turns) < 2:
+            for p in turns:
+                self.run_turn(p, round_no)
+            return
+        ended: queue.Queue[BaseException | None] = queue.Queue()
+
+        def lane(p: PanelistRecord) -> None:
+            try:
+                self.run_turn(p, round_no)
+            except BaseException as exc:  # the main thread raises it
+                ended.put(exc)
+            else:
+                ended.put(None)
+
+        waiting, running = list(turns), 0
+        down: BackendDown | None = None
+        try:
+            while waiting or running:
+                while waiting and running < self.lanes and down is None:
+                    p = waiting.pop(0)
+                    # daemon: a turn abandoned by Ctrl-C must not hold the process open
+                    name = f"localtable-turn-{round_no}-{p.index}"
+                    threading.Thread(target=lane, args=(p,), name=name, daemon=True).start()
+                    running += 1
+                if not running:
+                    break
+                exc = ended.get()
+                running -= 1
+                if isinstance(exc, BackendDown):
+                    down = down or exc
+                elif exc is not None:
+                    raise exc
+        except BaseException:
+            self.stop()  # Ctrl-C, or a bug: the turns still running write nothing more
+            raise
+        if down is not None:
+            raise down

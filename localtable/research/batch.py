@@ -72,6 +72,7 @@ class BatchRequest(BaseModel):
     verify: bool = False
     reuse_prefix: bool = False
     memory_budget: int | None = None  # bytes; default: most of MemAvailable (memory.py)
+    parallel_turns: int = 1  # turns of a round at once in each debate; 0: as runs well
 
 
 class WorkerState(BaseModel):
@@ -280,6 +281,7 @@ def _debate_request(
         verify=req.verify,
         reuse_prefix=req.reuse_prefix,
         memory_budget=req.memory_budget,
+        parallel_turns=req.parallel_turns,
         run_id=entry.run_dir,
         question_id=q.id,
         question_kind=q.kind,

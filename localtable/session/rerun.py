@@ -25,6 +25,12 @@ from localtable.templates import TemplateSet
 CONTEXT_CHARS = 60
 
 
+def parallel_turns(loaded: LoadedConfig | None) -> int:
+    """models.toml's [debate] parallel_turns: how many turns of a round run at once
+    changes the speed only, so a rerun follows today's setting, not the record."""
+    return loaded.config.debate.parallel_turns if loaded is not None else 0
+
+
 class EngineChanged(ConfigError):
     """This engine build is not the one that made the record: refused (exit 2)."""
 
@@ -72,7 +78,8 @@ def resume_run(
         session = session or Session(templates, loaded)
         try:
             _refuse_engine_change(record, session, allow_engine_change)
-            return _resume(record, run_dir, session, templates, progress)
+            lanes = parallel_turns(loaded)
+            return _resume(record, run_dir, session, templates, progress, lanes)
         finally:
             if own:
                 session.close()
@@ -84,6 +91,7 @@ def _resume(
     session: Session,
     templates: TemplateSet,
     progress: ProgressSink,
+    lanes: int,
 ) -> RunRecord:
     record.turns = [t for t in record.turns if t.status != "interrupted"]
     if record.summary is not None and record.summary.status == "interrupted":
@@ -91,7 +99,7 @@ def _resume(
     record.status, record.error, record.finished_at = "running", None, None
     record.transcript_sha256 = None
     speaker = open_run(session, record, describe=False)  # as recorded: settings, memory plan
-    return execute(record, run_dir, speaker, templates, progress)
+    return execute(record, run_dir, speaker, templates, progress, lanes)
 
 
 class Divergence(BaseModel):
@@ -197,7 +205,8 @@ def replay_run(
         # on another build the replay's record describes the build it ran on
         speaker = open_run(session, replay, describe=bool(diffs))
         with hold(replay_dir, f"run {replay.run_id}"):
-            replay = execute(replay, replay_dir, speaker, templates, progress)
+            lanes = parallel_turns(loaded)
+            replay = execute(replay, replay_dir, speaker, templates, progress, lanes)
         divergence = first_divergence(original, replay, speaker)
     return ReplayReport(original=original, replay=replay, replay_dir=replay_dir,
                         engine_differences=diffs, divergence=divergence)  # fmt: skip

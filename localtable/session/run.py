@@ -24,7 +24,6 @@ from localtable.record import (
     QuestionKind,
     RunRecord,
     SamplingRecord,
-    TurnRecord,
     transcript_sha256,
     write_record,
 )
@@ -55,6 +54,10 @@ class DebateRequest(BaseModel):
     options: list[str] = []
     answer_key: str | None = None
     memory_budget: int | None = None  # bytes; default: most of MemAvailable (memory.py)
+    # turns of a round run at once, at most; 0: as many as the backends run well
+    # (SessionSpeaker.lanes). It changes the speed, never the transcript. The CLI
+    # passes models.toml's [debate] parallel_turns (0 unless set).
+    parallel_turns: int = 1
 
 
 class RunInterrupted(LocaltableError):
@@ -170,9 +173,14 @@ def execute(
     speaker: SessionSpeaker,
     templates: TemplateSet,
     progress: ProgressSink,
+    parallel_turns: int = 1,
 ) -> RunRecord:
-    """Run the missing turns of a record, saving after each; settle its final status."""
-    debate = Debate(record, speaker, templates, lambda r: write_record(run_dir, r), progress)
+    """Run the missing turns of a record, saving after each; settle its final status.
+    parallel_turns: turns of a round at once, at most (0: as the backends suggest)."""
+    lanes = speaker.lanes(parallel_turns)
+    debate = Debate(
+        record, speaker, templates, lambda r: write_record(run_dir, r), progress, lanes=lanes
+    )
     try:
         debate.run()
     except BackendDown as exc:
@@ -184,23 +192,14 @@ def execute(
         done = len([t for t in record.turns if t.status != "interrupted"])
         raise RunFailed(f"{record.error} ({done} finished turns saved in {run_dir})") from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (localtable/stopsignals.py)
-        if debate.current is not None:
-            round_no, name = debate.current
-            if round_no <= record.rounds:
-                record.turns.append(
-                    TurnRecord(
-                        round=round_no,
-                        panelist=name,
-                        status="interrupted",
-                        error="interrupted before it finished",
-                    )
-                )
+        debate.stop()  # every turn in flight kept as interrupted; none writes after this
         record.status = "interrupted"
         record.error = f"{stop_reason(exc)}; `localtable resume` continues it"
         record.finished_at = datetime.now(UTC)
         write_record(run_dir, record)
+        done = len([t for t in record.turns if t.status != "interrupted"])
         raise RunInterrupted(
-            f"interrupted; {len(record.turns)} finished turns saved in {run_dir} "
+            f"interrupted; {done} finished turns saved in {run_dir} "
             f"(continue with `localtable resume {record.run_id}`)"
         ) from None
     record.finished_at = datetime.now(UTC)
@@ -233,7 +232,9 @@ def run_debate(
         run_dir = req.runs_dir / record.run_id
         with hold(run_dir, f"run {record.run_id}"):  # one process per run, for its whole life
             write_record(run_dir, record)
-            return run_dir, execute(record, run_dir, speaker, templates, progress)
+            return run_dir, execute(
+                record, run_dir, speaker, templates, progress, req.parallel_turns
+            )
     finally:
         if own:
             session.close()

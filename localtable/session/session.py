@@ -111,6 +111,16 @@ class SessionSpeaker:
         assert {p.name for p in out} == set(model_of)
         return out
 
+    def lanes(self, requested: int) -> int:
+        """How many turns of a round to run at once: `requested` (0: as many as the
+        backends run well), at most what each backend of the panel allows (one that
+        does not say runs its turns one at a time), at most the panel's size."""
+        lanes = len(self.record.panelists)
+        for name in dict.fromkeys(self.backend_of.values()):
+            turn_lanes = getattr(self.session.backend(name), "turn_lanes", None)
+            lanes = min(lanes, turn_lanes(requested) if turn_lanes is not None else 1)
+        return max(1, lanes)
+
     def generate(self, request: TurnRequest) -> TurnResult:
         return self.seats[request.panelist].generate(request)
 

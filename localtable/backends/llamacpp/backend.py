@@ -62,6 +62,14 @@ from localtable.templates import TemplateSet
 # at n_ctx 4096. Each record keeps the value it ran with; replay and resume use it.
 N_UBATCH = 128
 N_BATCH = 512
+# Turns of a round run at once (Debate.run) share the configured threads (worker.py),
+# so "auto" gives each turn at least this many. On 2 cores (issue #17, another
+# program busy on one core meanwhile) two turns on one thread each took 0.80x the
+# time of the same two turns one after the other on two threads (SmolLM2, grammar,
+# 150 tokens each), and the tiny panel's 2-round debate 0.80x and 0.98x: a turn
+# leaves a core idle while Python samples its next token, and the other turn's
+# decoding fills it. So one thread a turn is enough.
+MIN_THREADS_PER_TURN = 1
 
 T = TypeVar("T")
 
@@ -295,6 +303,9 @@ class LlamaCppBackend:
         self.templates = TemplateSet()
         self.today = date(2000, 1, 1)
         self.info: ModelInfo | None = None
+        # per loaded model: KV caches that can generate at the same time (with reuse on
+        # a CPU, one per conversation; otherwise the model's one context)
+        self.generating_slots: dict[str, int] = {}
 
     # -- a new run --------------------------------------------------------------
 
@@ -371,6 +382,8 @@ class LlamaCppBackend:
                     "record"
                 )
             self.info = self.info or info
+            reuse = reuse_prefix and settings.gpu_layers == 0  # as worker.generate decides
+            self.generating_slots[key] = slots[key] if reuse else 1
             record = model.model_copy(
                 update={
                     "chat_template_sha256": template_sha256(info)
@@ -407,6 +420,19 @@ class LlamaCppBackend:
         if last in groups and len(keys) > 1:
             keys = [k for k in keys if k != last] + [last]
         return [p for k in keys for p in groups[k]]
+
+    def turn_lanes(self, requested: int) -> int:
+        """Turns of a round to run at once: one while models load one at a time (the
+        next turn may need another model); else `requested`, or for 0 one per
+        MIN_THREADS_PER_TURN of the configured threads, at most as many as the KV
+        caches that can generate at once (more would only wait for one)."""
+        if self.engine.one_at_a_time:
+            return 1
+        if requested:
+            return requested
+        threads = min((seat.info.threads for seat in self.seats.values()), default=1)
+        slots = sum(self.generating_slots.values())
+        return max(1, min(threads // MIN_THREADS_PER_TURN, slots))
 
     # -- the record -------------------------------------------------------------
 

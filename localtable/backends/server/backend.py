@@ -50,6 +50,7 @@ from localtable.backends.base import (
 )
 from localtable.backends.chatformat import FormattedPrompt, PromptPiece, format_prompt
 from localtable.backends.server.client import (
+    Completion,
     Props,
     ServerClient,
     ServerDown,
@@ -274,6 +275,26 @@ class ServerSeat:
         except ServerError:
             return None
 
+    def _complete(self, body: dict[str, JsonValue]) -> Completion:
+        for attempt in range(RETRIES + 1):
+            try:
+                return self.client.completion(body)
+            except ServerDown as exc:
+                # Sent again only to the same server (build, model, context), with the
+                # same tokens and seed and no prompt cache: an identical repeat.
+                changed = self.changed_server() if attempt < RETRIES else None
+                if changed is None:  # down, or asked enough
+                    raise BackendDown(str(exc)) from None
+                if changed:
+                    why = f"the server changed ({'; '.join(changed)})"
+                    raise BackendDown(f"{exc}; not sent again: {why}") from None
+                self.backend.count_retry()
+            except ServerRejected as exc:
+                raise TurnFailed(str(exc)) from None
+            except ServerError as exc:
+                raise BackendDown(str(exc)) from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def generate(self, request: TurnRequest) -> TurnResult:
         prompt = self._format(request.messages, request.prefill)
         tokens = self.prompt_tokens(prompt)
@@ -299,26 +320,13 @@ class ServerSeat:
             "grammar": request.grammar,
             "stop": list(prompt.stop),
         }
-        started = time.monotonic()
-        for attempt in range(RETRIES + 1):
-            try:
-                answer = self.client.completion(body)
-                break
-            except ServerDown as exc:
-                # Sent again only to the same server (build, model, context), with the
-                # same tokens and seed and no prompt cache: an identical repeat.
-                changed = self.changed_server() if attempt < RETRIES else None
-                if changed is None:  # down, or asked enough
-                    raise BackendDown(str(exc)) from None
-                if changed:
-                    why = f"the server changed ({'; '.join(changed)})"
-                    raise BackendDown(f"{exc}; not sent again: {why}") from None
-                self.backend.retries += 1
-            except ServerRejected as exc:
-                raise TurnFailed(str(exc)) from None
-            except ServerError as exc:
-                raise BackendDown(str(exc)) from None
-        seconds = time.monotonic() - started
+        # One generation at a time per server, as when turns run one after another: a
+        # server with several slots would batch our own requests together, which
+        # changes the numbers. Turns on other servers run meanwhile (Debate.run).
+        with self.backend.server_lock(self.client.url):
+            started = time.monotonic()
+            answer = self._complete(body)
+            seconds = time.monotonic() - started
         check_settings(self.client.url, answer.generation_settings, body)
         if answer.stop_type not in ("eos", "word", "limit"):
             raise BackendDown(f"{self.client.url}: the generation stopped ({answer.stop_type})")
@@ -471,6 +479,17 @@ class ServerBackend:
         self.templates = TemplateSet()
         self.today = date_of("2000-01-01")
         self.retries = 0  # requests sent again (identical repeats)
+        self._lock = threading.Lock()
+        self._server_locks: dict[str, threading.Lock] = {}
+
+    def server_lock(self, url: str) -> threading.Lock:
+        """Held while a generation runs on the server at this URL."""
+        with self._lock:
+            return self._server_locks.setdefault(url, threading.Lock())
+
+    def count_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
 
     def prepare(self, panel: PanelModels) -> Prepared:
         models, notes = [], []
@@ -542,6 +561,11 @@ class ServerBackend:
         self, round_no: int, panel: list[PanelistRecord], then: str | None
     ) -> list[PanelistRecord]:
         return panel
+
+    def turn_lanes(self, requested: int) -> int:
+        """Turns of a round to run at once: `requested`, or for 0 one per server (each
+        runs one generation at a time, ServerSeat.generate)."""
+        return requested or max(1, len({seat.client.url for seat in self.seats.values()}))
 
     def describe(self) -> dict[str, object]:
         servers: dict[str, object] = {}
