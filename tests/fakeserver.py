@@ -73,6 +73,9 @@ class FakeLlamaServer:
         self.calls: Counter[str] = Counter()
         self.completions: list[dict[str, Any]] = []
         self.tokenized: list[tuple[str, bool]] = []
+        self.generating = 0  # /completion requests being answered now
+        self.most_generating = 0  # the most at once
+        self._counting = threading.Lock()
         self.port = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._release = threading.Event()  # ends a hanging answer
@@ -130,10 +133,17 @@ class FakeLlamaServer:
                 elif self.path == "/detokenize":
                     self._send(200, {"content": " ".join(map(str, body["tokens"]))})
                 elif self.path == "/completion":
-                    server.completions.append(body)
-                    for callback in list(server.on_completion):
-                        callback(server)
-                    self._complete(body)
+                    with server._counting:
+                        server.completions.append(body)
+                        server.generating += 1
+                        server.most_generating = max(server.most_generating, server.generating)
+                    try:
+                        for callback in list(server.on_completion):
+                            callback(server)
+                        self._complete(body)
+                    finally:
+                        with server._counting:
+                            server.generating -= 1
                 else:
                     self._send(404, {"error": {"code": 404, "message": "File Not Found"}})
 

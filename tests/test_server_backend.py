@@ -7,6 +7,7 @@ tests/test_server_real.py runs the same paths on a real llama-server.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -367,6 +368,62 @@ def test_a_mixed_panel_keeps_panel_order_and_each_backend(
     # Ada and Bob, two rounds; the labels of round 1 and the summary, by Ada's model
     assert server.calls["/completion"] == 6
     assert record.labelings[0].labeller == "Ada" and record.labelings[0].status == "ok"
+
+
+def is_turn(body: dict[str, object]) -> bool:
+    """A panelist's turn, not the labels or the summary (tests/scripted.py's grammars)."""
+    root = str(body["grammar"]).splitlines()[0]
+    return not root.startswith(('root ::= "Summary', "root ::= new"))
+
+
+def test_turns_on_two_servers_run_at_the_same_time(tmp_path: Path) -> None:
+    """Issue #17: each server runs one of our generations at a time, two run two."""
+    both = threading.Barrier(2, timeout=30)  # broken (the run fails) unless both meet
+
+    def meet(server: FakeLlamaServer) -> None:
+        if is_turn(server.completions[-1]):
+            both.wait()
+
+    with FakeLlamaServer() as first, FakeLlamaServer() as second:
+        for s in (first, second):
+            s.on_completion.append(meet)
+        text = (
+            config(first.url)
+            .replace(
+                "[panels.duo]",
+                f'[models.other]\nsource = {{ kind = "server", url = "{second.url}" }}\n'
+                'chat = "template"\n\n[panels.duo]',
+            )
+            .replace('{ name = "Bob", model = "big"', '{ name = "Bob", model = "other"')
+        )
+        cfg = write_config(tmp_path, text)
+        result = debate(cfg, tmp_path / "runs")  # [debate] parallel_turns: 0, one per server
+        assert result.exit_code == 0, result.output
+    _, record = only_run(tmp_path / "runs")
+    assert [(t.panelist, t.status) for t in record.turns] == [("Ada", "ok"), ("Bob", "ok")] * 2
+    assert first.most_generating == second.most_generating == 1
+
+
+def test_turns_on_one_server_run_one_at_a_time_whatever_is_asked(
+    server: FakeLlamaServer, tmp_path: Path
+) -> None:
+    second = threading.Event()
+
+    def linger(server: FakeLlamaServer) -> None:
+        # a bounded wait, as it proves that nothing comes: the other turn's request,
+        # sent at once by its lane, would arrive meanwhile if nothing held it back
+        if server.generating > 1:
+            second.set()
+        elif is_turn(server.completions[-1]):
+            second.wait(0.5)
+
+    server.on_completion.append(linger)
+    cfg = write_config(tmp_path, config(server.url))
+    assert debate(cfg, tmp_path / "runs", "--parallel-turns", "2").exit_code == 0
+    _, record = only_run(tmp_path / "runs")
+    assert not second.is_set()
+    assert server.most_generating == 1  # a server with slots would batch them together
+    assert record.transcript_sha256 == uninterrupted_hash(tmp_path)
 
 
 def test_the_record_json_names_no_credentials(server: FakeLlamaServer, tmp_path: Path) -> None:
