@@ -178,3 +178,107 @@ def test_the_tail_shortcut_needs_top_p_or_min_p_to_drop_the_tail() -> None:
         gaps[top_p, min_p] = sampler.localtable_grammar_topk.tail_gap
     assert gaps == {(1.0, 0.0): float("inf"), (0.9, 0.0): 20.0, (1.0, 0.05): 20.0}
     llm.close()
+
+
+# a round-2 turn as a model would write it: literals, letters, free text, non-ASCII
+TURN_REPLY = (
+    "Reasoning: Cars crowd the centre; buses, bikes and trams move more people — "
+    "though deliveries need access, a ban with exceptions works. Café owners agree.\n"
+    "Influenced by: Gemma 3 270M, SmolLM2 Skeptic\nDecision: maintained\nPosition: A\n"
+    "Answer: Yes, with exceptions"
+)
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"])
+def test_probing_finds_exactly_the_tokens_a_whole_check_allows(model: str) -> None:
+    """At every step of a reply, in every grammar state it passes through:
+    PrefixIndex.allowed() == the grammar applied to the whole vocabulary."""
+    import llama_cpp
+    import numpy as np
+
+    vocab_model = vocab_only(str(resolve(model, load_config(MODELS_TOML)).path))
+    vocab = vocab_model.vocab
+    index = grammar_topk.grammar_probe.PrefixIndex(vocab)
+    step = grammar_topk.GrammarTopK(vocab, TURN, "root", 40, grammar_topk.TAIL_GAP, index=index)
+    n = index.n_vocab
+    tokens = vocab_model.tokenize(TURN_REPLY.encode(), add_bos=False, special=False)
+    compared = 0
+    for token in tokens:
+        if not step.pending:  # probing is used only on a whole character
+            arr, data = token_array(np.zeros(n, dtype=np.float32))
+            llama_cpp.llama_sampler_apply(step.grammar, ctypes.byref(arr))
+            rows = np.ctypeslib.as_array(data)
+            whole = np.sort(rows["id"][rows["logit"] != -np.inf])
+            assert np.array_equal(np.sort(index.allowed(step._check)), whole), compared
+            compared += 1
+        step._accept(None, token)
+    assert compared > len(tokens) // 2
+    llama_cpp.llama_sampler_free(step.sampler)
+    vocab_model.close()
+
+
+def sample_chain(arr: Any, top_p: float, min_p: float) -> list[tuple[int, float]]:
+    """What llama-cpp-python's chain does after top_k, up to what dist draws from."""
+    import llama_cpp
+
+    for sampler in (
+        llama_cpp.llama_sampler_init_top_p(top_p, 1),
+        llama_cpp.llama_sampler_init_min_p(min_p, 1),
+        llama_cpp.llama_sampler_init_temp(0.8),
+    ):
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(arr))
+        llama_cpp.llama_sampler_free(sampler)
+    return kept(arr)
+
+
+@pytest.mark.parametrize("top_p,min_p", [(0.95, 0.05), (1.0, 0.05), (0.9, 0.1)])
+def test_what_reaches_dist_is_the_same_when_min_p_drops_the_unchecked(
+    top_p: float, min_p: float
+) -> None:
+    """The min_p shortcut and the probe leave arrays shorter than top_k's; what the
+    samplers after them hand to dist must be the very same tokens and logits."""
+    import llama_cpp
+    import numpy as np
+
+    model = vocab_only(str(resolve("gemma3-270m", load_config(MODELS_TOML)).path))
+    index = grammar_topk.grammar_probe.PrefixIndex(model.vocab)
+    n = index.n_vocab
+    literal_start = model.tokenize(b"Decision", add_bos=False, special=False)[0]
+    rng = np.random.default_rng(11)
+    decided = {"fast": 0, "probed": 0, "full": 0}
+    for trial in range(30):
+        logits = rng.normal(0, 3, n).astype(np.float32)
+        # the literal's first token somewhere from the head to the far tail
+        logits[literal_start] = np.sort(logits)[-(1 + (trial * 977) % 20000)]
+        grammar_sampler = llama_cpp.llama_sampler_init_grammar(
+            model.vocab, LITERAL_FIRST.encode(), b"root"
+        )
+        top_k = llama_cpp.llama_sampler_init_top_k(40)
+        arr, _keep = token_array(logits)
+        llama_cpp.llama_sampler_apply(grammar_sampler, ctypes.byref(arr))
+        llama_cpp.llama_sampler_apply(top_k, ctypes.byref(arr))
+        expected = sample_chain(arr, top_p, min_p)
+        step = grammar_topk.GrammarTopK(
+            model.vocab, LITERAL_FIRST, "root", 40, grammar_topk.TAIL_GAP, top_p=top_p,
+            min_p=min_p, index=index,
+        )  # fmt: skip
+        arr2, _keep2 = token_array(logits)
+        step._apply(None, ctypes.pointer(arr2))
+        assert sample_chain(arr2, top_p, min_p) == expected
+        decided["fast"] += step.fast
+        decided["probed"] += step.probed
+        decided["full"] += step.full
+        for s in (grammar_sampler, top_k, step.sampler):
+            llama_cpp.llama_sampler_free(s)
+    assert decided["fast"] > 0 and decided["probed"] > 0 and decided["full"] == 0
+    model.close()
+
+
+@pytest.mark.parametrize(
+    "text,pending",
+    [(b"", b""), (b"abc", b""), ("é".encode(), b""), ("é".encode()[:1], "é".encode()[:1]),
+     ("ab€".encode()[:4], "€".encode()[:2]), ("😀".encode()[:3], "😀".encode()[:3]),
+     (b"a\x80", b"?"), (b"\xff", b"?")],
+)  # fmt: skip
+def test_an_unfinished_character_is_found(text: bytes, pending: bytes) -> None:
+    assert grammar_topk.unfinished_character(text) == pending

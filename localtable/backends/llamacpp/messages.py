@@ -86,6 +86,7 @@ class GenerateResult(Message):
     # vocabulary (localtable/backends/llamacpp/grammar_topk.py).
     grammar_fast_steps: int = 0
     grammar_full_steps: int = 0
+    grammar_seconds: float = 0.0  # of `seconds`, in grammar + top_k (grammar_topk.py's clock)
     token_ids: list[int] = []  # the generated tokens, in order
 
 
