@@ -265,6 +265,7 @@ class Worker:
             seconds = time.monotonic() - started
             perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
             fast_steps, full_steps = grammar_topk.steps(llm)
+            grammar_seconds = grammar_topk.seconds(llm)
             llm._sampler = None  # free the sampler chain now, not at interpreter exit
             slot.keep_prompt(tokens)
         finally:
@@ -284,6 +285,7 @@ class Worker:
             decode_seconds=perf.t_eval_ms / 1000,
             grammar_fast_steps=fast_steps,
             grammar_full_steps=full_steps,
+            grammar_seconds=grammar_seconds,
             token_ids=sampled,
         )
 
