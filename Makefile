@@ -106,7 +106,7 @@ bench: .stamp-venv $(LLAMA_SERVER)
 
 # A debate next to a busy program (`yes`), with fixed and load-aware threads, and a
 # round's turns at once, interleaved (docs/benchmarks.md, issue #17); e.g.
-# BENCH_LOAD_ARGS="--panel default --rounds 1 --sides idle,parallel --repeat 1"
+# BENCH_LOAD_ARGS="--panel default --rounds 1 --sides sequential,default --repeat 1"
 bench-load: .stamp-venv
 	$(PY) -m localtable.benchload $(BENCH_LOAD_ARGS)
 

@@ -4,12 +4,12 @@ One fixed debate (the tiny panel, 2 rounds, seed 42; `--panel default` for the
 Qwen panel) several ways, interleaved and repeated so that a change of load
 hits every side alike (issue #17):
 
-- idle, fixed threads: every core, whatever else runs (LOCALTABLE_FIXED_THREADS=1,
-  what localtable did before the engine counted its neighbours' load);
-- idle: the default, threads fitted to the cores other programs leave free
-  (localtable/backends/llamacpp/threadload.py), one turn at a time;
-- idle, round-parallel: the same with `--parallel-turns 2`, a round's turns at once;
-- busy, fixed threads / busy: the first two with one `yes > /dev/null` running.
+- fixed threads, 1 turn: every core whatever else runs, one turn at a time
+  (LOCALTABLE_FIXED_THREADS=1 and --parallel-turns 1: localtable before #17);
+- 1 turn at a time: threads fitted to the cores other programs leave free
+  (localtable/backends/llamacpp/threadload.py);
+- default: that, and a round's turns at once as `--parallel-turns 0` decides;
+- the first and the last again with one `yes > /dev/null` running ("busy").
 
 For each: wall time, engine-bound time (llama.cpp's prompt evaluation + decode
 of every generation, summed: for one turn at a time the time the engine itself
@@ -18,7 +18,7 @@ clock), and whether the transcript is the first side's. Every time is a median
 over the repetitions; every ratio is the median of per-repetition ratios.
 
 Usage: python -m localtable.benchload [--panel tiny] [--rounds 2] [--seed 42]
-       [--repeat 3] [--sides idle-fixed,idle,parallel,busy-fixed,busy] [--json FILE]
+       [--repeat 3] [--sides before,before-busy,sequential,default,busy] [--json FILE]
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from localtable.backends.llamacpp.backend import available_cores
 from localtable.bench import cpu_model, run_localtable, spread
 from localtable.config import load_config
 
-SIDES = {  # name -> (label, fixed threads, lanes, a busy neighbour)
-    "idle-fixed": ("idle, fixed threads", True, 1, False),
-    "idle": ("idle", False, 1, False),
-    "parallel": ("idle, round-parallel", False, 2, False),
-    "busy-fixed": ("busy, fixed threads", True, 1, True),
-    "busy": ("busy", False, 1, True),
+SIDES = {  # name -> (label, fixed threads, turns at once (0: auto), a busy neighbour)
+    "before": ("fixed threads, 1 turn", True, 1, False),
+    "before-busy": ("fixed, 1 turn, busy", True, 1, True),
+    "sequential": ("1 turn at a time", False, 1, False),
+    "default": ("default", False, 0, False),
+    "busy": ("default, busy", False, 0, True),
 }
 BUSY_TARGET = 1.3  # busy over idle (issue #17)
 ENGINE_TARGET = 1.10  # wall over engine-bound time (issue #17)
@@ -117,17 +117,17 @@ def render(runs: list[list[LoadRun]], names: list[str], header: str) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.append("")
     comparisons = [
-        ("busy", "idle", f"busy / idle (target: within {BUSY_TARGET}x)"),
-        ("busy-fixed", "idle-fixed", "busy / idle, fixed threads (before)"),
-        ("idle", "idle-fixed", "idle / idle with fixed threads (target: within 1.05x)"),
-        ("parallel", "idle", "round-parallel / one turn at a time (target: at most 1.00x)"),
+        ("busy", "default", f"busy / idle (target: within {BUSY_TARGET}x)"),
+        ("before-busy", "before", "busy / idle before (fixed threads, 1 turn at a time)"),
+        ("default", "before", "default / before, idle (target: within 1.05x)"),
+        ("default", "sequential", "default / 1 turn at a time, idle (round-parallel)"),
     ]
     for a, b, label in comparisons:
         if a in names and b in names:
             lines.append(f"{label}: {spread(per_rep(a, b), 'x', 2)}")
     lines.append(
         f"wall / engine-bound target (one turn at a time, idle): within {ENGINE_TARGET:.2f}x; "
-        "round-parallel sums the engine time of turns that overlap, so its ratio reads lower"
+        "with turns at once the engine time of overlapping turns is summed: the ratio reads lower"
     )
     return "\n".join(lines)
 
