@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"record", "templates", "errors"},
 }  # fmt: skip
 # Only these may import llama.cpp's backend, and only the CLI knows click.
-MAY_IMPORT_LLAMACPP = {"backends", "bench", "benchbatch", "cli"}
+MAY_IMPORT_LLAMACPP = {"backends", "bench", "benchload", "benchbatch", "cli"}
 
 
 def layer_of(module: str) -> str:
