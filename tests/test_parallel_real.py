@@ -43,3 +43,24 @@ def test_two_lanes_give_the_transcript_of_one(tmp_path: Path) -> None:
             assert b.prompt_eval_tokens < b.prompt_tokens, together.panelist
     # and two turns did run at once: a turn's progress line ended before its status
     assert any(line.endswith("... ") for line in progress.splitlines()), progress
+
+
+def test_a_kv_cache_made_during_a_generation_decodes_in_its_own_context() -> None:
+    """A second panelist's KV cache can be made while the first one's generation runs
+    (two lanes, one model): the worker has wrapped that Llama's `generate` for its
+    generation, and the twin must not take the wrapper, which decodes in the first
+    context (seen: a different transcript, 1 run in 10, with a busy neighbour)."""
+    import llama_cpp
+
+    from localtable.backends.llamacpp.kvslots import share_weights
+    from tests.realmodels import smollm2_path
+
+    llm = llama_cpp.Llama(model_path=str(smollm2_path()), n_ctx=256, verbose=False)
+    wrapped = llm.generate
+    llm.generate = lambda *args, **kwargs: wrapped(*args, **kwargs)  # as worker.py does
+    twin = share_weights(llm)
+    assert twin.generate.__self__ is twin
+    assert twin._ctx is not llm._ctx
+    twin.close()
+    del llm.generate
+    llm.close()

@@ -79,6 +79,10 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+# instance attributes a generation sets on a Llama for its own duration (worker.py)
+TRANSIENT = ("generate",)
+
+
 def share_weights(llm: Any) -> Any:
     """A Llama with its own llama_context (KV cache) over `llm`'s loaded model.
 
@@ -94,6 +98,10 @@ def share_weights(llm: Any) -> Any:
     # load the model again (measured: +200 MB per panelist).
     twin = object.__new__(type(llm))
     twin.__dict__.update(llm.__dict__)
+    # What a generation in flight on `llm` set on it (worker.py wraps its `generate`)
+    # is not the twin's: copied, the twin's tokens would be decoded in llm's context.
+    for in_flight in TRANSIENT:
+        twin.__dict__.pop(in_flight, None)
     twin._stack = contextlib.ExitStack()
     twin._ctx = twin._stack.enter_context(
         contextlib.closing(
