@@ -233,7 +233,9 @@ def test_the_llama_backend_runs_one_turn_at_a_time_when_models_take_turns_in_mem
 
 def test_the_llama_backend_auto_lanes_follow_threads_and_kv_caches() -> None:
     assert llama_backend(False, 2, {"a": 3}).turn_lanes(3) == 3  # asked for: given
-    assert llama_backend(False, 2, {"a": 3, "b": 1}).turn_lanes(0) == 2  # one per thread
+    assert llama_backend(False, 2, {"a": 3, "b": 1}).turn_lanes(0) == 1  # 2 threads a turn
+    assert llama_backend(False, 4, {"a": 3, "b": 1}).turn_lanes(0) == 2
+    assert llama_backend(False, 5, {"a": 3, "b": 1}).turn_lanes(0) == 2
     assert llama_backend(False, 16, {"a": 2, "b": 1}).turn_lanes(0) == 3  # one per KV cache
     assert llama_backend(False, 16, {"a": 1}).turn_lanes(0) == 1  # no reuse: one context
 

@@ -63,13 +63,13 @@ from localtable.templates import TemplateSet
 N_UBATCH = 128
 N_BATCH = 512
 # Turns of a round run at once (Debate.run) share the configured threads (worker.py),
-# so "auto" gives each turn at least this many. On 2 cores (issue #17, another
-# program busy on one core meanwhile) two turns on one thread each took 0.80x the
-# time of the same two turns one after the other on two threads (SmolLM2, grammar,
-# 150 tokens each), and the tiny panel's 2-round debate 0.80x and 0.98x: a turn
-# leaves a core idle while Python samples its next token, and the other turn's
-# decoding fills it. So one thread a turn is enough.
-MIN_THREADS_PER_TURN = 1
+# so "auto" gives each turn at least this many. On 2 idle cores (make bench-load,
+# issue #17) two turns on one thread each took 1.12x (1.07-1.16) the time of one
+# after the other on two: a lone turn uses both cores well enough, and two turns
+# contend for memory bandwidth and the GIL. With a busy neighbour they were faster
+# (0.80x): that is the load governor's case (threadload.py). So auto runs turns at
+# once from 4 cores on, two threads each or more.
+MIN_THREADS_PER_TURN = 2
 
 T = TypeVar("T")
 
