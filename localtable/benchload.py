@@ -8,8 +8,10 @@ hits every side alike (issue #17):
   (LOCALTABLE_FIXED_THREADS=1 and --parallel-turns 1: localtable before #17);
 - 1 turn at a time: threads fitted to the cores other programs leave free
   (localtable/backends/llamacpp/threadload.py);
-- default: that, and a round's turns at once as `--parallel-turns 0` decides;
-- the first and the last again with one `yes > /dev/null` running ("busy").
+- default: that, and a round's turns at once as `--parallel-turns 0` decides
+  (one at a time below 4 cores);
+- 2 turns at once: `--parallel-turns 2`, whatever the cores;
+- the first and the default again with one `yes > /dev/null` running ("busy").
 
 For each: wall time, engine-bound time (llama.cpp's prompt evaluation + decode
 of every generation, summed: for one turn at a time the time the engine itself
@@ -18,7 +20,8 @@ clock), and whether the transcript is the first side's. Every time is a median
 over the repetitions; every ratio is the median of per-repetition ratios.
 
 Usage: python -m localtable.benchload [--panel tiny] [--rounds 2] [--seed 42]
-       [--repeat 3] [--sides before,before-busy,sequential,default,busy] [--json FILE]
+       [--repeat 3] [--sides before,default,parallel,before-busy,busy] [--json FILE]
+       (also: sequential, one turn at a time with load-aware threads)
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ SIDES = {  # name -> (label, fixed threads, turns at once (0: auto), a busy neig
     "before-busy": ("fixed, 1 turn, busy", True, 1, True),
     "sequential": ("1 turn at a time", False, 1, False),
     "default": ("default", False, 0, False),
+    "parallel": ("2 turns at once", False, 2, False),
     "busy": ("default, busy", False, 0, True),
 }
+DEFAULT_SIDES = ("before", "default", "parallel", "before-busy", "busy")
 BUSY_TARGET = 1.3  # busy over idle (issue #17)
 ENGINE_TARGET = 1.10  # wall over engine-bound time (issue #17)
 
@@ -121,6 +126,7 @@ def render(runs: list[list[LoadRun]], names: list[str], header: str) -> str:
         ("before-busy", "before", "busy / idle before (fixed threads, 1 turn at a time)"),
         ("default", "before", "default / before, idle (target: within 1.05x)"),
         ("default", "sequential", "default / 1 turn at a time, idle (round-parallel)"),
+        ("parallel", "default", "2 turns at once / default, idle (target: no slower, 1.00x)"),
     ]
     for a, b, label in comparisons:
         if a in names and b in names:
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--sides", default=",".join(SIDES), help="of " + ", ".join(SIDES))
+    parser.add_argument("--sides", default=",".join(DEFAULT_SIDES), help="of " + ", ".join(SIDES))
     parser.add_argument("--json", type=Path, help="also write every run here")
     args = parser.parse_args(argv)
     names = [n for n in args.sides.split(",") if n]
