@@ -37,6 +37,7 @@ GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
             10: "<Q", 11: "<q", 12: "<d"}  # fmt: skip
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 # Metadata we keep: small scalars and strings; big arrays (the vocabulary) are skipped.
 _KEEP_ARRAY_MAX = 64
 
@@ -99,13 +100,6 @@ class _Reader:
         n = self.u64()
         return self.take(n).decode("utf-8", errors="replace")
 
-    def skip_string(self) -> None:
-        n = self.u64()
-        self.take(0)
-        if self.pos + n > len(self.buf):
-            raise _Truncated
-        self.pos += n
-
     def value(self, vtype: int) -> MetadataValue | None:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
@@ -130,9 +124,16 @@ class _Reader:
             if self.pos + size > len(self.buf):
                 raise _Truncated
             self.pos += size
-        elif item_type == _STRING:
+        elif item_type == _STRING:  # a vocabulary: 262k strings, so a tight loop
+            buf, pos, end = self.buf, self.pos, len(self.buf)
+            length = _U64.unpack_from
             for _ in range(count):
-                self.skip_string()
+                if pos + 8 > end:
+                    raise _Truncated
+                pos += 8 + length(buf, pos)[0]
+            if pos > end:
+                raise _Truncated
+            self.pos = pos
         else:
             for _ in range(count):
                 self.value(item_type)
