@@ -241,6 +241,11 @@ class Worker:
             started = time.monotonic()
             fitted = self.fit_threads(llm, req.model_key)
             slot.prefill(tokens)
+            # llama.cpp's clock runs from a decode to the next synchronize, which would
+            # otherwise come at the first sample: the sampler's set-up (building the
+            # grammar, the prefix index at a model's first grammar) would count as
+            # prompt evaluation
+            llama_cpp.llama_synchronize(llm._ctx.ctx)
             sampled: list[int] = []
             plain_generate = llm.generate
 
