@@ -73,14 +73,26 @@ def kept(arr: Any) -> list[tuple[int, float]]:
     return [(int(arr.data[i].id), float(arr.data[i].logit)) for i in range(arr.size)]
 
 
-@pytest.mark.parametrize("grammar", [ANY_TEXT, LITERAL_FIRST])
-def test_same_array_as_grammar_then_top_k(grammar: str) -> None:
+# (grammar, text already written, penalties: last_n, repeat, frequency, presence)
+ARRAY_CASES = [
+    (ANY_TEXT, "", None),
+    (LITERAL_FIRST, "", None),
+    (ANY_TEXT, "the cat saw the cat and the dog", (64, 1.1, 0.0, 0.0)),
+    (LITERAL_FIRST, "Decision: changed\nAnswer: no no and no", (4, 1.3, 0.5, 0.25)),
+]
+
+
+@pytest.mark.parametrize("grammar,written,penalties", ARRAY_CASES)
+def test_same_array_as_penalties_grammar_then_top_k(
+    grammar: str, written: str, penalties: tuple[int, float, float, float] | None
+) -> None:
     import llama_cpp
     import numpy as np
 
     model = vocab_only(str(smollm2_path()))
     n = llama_cpp.llama_vocab_n_tokens(model.vocab)
     literal_start = model.tokenize(b"Decision", add_bos=False, special=False)[0]
+    history = model.tokenize(written.encode(), add_bos=False, special=False) if written else []
     rng = np.random.default_rng(7)
     decided = {"fast": 0, "full": 0}
     for trial in range(40):
@@ -90,17 +102,25 @@ def test_same_array_as_grammar_then_top_k(grammar: str) -> None:
             logits[best[::2]] = logits[best[1::2]]
         if trial % 4 == 2:  # peaked: an allowed token stands far above the rest
             logits[literal_start] += 40
-        # grammar, then top_k: what llama-cpp-python's chain does
-        grammar_sampler = llama_cpp.llama_sampler_init_grammar(
-            model.vocab, grammar.encode(), b"root"
-        )
-        top_k = llama_cpp.llama_sampler_init_top_k(40)
+        if trial % 4 == 3:  # the tokens just written are the likely ones: penalties matter
+            logits[history] = rng.normal(8, 3, len(history)).astype(np.float32)
+        # penalties, grammar, then top_k: what llama-cpp-python's chain does
+        chain = [llama_cpp.llama_sampler_init_penalties(n, *penalties)] if penalties else []
+        chain.append(llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root"))
+        chain.append(llama_cpp.llama_sampler_init_top_k(40))
+        step = grammar_topk.GrammarTopK(
+            model.vocab, grammar, "root", 40, grammar_topk.TAIL_GAP,
+            penalties=(n, *penalties) if penalties else None,
+        )  # fmt: skip
+        for token in history:
+            for sampler in chain:
+                llama_cpp.llama_sampler_accept(sampler, token)
+            step._accept(None, token)
         arr, _keep = token_array(logits)
-        llama_cpp.llama_sampler_apply(grammar_sampler, ctypes.byref(arr))
-        llama_cpp.llama_sampler_apply(top_k, ctypes.byref(arr))
+        for sampler in chain:
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(arr))
         expected = kept(arr)
         # GrammarTopK
-        step = grammar_topk.GrammarTopK(model.vocab, grammar, "root", 40, grammar_topk.TAIL_GAP)
         arr2, _keep2 = token_array(logits)
         step._apply(None, ctypes.pointer(arr2))
         got = kept(arr2)
@@ -116,7 +136,7 @@ def test_same_array_as_grammar_then_top_k(grammar: str) -> None:
         else:
             decided["full"] += 1
             assert got == expected
-        for s in (grammar_sampler, top_k, step.sampler):
+        for s in (*chain, step.sampler):
             llama_cpp.llama_sampler_free(s)
     assert decided["fast"] > 0 and decided["full"] > 0  # both paths were exercised
     model.close()
@@ -142,8 +162,10 @@ def test_same_text_as_llama_cpp_python(model: str) -> None:
         "Earlier, you answered: Yes, mostly.\nNow reply in the required format.\n"
     )
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+    # (seed, temperature, repeat, frequency and presence penalties)
+    cases = ((1, 0.7, 1.1, 0.0, 0.0), (2, 0.9, 1.0, 0.4, 0.2), (3, 1.3, 1.0, 0.0, 0.0))
     for grammar in (TURN, FREE_TEXT):
-        for seed, temperature in ((1, 0.7), (2, 0.9), (3, 1.3)):
+        for seed, temperature, repeat, frequency, presence in cases:
             texts = []
             for fast in (True, False):
                 if fast:
@@ -153,7 +175,8 @@ def test_same_text_as_llama_cpp_python(model: str) -> None:
                 llm.reset()
                 out: Any = llm.create_completion(
                     prompt=tokens, max_tokens=48, temperature=temperature, top_p=0.9, top_k=40,
-                    min_p=0.05, repeat_penalty=1.1, seed=seed,
+                    min_p=0.05, repeat_penalty=repeat, frequency_penalty=frequency,
+                    presence_penalty=presence, seed=seed,
                     grammar=llama_cpp.LlamaGrammar.from_string(grammar, verbose=False),  # type: ignore[attr-defined]
                 )  # fmt: skip
                 texts.append(out["choices"][0]["text"])
@@ -189,32 +212,92 @@ TURN_REPLY = (
 )
 
 
+SUMMARY = TemplateSet().render("summary.gbnf.j2", line_max=200, summary_max=600)
+SUMMARY_REPLY = (
+    "Summary: Most held that cars should leave the centre — some said only at rush hour.\n"
+    "Counterpoint: Deliveries and disabled drivers need access.\nAnswer: Yes, with exceptions"
+)
+NUMBER_TURN = TemplateSet().render(
+    "turn.gbnf.j2", fields=["reasoning", "answer"], peers=[], letters=None, allow_new=False,
+    own_position="", reasoning_max=500, multiline=True, answer_max=200, kind="number",
+    options=[],
+)  # fmt: skip
+NUMBER_REPLY = "Reasoning: 12 × 3 = 36\n36 − 0.5 = 35.5\nAnswer: 35.5"
+# escapes, ranges, any character, non-ASCII literals, a comment with quotes and brackets
+ODD = (
+    '# a comment with "quotes", [brackets] and <angles>\n'
+    'root ::= "Größe: " [a-zA-Zß-ü\\u00e9]+ " \\u2014 " ("ja" | "nein") "\\n" '
+    '. [\\x41-\\x5a]* "\\x21"?\n'
+)
+ODD_REPLY = "Größe: Straßeé — ja\nxABC!"
+REPLIES = [
+    (TURN, TURN_REPLY), (SUMMARY, SUMMARY_REPLY), (NUMBER_TURN, NUMBER_REPLY), (ODD, ODD_REPLY),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"])
 def test_probing_finds_exactly_the_tokens_a_whole_check_allows(model: str) -> None:
-    """At every step of a reply, in every grammar state it passes through:
-    PrefixIndex.allowed() == the grammar applied to the whole vocabulary."""
+    """At every step of a reply, in every grammar state it passes through, with the
+    grammar's character groups and without: PrefixIndex.allowed() == the grammar
+    applied to the whole vocabulary."""
     import llama_cpp
     import numpy as np
 
     vocab_model = vocab_only(str(resolve(model, load_config(MODELS_TOML)).path))
     vocab = vocab_model.vocab
     index = grammar_topk.grammar_probe.PrefixIndex(vocab)
-    step = grammar_topk.GrammarTopK(vocab, TURN, "root", 40, grammar_topk.TAIL_GAP, index=index)
     n = index.n_vocab
-    tokens = vocab_model.tokenize(TURN_REPLY.encode(), add_bos=False, special=False)
-    compared = 0
-    for token in tokens:
-        if not step.pending:  # probing is used only on a whole character
-            arr, data = token_array(np.zeros(n, dtype=np.float32))
-            llama_cpp.llama_sampler_apply(step.grammar, ctypes.byref(arr))
-            rows = np.ctypeslib.as_array(data)
-            whole = np.sort(rows["id"][rows["logit"] != -np.inf])
-            assert np.array_equal(np.sort(index.allowed(step._check)), whole), compared
-            compared += 1
-        step._accept(None, token)
-    assert compared > len(tokens) // 2
+    for grammar, reply in REPLIES:
+        step = grammar_topk.GrammarTopK(
+            vocab, grammar, "root", 40, grammar_topk.TAIL_GAP, index=index
+        )
+        groups = step._char_groups(index)
+        assert groups is not None
+        tokens = vocab_model.tokenize(reply.encode(), add_bos=False, special=False)
+        compared = 0
+        for token in tokens:
+            if not step.pending:  # probing is used only on a whole character
+                arr, data = token_array(np.zeros(n, dtype=np.float32))
+                llama_cpp.llama_sampler_apply(step.grammar, ctypes.byref(arr))
+                rows = np.ctypeslib.as_array(data)
+                whole = np.sort(rows["id"][rows["logit"] != -np.inf])
+                assert len(whole) > 0, (grammar, compared)  # the reply fits the grammar
+                for by in (None, groups):
+                    assert np.array_equal(np.sort(index.allowed(step._check, by)), whole), (
+                        grammar, compared, by,
+                    )  # fmt: skip
+                compared += 1
+            step._accept(None, token)
+        assert compared > len(tokens) // 2
+        llama_cpp.llama_sampler_free(step.sampler)
+    # in a fixed literal the groups leave a few hundred checks, not one per first character
+    step = grammar_topk.GrammarTopK(vocab, TURN, "root", 40, grammar_topk.TAIL_GAP, index=index)
+    asked: list[int] = []
+
+    def counted(ids: Any) -> Any:
+        asked.append(len(ids))
+        return step._check(ids)
+
+    index.allowed(counted, step._char_groups(index))
+    assert sum(asked) < len(index.single) + 1000, asked
     llama_cpp.llama_sampler_free(step.sampler)
     vocab_model.close()
+
+
+def test_character_bounds_follow_the_grammar_parser() -> None:
+    """Every character a grammar writes, and the one after, whatever the escape; none
+    from comments or rule names; no groups at all for a grammar naming tokens."""
+    bounds = grammar_topk.grammar_probe.char_bounds
+
+    assert list(bounds(ODD)) == sorted(
+        {c for ch in "Größe: azAZßü\u00e9 \u2014janei\n\x41\x5a!-" for c in (ord(ch), ord(ch) + 1)}
+    )
+    assert list(bounds(r'root ::= [^\x00-\x1f] "\"" [\[\]\-\\] # "x"')) == [
+        0, 1, 31, 32, 34, 35, 45, 46, 91, 92, 93, 94,
+    ]  # fmt: skip
+    assert bounds("root ::= <think> [a-z]") is None
+    assert bounds('root ::= !<[1000]> "a"') is None
+    assert bounds('root ::= "<think>" [<!]') is not None  # quoted: characters, not tokens
 
 
 def sample_chain(arr: Any, top_p: float, min_p: float) -> list[tuple[int, float]]:
@@ -282,3 +365,34 @@ def test_what_reaches_dist_is_the_same_when_min_p_drops_the_unchecked(
 )  # fmt: skip
 def test_an_unfinished_character_is_found(text: bytes, pending: bytes) -> None:
     assert grammar_topk.unfinished_character(text) == pending
+
+
+def test_the_prefix_index_is_kept_on_disk_and_rebuilt_when_unreadable(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    path = smollm2_path()
+    model = vocab_only(str(path))
+    probe = grammar_topk.grammar_probe
+    cache = tmp_path / "prefix-index"
+
+    def same(a: Any, b: Any) -> bool:
+        x, y = a.to_arrays(), b.to_arrays()
+        return x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+    built = probe.cached(model.vocab, path, cache)
+    (kept,) = cache.iterdir()
+    assert not list(cache.glob("*.part"))
+    with monkeypatch.context() as patch:  # read from disk: no token's text is asked for
+        patch.setattr(probe, "piece", lambda *_: pytest.fail("the index was rebuilt"))
+        loaded = probe.cached(model.vocab, path, cache)
+    assert same(built, loaded) and same(built, probe.PrefixIndex(model.vocab))
+    kept.write_bytes(kept.read_bytes()[:1000])  # cut short: rebuilt, and kept again whole
+    assert same(probe.cached(model.vocab, path, cache), built)
+    assert same(probe.PrefixIndex(model.vocab, dict(np.load(kept))), built)
+    # a cache that cannot be written: the index all the same
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder would go")
+    assert same(probe.cached(model.vocab, path, blocked / "prefix-index"), built)
+    model.close()
