@@ -42,6 +42,7 @@ import ctypes
 import hashlib
 import os
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ SMALL_RUN = 24  # a run this small is checked token by token, not probed
 SMALL_REST = 1024  # once this few tokens are left undecided, check them one by one
 MAX_PIECE = 256
 FORMAT = 1  # of the cached index's arrays
+KEPT_GROUPS = 64  # grammars whose CharGroups an index keeps
 
 
 def piece(vocab: Any, token: int, buf: Any) -> bytes | None:
@@ -70,6 +72,8 @@ class PrefixIndex:
         import numpy as np
 
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self._groups: dict[str, CharGroups | None] = {}
+        self._groups_lock = threading.Lock()
         if arrays is not None:
             self._take(arrays)
             return
@@ -118,6 +122,20 @@ class PrefixIndex:
             self.probes.append(np.where(lens[starts] == d, self.ids[starts], -1))
         # the first character of each depth-1 run (ascending: texts sort by code point)
         self.first = np.array([ord(texts[i][0][0]) for i in self.starts[0]], dtype=np.int64)
+
+    def groups(self, grammar: str) -> CharGroups | None:
+        """The grammar's CharGroups over this index (None: it names tokens, or does not
+        parse), kept for the grammars seen last: a debate asks for the same few again."""
+        with self._groups_lock:  # generations of one model may run at once
+            if grammar not in self._groups:
+                try:
+                    bounds = char_bounds(grammar)
+                except (ValueError, IndexError):
+                    bounds = None
+                if len(self._groups) >= KEPT_GROUPS:
+                    self._groups.pop(next(iter(self._groups)))  # the oldest
+                self._groups[grammar] = CharGroups(self, bounds) if bounds is not None else None
+            return self._groups[grammar]
 
     def to_arrays(self) -> dict[str, Any]:
         import numpy as np

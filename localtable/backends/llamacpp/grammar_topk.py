@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import itertools
 import math
 import time
 import types
@@ -191,13 +192,18 @@ class GrammarTopK:
         if not self.recent:
             return
         n = int(arr.size)
-        recent = np.unique(np.fromiter(self.recent, dtype=np.int32, count=len(self.recent)))
+        # a token twice in the window is two equal rows, penalized alike: no need to
+        # dedupe (each numpy call costs ~20 us here: a decode has just swept the caches)
+        recent = np.fromiter(self.recent, dtype=np.int64, count=len(self.recent))
         data = rows_view(ctypes.cast(arr.data, ctypes.c_void_p).value, n)
-        if recent[-1] >= n or not np.array_equal(data["id"][recent], recent):
-            llama_cpp.llama_sampler_apply(self.penalties, cur_p)
-            return
         small, rows = self._scratch(len(recent))
-        rows[:] = data[recent]
+        if int(recent.max()) >= n:
+            rows = None
+        else:
+            rows[:] = data[recent]
+        if rows is None or not (rows["id"] == recent).all():
+            llama_cpp.llama_sampler_apply(self.penalties, cur_p)  # rows not in token order
+            return
         llama_cpp.llama_sampler_apply(self.penalties, ctypes.byref(small))
         data["logit"][recent] = rows["logit"]
         arr.sorted = False  # as the sampler leaves the array it is given
@@ -208,7 +214,7 @@ class GrammarTopK:
         import llama_cpp
 
         if self._rows is None or len(self._rows) < m:
-            size = max(m, self.index.n_vocab if self.index is not None else m)
+            size = max(m, MAX_CHECK)  # grows (to a probe's largest check) when needed
             self._rows_c = (llama_cpp.llama_token_data * size)()
             self._rows = rows_view(ctypes.addressof(self._rows_c), size)
             self._rows_arr = llama_cpp.llama_token_data_array(
@@ -258,14 +264,10 @@ class GrammarTopK:
         return True
 
     def _char_groups(self, index: grammar_probe.PrefixIndex) -> grammar_probe.CharGroups | None:
-        """The grammar's CharGroups over the index, made at the first probe (None: the
-        grammar names tokens, or its text does not parse)."""
+        """The grammar's CharGroups over the index (None: the grammar names tokens, or its
+        text does not parse), made at its first probe and kept with the index."""
         if self._groups is False:
-            try:
-                bounds = grammar_probe.char_bounds(self.grammar_text)
-            except (ValueError, IndexError):
-                bounds = None
-            self._groups = grammar_probe.CharGroups(index, bounds) if bounds is not None else None
+            self._groups = index.groups(self.grammar_text)
         assert self._groups is not True
         return self._groups
 
@@ -273,11 +275,9 @@ class GrammarTopK:
         """Leave top_k's array if `allowed` (allowed rows, best first) decides it; else False.
         unchecked_below: every allowed token not in `allowed` has a logit at most this
         (None: there is none)."""
-        import numpy as np
-
         k = self.k
-        head = allowed[: k + 1]["logit"]
-        if not np.all(np.isfinite(head)) or np.any(head[:-1] <= head[1:]):
+        head = allowed[: k + 1]["logit"].tolist()  # a few dozen: Python is quicker here
+        if not all(map(math.isfinite, head)) or any(a <= b for a, b in itertools.pairwise(head)):
             return False  # a tie: top_k's order among equals is its own
         if not (
             unchecked_below is None
