@@ -395,4 +395,7 @@ def test_the_prefix_index_is_kept_on_disk_and_rebuilt_when_unreadable(
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the folder would go")
     assert same(probe.cached(model.vocab, path, blocked / "prefix-index"), built)
+    # a model file gone since it was loaded: built, not kept
+    assert same(probe.cached(model.vocab, tmp_path / "gone.gguf", cache), built)
+    assert len(list(cache.iterdir())) == 1
     model.close()

@@ -200,7 +200,10 @@ def cached(vocab: Any, model_path: Path, directory: Path) -> PrefixIndex:
     import llama_cpp
     import numpy as np
 
-    stat = model_path.stat()
+    try:
+        stat = model_path.stat()
+    except OSError:  # the file went after loading: nothing to key a cache on
+        return PrefixIndex(vocab)
     file_id = (model_path.resolve(), stat.st_size, stat.st_mtime_ns)
     key = "|".join(map(str, (FORMAT, llama_cpp.__version__, *file_id)))
     file = directory / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npz"

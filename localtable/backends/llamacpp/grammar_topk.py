@@ -474,8 +474,12 @@ def prefix_index(model: Any) -> grammar_probe.PrefixIndex:
 
     index = getattr(model, "localtable_prefix_index", None)
     if index is None:
-        path = Path(model.path_model)
-        index = grammar_probe.cached(model.vocab, path, cache_dir() / "prefix-index")
+        try:
+            directory = cache_dir() / "prefix-index"
+        except OSError:  # no cache folder to be had (a read-only home): build it each time
+            index = grammar_probe.PrefixIndex(model.vocab)
+        else:
+            index = grammar_probe.cached(model.vocab, Path(model.path_model), directory)
         model.localtable_prefix_index = index
     return index
 
