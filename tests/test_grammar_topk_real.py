@@ -251,7 +251,7 @@ def test_probing_finds_exactly_the_tokens_a_whole_check_allows(model: str) -> No
         step = grammar_topk.GrammarTopK(
             vocab, grammar, "root", 40, grammar_topk.TAIL_GAP, index=index
         )
-        groups = step._char_groups(index)
+        groups = index.groups(grammar)
         assert groups is not None
         tokens = vocab_model.tokenize(reply.encode(), add_bos=False, special=False)
         compared = 0
@@ -278,7 +278,7 @@ def test_probing_finds_exactly_the_tokens_a_whole_check_allows(model: str) -> No
         asked.append(len(ids))
         return step._check(ids)
 
-    index.allowed(counted, step._char_groups(index))
+    index.allowed(counted, index.groups(TURN))
     assert sum(asked) < len(index.single) + 1000, asked
     llama_cpp.llama_sampler_free(step.sampler)
     vocab_model.close()

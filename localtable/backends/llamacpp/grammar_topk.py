@@ -119,7 +119,6 @@ class GrammarTopK:
         self.vocab = vocab
         self.index = index
         self.grammar_text = grammar
-        self._groups: grammar_probe.CharGroups | None | bool = False  # False: not made yet
         self.probed = 0  # steps decided by grammar_probe over the whole vocabulary
         self.seconds = 0.0  # in the grammar and top_k: applying them, accepting tokens
         self.pending = b""  # the accepted text's last character, while incomplete
@@ -195,18 +194,16 @@ class GrammarTopK:
         # a token twice in the window is two equal rows, penalized alike: no need to
         # dedupe (each numpy call costs ~20 us here: a decode has just swept the caches)
         recent = np.fromiter(self.recent, dtype=np.int64, count=len(self.recent))
-        data = rows_view(ctypes.cast(arr.data, ctypes.c_void_p).value, n)
-        small, rows = self._scratch(len(recent))
-        if int(recent.max()) >= n:
-            rows = None
-        else:
+        if int(recent.max()) < n:
+            data = rows_view(ctypes.cast(arr.data, ctypes.c_void_p).value, n)
+            small, rows = self._scratch(len(recent))
             rows[:] = data[recent]
-        if rows is None or not (rows["id"] == recent).all():
-            llama_cpp.llama_sampler_apply(self.penalties, cur_p)  # rows not in token order
-            return
-        llama_cpp.llama_sampler_apply(self.penalties, ctypes.byref(small))
-        data["logit"][recent] = rows["logit"]
-        arr.sorted = False  # as the sampler leaves the array it is given
+            if (rows["id"] == recent).all():
+                llama_cpp.llama_sampler_apply(self.penalties, ctypes.byref(small))
+                data["logit"][recent] = rows["logit"]
+                arr.sorted = False  # as the sampler leaves the array it is given
+                return
+        llama_cpp.llama_sampler_apply(self.penalties, cur_p)  # rows not in token order
 
     def _scratch(self, m: int) -> tuple[Any, Any]:
         """A token array of m rows for the grammar to judge (one buffer, reused), and its
@@ -253,7 +250,7 @@ class GrammarTopK:
         if index is None or self.pending or k <= 0 or arr.sorted or n != index.n_vocab:
             return False
         data = rows_view(ctypes.cast(arr.data, ctypes.c_void_p).value, n)
-        allowed = index.allowed(self._check, self._char_groups(index))
+        allowed = index.allowed(self._check, index.groups(self.grammar_text))
         if len(allowed) == 0 or not np.array_equal(data["id"][allowed], allowed):
             return False  # (rows not in token order: the allowed tokens' rows are elsewhere)
         logits = data["logit"][allowed]
@@ -262,14 +259,6 @@ class GrammarTopK:
             return False
         self.probed += 1
         return True
-
-    def _char_groups(self, index: grammar_probe.PrefixIndex) -> grammar_probe.CharGroups | None:
-        """The grammar's CharGroups over the index (None: the grammar names tokens, or its
-        text does not parse), made at its first probe and kept with the index."""
-        if self._groups is False:
-            self._groups = index.groups(self.grammar_text)
-        assert self._groups is not True
-        return self._groups
 
     def _keep(self, arr: Any, data: Any, allowed: Any, unchecked_below: float | None) -> bool:
         """Leave top_k's array if `allowed` (allowed rows, best first) decides it; else False.
