@@ -6,8 +6,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from localtable.backends.chatformat import PromptPiece
 from localtable.backends.llamacpp.messages import GenerateRequest, GenerateResult
+from localtable.backends.promptpiece import PromptPiece
 from localtable.backends.server.launch import declared_flags
 from localtable.bench import (
     BenchReport,

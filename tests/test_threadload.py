@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from localtable.backends.chatformat import PromptPiece
 from localtable.backends.llamacpp import threadload
 from localtable.backends.llamacpp.messages import GenerateRequest, LoadRequest
+from localtable.backends.promptpiece import PromptPiece
 from localtable.config import load_config
 from localtable.models.files import resolve
 from tests.conftest import MODELS_TOML

@@ -21,6 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import ChatMessage
+from localtable.backends.promptpiece import PromptPiece
 from localtable.errors import ConfigError
 from localtable.templates import TemplateSet
 
@@ -28,15 +29,6 @@ COMPLETION_TEMPLATE = "completion.j2"
 COMPLETION_STOP = ["\n### "]
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters: no template or model emits them
 _PLACEHOLDER = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
-
-
-class PromptPiece(BaseModel):
-    """Part of a prompt. Only template text is tokenized with control tokens enabled:
-    text from the question or from a panelist can never become a control token."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    text: str
-    special: bool
 
 
 class ModelInfo(Protocol):

@@ -30,12 +30,7 @@ from localtable.backends.base import (
     TurnRequest,
     TurnResult,
 )
-from localtable.backends.chatformat import (
-    FormattedPrompt,
-    PromptPiece,
-    format_prompt,
-    template_sha256,
-)
+from localtable.backends.chatformat import FormattedPrompt, format_prompt, template_sha256
 from localtable.backends.llamacpp.engine import Engine, EngineCrashed
 from localtable.backends.llamacpp.memory import default_budget, estimate, padded_ctx, plan_memory
 from localtable.backends.llamacpp.messages import (
@@ -45,6 +40,7 @@ from localtable.backends.llamacpp.messages import (
     LoadRequest,
     ModelInfo,
 )
+from localtable.backends.promptpiece import PromptPiece
 from localtable.config import LoadedConfig, ModelSpec
 from localtable.errors import ConfigError, ModelFileError
 from localtable.models.files import ResolvedModel, locate, resolve
@@ -310,6 +306,7 @@ class LlamaCppBackend:
     # -- a new run --------------------------------------------------------------
 
     def prepare(self, panel: PanelModels) -> Prepared:
+        self.engine.start()  # it imports llama.cpp (0.3 s) while this resolves and plans
         resolved = {n: resolve(n, panel.loaded, verify=panel.verify) for n in panel.specs}
         needs = [
             estimate(

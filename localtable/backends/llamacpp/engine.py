@@ -19,18 +19,21 @@ only their vocabulary so that prompts can still be counted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import multiprocessing
+import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
-from localtable.backends.chatformat import PromptPiece
 from localtable.backends.llamacpp.messages import (
     EngineFailure,
     GenerateRequest,
@@ -43,9 +46,18 @@ from localtable.backends.llamacpp.messages import (
     TokenizerRequest,
     UnloadRequest,
 )
-from localtable.backends.llamacpp.worker import serve
+from localtable.backends.promptpiece import PromptPiece
 
 T = TypeVar("T")
+
+# The worker's first lines: the parent's sys.path (as multiprocessing's spawn would
+# give it), then serve. Not multiprocessing itself: its spawn imports the parent's
+# __main__ (the CLI, a benchmark, a test module) in the child first, 0.3-0.6 s of
+# every run's start spent before the first model can load.
+_BOOTSTRAP = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[3]); "
+    "from localtable.backends.llamacpp.worker import main; main(sys.argv[1:3])"
+)
 
 _SIGNAL_HINTS = {
     signal.SIGSEGV: "segmentation fault in llama.cpp",
@@ -71,10 +83,11 @@ def describe_exit(exitcode: int | None) -> str:
     return f"engine process exited with status {exitcode}"
 
 
-def _kill_worker(proc: BaseProcess) -> None:
-    if proc.is_alive():
+def _kill_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
         proc.kill()
-        proc.join(timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
 
 
 @dataclass
@@ -88,7 +101,7 @@ class _Waiting:
 class _Link:
     """One worker process, its pipe, and the requests waiting for its answers."""
 
-    def __init__(self, proc: BaseProcess, conn: Connection, owner: object) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, owner: object) -> None:
         self.proc = proc
         self.conn = conn
         self.closing = False  # Engine.close(): the end is ours, not a crash
@@ -97,9 +110,9 @@ class _Link:
         self._waiting: dict[int, _Waiting] = {}
         self._ids = itertools.count(1)
         self._dead: str | None = None  # why the worker stopped answering
-        # The worker ignores SIGTERM, which multiprocessing sends its children at exit
-        # before waiting for them: an engine left open must still not hang the exit.
-        # Also when the Engine is collected unclosed (the receiver keeps this link alive).
+        # Kill the worker (it ignores SIGTERM) when the Engine is collected unclosed (the
+        # receiver keeps this link alive) or, at the latest, at the interpreter's exit
+        # (multiprocessing's exit hook runs the finalizers with an exitpriority).
         self.reaper = mp_util.Finalize(owner, _kill_worker, args=(proc,), exitpriority=10)
         self.receiver = threading.Thread(
             target=self._receive, daemon=True, name="localtable-engine-answers"
@@ -135,8 +148,9 @@ class _Link:
         if self.closing:
             reason = "the engine was closed"
         else:
-            self.proc.join(timeout=10)
-            reason = describe_exit(self.proc.exitcode)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+            reason = describe_exit(self.proc.returncode)
         with self._lock:
             self._dead = reason
             left, self._waiting = list(self._waiting.values()), {}
@@ -176,12 +190,15 @@ class Engine:
         return link.proc.pid if link is not None else None
 
     def _spawn(self) -> _Link:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=serve, args=(child,), daemon=True, name="localtable-engine")
-        proc.start()
-        child.close()
-        return _Link(proc, parent, owner=self)
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            fd = theirs.fileno()
+            argv = [sys.executable, "-c", _BOOTSTRAP, str(fd), str(os.getpid())]
+            proc = subprocess.Popen(
+                [*argv, json.dumps(sys.path)], pass_fds=(fd,), stdin=subprocess.DEVNULL
+            )
+            conn = Connection(ours.detach())
+        return _Link(proc, conn, owner=self)
 
     def _start(self) -> None:
         if self._launcher is None:
@@ -192,6 +209,13 @@ class Engine:
                 self.infos[req.model_key] = self._send(req, ModelInfo)
             else:
                 self._send(TokenizerRequest(model_key=req.model_key, path=req.path), type(None))
+
+    def start(self) -> None:
+        """Start the worker now, so that it starts up while the caller plans the run;
+        otherwise the first request starts it."""
+        with self._lock:
+            if self._link is None:
+                self._start()
 
     def _send(self, req: Request, expect: type[T]) -> T:
         link = self._link

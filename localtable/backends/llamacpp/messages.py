@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.backends.chatformat import PromptPiece
+from localtable.backends.promptpiece import PromptPiece
 from localtable.record import SamplingRecord
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import multiprocessing
 import os
 import signal
 import sys
@@ -28,7 +27,6 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
-from localtable.backends.chatformat import PromptPiece
 from localtable.backends.llamacpp import grammar_topk, threadload
 from localtable.backends.llamacpp.kvslots import SlotPool
 from localtable.backends.llamacpp.messages import (
@@ -43,6 +41,7 @@ from localtable.backends.llamacpp.messages import (
     TokenizerRequest,
     UnloadRequest,
 )
+from localtable.backends.promptpiece import PromptPiece
 
 # The last lines llama.cpp logged: the real reason a model failed to load is only there.
 _LOG: deque[str] = deque(maxlen=40)
@@ -330,7 +329,7 @@ class Worker:
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Have the kernel SIGKILL this worker when its parent dies (Linux only).
 
     Without it, a run killed with SIGKILL leaves its worker finishing the current
@@ -341,15 +340,20 @@ def _die_with_parent() -> None:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died before prctl
+    if os.getppid() != parent_pid:  # it died before prctl
         os._exit(1)
+
+
+def main(args: list[str]) -> None:
+    """The worker process (engine.py starts it): the pipe's descriptor, the parent's pid."""
+    fd, parent_pid = (int(a) for a in args)
+    _die_with_parent(parent_pid)
+    serve(Connection(fd))
 
 
 def serve(conn: Connection) -> None:
     """Answer requests until the parent closes the pipe. A request comes as (id, request)
     and its answer goes back as (id, "ok" | "error", payload), in the order they finish."""
-    _die_with_parent()
     # Stopping is the parent's to handle: Ctrl-C, `timeout` and a closed terminal signal
     # the whole process group, and a worker dying first would turn the turns in flight
     # into failed ones instead of interrupted ones. The parent kills it when done.

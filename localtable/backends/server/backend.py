@@ -48,7 +48,8 @@ from localtable.backends.base import (
     TurnRequest,
     TurnResult,
 )
-from localtable.backends.chatformat import FormattedPrompt, PromptPiece, format_prompt
+from localtable.backends.chatformat import FormattedPrompt, format_prompt
+from localtable.backends.promptpiece import PromptPiece
 from localtable.backends.server.client import (
     Completion,
     Props,
