@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +196,42 @@ def test_the_worker_dies_with_a_killed_parent() -> None:
             time.sleep(0.1)
     finally:
         parent.kill()
+
+
+def test_other_kv_caches_are_made_while_the_next_model_loads(tmp_path: Path) -> None:
+    """A model's extra KV caches (one per panelist) come during the next load, and a
+    load that fails beside them still names llama.cpp's reason (their log lines are
+    not kept)."""
+    from localtable.backends.llamacpp import worker as worker_module
+
+    worker_module._install_log_capture()  # serve() does it in the worker process
+    worker = worker_module.Worker()
+    try:
+        worker.load(LoadRequest(model_key="a", path=smollm2_path(), n_ctx=512, threads=1,
+                                kv_slots=3))  # fmt: skip
+        assert len(worker.pools["a"].slots) == 1
+        # the contexts' hundreds of log lines stay out of the lines a failure is read from
+        worker_module._LOG.append("the load's own line")
+        worker_module._add_spares([worker.pools["a"]])
+        assert list(worker_module._LOG)[-1] == "the load's own line"
+        assert len(worker.pools["a"].slots) == 3
+        worker.pools["a"].close()  # back to one: the next load makes them again
+        assert len(worker.pools["a"].slots) == 1
+        bad = tmp_path / "bad.gguf"
+        bad.write_bytes(b"GGUF" + b"\xff" * 64)
+        with pytest.raises(EngineFailure, match="could not load .*bad.gguf: .*gguf"):
+            worker.load(LoadRequest(model_key="b", path=bad, n_ctx=512, threads=1))
+        assert len(worker.pools["a"].slots) == 3  # made meanwhile, all of them
+        worker.load(LoadRequest(model_key="c", path=smollm2_path(), n_ctx=512, threads=1,
+                                kv_slots=2))  # fmt: skip
+        assert len(worker.pools["c"].slots) == 1  # its own come with a later load
+        texts = set()
+        for conversation in ("x", "y", "z"):  # each on a cache of its own, all working
+            req = request('root ::= "Red" | "Blue"').model_copy(
+                update={"model_key": "a", "reuse_prefix": True, "conversation": conversation}
+            )
+            texts.add(worker.generate(req).text)
+        assert texts <= {"Red", "Blue"}
+        assert all(slot.owner is not None for slot in worker.pools["a"].slots)
+    finally:
+        worker.close()

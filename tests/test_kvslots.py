@@ -76,3 +76,24 @@ def test_each_conversation_in_flight_gets_its_own_slot() -> None:
     assert a is pool.slots[0] and b is pool.slots[1] and b.owner == "B2"
     pool.release(b)
     pool.release(a)
+
+
+def test_spare_slots_fill_the_pool_and_stop_where_llama_cpp_cannot(monkeypatch: Any) -> None:
+    made: list[int] = []
+
+    def share_weights(llm: Any) -> Any:
+        if len(made) == 2:
+            raise ValueError("Failed to create llama_context")  # as on too little memory
+        made.append(1)
+        return fake_llm()
+
+    monkeypatch.setattr("localtable.backends.llamacpp.kvslots.share_weights", share_weights)
+    pool = SlotPool(fake_llm(), max_slots=2)
+    pool.add_spares()
+    pool.add_spares()  # full: nothing more
+    assert len(pool.slots) == 2 and len(made) == 1
+    big = SlotPool(fake_llm(), max_slots=5)
+    big.add_spares()  # the second context fails: the rest is left to the turns
+    assert len(big.slots) == 2
+    slot = big.acquire("A1", [1, 2], reuse=True)  # a spare is a fresh slot like any other
+    assert slot is big.slots[0] and slot.owner == "A1"

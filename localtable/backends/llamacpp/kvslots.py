@@ -231,6 +231,20 @@ class SlotPool:
             return None
         return max(free, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
 
+    def add_spares(self) -> None:
+        """Create the contexts a turn would otherwise create when it first needs one
+        (70-80 ms each for a small model: the KV cache and the compute graph's buffers).
+        The worker calls it while another model loads, on a core the load leaves idle.
+        A context that cannot be made now (memory) is left to the turn that needs it,
+        whose error then says so."""
+        while len(self.slots) < self.max_slots:
+            try:
+                slot = KVSlot(share_weights(self.slots[0].llm))
+            except ValueError:  # llama.cpp could not create the context
+                return
+            with self._free:
+                self.slots.append(slot)
+
     def close(self) -> None:
         """Free the extra contexts; the first slot's belongs to the model's Llama."""
         for slot in self.slots[1:]:

@@ -45,19 +45,40 @@ from localtable.backends.promptpiece import PromptPiece
 
 # The last lines llama.cpp logged: the real reason a model failed to load is only there.
 _LOG: deque[str] = deque(maxlen=40)
+# Threads whose llama.cpp lines are not kept: a context made beside a load logs
+# hundreds, which would push the load's own reason out of _LOG.
+_UNLOGGED: set[int] = set()
 
 
-def _install_log_capture() -> Any:
+# The installed callback: llama.cpp holds a raw pointer to it, so it must never be freed.
+_CAPTURE: Any = None
+
+
+def _install_log_capture() -> None:
+    """Send llama.cpp's log lines to _LOG (once per process)."""
+    global _CAPTURE
     import llama_cpp
+
+    if _CAPTURE is not None:
+        return
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def capture(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         line = text.decode("utf-8", errors="replace").strip()
-        if line:
+        if line and threading.get_ident() not in _UNLOGGED:
             _LOG.append(line)
 
     llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
-    return capture  # keep a reference: llama.cpp holds a raw pointer to it
+    _CAPTURE = capture
+
+
+def _add_spares(pools: list[SlotPool]) -> None:
+    _UNLOGGED.add(threading.get_ident())
+    try:
+        for pool in pools:
+            pool.add_spares()
+    finally:
+        _UNLOGGED.discard(threading.get_ident())
 
 
 def _load_failure_reason() -> str:
@@ -110,6 +131,14 @@ class Worker:
 
         started = time.monotonic()
         _LOG.clear()
+        # The models loaded before this one get their other KV caches meanwhile: loading
+        # is one thread's work (mostly the vocabulary: 0.6 s for Gemma 3's 262k tokens).
+        # Only on the CPU, where each panelist keeps a cache of its own (generate).
+        spares = [
+            pool for key, pool in self.pools.items() if key != req.model_key and self.cpu_only[key]
+        ]
+        filler = threading.Thread(target=_add_spares, args=(spares,))
+        filler.start()
         try:
             llm = llama_cpp.Llama(
                 model_path=str(req.path),
@@ -126,6 +155,8 @@ class Worker:
             raise EngineFailure(
                 f"llama.cpp could not load {req.path}: {_load_failure_reason()} ({exc})"
             ) from None
+        finally:
+            filler.join()
         self.unload(req.model_key)
         self.models[req.model_key] = llm
         self.pools[req.model_key] = SlotPool(llm, req.kv_slots)
@@ -359,7 +390,7 @@ def serve(conn: Connection) -> None:
     # into failed ones instead of interrupted ones. The parent kills it when done.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    _keep = _install_log_capture()  # noqa: F841
+    _install_log_capture()
     worker = Worker()
     sending = threading.Lock()
     generations: list[threading.Thread] = []
