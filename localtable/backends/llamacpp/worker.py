@@ -27,7 +27,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
-from localtable.backends.llamacpp import grammar_topk, threadload
+from localtable.backends.llamacpp import grammar_topk, pieces, threadload
 from localtable.backends.llamacpp.kvslots import SlotPool
 from localtable.backends.llamacpp.messages import (
     EngineFailure,
@@ -158,6 +158,7 @@ class Worker:
         finally:
             filler.join()
         self.unload(req.model_key)
+        pieces.install(llm)
         self.models[req.model_key] = llm
         self.pools[req.model_key] = SlotPool(llm, req.kv_slots)
         self.cpu_only[req.model_key] = req.gpu_layers == 0
