@@ -36,6 +36,7 @@ PROMPT_TEMPLATES = [
     "system.j2", "round1.j2", "round_later.j2", "summarize.j2", "summary_system.j2",
     "completion.j2", "turn.gbnf.j2", "summary.gbnf.j2",
 ]  # fmt: skip
+LABEL_TEMPLATES = ["label.j2", "label.gbnf.j2"]
 MAX_QUESTION_CHARS = 20_000
 
 
@@ -227,6 +228,7 @@ def run_debate(
     session = session or Session(templates, loaded)
     try:
         record = prepare(req, loaded, session, templates, now, notice)
+        templates.compile_soon([*PROMPT_TEMPLATES, *LABEL_TEMPLATES])  # while models load
         speaker = open_run(session, record, describe=True)
         preflight(Debate(record, speaker, templates, lambda r: None, progress))
         run_dir = req.runs_dir / record.run_id
