@@ -113,3 +113,29 @@ def test_resume_opens_the_recorded_plan(fake_backend: Path, tmp_path: Path) -> N
     assert resumed.exit_code == 0, resumed.output
     assert [m.loading for m in fakebackend.OPENED_WITH if m] == ["one at a time"]
     assert read_record(run_dir).status == "complete"
+
+
+def test_every_template_a_debate_renders_is_in_its_record(
+    fake_backend: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay refuses a changed template only if the record has its sha256."""
+    rendered: set[str] = set()
+    render = TemplateSet.render
+
+    def recording(self: TemplateSet, template_name: str, **values: object) -> str:
+        rendered.add(template_name)
+        return render(self, template_name, **values)
+
+    monkeypatch.setattr(TemplateSet, "render", recording)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli,
+        ["debate", "Is this seam enough?", "--config", str(fake_backend), "--runs-dir", str(runs)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    (run_dir,) = list(runs.iterdir())
+    record = read_record(run_dir)
+    assert {"turn.gbnf.j2", "label.j2", "label.gbnf.j2", "summarize.j2"} <= rendered
+    assert rendered <= set(record.templates)
+    assert record.templates["label.j2"] == TemplateSet().sha256("label.j2")

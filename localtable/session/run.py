@@ -32,11 +32,12 @@ from localtable.session.session import Session, SessionSpeaker
 from localtable.stopsignals import stop_reason
 from localtable.templates import TemplateSet
 
+# every template a debate renders: their sha256 go into the record (a replay refuses
+# a changed one); tests/test_backends.py checks the list against a debate
 PROMPT_TEMPLATES = [
     "system.j2", "round1.j2", "round_later.j2", "summarize.j2", "summary_system.j2",
-    "completion.j2", "turn.gbnf.j2", "summary.gbnf.j2",
+    "completion.j2", "turn.gbnf.j2", "summary.gbnf.j2", "label.j2", "label.gbnf.j2",
 ]  # fmt: skip
-LABEL_TEMPLATES = ["label.j2", "label.gbnf.j2"]
 MAX_QUESTION_CHARS = 20_000
 
 
@@ -228,7 +229,7 @@ def run_debate(
     session = session or Session(templates, loaded)
     try:
         record = prepare(req, loaded, session, templates, now, notice)
-        templates.compile_soon([*PROMPT_TEMPLATES, *LABEL_TEMPLATES])  # while models load
+        templates.compile_soon(PROMPT_TEMPLATES)  # while models load
         speaker = open_run(session, record, describe=True)
         preflight(Debate(record, speaker, templates, lambda r: None, progress))
         run_dir = req.runs_dir / record.run_id
