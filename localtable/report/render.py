@@ -7,10 +7,11 @@ fields below are the variables a layout sees, documented in docs/report.md).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from localtable.record import Generation, RunRecord, TurnRecord
 from localtable.templates import TemplateSet
@@ -97,6 +98,13 @@ class GenerationRow(View):
     shortened: list[str] = Field(description="context rules applied to fit the prompt")
 
 
+class BackendFact(View):
+    """One line of what a backend reported about itself (the record's `backends`)."""
+
+    label: str = Field(description="the backend, the fact, and for a server its URL")
+    text: str = Field(description="the value as plain text; a file's sha256 cut to 12 digits")
+
+
 class RoundtableView(View):
     """Everything a layout template sees, as `v`."""
 
@@ -117,6 +125,7 @@ class RoundtableView(View):
     all_rounds: list[tuple[int, list[TurnView]]]
     chart: StanceChart
     generations: list[GenerationRow]
+    backend_facts: list[BackendFact] = Field(description="the record's `backends`, flattened")
     total_seconds: float
     total_prompt_tokens: int
     total_completion_tokens: int
@@ -314,6 +323,42 @@ def build_generations(record: RunRecord) -> list[GenerationRow]:
     return rows
 
 
+SHORT_HASH_CHARS = 12
+
+
+def fact_text(value: JsonValue) -> str:
+    """A value a backend described, as one plain string: text as it is, anything else
+    (a number, a list, a table from a hand-edited record) as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(", ", ": "))
+
+
+def backend_facts(record: RunRecord) -> list[BackendFact]:
+    """The record's `backends` as label/text lines. Each backend describes itself in its
+    own shape (llama.cpp: a table of library sha256; llama-server: a table per server
+    URL), and a shared record may hold any JSON there: the layout gets plain strings."""
+    facts = []
+    for name, described in sorted(record.backends.items()):
+        for key, value in sorted(described.items()):
+            label = f"{name} {key}"
+            if not isinstance(value, dict):
+                facts.append(BackendFact(label=label, text=fact_text(value)))
+            elif all(isinstance(v, str) for v in value.values()):
+                # file -> sha256 (llama.cpp's libraries): the first digits tell builds apart
+                pairs = (f"{k} {str(v)[:SHORT_HASH_CHARS]}" for k, v in sorted(value.items()))
+                facts.append(BackendFact(label=label, text=", ".join(pairs)))
+            else:  # e.g. llama-server's: URL -> what that server reported
+                for k, v in sorted(value.items()):
+                    text = (
+                        " ".join(f"{kk}={fact_text(vv)}" for kk, vv in sorted(v.items()))
+                        if isinstance(v, dict)
+                        else fact_text(v)
+                    )
+                    facts.append(BackendFact(label=f"{label} {k}", text=text))
+    return facts
+
+
 def build_view(record: RunRecord) -> RoundtableView:
     def summary_line(text: str) -> str:  # a choice or a number is complete as it is
         cut = at_limit(text, line_max)  # where the grammar ends a line
@@ -373,6 +418,7 @@ def build_view(record: RunRecord) -> RoundtableView:
         all_rounds=rounds,
         chart=build_chart(record, finals),
         generations=generations,
+        backend_facts=backend_facts(record),
         total_seconds=round(sum(g.seconds for g in generations), 3),
         total_prompt_tokens=sum(g.prompt_tokens for g in generations),
         total_completion_tokens=sum(g.completion_tokens for g in generations),
