@@ -615,8 +615,8 @@ class BatchPrinter:
         on = f" on worker {event.worker}" if several and event.worker else ""
         if event.position == 0:  # a worker event
             where = f" on {event.where}" if event.where else ""
-            if event.action == "refused":
-                return f"worker {event.worker}{where} refused: {event.error}"
+            if event.action == "refused":  # alone, it stops the batch with this reason
+                return f"worker {event.worker}{where} refused: {event.error}" if several else None
             if event.action == "lost":
                 return f"worker {event.worker}{where} died: {event.error}"
             return (
@@ -645,6 +645,12 @@ class BatchPrinter:
         if self.shown:
             click.echo("", err=True)
             self.shown = False
+
+
+class BatchFailed(LocaltableError):
+    """No debate of a batch ran to its end: there is nothing to score."""
+
+    exit_code = 1
 
 
 def _print_batch_summary(result: BatchResult) -> None:
@@ -809,7 +815,13 @@ def batch(
     finally:
         printer.close()
     _print_batch_summary(result)
-    errors = result.count("error")
+    errors = [e for e in result.index.entries if e.status == "error"]
+    if errors and len(errors) == len(result.index.entries):
+        first = errors[0]
+        raise BatchFailed(
+            f"every debate of the batch failed ({len(errors)} of {len(errors)}); the first, "
+            f"{first.run_dir}: {first.error}"
+        )
     _print_score([str(result.batch_dir)], runs_dir, fmt, None, quiet_if_none=True)
     if errors:
         sys.exit(1)

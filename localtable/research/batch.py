@@ -353,14 +353,19 @@ class Coordinator:
         return any(w.state in ("starting", "idle", "busy") for w in self.workers)
 
     def _stalled(self) -> BatchStalled:
+        again = "fix that, then run the same `localtable batch` command again"
+        if len(self.workers) == 1:  # no worker processes: the batch's own models
+            return BatchStalled(
+                f"cannot run the {len(self.queue)} debates still to run: "
+                f"{self.workers[0].message}; {again}"
+            )
         why = "; ".join(
             f"worker {w.worker}{f' on {w.where}' if w.where else ''}: {w.message}"
             for w in self.workers
             if w.message
         )
         return BatchStalled(
-            f"no worker is left to run the {len(self.queue)} debates still to run ({why}); "
-            "fix that, then run the same `localtable batch` command again"
+            f"no worker is left to run the {len(self.queue)} debates still to run ({why}); {again}"
         )
 
     def _dispatch(self) -> None:
@@ -409,6 +414,8 @@ class Coordinator:
         elif report.kind == "done":
             assert report.record is not None
             self._finish(state, report.run_id, report.record)
+        elif report.worker_broken:
+            self._broken(state, report.run_id, report.message)
         else:
             self._error(state, report.run_id, report.message)
 
@@ -469,6 +476,21 @@ class Coordinator:
         entry = _entry_from_record(self.index.entries[i], record)
         self._save(i, entry.model_copy(update={"ran_on": state.where or None}))
         self._event(i, "done", record.status, worker=state, seconds=seconds)
+
+    def _broken(self, state: WorkerState, run_id: str, message: str) -> None:
+        """The worker can run no debate (a model file went missing since it started):
+        the debate goes back to the queue as it was, the worker is retired, and with no
+        worker left the batch stops with this one line, not one error per debate."""
+        del self.running[run_id]
+        self.started.pop(run_id, None)
+        self.queue.appendleft(run_id)
+        i = self.position[run_id]
+        unfinished = (self.work_dir / run_id / RECORD_FILE).is_file()
+        status: EntryStatus = "interrupted" if unfinished else "pending"
+        self._save(i, self.index.entries[i].model_copy(update={"status": status}))
+        state.state, state.run_id, state.turns, state.message = "refused", None, 0, message
+        self.pool.retire(state.worker - 1)
+        self._worker_event("refused", state, message)
 
     def _error(self, state: WorkerState, run_id: str, message: str) -> None:
         del self.running[run_id]
@@ -571,6 +593,14 @@ def run_batch(
     if not req.seeds:
         raise ConfigError("a batch needs at least one seed")
     pool = cast(WorkerPool, runner) if hasattr(runner, "submit") else None
+    if pool is None and isinstance(runner, SessionRunner):
+        # the panel's model files once, before the first debate, as a worker process
+        # checks them: a missing one is one line, not one error per debate
+        session_runner = runner
+        pool = InProcessPool(runner, check=lambda: session_runner.check(
+            req.panel, verify=False, reuse_prefix=req.reuse_prefix,  # each debate verifies
+            memory_budget=req.memory_budget,
+        ))  # fmt: skip
     pool = pool or InProcessPool(cast(DebateRunner, runner))
     name = batch_name(req)
     batch_dir = req.runs_dir / name

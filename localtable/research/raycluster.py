@@ -38,6 +38,7 @@ from localtable.research.workers import (
     Report,
     WorkerCore,
     WorkerSpec,
+    error_report,
     this_host,
 )
 from localtable.session.session import BackendRegistry, Session
@@ -107,7 +108,7 @@ class DebateWorker:
                 record = core.run(job, turn)
                 reports.put(Report(worker=0, kind="done", run_id=job.run_id, record=record))
             except LocaltableError as exc:
-                reports.put(Report(worker=0, kind="error", run_id=job.run_id, message=str(exc)))
+                reports.put(error_report(0, job.run_id, exc))
             except BaseException as exc:  # a bug: fail the call, the driver replaces the actor
                 reports.put(exc)
 

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from localtable.config import LoadedConfig
 from localtable.debate.protocol import ProgressEvent, ProgressSink
-from localtable.errors import LocaltableError
+from localtable.errors import LocaltableError, ModelFileError
 from localtable.record import RunRecord, read_record, write_record
 from localtable.session.run import DebateRequest, RunInterrupted
 from localtable.session.session import BackendRegistry
@@ -75,6 +75,17 @@ class SessionRunner:
         from localtable.session.run import run_debate
 
         return run_debate(req, self.loaded, self.templates, self.progress, self.session)[1]
+
+    def check(
+        self, panel: str, *, verify: bool, reuse_prefix: bool, memory_budget: int | None
+    ) -> dict[str, str | None]:
+        """Resolve (and hash) every model of the panel, as a new run would: model name ->
+        sha256. Raises ModelFileError naming what is missing, before any debate."""
+        planned = self.session.plan(
+            self.loaded.config.panel(panel), self.loaded, verify=verify,
+            reuse_prefix=reuse_prefix, memory_budget=memory_budget,
+        )  # fmt: skip
+        return {m.name: m.sha256 for m in planned.models}
 
     def resume(self, run_dir: Path) -> RunRecord:
         from localtable.session.rerun import resume_run
@@ -122,6 +133,9 @@ class Report(BaseModel):
     where: str = ""  # ready: the machine (node) the worker runs on
     models: dict[str, str | None] = {}  # ready: model name -> sha256 found there
     restarting: bool = False  # lost: a new worker takes its place
+    # error: the worker can run no debate at all (a model file went missing or changed),
+    # so the coordinator retires it instead of failing every debate left, one by one
+    worker_broken: bool = False
 
 
 class WorkerPool(Protocol):
@@ -200,15 +214,10 @@ class WorkerCore:
     def check(self) -> dict[str, str | None]:
         """Resolve (and hash) every model of the panel here, as a new run would:
         model name -> sha256. Raises LocaltableError naming what is missing."""
-        panel = self.loaded.config.panel(self.spec.panel)
-        planned = self.runner.session.plan(
-            panel,
-            self.loaded,
-            verify=self.spec.verify,
-            reuse_prefix=self.spec.reuse_prefix,
+        return self.runner.check(
+            self.spec.panel, verify=self.spec.verify, reuse_prefix=self.spec.reuse_prefix,
             memory_budget=self.spec.memory_budget,
-        )
-        return {m.name: m.sha256 for m in planned.models}
+        )  # fmt: skip
 
     def run(self, job: Job, on_turn: Callable[[RunRecord], None]) -> RunRecord:
         self._run_dir, self.on_turn = self.scratch / job.run_id, on_turn
@@ -219,6 +228,15 @@ class WorkerCore:
 
     def close(self) -> None:
         self.runner.close()
+
+
+def error_report(worker: int, run_id: str, exc: LocaltableError) -> Report:
+    """A debate that could not run; a model file's problem is the worker's, not the
+    debate's: every debate after it would fail the same way."""
+    broken = isinstance(exc, ModelFileError)
+    return Report(
+        worker=worker, kind="error", run_id=run_id, message=str(exc), worker_broken=broken
+    )
 
 
 def run_job(runner: DebateRunner, scratch: Path, job: Job) -> RunRecord:
@@ -233,12 +251,15 @@ def run_job(runner: DebateRunner, scratch: Path, job: Job) -> RunRecord:
 
 
 class InProcessPool:
-    """One worker: the coordinator's process, running in the batch's .work folder."""
+    """One worker: the coordinator's process, running in the batch's .work folder.
+    check: what a worker process checks before it says ready (WorkerCore.check), so
+    that a missing model is one refusal before the first debate."""
 
     size = 1
 
-    def __init__(self, runner: DebateRunner) -> None:
+    def __init__(self, runner: DebateRunner, check: Callable[[], object] = lambda: None) -> None:
         self.runner = runner
+        self.check = check
         self.expected_models: dict[str, str | None] = {}
         self.work_dir: Path | None = None
         self.reports: deque[Report] = deque()
@@ -246,6 +267,11 @@ class InProcessPool:
 
     def start(self, work_dir: Path) -> None:
         self.work_dir = work_dir
+        try:
+            self.check()
+        except LocaltableError as exc:
+            self.reports.append(Report(worker=0, kind="refused", message=str(exc)))
+            return
         self.reports.append(Report(worker=0, kind="ready", where=this_host()))
 
     def submit(self, worker: int, job: Job) -> None:
@@ -264,7 +290,7 @@ class InProcessPool:
         except (RunInterrupted, KeyboardInterrupt):
             raise
         except LocaltableError as exc:
-            return Report(worker=0, kind="error", run_id=job.run_id, message=str(exc))
+            return error_report(0, job.run_id, exc)
         return Report(worker=0, kind="done", run_id=job.run_id, record=record)
 
     def close(self) -> None:
@@ -306,7 +332,7 @@ def _serve(conn: Connection, spec: WorkerSpec, scratch: Path, worker: int) -> No
             try:
                 record = core.run(job, turn)
             except LocaltableError as exc:
-                send(Report(worker=worker, kind="error", run_id=job.run_id, message=str(exc)))
+                send(error_report(worker, job.run_id, exc))
                 continue
             send(Report(worker=worker, kind="done", run_id=job.run_id, record=record))
     finally:
