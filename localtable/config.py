@@ -154,7 +154,11 @@ class ModelSpec(Strict):
         description="template: the GGUF chat template; completion: a plain transcript prompt; "
         "auto: template when the GGUF has one",
     )
-    threads: int = Field(default=0, ge=0, description="0 = the cores available to the process")
+    # ggml pins at most GGML_MAX_N_THREADS = 512 threads (ggml.h): a larger number is a
+    # typo, and one past 2**31 would wrap in llama.cpp's int32
+    threads: int = Field(
+        default=0, ge=0, le=512, description="0 = the cores available to the process"
+    )
     gpu_layers: int = Field(default=0, ge=-1)
     license: str | None = None
 
@@ -168,9 +172,14 @@ class ModelSpec(Strict):
 class Sampling(Strict):
     temperature: float = Field(default=0.7, ge=0.0, le=5.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    top_k: int = Field(default=40, ge=0)
+    # top_k beyond the largest vocabulary (Gemma 3's, 262,144 tokens) keeps every token,
+    # as 0 does; a bigger number is a typo, and past 2**31 llama.cpp's int32 would wrap
+    # it to a negative k, which turns the sampler off without a word
+    top_k: int = Field(default=40, ge=0, le=1_000_000)
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(default=1.1, ge=0.0)
+    # llama.cpp divides a repeated token's logit by it (1 = off, 1.1-1.3 usual); past 10
+    # every repeated token is all but banned, and inf would make the logits 0 or -inf
+    repeat_penalty: float = Field(default=1.1, ge=0.0, le=10.0)
     typical_p: float = Field(default=1.0, gt=0.0, le=1.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
