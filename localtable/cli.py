@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -24,8 +25,10 @@ import click
 from localtable.config import LoadedConfig, load_config
 from localtable.debate.protocol import ProgressEvent
 from localtable.errors import ConfigError, LocaltableError, describe_write_error
-from localtable.record import RunRecord, find_run, list_runs, read_record
+from localtable.record import RECORD_FILE, RunRecord, find_run, list_runs, read_record
 from localtable.report.render import check_layout, render
+from localtable.research.batchindex import INDEX_FILE
+from localtable.runlock import LOCK_FILE
 from localtable.stopsignals import exit_status, stop_on_signals
 from localtable.templates import TemplateSet, text_value
 
@@ -119,15 +122,75 @@ def _templates(path: Path | None) -> tuple[TemplateSet, str | None]:
     return TemplateSet(path.parent), path.name
 
 
-def _write_output(text: str, output: Path | None) -> None:
+# localtable's own files: a report written over one destroys a run, a batch or a lock
+OWN_FILES = frozenset({RECORD_FILE, INDEX_FILE, LOCK_FILE})
+
+
+def _check_output(output: Path | None, *records: Path) -> None:
+    """Refuse an --output that cannot be written, or that is one of localtable's own
+    files (a run record, the one rendered included under any name, a batch index, a
+    lock): a debate checks it before it runs, so the run is never lost to a bad path."""
+    if output is None:
+        return
+    if output.is_symlink():
+        raise ConfigError(f"--output {output} is a symbolic link; give the file itself")
+    if output.exists():
+        if output.is_dir():
+            raise ConfigError(f"--output {output} is a folder; give a file name in it")
+        if not output.is_file() and str(output) != os.devnull:
+            raise ConfigError(f"--output {output} is not a regular file; give a file name")
+        if output.name in OWN_FILES or any(
+            r.exists() and os.path.samefile(output, r) for r in records
+        ):
+            raise ConfigError(
+                f"--output {output} is localtable's own {output.name}; writing a report "
+                "there would destroy it: give another file name"
+            )
+    folder = output.parent
+    if not folder.is_dir():
+        missing = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"--output {output}: the folder {folder} {missing}; create it first")
+    if not os.access(folder if not output.exists() else output, os.W_OK):
+        raise ConfigError(f"--output {output}: permission denied; give a path you can write")
+
+
+def _write_output(text: str, output: Path | None, *records: Path) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
+    _check_output(output, *records)
+    # never through a link that appeared since the check, never blocked by a FIFO
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        output.write_text(text, encoding="utf-8")
+        fd = os.open(output, flags, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
     except OSError as exc:
         raise ConfigError(f"cannot write {output}: {describe_write_error(exc)}") from None
     click.echo(f"Wrote {output}", err=True)
+
+
+def _write_report(
+    run_dir: Path, record: RunRecord, write: Callable[[], None], how: list[str]
+) -> None:
+    """Write a finished run's report; if that fails, the run is still saved: say where,
+    and how to write its report later (`how`: render's options), then fail with the
+    reason and its exit code."""
+    try:
+        write()
+    except LocaltableError as exc:
+        _print_run_end(run_dir, record, exit_on_failure=False)
+        again = shlex.join(["localtable", "render", str(run_dir), *how])
+        error = LocaltableError(
+            f"{exc}; the run is saved ({record.run_id}): `{again}` writes its report"
+        )
+        error.exit_code = exc.exit_code
+        raise error from None
+    _print_run_end(run_dir, record)
+
+
+def _option(name: str, value: Path | None) -> list[str]:
+    return [name, str(value)] if value is not None else []
 
 
 class ProgressPrinter:
@@ -279,12 +342,19 @@ def debate(
     )
     templates, layout = _templates(template_path)
     check_layout(templates, fmt, layout)  # a broken template fails now, not after the run
+    _check_output(output)  # and so does a path the report cannot go to
     run_dir, record = run_debate(
         req, loaded, TemplateSet(), ProgressPrinter(quiet),
         notice=lambda text: click.echo(f"Note: {text}", err=True),
+        # the run's record before its first turn, with this panel's models and backends:
+        # a layout that cannot render them fails now, not after the debate
+        before_turns=lambda header: render(header, fmt, templates, layout),
     )  # fmt: skip
-    _write_output(render(record, fmt, templates, layout), output)
-    _print_run_end(run_dir, record)
+    how = ["--format", fmt, *_option("--template", template_path), *_option("--output", output)]
+    _write_report(
+        run_dir, record, lambda: _write_output(render(record, fmt, templates, layout), output),
+        how,
+    )  # fmt: skip
 
 
 @cli.command("render")
@@ -301,9 +371,11 @@ def render_cmd(
 
     Example: localtable render 20261126-101500-a1b2c3 --format md
     """
-    record = read_record(find_run(run, runs_dir))
+    run_dir = find_run(run, runs_dir)
+    _check_output(output, run_dir / RECORD_FILE)  # never over the record it renders
+    record = read_record(run_dir)
     templates, layout = _templates(template_path)
-    _write_output(render(record, fmt, templates, layout), output)
+    _write_output(render(record, fmt, templates, layout), output, run_dir / RECORD_FILE)
 
 
 @cli.command()
@@ -413,11 +485,11 @@ def pull(
         sys.exit(1)
 
 
-def _print_run_end(run_dir: Path, record: RunRecord) -> None:
+def _print_run_end(run_dir: Path, record: RunRecord, exit_on_failure: bool = True) -> None:
     click.echo(f"Run record: {run_dir / 'record.json'}", err=True)
     if record.transcript_sha256:
         click.echo(f"Transcript sha256: {record.transcript_sha256}", err=True)
-    if record.status != "complete":
+    if record.status != "complete" and exit_on_failure:
         click.echo(f"Error: run {record.status}: {record.error}", err=True)
         sys.exit(1)
 
@@ -452,6 +524,7 @@ def resume(
     from localtable.session.rerun import resume_run
 
     run_dir = find_run(run, runs_dir)
+    _check_output(output, run_dir / RECORD_FILE)  # before the run, never over its record
     loaded = _optional_config(config_path)
     record = resume_run(
         run_dir,
@@ -460,8 +533,11 @@ def resume(
         ProgressPrinter(quiet),
         allow_engine_change=allow_engine_change,
     )
-    _write_output(render(record, fmt, TemplateSet()), output)
-    _print_run_end(run_dir, record)
+    _write_report(
+        run_dir, record,
+        lambda: _write_output(render(record, fmt, TemplateSet()), output, run_dir / RECORD_FILE),
+        ["--format", fmt, *_option("--output", output)],
+    )  # fmt: skip
 
 
 @cli.command()

@@ -223,6 +223,9 @@ def run_debate(
     progress: ProgressSink,
     session: Session | None = None,  # default: a new one, closed at the end (batches pass theirs)
     notice: Callable[[str], None] = lambda text: None,  # e.g. models loaded one at a time
+    # called with the record once its models are open, before the first turn and before
+    # anything is written (the CLI renders its report: a layout that fails, fails now)
+    before_turns: Callable[[RunRecord], object] = lambda header: None,
 ) -> tuple[Path, RunRecord]:
     now = datetime.now(UTC).replace(microsecond=0)
     own = session is None
@@ -232,6 +235,7 @@ def run_debate(
         templates.compile_soon(PROMPT_TEMPLATES)  # while models load
         speaker = open_run(session, record, describe=True)
         preflight(Debate(record, speaker, templates, lambda r: None, progress))
+        before_turns(record)
         run_dir = req.runs_dir / record.run_id
         with hold(run_dir, f"run {record.run_id}"):  # one process per run, for its whole life
             write_record(run_dir, record)
