@@ -405,7 +405,8 @@ def models(config_path: Path | None, verify: bool) -> None:
 )  # fmt: skip
 @click.option(
     "--read-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-    metavar="SECONDS", help="How long to wait for each answer or piece of a download.",
+    metavar="SECONDS", help="How long to wait for each answer or piece of a download; a whole "
+    "answer must also end within it plus a second per 32 KiB it announces.",
 )  # fmt: skip
 @user_errors
 def pull(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +25,16 @@ from localtable.cli import cli
 from localtable.config import load_config
 from localtable.errors import ConfigError
 from localtable.record import RunRecord, read_record, write_record
+from tests.conftest import REPO, subprocess_env
 from tests.fakeserver import FakeLlamaServer
-from tests.hostile import CONTROL, localtable, no_models_config, one_line_error, questions_file
+from tests.hostile import (
+    CONTROL,
+    NO_MODELS,
+    localtable,
+    no_models_config,
+    one_line_error,
+    questions_file,
+)
 
 QUESTION = "Should cities ban cars?"
 SECRET = "AKIAxSECRETxVALUE"  # what the user's environment holds, never to be sent
@@ -324,6 +334,30 @@ def test_a_dripping_server_is_cut_off_at_the_deadline(phase: str) -> None:
     assert elapsed < 15
     (exc,) = outcome
     assert isinstance(exc, ServerTimeout) and "no answer within 0.5 s" in str(exc), exc
+
+
+def test_a_hub_that_drips_its_answer_fails_the_pull_in_bounded_time(tmp_path: Path) -> None:
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(
+        NO_MODELS.replace('{ kind = "path", path = "missing.gguf" }',
+                          '{ kind = "hf", repo = "someone/tiny", file = "m.gguf" }')
+    )  # fmt: skip
+    env = {k: v for k, v in subprocess_env(tmp_path / "cache").items() if not k.startswith("HF_")}
+    drip = Drip("body")
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{drip.port}", HF_HUB_CACHE=str(tmp_path / "hf"),
+               HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "localtable", "pull", "m", "--config", str(cfg),
+             "--read-timeout", "1", "--connect-timeout", "1", "-q"],
+            env=env, capture_output=True, text=True, timeout=90, cwd=REPO,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("a per-read timeout only: the dripping Hub held the pull")
+    finally:
+        drip.close()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "answered too slowly: not complete within" in proc.stderr, proc.stderr
 
 
 def test_ray_at_an_address_nobody_listens_on_is_one_line_at_once(tmp_path: Path) -> None:

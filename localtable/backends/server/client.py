@@ -77,7 +77,9 @@ class Deadline:
     def _expire(self) -> None:
         self._fired.set()
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+            # the plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop
+            # its TLS state under the reading thread, which then fails with a ValueError
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
 
     def __enter__(self) -> Deadline:
         self._timer.start()
