@@ -35,6 +35,7 @@ from tests.hostile import (
     one_line_error,
     questions_file,
 )
+from tests.hubserver import HubServer
 
 QUESTION = "Should cities ban cars?"
 SECRET = "AKIAxSECRETxVALUE"  # what the user's environment holds, never to be sent
@@ -221,6 +222,25 @@ def test_a_key_that_cannot_go_in_a_header_is_one_line_without_the_key(
     one_line_error(result, 2, "BOX_KEY", says)
     assert SECRET not in result.stderr + result.stdout
     assert sum(server.calls.values()) == 0
+
+
+def test_a_hugging_face_token_that_cannot_go_in_a_header_is_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(
+        NO_MODELS.replace('{ kind = "path", path = "missing.gguf" }',
+                          '{ kind = "hf", repo = "someone/tiny", file = "m.gguf" }')
+    )  # fmt: skip
+    env = {k: v for k, v in subprocess_env(tmp_path / "cache").items() if not k.startswith("HF_")}
+    with HubServer() as hub:
+        hub.add_commit("someone/tiny", {"m.gguf": b"GGUF" + bytes(100)})
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(tmp_path / "hf"),
+                   HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=SECRET + "\u0416")  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "localtable", "pull", "m", "--config", str(cfg), "-q"],
+            env=env, capture_output=True, text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+    one_line_error(proc, 2, "Hugging Face token", "outside ASCII")
+    assert SECRET not in proc.stderr
 
 
 # -- item 8: a server's words reach the terminal escaped ----------------------------------

@@ -30,6 +30,7 @@ import httpx2
 from huggingface_hub import (
     HfApi,
     constants,
+    get_token,
     hf_hub_download,
     set_client_factory,
     try_to_load_from_cache,
@@ -485,6 +486,19 @@ def bounded_requests(connect: float, read: float) -> Iterator[None]:
         set_client_factory(default_client_factory)
 
 
+def check_token() -> None:
+    """The Hugging Face token the Hub client will send, if any, must fit in an HTTP
+    header: one line naming where it comes from, never the token (the client itself
+    fails with a traceback)."""
+    token = get_token()
+    if token is not None and not all(" " <= c <= "~" for c in token):
+        raise ConfigError(
+            "the Hugging Face token (HF_TOKEN, or the file `hf auth login` wrote) holds a "
+            "control character or one outside ASCII, which cannot go in an HTTP header; set "
+            "it to the token alone"
+        )
+
+
 def pull(
     loaded: LoadedConfig,
     names: list[str],
@@ -501,6 +515,7 @@ def pull(
     that succeeds, so an interrupted pull keeps what it finished. A host that
     does not connect or answer within the timeouts fails that model, naming it.
     """
+    check_token()
     with bounded_requests(connect_timeout, read_timeout):
         return _pull(loaded, names, progress, on_result)
 
