@@ -165,7 +165,7 @@ def test_replay_of_a_record_naming_another_server_and_hf_token_sends_nothing(
     cfg = write_config(tmp_path, config(server.url))
     runs = tmp_path / "runs"
     run_dir = complete_run(cfg, runs)
-    tamper(run_dir, url=elsewhere.url, api_key_env="HF_TOKEN")
+    tamper(run_dir, url=elsewhere.url, api_key_env="HF_TOKEN", timeout=1e300)
     monkeypatch.setenv("HF_TOKEN", SECRET)
     result = run("replay", str(run_dir), "--runs-dir", str(runs), "--config", str(cfg), "-q")
     assert result.exit_code == 2, result.output

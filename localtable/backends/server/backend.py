@@ -201,7 +201,9 @@ def trusted_client(
             f"{settings.url} ({', '.join(envs)}); give its models one api_key_env"
         )
     key_env = settings.api_key_env if settings.api_key_env in envs else next(iter(envs), None)
-    timeout = sources[0].timeout if sources else settings.timeout
+    # models.toml's timeout; for an --allow-url server the record's, if in models.toml's range
+    recorded = settings.timeout if 0 < settings.timeout <= 86400 else 600.0
+    timeout = sources[0].timeout if sources else recorded
     return ServerClient(settings.url, api_key(key_env, model), timeout), key_env
 
 
