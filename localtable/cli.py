@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -50,10 +51,29 @@ def default_config() -> Path:
     return bundled if bundled.is_file() else Path(__file__).resolve().parent.parent / "models.toml"
 
 
+# C0 and C1 control characters: what a terminal acts on (escape sequences, carriage
+# returns, backspaces). Text from records, servers and GGUFs may hold them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_BREAK = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: str, *, one_line: bool = False) -> str:
+    """Text as the terminal gets it: every control character written out as \\xNN (so a
+    server's or a record's escape sequence is seen, never obeyed); one_line: line breaks
+    and tabs too."""
+    pattern = _CONTROL_OR_BREAK if one_line else _CONTROL
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
+    """click.echo of text that may hold someone else's words: control characters escaped."""
+    click.echo(shown(text), err=err, nl=nl)
+
+
 def _say(text: str) -> None:
     """One line on stderr; after SIGHUP the terminal may be gone, and the exit code matters more."""
     with contextlib.suppress(OSError):
-        click.echo(text, err=True)
+        click.echo(shown(text, one_line=True), err=True)
 
 
 def user_errors(fn: F) -> F:
@@ -96,6 +116,15 @@ memory_budget_option = click.option(
     help="Memory the models may use, e.g. 2GB (default: 85% of MemAvailable). Models that "
     "do not fit together are loaded one at a time.",
 )
+allow_url_option = click.option(
+    "--allow-url",
+    "allow_urls",
+    metavar="URL",
+    multiple=True,
+    help="Reach this llama-server although models.toml does not name it (repeatable). "
+    "Records are shared: by default a run's servers are reached only if models.toml has "
+    "them, and an API key is sent only if models.toml names it for that server.",
+)
 template_option = click.option(
     "--template",
     "template_path",
@@ -107,6 +136,20 @@ template_option = click.option(
 
 def _config(path: Path | None) -> LoadedConfig:
     return load_config(path or default_config())
+
+
+def _allowed_urls(urls: tuple[str, ...]) -> frozenset[str]:
+    """--allow-url values, checked as models.toml's server URLs are, as records show them."""
+    from localtable.backends.server.client import public_url
+    from localtable.config import plain_server_url
+
+    allowed = set()
+    for url in urls:
+        try:
+            allowed.add(public_url(plain_server_url(url)))
+        except ValueError as exc:
+            raise ConfigError(f"--allow-url {url!r}: {exc}") from None
+    return frozenset(allowed)
 
 
 def _templates(path: Path | None) -> tuple[TemplateSet, str | None]:
@@ -156,7 +199,7 @@ def _check_output(output: Path | None, *records: Path) -> None:
 
 def _write_output(text: str, output: Path | None, *records: Path) -> None:
     if output is None:
-        click.echo(text, nl=False)
+        _echo(text, nl=False)
         return
     _check_output(output, *records)
     # never through a link that appeared since the check, never blocked by a FIFO
@@ -167,7 +210,7 @@ def _write_output(text: str, output: Path | None, *records: Path) -> None:
             fh.write(text)
     except OSError as exc:
         raise ConfigError(f"cannot write {output}: {describe_write_error(exc)}") from None
-    click.echo(f"Wrote {output}", err=True)
+    _echo(f"Wrote {output}", err=True)
 
 
 def _write_report(
@@ -216,19 +259,19 @@ class ProgressPrinter:
                 what = f"[{number}/{event.total}] summary"
             line = f"{what} · {event.panelist} ... "
             if self.open is not None:
-                click.echo("", err=True)  # the turn before it is still running
-            click.echo(line, err=True, nl=False)
+                _echo("", err=True)  # the turn before it is still running
+            _echo(line, err=True, nl=False)
             self.running[key] = (line, time.monotonic())
             self.open = key
             return
         line, started = self.running.pop(key, ("", time.monotonic()))
         status = f"{event.status} ({time.monotonic() - started:.1f}s)"
         if self.open == key:
-            click.echo(status, err=True)
+            _echo(status, err=True)
         else:
             if self.open is not None:
-                click.echo("", err=True)
-            click.echo(f"{line}{status}", err=True)
+                _echo("", err=True)
+            _echo(f"{line}{status}", err=True)
         self.open = None
 
 
@@ -345,7 +388,7 @@ def debate(
     _check_output(output)  # and so does a path the report cannot go to
     run_dir, record = run_debate(
         req, loaded, TemplateSet(), ProgressPrinter(quiet),
-        notice=lambda text: click.echo(f"Note: {text}", err=True),
+        notice=lambda text: _echo(f"Note: {text}", err=True),
         # the run's record before its first turn, with this panel's models and backends:
         # a layout that cannot render them fails now, not after the debate
         before_turns=lambda header: render(header, fmt, templates, layout),
@@ -414,12 +457,12 @@ def models(config_path: Path | None, verify: bool) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[-1]]))
+        _echo("  ".join([*cells, row[-1]]))
     notes = [r for r in rows if r.detail]
     if notes:
-        click.echo("")
+        _echo("")
     for r in notes:
-        click.echo(f"{r.name}: {r.detail}")
+        _echo(f"{r.name}: {r.detail}")
 
 
 @cli.command()
@@ -434,7 +477,8 @@ def models(config_path: Path | None, verify: bool) -> None:
 )  # fmt: skip
 @click.option(
     "--read-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-    metavar="SECONDS", help="How long to wait for each answer or piece of a download.",
+    metavar="SECONDS", help="How long to wait for each answer or piece of a download; a whole "
+    "answer must also end within it plus a second per 32 KiB it announces.",
 )  # fmt: skip
 @user_errors
 def pull(
@@ -459,11 +503,11 @@ def pull(
         loaded.config.panel(panel)  # an unknown panel is a usage error
     wanted = list(names) if names else hub.hub_models(loaded, panel)
     if not wanted:
-        click.echo("Nothing to pull: no Hub models there.", err=True)
+        _echo("Nothing to pull: no Hub models there.", err=True)
         return
 
     def line(result: hub.ModelPull) -> None:
-        click.echo(
+        _echo(
             f"{result.name}: {result.state}" + (f" - {result.detail}" if result.detail else ""),
             err=True,
         )
@@ -476,7 +520,7 @@ def pull(
         state: sum(m.state == state for m in summary.models)
         for state in ("pulled", "present", "skipped", "failed")
     }
-    click.echo(
+    _echo(
         ", ".join(f"{n} {state}" for state, n in counts.items() if n)
         + f"; {summary.bytes_downloaded:,} bytes downloaded",
         err=True,
@@ -486,11 +530,11 @@ def pull(
 
 
 def _print_run_end(run_dir: Path, record: RunRecord, exit_on_failure: bool = True) -> None:
-    click.echo(f"Run record: {run_dir / 'record.json'}", err=True)
+    _echo(f"Run record: {run_dir / 'record.json'}", err=True)
     if record.transcript_sha256:
-        click.echo(f"Transcript sha256: {record.transcript_sha256}", err=True)
+        _echo(f"Transcript sha256: {record.transcript_sha256}", err=True)
     if record.status != "complete" and exit_on_failure:
-        click.echo(f"Error: run {record.status}: {record.error}", err=True)
+        _echo(f"Error: run {record.status}: {record.error}", err=True)
         sys.exit(1)
 
 
@@ -505,6 +549,7 @@ def _print_run_end(run_dir: Path, record: RunRecord, exit_on_failure: bool = Tru
     is_flag=True,
     help="Continue even if llama-cpp-python's build differs from the run's.",
 )
+@allow_url_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @user_errors
 def resume(
@@ -514,6 +559,7 @@ def resume(
     fmt: str,
     output: Path | None,
     allow_engine_change: bool,
+    allow_urls: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Continue an interrupted or failed run from its last finished turn.
@@ -523,6 +569,7 @@ def resume(
     """
     from localtable.session.rerun import resume_run
 
+    allowed = _allowed_urls(allow_urls)
     run_dir = find_run(run, runs_dir)
     _check_output(output, run_dir / RECORD_FILE)  # before the run, never over its record
     loaded = _optional_config(config_path)
@@ -532,6 +579,7 @@ def resume(
         TemplateSet(),
         ProgressPrinter(quiet),
         allow_engine_change=allow_engine_change,
+        allow_urls=allowed,
     )
     _write_report(
         run_dir, record,
@@ -549,10 +597,16 @@ def resume(
     is_flag=True,
     help="Replay even if llama-cpp-python's build differs from the run's.",
 )
+@allow_url_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @user_errors
 def replay(
-    run: str, runs_dir: Path, config_path: Path | None, allow_engine_change: bool, quiet: bool
+    run: str,
+    runs_dir: Path,
+    config_path: Path | None,
+    allow_engine_change: bool,
+    allow_urls: tuple[str, ...],
+    quiet: bool,
 ) -> None:
     """Re-run a recorded debate and compare every output byte for byte.
 
@@ -561,6 +615,7 @@ def replay(
     """
     from localtable.session.rerun import replay_run
 
+    allowed = _allowed_urls(allow_urls)
     run_dir = find_run(run, runs_dir)
     report = replay_run(
         run_dir,
@@ -569,25 +624,26 @@ def replay(
         TemplateSet(),
         ProgressPrinter(quiet),
         allow_engine_change=allow_engine_change,
+        allow_urls=allowed,
     )
     for diff in report.engine_differences:
-        click.echo(f"engine differs: {diff}", err=True)
-    click.echo(f"Replay record: {report.replay_dir / 'record.json'}", err=True)
+        _echo(f"engine differs: {diff}", err=True)
+    _echo(f"Replay record: {report.replay_dir / 'record.json'}", err=True)
     if report.identical:
-        click.echo(f"identical {report.replay.transcript_sha256}")
+        _echo(f"identical {report.replay.transcript_sha256}")
         return
     d = report.divergence
     if d is None:
-        click.echo(
+        _echo(
             f"different transcript hash: {report.original.transcript_sha256} (original) "
             f"vs {report.replay.transcript_sha256} (replay)"
         )
     else:
-        click.echo(f"diverges at {d.where}, token {d.token_index} (character {d.char_index})")
-        click.echo(f"  common:   ...{d.common!r}")
-        click.echo(f"  original: {d.original!r}...")
-        click.echo(f"  replay:   {d.replayed!r}...")
-    click.echo(f"likely cause: {report.likely_cause}")
+        _echo(f"diverges at {d.where}, token {d.token_index} (character {d.char_index})")
+        _echo(f"  common:   ...{d.common!r}")
+        _echo(f"  original: {d.original!r}...")
+        _echo(f"  replay:   {d.replayed!r}...")
+    _echo(f"likely cause: {report.likely_cause}")
     sys.exit(1)
 
 
@@ -602,7 +658,7 @@ def runs(runs_dir: Path) -> None:
     """
     listing = list_runs(runs_dir)
     if not listing:
-        click.echo(f"No runs in {runs_dir}.", err=True)
+        _echo(f"No runs in {runs_dir}.", err=True)
         return
     header = ("RUN", "DATE", "STATUS", "PANEL", "ROUNDS", "TRANSCRIPT", "QUESTION")
     rows = [header]
@@ -628,7 +684,7 @@ def runs(runs_dir: Path) -> None:
     widths = [max(len(row[i]) for row in shown) for i in range(len(header) - 1)]
     for row in shown:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[-1]]))
+        _echo("  ".join([*cells, row[-1]]))
 
 
 def _duration(seconds: float) -> str:
@@ -672,7 +728,7 @@ class BatchPrinter:
         if self.shown:
             click.echo("\r\x1b[K", err=True, nl=False)
             self.shown = False
-        click.echo(text, err=True)
+        _echo(text, err=True)
 
     def __call__(self, event: BatchEvent) -> None:
         if self.quiet and event.action not in WARNINGS:
@@ -682,7 +738,8 @@ class BatchPrinter:
             self._echo(line)
         if self.live and event.progress is not None and not self.quiet:
             width = shutil.get_terminal_size((100, 20)).columns - 1
-            click.echo("\r\x1b[K" + _batch_line(event.progress)[:width], err=True, nl=False)
+            live = shown(_batch_line(event.progress))[:width]
+            click.echo("\r\x1b[K" + live, err=True, nl=False)
             self.shown = True
 
     def _line(self, event: BatchEvent) -> str | None:
@@ -719,7 +776,7 @@ class BatchPrinter:
 
     def close(self) -> None:
         if self.shown:
-            click.echo("", err=True)
+            _echo("", err=True)
             self.shown = False
 
 
@@ -731,7 +788,7 @@ class BatchFailed(LocaltableError):
 
 def _print_batch_summary(result: BatchResult) -> None:
     complete, failed, errors = (result.count(s) for s in ("complete", "failed", "error"))
-    click.echo(
+    _echo(
         f"Batch {result.index.name}: {complete} complete, {failed} failed, {errors} errors; "
         f"index {result.batch_dir / 'batch.json'}",
         err=True,
@@ -740,23 +797,23 @@ def _print_batch_summary(result: BatchResult) -> None:
         for w in result.workers:
             where = f" on {w.where}" if w.where else ""
             state = f", {w.state}: {w.message}" if w.state in ("refused", "gone") else ""
-            click.echo(f"  worker {w.worker}{where}: {w.finished} debates{state}", err=True)
+            _echo(f"  worker {w.worker}{where}: {w.finished} debates{state}", err=True)
     if result.requeued:
-        click.echo(f"  {result.requeued} debates went back to the queue after their worker "
+        _echo(f"  {result.requeued} debates went back to the queue after their worker "
                    "died, and were resumed from their last finished turn", err=True)  # fmt: skip
     entries = result.index.entries
     for e in [e for e in entries if e.status == "failed"]:
-        click.echo(f"  failed: {e.run_dir}: {e.error}", err=True)
+        _echo(f"  failed: {e.run_dir}: {e.error}", err=True)
     if failed:
-        click.echo(
+        _echo(
             "  (a failed debate is finished and recorded as such; `localtable render "
             f"{result.batch_dir}/RUN` shows why)",
             err=True,
         )
     for e in [e for e in entries if e.status == "error"]:
-        click.echo(f"  error: {e.run_dir}: {e.error}", err=True)
+        _echo(f"  error: {e.run_dir}: {e.error}", err=True)
     if errors:
-        click.echo(
+        _echo(
             "  Fix the cause, then run the same command again: it runs only the debates "
             "that are not finished.",
             err=True,
@@ -879,7 +936,7 @@ def batch(
             cores = available_cores()
             threads = max(1, cores // workers)
             if workers > cores:
-                click.echo(f"Note: {workers} workers on {cores} cores: more workers than cores "
+                _echo(f"Note: {workers} workers on {cores} cores: more workers than cores "
                            "slows every debate down", err=True)  # fmt: skip
             pool = LocalPool(spec.model_copy(update={"threads": threads}), workers)
             result = run_batch(req, pool, printer)

@@ -86,6 +86,35 @@ class HubSource(Strict):
         return value
 
 
+def plain_server_url(url: str) -> str:
+    """A llama-server's URL as models.toml and --allow-url give it: http(s)://host:port
+    and maybe a path, nothing that could smuggle a header line, a credential or a
+    second request into what is sent. ValueError says what is wrong."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(
+            "the URL holds a space, a line break or another control character; give the "
+            "server as http://host:port"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("give the server as http://host:port")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "the URL must not hold credentials: put the API key in an environment "
+            "variable and name it in api_key_env"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError("give the server as http://host:port, without ? or #")
+    _, colon, port = parts.netloc.rpartition(":")
+    if not colon or parts.netloc.endswith("]"):  # no port (an IPv6 host has colons)
+        port = ""
+    if port and not port.isdigit():
+        raise ValueError("the port is not a number")
+    if port and not 1 <= int(port) <= 65535:
+        raise ValueError(f"the port {int(port)} is out of range (1-65535)")
+    return url.rstrip("/")
+
+
 class ServerSource(Strict):
     """A model served by llama.cpp's own HTTP server (llama-server), maybe on another
     machine. localtable renders and tokenizes the prompts itself and sends token ids."""
@@ -118,21 +147,7 @@ class ServerSource(Strict):
     @field_validator("url")
     @classmethod
     def _plain_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("give the server as http://host:port")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError(
-                "the URL must not hold credentials: put the API key in an environment "
-                "variable and name it in api_key_env"
-            )
-        if parts.query or parts.fragment:
-            raise ValueError("give the server as http://host:port, without ? or #")
-        try:
-            parts.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            raise ValueError("the port is not a number") from None
-        return url.rstrip("/")
+        return plain_server_url(url)
 
 
 ModelSource = Annotated[

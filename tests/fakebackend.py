@@ -112,6 +112,7 @@ class FakeBackend:
         templates: TemplateSet,
         today: str,
         loaded: LoadedConfig | None,
+        allow_urls: frozenset[str] = frozenset(),
     ) -> list[ModelRecord]:
         OPENED_WITH.append(memory)
         for m in models:
@@ -132,7 +133,13 @@ class FakeBackend:
     def describe(self) -> dict[str, object]:
         return {"version": "fake-1"}
 
-    def replay_differences(self, record: RunRecord) -> list[str]:
+    def replay_differences(
+        self,
+        record: RunRecord,
+        *,
+        loaded: LoadedConfig | None = None,
+        allow_urls: frozenset[str] = frozenset(),
+    ) -> list[str]:
         return []
 
     def close(self) -> None:

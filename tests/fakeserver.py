@@ -1,11 +1,12 @@
 """A stand-in for llama-server's native API, for fast tests of the server backend.
 
-It speaks /health, /props, /tokenize, /detokenize and /completion with the
+It speaks /health, /props, /v1/models, /tokenize, /detokenize and /completion with the
 field names of the vendored llama.cpp, tokenizes by words, and answers each
 /completion in the shape the grammar asks for (the text depends on the seed,
 so a replay can be compared). Tests queue failures for the next requests
 (`fail`): an HTTP status, a body outside the API, a dropped connection, an
-answer that never comes; or stop it (connection refused) and start it again on
+answer cut off mid-body, a token id outside the vocabulary, an answer that never
+comes; or stop it (connection refused) and start it again on
 the same port. It records every request it got.
 """
 
@@ -27,6 +28,7 @@ TEMPLATE = (
 )
 SPECIAL = {"<|im_start|>": 1, "<|im_end|>": 2, "<s>": 3}
 BOS = 3
+N_VOCAB = 30100  # word ids are 100 + crc32 % 30000
 # the request fields llama-server echoes in generation_settings that the backend checks
 ECHOED = ("seed", "n_predict", "samplers", "repeat_last_n", "top_k", "mirostat", "temperature",
           "top_p", "min_p", "typical_p", "repeat_penalty")  # fmt: skip
@@ -71,6 +73,7 @@ class FakeLlamaServer:
         self.fail: list[str] = []  # what the next /completion requests do instead
         self.on_completion: list[Any] = []  # callbacks(server) run at each /completion
         self.calls: Counter[str] = Counter()
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
         self.completions: list[dict[str, Any]] = []
         self.tokenized: list[tuple[str, bool]] = []
         self.generating = 0  # /completion requests being answered now
@@ -110,17 +113,23 @@ class FakeLlamaServer:
 
             def do_GET(self) -> None:  # noqa: N802
                 server.calls[self.path] += 1
+                server.authorizations.append(self.headers.get("Authorization"))
                 if not self._authorized():
                     return
                 if self.path == "/health":
                     self._send(200, {"status": "ok"})
                 elif self.path == "/props":
                     self._send(200, server.props())
+                elif self.path == "/v1/models":
+                    meta = {"vocab_type": 2, "n_vocab": N_VOCAB, "n_ctx_train": server.n_ctx}
+                    entry = {"id": server.model_path, "object": "model", "meta": meta}
+                    self._send(200, {"object": "list", "data": [entry]})
                 else:
                     self._send(404, {"error": {"code": 404, "message": "File Not Found"}})
 
             def do_POST(self) -> None:  # noqa: N802
                 server.calls[self.path] += 1
+                server.authorizations.append(self.headers.get("Authorization"))
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if not self._authorized():
                     return
@@ -163,8 +172,19 @@ class FakeLlamaServer:
                 if mode == "garbage":
                     self._send(200, {"content": 42, "tokens": "none"})
                     return
+                if mode == "cut":  # a Content-Length, half the body, then the end
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"content": "yes')
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 text = reply_for(body) + server.variant
                 tokens = words(text, False) + [2]
+                if mode == "bad-token":  # an id past the end of the vocabulary
+                    tokens = [N_VOCAB + 5, *tokens]
                 settings = {k: body[k] for k in ECHOED}
                 if mode == "ignore-seed":
                     settings["seed"] = 4294967295

@@ -227,7 +227,8 @@ def test_a_failing_server_stops_the_run_with_one_line_and_resume_finishes_it(
         server.api_key = None
         if failure in ("die", "refused"):
             server.start()
-        resumed = run("resume", str(run_dir), "--runs-dir", str(tmp_path / "runs"), "-q")
+        resumed = run("resume", str(run_dir), "--runs-dir", str(tmp_path / "runs"), "-q",
+                      "--config", str(cfg))  # fmt: skip
         assert resumed.exit_code == 0, resumed.output
     record = read_record(run_dir)
     assert record.status == "complete"
@@ -283,14 +284,15 @@ def test_replay_against_the_server_is_identical_or_names_what_changed(
     cfg = write_config(tmp_path, config(server.url))
     assert debate(cfg, runs).exit_code == 0
     run_dir, record = only_run(runs)
-    same = run("replay", str(run_dir), "--runs-dir", str(runs), "-q")
+    same = run("replay", str(run_dir), "--runs-dir", str(runs), "-q", "--config", str(cfg))
     assert same.exit_code == 0, same.output
     assert same.stdout.strip() == f"identical {record.transcript_sha256}"
     server.build, server.variant = "b2-newer", " (newer)"
-    refused = run("replay", str(run_dir), "--runs-dir", str(runs), "-q")
+    refused = run("replay", str(run_dir), "--runs-dir", str(runs), "-q", "--config", str(cfg))
     assert refused.exit_code == 2  # refused before running: EngineChanged is input
     assert f"{server.url} build b1-fake -> b2-newer" in refused.stderr
-    allowed = run("replay", str(run_dir), "--runs-dir", str(runs), "-q", "--allow-engine-change")
+    allowed = run("replay", str(run_dir), "--runs-dir", str(runs), "-q", "--allow-engine-change",
+                  "--config", str(cfg))  # fmt: skip
     assert allowed.exit_code == 1
     assert "diverges at round 1, Ada" in allowed.stdout
     assert "likely cause: the engine changed: " in allowed.stdout
@@ -305,7 +307,7 @@ def test_replay_of_an_unchanged_server_that_diverges_names_what_the_record_canno
     assert debate(cfg, runs).exit_code == 0
     run_dir, _ = only_run(runs)
     server.variant = " (other flags)"
-    result = run("replay", str(run_dir), "--runs-dir", str(runs), "-q")
+    result = run("replay", str(run_dir), "--runs-dir", str(runs), "-q", "--config", str(cfg))
     assert result.exit_code == 1
     assert "likely cause: nothing the record holds changed" in result.stdout
 
@@ -319,7 +321,8 @@ def test_a_record_refuses_to_resume_on_a_server_running_another_model(
     run_dir, _ = only_run(tmp_path / "runs")
     server.on_completion.clear()
     server.model_path = "/models/another.gguf"
-    result = run("resume", str(run_dir), "--runs-dir", str(tmp_path / "runs"), "-q")
+    result = run("resume", str(run_dir), "--runs-dir", str(tmp_path / "runs"), "-q",
+                 "--config", str(cfg))  # fmt: skip
     assert result.exit_code == 2
     assert "model /models/fake-7b.Q4_K_M.gguf -> /models/another.gguf" in result.stderr
 

@@ -187,8 +187,8 @@ def test_a_debate_on_the_server_has_in_process_prompts_and_replays_identically(
     result, in_dir = debate(config(tmp_path / "a", server.url, panel_in), tmp_path / "a" / "runs",
                             env)  # fmt: skip
     assert result.returncode in (0, 1), result.stderr
-    result, srv_dir = debate(config(tmp_path / "b", server.url, panel_srv),
-                             tmp_path / "b" / "runs", env)  # fmt: skip
+    srv_cfg = config(tmp_path / "b", server.url, panel_srv)
+    result, srv_dir = debate(srv_cfg, tmp_path / "b" / "runs", env)
     assert result.returncode in (0, 1), result.stderr
     local, remote = read_record(in_dir), read_record(srv_dir)
     assert remote.status in ("complete", "failed") and remote.transcript_sha256
@@ -201,7 +201,7 @@ def test_a_debate_on_the_server_has_in_process_prompts_and_replays_identically(
         assert a.generation and b.generation and b.generation.token_ids
         assert a.generation.prompt_sha256 == b.generation.prompt_sha256
     replay = localtable("replay", str(srv_dir), "--runs-dir", str(tmp_path / "b" / "runs"), "-q",
-                        env=env)  # fmt: skip
+                        "--config", str(srv_cfg), env=env)  # fmt: skip
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert replay.stdout.strip() == f"identical {remote.transcript_sha256}"
 
@@ -259,10 +259,12 @@ def test_a_mixed_panel_resumed_after_its_server_was_killed_equals_an_uninterrupt
             stopped.turns[-1].error or ""
         )
         # resume refuses while the server is down, then continues once it is back
-        down = localtable("resume", str(run_dir), "--runs-dir", str(runs), "-q", env=env)
+        down = localtable("resume", str(run_dir), "--runs-dir", str(runs), "-q", "--config",
+                          str(cfg), env=env)  # fmt: skip
         assert down.returncode == 1 and "connection refused" in down.stderr
         server.start()
-        resumed = localtable("resume", str(run_dir), "--runs-dir", str(runs), "-q", env=env)
+        resumed = localtable("resume", str(run_dir), "--runs-dir", str(runs), "-q", "--config",
+                             str(cfg), env=env)  # fmt: skip
         assert resumed.returncode in (0, 1), resumed.stderr
     finally:
         server.kill()

@@ -150,10 +150,15 @@ class Backend(Protocol):
         templates: TemplateSet,
         today: str,
         loaded: LoadedConfig | None,
+        allow_urls: frozenset[str],
     ) -> list[ModelRecord]:
         """Load models as recorded (a model already loaded the same way is kept) and
         return their records completed with what loading found (effective context,
-        chat template). Raises BackendUnavailable when a model cannot be opened."""
+        chat template). Raises BackendUnavailable when a model cannot be opened.
+
+        A record is untrusted: a backend that connects somewhere goes only where the
+        user's own `loaded` config or `allow_urls` (--allow-url) says, with only the
+        credentials `loaded` names, whatever the record says."""
         ...
 
     def seat(self, model: str) -> Seat: ...
@@ -169,8 +174,11 @@ class Backend(Protocol):
         """This backend's build and settings, for RunRecord.backends."""
         ...
 
-    def replay_differences(self, record: RunRecord) -> list[str]:
-        """Why a recorded run may not replay identically here (build, files, settings)."""
+    def replay_differences(
+        self, record: RunRecord, *, loaded: LoadedConfig | None, allow_urls: frozenset[str]
+    ) -> list[str]:
+        """Why a recorded run may not replay identically here (build, files, settings);
+        `loaded` and `allow_urls` as for open."""
         ...
 
     def close(self) -> None: ...

@@ -19,6 +19,8 @@ import errno
 import hashlib
 import os
 import re
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,7 @@ import httpx2
 from huggingface_hub import (
     HfApi,
     constants,
+    get_token,
     hf_hub_download,
     set_client_factory,
     try_to_load_from_cache,
@@ -52,6 +55,43 @@ _HUB_FAILURES = (httpx2.HTTPError, OSError, hf_errors.HFValidationError)
 # or mirror that accepts the connection and never answers would hang `pull`.
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
+# A host that sends a byte now and then never hits a per-read timeout: each exchange
+# must also end within the read timeout, plus one second per MIN_RATE bytes it announces
+# (a download: 1 GB may take 9 hours at this rate, not forever).
+MIN_RATE = 32 << 10
+
+
+class TooSlow(httpx2.ReadTimeout):
+    """An answer that kept coming, too slowly to end within its deadline."""
+
+    def __init__(self, seconds: float, request: httpx2.Request) -> None:
+        super().__init__(f"not complete within {seconds:g} s", request=request)
+        self.seconds = seconds
+
+
+# when each request was sent: its deadline counts from there
+_started: weakref.WeakKeyDictionary[httpx2.Request, float] = weakref.WeakKeyDictionary()
+
+
+class _Deadline(httpx2.SyncByteStream):
+    """A response body that raises TooSlow once its exchange is past its deadline. A read
+    that hangs meanwhile ends at the per-read timeout, so an exchange takes at most its
+    deadline plus one read timeout."""
+
+    def __init__(
+        self, stream: httpx2.SyncByteStream, request: httpx2.Request, seconds: float
+    ) -> None:
+        self.stream, self.request, self.seconds = stream, request, seconds
+        self.ends = _started.get(request, time.monotonic()) + seconds
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.stream:
+            if time.monotonic() > self.ends:
+                raise TooSlow(self.seconds, self.request)
+            yield chunk
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 class NotPulledError(ModelFileError):
@@ -217,6 +257,12 @@ def _no_answer(timeout: httpx2.TimeoutException, again: str) -> str:
         limits = request.extensions.get("timeout", {})
     except RuntimeError:  # no request attached
         host, limits = constants.ENDPOINT, {}
+    if isinstance(timeout, TooSlow):
+        return (
+            f"{host} answered too slowly: {timeout} (--read-timeout plus a second per "
+            f"{MIN_RATE >> 10} KiB); check the network, a proxy or HF_ENDPOINT, or give a "
+            f"longer --read-timeout, then {again}"
+        )
     connecting = isinstance(timeout, httpx2.ConnectTimeout)
     phase, option = ("connect", "--connect-timeout") if connecting else ("read", "--read-timeout")
     seconds = limits.get(phase)
@@ -411,16 +457,26 @@ def _pull_one(name: str, source: HubSource, loaded: LoadedConfig, progress: bool
 def bounded_requests(connect: float, read: float) -> Iterator[None]:
     """Every request huggingface_hub sends while the block runs waits at most `connect`
     seconds for a connection and `read` seconds for each read, whatever timeout the call
-    itself asks for (model_info asks for none). Through its public client factory, so a
-    client it rebuilds after an error keeps the bound."""
+    itself asks for (model_info asks for none), and its answer must end within `read`
+    seconds plus one per MIN_RATE bytes of its Content-Length (_Deadline). Through its
+    public client factory, so a client it rebuilds after an error keeps the bound."""
     bounded = httpx2.Timeout(read, connect=connect).as_dict()
 
     def bound(request: httpx2.Request) -> None:
         request.extensions = {**request.extensions, "timeout": bounded}
+        _started[request] = time.monotonic()
+
+    def deadline(response: httpx2.Response) -> None:
+        length = response.headers.get("Content-Length", "")
+        size = int(length) if length.isdigit() else 0
+        stream = response.stream
+        assert isinstance(stream, httpx2.SyncByteStream)
+        response.stream = _Deadline(stream, response.request, read + size / MIN_RATE)
 
     def client() -> httpx2.Client:
         made = default_client_factory()
         made.event_hooks["request"].append(bound)
+        made.event_hooks["response"].append(deadline)
         return made
 
     set_client_factory(client)
@@ -428,6 +484,19 @@ def bounded_requests(connect: float, read: float) -> Iterator[None]:
         yield
     finally:
         set_client_factory(default_client_factory)
+
+
+def check_token() -> None:
+    """The Hugging Face token the Hub client will send, if any, must fit in an HTTP
+    header: one line naming where it comes from, never the token (the client itself
+    fails with a traceback)."""
+    token = get_token()
+    if token is not None and not all(" " <= c <= "~" for c in token):
+        raise ConfigError(
+            "the Hugging Face token (HF_TOKEN, or the file `hf auth login` wrote) holds a "
+            "control character or one outside ASCII, which cannot go in an HTTP header; set "
+            "it to the token alone"
+        )
 
 
 def pull(
@@ -446,6 +515,7 @@ def pull(
     that succeeds, so an interrupted pull keeps what it finished. A host that
     does not connect or answer within the timeouts fails that model, naming it.
     """
+    check_token()
     with bounded_requests(connect_timeout, read_timeout):
         return _pull(loaded, names, progress, on_result)
 

@@ -21,6 +21,7 @@ import contextlib
 import os
 import queue
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -46,6 +47,31 @@ from localtable.templates import TemplateSet
 
 NAMESPACE = "localtable"
 PLACE_TIMEOUT = 600.0  # seconds an actor may wait for a node with the resources it asks for
+# Seconds to open a TCP connection to the cluster's address before ray.init: Ray itself
+# retries an address nobody listens on for minutes, with only its own warnings.
+CONNECT_TIMEOUT = 10.0
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A ConfigError, within `timeout`, when nothing accepts a TCP connection at the
+    cluster's host:port (or ray://host:port). Other forms are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        return
+    fix = "start one with `ray start --head`, or give --ray auto for a private one on this machine"
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--ray {address}: the port {int(port)} is out of range (1-65535)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except TimeoutError:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} (no connection within {timeout:g} s); {fix}"
+        ) from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({why}); {fix}") from None
 
 
 def import_ray() -> Any:
@@ -156,6 +182,8 @@ class RayPool:
         if self.address == "auto" and "ray" not in sys.modules:
             # a private instance for this batch, reachable on this machine only
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if self.address != "auto":
+            check_reachable(self.address)  # before Ray, which retries for minutes
         ray = self.ray = import_ray()
         try:
             if self.address == "auto":

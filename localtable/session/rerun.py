@@ -3,7 +3,10 @@
 Both rebuild the run from its record alone (models found by sha256, prompts
 checked by template hash, the recorded parameters, seeds and template date),
 never from today's models.toml, so what they produce is comparable byte for
-byte with the original.
+byte with the original. Where to connect and with which key is the exception:
+a record is shared, so a server is reached only if today's models.toml has it
+or the user allowed its URL (`allow_urls`, --allow-url), and a key is sent only
+if models.toml names one for it (backends/server/backend.trusted_client).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def resume_run(
     progress: ProgressSink,
     *,
     allow_engine_change: bool = False,
+    allow_urls: frozenset[str] = frozenset(),
     session: Session | None = None,  # default: a new one, closed at the end
 ) -> RunRecord:
     """Continue an interrupted, crashed or failed run from its last finished turn.
@@ -75,7 +79,7 @@ def resume_run(
             raise ConfigError(f"run {record.run_id} is already complete; nothing to resume")
         check_templates(record, templates)
         own = session is None
-        session = session or Session(templates, loaded)
+        session = session or Session(templates, loaded, allow_urls)
         try:
             _refuse_engine_change(record, session, allow_engine_change)
             lanes = parallel_turns(loaded)
@@ -181,6 +185,7 @@ def replay_run(
     progress: ProgressSink,
     *,
     allow_engine_change: bool = False,
+    allow_urls: frozenset[str] = frozenset(),
 ) -> ReplayReport:
     """Run the recorded configuration again from scratch and compare every output."""
     original = read_record(run_dir)
@@ -190,7 +195,7 @@ def replay_run(
             f"(`localtable resume {original.run_id}`), then replay it"
         )
     check_templates(original, templates)
-    with Session(templates, loaded) as session:
+    with Session(templates, loaded, allow_urls) as session:
         diffs = _refuse_engine_change(original, session, allow_engine_change)
         now = datetime.now(UTC).replace(microsecond=0)
         replay = original.model_copy(deep=True)

@@ -128,9 +128,15 @@ class SessionSpeaker:
 class Session:
     """Backends by name, created on first use and kept until close()."""
 
-    def __init__(self, templates: TemplateSet, loaded: LoadedConfig | None = None) -> None:
+    def __init__(
+        self,
+        templates: TemplateSet,
+        loaded: LoadedConfig | None = None,
+        allow_urls: frozenset[str] = frozenset(),
+    ) -> None:
         self.templates = templates
-        self.loaded = loaded
+        self.loaded = loaded  # the user's own models.toml: the servers and keys it names
+        self.allow_urls = allow_urls  # servers the user allowed besides (--allow-url)
         self._backends: dict[str, Backend] = {}
 
     def backend(self, name: str) -> Backend:
@@ -193,6 +199,7 @@ class Session:
                 templates=self.templates,
                 today=record.template_date,
                 loaded=self.loaded,
+                allow_urls=self.allow_urls,
             ):
                 opened[m.name] = m
                 seats[m.name] = backend.seat(m.name)
@@ -207,7 +214,9 @@ class Session:
         """Why this machine may not reproduce the record, backend by backend."""
         diffs: list[str] = []
         for name in dict.fromkeys(m.backend for m in record.models):
-            diffs += self.backend(name).replay_differences(record)
+            diffs += self.backend(name).replay_differences(
+                record, loaded=self.loaded, allow_urls=self.allow_urls
+            )
         return diffs
 
     def close(self) -> None:

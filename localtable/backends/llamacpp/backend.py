@@ -341,6 +341,7 @@ class LlamaCppBackend:
         templates: TemplateSet,
         today: str,
         loaded: LoadedConfig | None,
+        allow_urls: frozenset[str] = frozenset(),
     ) -> list[ModelRecord]:
         self.reuse_prefix = reuse_prefix
         self.templates = templates
@@ -441,7 +442,13 @@ class LlamaCppBackend:
             "library_sha256": engine_libraries(),
         }
 
-    def replay_differences(self, record: RunRecord) -> list[str]:
+    def replay_differences(
+        self,
+        record: RunRecord,
+        *,
+        loaded: LoadedConfig | None = None,
+        allow_urls: frozenset[str] = frozenset(),
+    ) -> list[str]:
         """How this machine's engine build differs from the one that made the record."""
         recorded = record.backends.get(self.name)
         if recorded is None:

@@ -53,6 +53,7 @@ from localtable.backends.promptpiece import PromptPiece
 from localtable.backends.server.client import (
     Completion,
     Props,
+    ServerBadAnswer,
     ServerClient,
     ServerDown,
     ServerError,
@@ -62,7 +63,7 @@ from localtable.backends.server.client import (
     public_url,
 )
 from localtable.config import LoadedConfig, ModelSpec, ServerSource
-from localtable.errors import ConfigError, ModelFileError
+from localtable.errors import ConfigError, LocaltableError, ModelFileError
 from localtable.models.gguf import read_gguf
 from localtable.models.local import cached_sha256
 from localtable.models.status import ModelStatus
@@ -140,9 +141,16 @@ class ServerModelInfo(BaseModel):
     eos_token: str
     add_bos: bool
     bos_id: int | None
+    n_vocab: int
+
+
+class UntrustedServer(ConfigError):
+    """A record names a server that the user's own config does not (exit 2)."""
 
 
 def api_key(env: str | None, model: str) -> str | None:
+    """The key in the environment variable `env`; one that cannot go in an HTTP header
+    is refused naming the variable, never showing the key."""
     if env is None:
         return None
     key = os.environ.get(env)
@@ -150,7 +158,53 @@ def api_key(env: str | None, model: str) -> str | None:
         raise BackendUnavailable(
             f"model {model!r}: the environment variable {env} (its api_key_env) is not set"
         )
+    if "\r" in key or "\n" in key:
+        raise ConfigError(
+            f"model {model!r}: the API key in {env} holds a line break (a .env file saved "
+            f"with Windows line ends?); set {env} to the key alone"
+        )
+    if not all(" " <= c <= "~" for c in key):
+        raise ConfigError(
+            f"model {model!r}: the API key in {env} holds a control character or one "
+            f"outside ASCII, which cannot go in an HTTP header; set {env} to the key alone"
+        )
     return key
+
+
+def trusted_client(
+    model: str,
+    settings: ServerSettings,
+    loaded: LoadedConfig | None,
+    allow_urls: frozenset[str],
+) -> tuple[ServerClient, str | None]:
+    """A client for a recorded server model, and the variable its key comes from: on
+    the user's word only. A record is shared and untrusted, so its URL is reached only
+    when the user's models.toml has a server there or --allow-url names it, and a key is
+    sent only when models.toml names one for that URL (the record's api_key_env is
+    ignored: it would let a record send any variable anywhere)."""
+    sources = [
+        spec.source
+        for spec in (loaded.config.models.values() if loaded is not None else [])
+        if isinstance(spec.source, ServerSource) and public_url(spec.source.url) == settings.url
+    ]
+    if not sources and settings.url not in allow_urls:
+        where = f"a server of {loaded.path}" if loaded is not None else "in models.toml"
+        raise UntrustedServer(
+            f"model {model!r} of this run is on {settings.url}, which is not {where}; a "
+            "record does not choose where localtable connects: add the server to "
+            f"models.toml, or pass --allow-url {settings.url} if you trust it"
+        )
+    envs = sorted({s.api_key_env for s in sources if s.api_key_env is not None})
+    if len(envs) > 1 and settings.api_key_env not in envs:
+        raise ConfigError(
+            f"model {model!r}: models.toml names several API key variables for "
+            f"{settings.url} ({', '.join(envs)}); give its models one api_key_env"
+        )
+    key_env = settings.api_key_env if settings.api_key_env in envs else next(iter(envs), None)
+    # models.toml's timeout; for an --allow-url server the record's, if in models.toml's range
+    recorded = settings.timeout if 0 < settings.timeout <= 86400 else 600.0
+    timeout = sources[0].timeout if sources else recorded
+    return ServerClient(settings.url, api_key(key_env, model), timeout), key_env
 
 
 def template_of(props: Props) -> str | None:
@@ -231,7 +285,14 @@ class ServerSeat:
             cached = self._tokens.get(key)
         if cached is not None:
             return cached
-        tokens = self._call(lambda: self.client.tokenize(piece.text, special=piece.special))
+        tokens = self._call(
+            lambda: in_vocabulary(
+                self.client.url,
+                "/tokenize",
+                self.client.tokenize(piece.text, special=piece.special),
+                self.info.n_vocab,
+            )
+        )
         with self._lock:
             if len(self._tokens) >= TOKEN_CACHE:
                 self._tokens.clear()
@@ -279,7 +340,9 @@ class ServerSeat:
     def _complete(self, body: dict[str, JsonValue]) -> Completion:
         for attempt in range(RETRIES + 1):
             try:
-                return self.client.completion(body)
+                answer = self.client.completion(body)
+                in_vocabulary(self.client.url, "/completion", answer.tokens, self.info.n_vocab)
+                return answer
             except ServerDown as exc:
                 # Sent again only to the same server (build, model, context), with the
                 # same tokens and seed and no prompt cache: an identical repeat.
@@ -515,16 +578,15 @@ class ServerBackend:
         templates: TemplateSet,
         today: str,
         loaded: LoadedConfig | None,
+        allow_urls: frozenset[str],
     ) -> list[ModelRecord]:
         self.templates = templates
         self.today = date_of(today)
         opened = []
         for model in models:
             settings = ServerSettings.model_validate(model.settings)
-            client = ServerClient(
-                settings.url, api_key(settings.api_key_env, model.name), settings.timeout
-            )
-            props = _reach(client, model.name, settings.api_key_env)
+            client, key_env = trusted_client(model.name, settings, loaded, allow_urls)
+            props = _reach(client, model.name, key_env)
             if props.model_path != settings.model_path or props.n_ctx != settings.n_ctx:
                 raise BackendUnavailable(
                     f"model {model.name!r}: {settings.url} now runs {props.model_path} with a "
@@ -582,7 +644,9 @@ class ServerBackend:
             }
         return {"servers": servers}
 
-    def replay_differences(self, record: RunRecord) -> list[str]:
+    def replay_differences(
+        self, record: RunRecord, *, loaded: LoadedConfig | None, allow_urls: frozenset[str]
+    ) -> list[str]:
         """What the servers report now that differs from the record. A server that does
         not answer is not a difference: it is BackendUnavailable."""
         diffs = []
@@ -590,10 +654,8 @@ class ServerBackend:
             if model.backend != self.name:
                 continue
             settings = ServerSettings.model_validate(model.settings)
-            client = ServerClient(
-                settings.url, api_key(settings.api_key_env, model.name), settings.timeout
-            )
-            props = _reach(client, model.name, settings.api_key_env)
+            client, key_env = trusted_client(model.name, settings, loaded, allow_urls)
+            props = _reach(client, model.name, key_env)
             diffs += [f"{settings.url} {change}" for change in identity_changes(settings, props)]
         return diffs
 
@@ -608,10 +670,14 @@ def date_of(text: str) -> date:
 def server_model_info(
     client: ServerClient, props: Props, template: str | None, name: str
 ) -> ServerModelInfo:
-    """Whether the model adds a BOS token, and its id, from the server's own tokenizer."""
+    """Whether the model adds a BOS token, and its id, from the server's own tokenizer,
+    and the size of its vocabulary."""
     try:
-        plain = client.tokenize("a", special=False)
-        marked = client.tokenize("a", special=False, add_special=True)
+        n_vocab = client.n_vocab()
+        plain = in_vocabulary(client.url, "/tokenize", client.tokenize("a", special=False), n_vocab)
+        marked = in_vocabulary(
+            client.url, "/tokenize", client.tokenize("a", special=False, add_special=True), n_vocab
+        )
     except ServerError as exc:
         raise BackendUnavailable(f"model {name!r}: {exc}") from None
     add_bos = len(marked) > len(plain) and marked[1 : 1 + len(plain)] == plain
@@ -621,7 +687,20 @@ def server_model_info(
         eos_token=props.eos_token,
         add_bos=add_bos,
         bos_id=marked[0] if add_bos else None,
+        n_vocab=n_vocab,
     )
+
+
+def in_vocabulary(url: str, endpoint: str, tokens: list[int], n_vocab: int) -> list[int]:
+    """tokens, when every id is one of the model's; an id outside its vocabulary is an
+    answer outside the API (it would crash or corrupt whatever reads it next)."""
+    bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise ServerBadAnswer(
+            f"{url}: {endpoint} answered token id {bad}, outside the model's vocabulary "
+            f"(0-{n_vocab - 1})"
+        )
+    return tokens
 
 
 # -- `localtable models` -------------------------------------------------------------
@@ -638,7 +717,7 @@ def probe_status(name: str, spec: ModelSpec) -> ModelStatus:
         client = _client(source, name)
         client.health()
         props = client.props()
-    except (ServerError, BackendUnavailable) as exc:
+    except (ServerError, LocaltableError) as exc:  # down, or a key that cannot be sent
         return base.model_copy(update={"detail": str(exc)})
     slots = f"{props.total_slots} slot{'s' if props.total_slots != 1 else ''}"
     detail = f"build {props.build_info}, model {props.model_path}, n_ctx {props.n_ctx}, {slots}"

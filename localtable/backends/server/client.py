@@ -1,9 +1,9 @@
 """A small client for llama.cpp's own HTTP server (llama-server), native API only.
 
-Only what localtable needs: GET /health and /props, POST /tokenize, /detokenize
-and /completion. Field names are those of the llama.cpp commit vendored in
+Only what localtable needs: GET /health, /props and /v1/models, POST /tokenize,
+/detokenize and /completion. Field names are those of the llama.cpp commit vendored in
 llama-cpp-python 0.3.36 (tools/server/server-schema.cpp, server-context.cpp).
-Every request has an explicit connect timeout and read timeout; every failure
+Every request has an explicit connect timeout and an overall deadline; every failure
 is one line that names the server's URL (never a credential); an answer that is
 not what the API promises is a failure too, never a guess.
 
@@ -12,9 +12,12 @@ Nothing here retries: whether a repeat would be identical is the backend's call.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
 import ssl
+import threading
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -56,6 +59,36 @@ class ServerBadAnswer(ServerError):
     """A 200 whose body is not what the API promises."""
 
 
+class Deadline:
+    """Shuts a socket down when `seconds` have passed, so that the read waiting on it
+    ends: a socket timeout applies to each read, and an answer sent a byte at a time
+    would never hit it. `expired` says whether it fired."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._fired = threading.Event()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    @property
+    def expired(self) -> bool:
+        return self._fired.is_set()
+
+    def _expire(self) -> None:
+        self._fired.set()
+        with contextlib.suppress(OSError):
+            # the plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop
+            # its TLS state under the reading thread, which then fails with a ValueError
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
 class Answer(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -80,6 +113,20 @@ class Props(Answer):
     def n_ctx(self) -> int:
         """The context of one slot (what one request can use)."""
         return self.default_generation_settings.n_ctx
+
+
+class ModelMeta(Answer):
+    n_vocab: int = Field(ge=1)
+
+
+class ModelEntry(Answer):
+    meta: ModelMeta
+
+
+class Models(Answer):
+    """GET /v1/models: the model the server runs, with its vocabulary size."""
+
+    data: list[ModelEntry] = Field(min_length=1)
 
 
 class Tokens(Answer):
@@ -161,7 +208,10 @@ class ServerClient:
         return http.client.HTTPConnection(host, port, timeout=CONNECT_TIMEOUT)
 
     def request(self, method: str, path: str, body: object, timeout: float) -> Any:
-        """One request; the decoded JSON of a 200 answer, or a ServerError."""
+        """One request; the decoded JSON of a 200 answer, or a ServerError.
+
+        `timeout` bounds the whole exchange, not each read: a server that drips its
+        answer a byte at a time is cut off when the time is up (Deadline)."""
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
@@ -187,16 +237,25 @@ class ServerClient:
                 raise ServerDown(self._fail(f"cannot connect ({exc.strerror or exc})")) from None
             assert conn.sock is not None
             conn.sock.settimeout(timeout)
-            try:
-                conn.request(method, self._parts.path.rstrip("/") + path, data, headers)
-                response = conn.getresponse()
-                raw = response.read(MAX_BODY + 1)
-            except TimeoutError:
-                raise ServerTimeout(self._fail(f"no answer within {timeout:g} s")) from None
-            except (http.client.HTTPException, OSError) as exc:
-                reason = str(exc) or type(exc).__name__
-                closed = f"the connection closed before the answer ({reason})"
-                raise ServerDown(self._fail(closed)) from None
+            late = ServerTimeout(self._fail(f"no answer within {timeout:g} s"))
+            with Deadline(conn.sock, timeout) as deadline:
+                try:
+                    conn.request(method, self._parts.path.rstrip("/") + path, data, headers)
+                    response = conn.getresponse()
+                    raw = response.read(MAX_BODY + 1)
+                    if response.length and len(raw) <= MAX_BODY:
+                        # closed before the Content-Length it promised: cut off
+                        raise http.client.IncompleteRead(raw, response.length)
+                except TimeoutError:
+                    raise late from None
+                except (http.client.HTTPException, OSError) as exc:
+                    if deadline.expired:
+                        raise late from None
+                    reason = str(exc) or type(exc).__name__
+                    closed = f"the connection closed before the answer ({reason})"
+                    raise ServerDown(self._fail(closed)) from None
+            if deadline.expired:  # cut off by the deadline at the end of a read
+                raise late
         finally:
             conn.close()
         return self._decode(response.status, response.reason, raw)
@@ -238,6 +297,11 @@ class ServerClient:
 
     def props(self) -> Props:
         return self._typed(self.request("GET", "/props", None, QUICK_TIMEOUT), Props, "/props")
+
+    def n_vocab(self) -> int:
+        """The model's vocabulary size: every token id the server sends is below it."""
+        answer = self.request("GET", "/v1/models", None, QUICK_TIMEOUT)
+        return self._typed(answer, Models, "/v1/models").data[0].meta.n_vocab
 
     def tokenize(self, text: str, *, special: bool, add_special: bool = False) -> list[int]:
         """Token ids of text; special=False keeps control-token text plain (parse_special)."""
