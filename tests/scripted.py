@@ -24,6 +24,8 @@ def scripted_reply(grammar: str, answer: str) -> str:
         letter = declared[0] if declared else "A"
         return "\n".join([*lines, *(f"{m}: {letter}" for m in members)])
     fields = re.findall(r'"([A-Za-z ]+): "', root)
+    if "Answer" not in fields and '"\\nAnswer: "' in grammar:
+        fields.append("Answer")  # the Position line goes on into the answer of its stance
     values = {
         "Reasoning": "because it is so.",
         "Influenced by": "nobody",
@@ -31,7 +33,7 @@ def scripted_reply(grammar: str, answer: str) -> str:
         "Position": "A",
         "Answer": answer,
     }
-    kept = re.search(r'decision-position ::= "maintained\\nPosition: ([A-H])"', grammar)
+    kept = re.search(r'decision-position ::= \(?"maintained\\nPosition: ([A-H])"', grammar)
     if kept:  # the Decision line decides the Position line: keep the letter held
         values["Decision"] = f"maintained\nPosition: {kept.group(1)}"
     return "\n".join(f"{f}: {values[f]}" for f in fields)

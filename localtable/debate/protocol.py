@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import re
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -22,7 +23,8 @@ from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import BackendDown, ChatMessage, TurnFailed, TurnRequest, TurnResult
 from localtable.debate import positions as pos
-from localtable.debate.answers import normalize_open, same_position
+from localtable.debate.answers import normalize_open, same_position, stance
+from localtable.debate.claims import Facts, contradictions
 from localtable.debate.consensus import compute_consensus
 from localtable.debate.parsing import (
     ParsedLabels,
@@ -32,12 +34,15 @@ from localtable.debate.parsing import (
     parse_labels,
     parse_summary,
     parse_turn,
+    raw_reasoning,
+    reasoning_finished,
     turn_fields,
 )
 from localtable.record import (
     Generation,
     LabelingRecord,
     PanelistRecord,
+    PositionGroup,
     QuestionKind,
     RunRecord,
     SamplingRecord,
@@ -77,6 +82,10 @@ SHORTENING_RULES = [
 
 class PromptTooLong(TurnFailed):
     pass
+
+
+class ContradictsRecord(ParseFailure):
+    """A summary that states what the record shows did not happen (debate/claims.py)."""
 
 
 class Speaker(Protocol):
@@ -199,16 +208,22 @@ class Debate:
             turn = self._latest_ok(other.name, round_no)
             if turn is None or turn.parsed is None:
                 continue
-            reasoning = turn.parsed.reasoning
+            # "reasoning" as prompts before issue #26 showed it (a record made with them
+            # replays byte for byte); "reasoning_shown" ends a cut one visibly (…)
+            reasoning, shown = turn.parsed.reasoning, turn.reasoning_shown
             if level >= 2:
-                reasoning = ""
-            elif level >= 1 and len(reasoning) > 200:
-                reasoning = reasoning[:200].rstrip() + "..."
+                reasoning = shown = ""
+            elif level >= 1:
+                reasoning, shown = (
+                    text[:200].rstrip() + "..." if len(text) > 200 else text
+                    for text in (reasoning, shown)
+                )
             view.append(
                 {
                     "label": other.label,
                     "answer": turn.parsed.answer,
                     "reasoning": reasoning,
+                    "reasoning_shown": shown,
                     "position": turn.position or "",
                 }
             )
@@ -274,7 +289,13 @@ class Debate:
     def _fields(self, round_no: int) -> list[str]:
         return turn_fields(later_round=round_no > 1, labelled=self._letters(round_no) is not None)
 
-    def _grammar(self, p: PanelistRecord, round_no: int, fields: list[str]) -> str:
+    def _stances(self, round_no: int) -> dict[str, str | None]:
+        """The stance of each position a turn of round_no may name ("yes", "no", None)."""
+        if self._letters(round_no) is None:
+            return {}
+        return pos.stances_before(self.record, round_no)
+
+    def _grammar(self, p: PanelistRecord, round_no: int, fields: list[str], held: str = "") -> str:
         peers = [o.label for o in self.panel if o.name != p.name]
         own = self._latest_ok(p.name, round_no) if round_no > 1 else None
         return self.templates.render(
@@ -282,6 +303,8 @@ class Debate:
             fields=fields,
             peers=peers,
             letters=self._letters(round_no) or [],
+            stances={k: v or "" for k, v in self._stances(round_no).items()},
+            held=held,
             allow_new=self._allow_new(round_no),
             own_position=own.position if own is not None and own.position else "",
             reasoning_max=reasoning_max_chars(p.sampling.max_tokens, self.record.question_kind),
@@ -436,14 +459,33 @@ class Debate:
         budget = CONTINUATION_MAX_TOKENS
         if self.record.question_kind == "open":
             budget += answer_max_chars(p.sampling.max_tokens) // 3
+        named = re.search(r"^Position: (\S+)$", kept, re.MULTILINE)
         request = first.model_copy(
             update={
-                "grammar": self._grammar(p, round_no, rest),
+                "grammar": self._grammar(p, round_no, rest, named.group(1) if named else ""),
                 "prefill": kept,
                 "sampling": first.sampling.model_copy(update={"max_tokens": budget}),
             }
         )
         return self.generate(request, cut.shortened)
+
+    def _reasoning_cut(
+        self,
+        p: PanelistRecord,
+        generation: Generation,
+        continuation: Generation | None,
+        text: str,
+        fields: list[str],
+    ) -> bool:
+        """Whether a length cap stopped the turn's reasoning: max_tokens inside it (the
+        continuation kept it closed with "…"), or the grammar's character bound."""
+        multiline = multiline_reasoning(self.record.question_kind)
+        if continuation is not None and not reasoning_finished(
+            generation.raw_output, fields, multiline=multiline
+        ):
+            return True
+        bound = reasoning_max_chars(p.sampling.max_tokens, self.record.question_kind)
+        return len(raw_reasoning(text, fields, multiline=multiline)) >= bound
 
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
         self._begin(round_no, p.name)
@@ -477,7 +519,9 @@ class Debate:
                 kind=self.record.question_kind,
                 options=self.record.options,
                 letters=self._letters(round_no),
+                stances=self._stances(round_no) or None,
             )
+            cut = self._reasoning_cut(p, generation, continuation, text, fields)
         except BackendDown as exc:
             # The server could not answer: nothing is known of this turn. Keep it as
             # interrupted (resume runs it again) and stop: later turns would read it.
@@ -514,6 +558,7 @@ class Debate:
             continuation=continuation,
             parsed=parsed,
             answer_max_chars=limits,
+            reasoning_cut=cut,
         )
         if round_no > 1:
             turn = turn.model_copy(update={"changed_mind_stated": parsed.stance == "change"})
@@ -572,7 +617,7 @@ class Debate:
                 labeller.sampling.model_copy(update={"max_tokens": LABELS_MAX_TOKENS}),
             )
             plans = pos.label_plans(
-                [pos.stance(answers.get(name, "")) for name in members.values()],
+                [stance(answers.get(name, "")) for name in members.values()],
                 pos.position_stances(self.record),
                 max_new,
             )
@@ -639,6 +684,22 @@ class Debate:
 
     # -- summary ----------------------------------------------------------------
 
+    def _facts(self, groups: list[PositionGroup], all_agreed: bool) -> Facts:
+        """What the record counted, by the labels the summary is shown."""
+        label_of = {p.name: p.label for p in self.panel}
+        sizes = sorted((len(g.members) for g in groups), reverse=True)
+        unique = bool(sizes) and (len(sizes) == 1 or sizes[1] < sizes[0])
+        majority = groups[0].members if unique and not all_agreed else []
+        minority = [m for g in groups[1:] for m in g.members] if majority else []
+        changed = dict.fromkeys(name for name, _, _ in pos.changes(self.record))
+        return Facts(
+            labels=[p.label for p in self.panel],
+            changed=[label_of[name] for name in changed if name in label_of],
+            majority=[label_of[m] for m in majority if m in label_of],
+            minority=[label_of[m] for m in minority if m in label_of],
+            all_agreed=all_agreed,
+        )
+
     def run_summary(self) -> None:
         summarizer = next(p for p in self.panel if p.name == self.record.summarizer)
         self.in_flight = {(self.record.rounds + 1, summarizer.name)}
@@ -675,6 +736,8 @@ class Debate:
                 for name, before, after in pos.changes(self.record)
             ]
 
+            facts = self._facts(groups, consensus.kind == "all")
+
             def user(finals_view: list[dict[str, object]]) -> str:
                 return self.templates.render(
                     "summarize.j2",
@@ -683,6 +746,8 @@ class Debate:
                     panel_size=len(self.panel),
                     finals=finals_view,
                     changes=changes_view if finals_view else [],
+                    minority=facts.minority if finals_view else [],
+                    agreed=facts.all_agreed,
                 ).strip()
 
             system = self.templates.render("summary_system.j2").strip()
@@ -713,6 +778,9 @@ class Debate:
                         question=self.record.question,
                         instructions=instructions,
                     )
+                    false = contradictions(parsed.summary, parsed.counterpoint, facts)
+                    if false:
+                        raise ContradictsRecord("; ".join(false))
                     break
                 except ParseFailure as exc:
                     rejected.append(f"seed {seed}: {exc}")
@@ -732,7 +800,12 @@ class Debate:
             raise
         except (TurnFailed, ParseFailure) as exc:
             reason = str(exc)
-            if isinstance(exc, ParseFailure):
+            if isinstance(exc, ContradictsRecord):
+                reason = (
+                    f"it could not be written: each of {SUMMARY_ATTEMPTS} attempts "
+                    f"contradicted the record (the last: {reason})"
+                )
+            elif isinstance(exc, ParseFailure):
                 reason = f"unusable summary: {reason}"
             self.record.summary = SummaryRecord(
                 status="failed",
