@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 
 
-def scripted_reply(grammar: str, answer: str) -> str:
+def scripted_reply(grammar: str, answer: str, letter: str | None = None) -> str:
     """A summary, a set of position labels or a turn, whichever the grammar asks for;
-    every panelist holds one view (position A) and keeps it."""
+    every panelist holds one view (position A) and keeps it, unless a later-round turn
+    is told which `letter` to name (a change when it is not the one it held)."""
     root = grammar.splitlines()[0] if grammar else ""
     if root.startswith('root ::= "Summary'):
         return (
@@ -36,4 +37,10 @@ def scripted_reply(grammar: str, answer: str) -> str:
     kept = re.search(r'decision-position ::= \(?"maintained\\nPosition: ([A-H])"', grammar)
     if kept:  # the Decision line decides the Position line: keep the letter held
         values["Decision"] = f"maintained\nPosition: {kept.group(1)}"
+    if letter is not None:
+        values["Position"] = letter
+        if kept:
+            held = kept.group(1)
+            decision = "maintained" if letter == held else "changed"
+            values["Decision"] = f"{decision}\nPosition: {letter}"
     return "\n".join(f"{f}: {values[f]}" for f in fields)

@@ -127,6 +127,8 @@ def claims(text: str, labels: list[str]) -> list[tuple[str, str]]:
                 out += [(label, "held" if negated else "changed") for label in who]
             elif nobody:
                 out.append(("*nobody*", "changed"))
+            elif _EVERYONE.search(lead):
+                out.append(("*everyone*", "changed"))
         for m in _HOLD.finditer(clause):
             who = _subjects(clause, mentions, m.start())
             if who:
@@ -143,10 +145,13 @@ def contradictions(summary: str, counterpoint: str, facts: Facts) -> list[str]:
     for who, what in claims(summary, facts.labels):
         if who == "*nobody*" and changed:
             problems.append(f"it says nobody changed position, but {', '.join(facts.changed)} did")
-        elif who == "*everyone*" and changed:
+        elif who == "*everyone*" and what == "held" and changed:
             problems.append(
                 f"it says everyone kept their position, but {', '.join(facts.changed)} changed"
             )
+        elif who == "*everyone*" and what == "changed" and set(facts.labels) - changed:
+            kept = [label for label in facts.labels if label not in changed]
+            problems.append(f"it says everyone changed position, but {', '.join(kept)} never did")
         elif who in facts.labels and what == "changed" and who not in changed:
             problems.append(f"it says {who} changed position, but {who} never did")
         elif who in facts.labels and what == "held" and who in changed:
