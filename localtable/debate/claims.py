@@ -25,6 +25,10 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
+from localtable.debate import positions as pos
+from localtable.debate.consensus import compute_consensus
+from localtable.record import RunRecord
+
 _CHANGE = re.compile(
     r"\b(?:chang(?:e|ed|es|ing)|switch(?:ed|es|ing)|shift(?:ed|s|ing)|revis(?:ed|es|ing)|"
     r"revers(?:ed|es|ing)|flip(?:ped|s|ping)|c[oa]me(?:s)? around|"
@@ -70,6 +74,27 @@ class Facts(BaseModel):
     majority: list[str]  # labels in the unique largest final group (empty: no such group)
     minority: list[str]  # labels with a valid final answer outside it
     all_agreed: bool
+
+
+def record_facts(record: RunRecord) -> Facts:
+    """What the record counted: who changed position (positions.changes), and where
+    the panel ended (positions.final_groups: the unique largest group, if any, and
+    the panelists outside it), by the labels the summary is shown."""
+    label_of = {p.name: p.label for p in record.panelists}
+    groups = pos.final_groups(record)
+    all_agreed = compute_consensus(groups, len(record.panelists)).kind == "all"
+    sizes = [len(g.members) for g in groups]
+    unique = bool(sizes) and (len(sizes) == 1 or sizes[1] < sizes[0])
+    majority = groups[0].members if unique and not all_agreed else []
+    minority = [m for g in groups[1:] for m in g.members] if majority else []
+    changed = dict.fromkeys(name for name, _, _ in pos.changes(record))
+    return Facts(
+        labels=[p.label for p in record.panelists],
+        changed=[label_of[name] for name in changed if name in label_of],
+        majority=[label_of[m] for m in majority if m in label_of],
+        minority=[label_of[m] for m in minority if m in label_of],
+        all_agreed=all_agreed,
+    )
 
 
 def _mentions(text: str, labels: list[str]) -> list[tuple[int, int, str]]:

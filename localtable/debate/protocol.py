@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from localtable.backends.base import BackendDown, ChatMessage, TurnFailed, TurnRequest, TurnResult
 from localtable.debate import positions as pos
 from localtable.debate.answers import normalize_open, same_position, stance
-from localtable.debate.claims import Facts, contradictions
+from localtable.debate.claims import contradictions, record_facts
 from localtable.debate.consensus import compute_consensus
 from localtable.debate.parsing import (
     ParsedLabels,
@@ -42,7 +42,6 @@ from localtable.record import (
     Generation,
     LabelingRecord,
     PanelistRecord,
-    PositionGroup,
     QuestionKind,
     RunRecord,
     SamplingRecord,
@@ -684,22 +683,6 @@ class Debate:
 
     # -- summary ----------------------------------------------------------------
 
-    def _facts(self, groups: list[PositionGroup], all_agreed: bool) -> Facts:
-        """What the record counted, by the labels the summary is shown."""
-        label_of = {p.name: p.label for p in self.panel}
-        sizes = sorted((len(g.members) for g in groups), reverse=True)
-        unique = bool(sizes) and (len(sizes) == 1 or sizes[1] < sizes[0])
-        majority = groups[0].members if unique and not all_agreed else []
-        minority = [m for g in groups[1:] for m in g.members] if majority else []
-        changed = dict.fromkeys(name for name, _, _ in pos.changes(self.record))
-        return Facts(
-            labels=[p.label for p in self.panel],
-            changed=[label_of[name] for name in changed if name in label_of],
-            majority=[label_of[m] for m in majority if m in label_of],
-            minority=[label_of[m] for m in minority if m in label_of],
-            all_agreed=all_agreed,
-        )
-
     def run_summary(self) -> None:
         summarizer = next(p for p in self.panel if p.name == self.record.summarizer)
         self.in_flight = {(self.record.rounds + 1, summarizer.name)}
@@ -736,7 +719,7 @@ class Debate:
                 for name, before, after in pos.changes(self.record)
             ]
 
-            facts = self._facts(groups, consensus.kind == "all")
+            facts = record_facts(self.record)
 
             def user(finals_view: list[dict[str, object]]) -> str:
                 return self.templates.render(
