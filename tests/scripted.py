@@ -12,6 +12,8 @@ def scripted_reply(grammar: str, answer: str, letter: str | None = None) -> str:
     every panelist holds one view (position A) and keeps it, unless a later-round turn
     is told which `letter` to name (a change when it is not the one it held)."""
     root = grammar.splitlines()[0] if grammar else ""
+    if root.startswith('root ::= "Yes" | "No"'):  # what a reasoning concludes (quality)
+        return "No"
     if root.startswith('root ::= "Summary'):
         return (
             "Summary: everyone said the same thing.\nCounterpoint: none was raised.\n"
