@@ -309,6 +309,10 @@ LABELS_3 = ["Qwen 1.5B", "Qwen 0.5B", "Qwen 1.5B Skeptic"]
         ("Both panelists changed their positions.", [("*everyone*", "changed")]),
         ("Qwen 1.5B maintained that open code helps safety.", []),  # an assertion, not a stance
         ("Qwen 1.5B argued for openness; Qwen 0.5B agreed.", []),
+        # a change that is not of a position
+        ("Qwen 0.5B argued that the policy would change how people travel.", []),
+        ("Qwen 1.5B held that the change would help against climate change.", []),
+        ("Qwen 0.5B changed.", [("Qwen 0.5B", "changed")]),
     ],
 )  # fmt: skip
 def test_the_claims_a_summary_makes_about_panelists(text: str, read: list[tuple[str, str]]) -> None:

@@ -29,18 +29,23 @@ from localtable.debate import positions as pos
 from localtable.debate.consensus import compute_consensus
 from localtable.record import RunRecord
 
+_STANCE_NOUN = (
+    r"(?:positions?|minds?|views?|stances?|answers?|opinions?|sides?|conclusions?|votes?)"
+)
+# A verb of changing counts when it is about a position: "changed its mind", "switched
+# to No", "shifted." ("the change would help", "would change how people travel" do not)
 _CHANGE = re.compile(
     r"\b(?:chang(?:e|ed|es|ing)|switch(?:ed|es|ing)|shift(?:ed|s|ing)|revis(?:ed|es|ing)|"
-    r"revers(?:ed|es|ing)|flip(?:ped|s|ping)|c[oa]me(?:s)? around|"
-    r"(?:was|were) (?:persuaded|convinced|won over)|abandon(?:ed|s|ing)|"
-    r"switched sides|moved (?:away )?from)\b",
+    r"revers(?:ed|es|ing)|flip(?:ped|s|ping))"
+    rf"(?=(?:\W+\w+){{0,5}}?\W+{_STANCE_NOUN}\b|\s+(?:to|from|towards?)\b|\s*(?:[.;,]|$))"
+    r"|\b(?:c[oa]me(?:s)? around|(?:was|were) (?:persuaded|convinced|won over)|"
+    r"switched sides|moved (?:away )?from|abandon(?:ed|s|ing) (?:its|their|his|her))\b",
     re.IGNORECASE,
 )
 _HOLD = re.compile(
     r"\b(?:maintain(?:ed|s|ing)|kept|keep(?:s|ing)?|retain(?:ed|s|ing)|stuck|stick(?:s|ing)?|"
     r"stay(?:ed|s|ing)|remain(?:ed|s|ing)|held (?:on ?to|firm)|stood by)"
-    r"(?:\W+\w+){0,3}?\W+(?:positions?|views?|stances?|answers?|minds?|opinions?|"
-    r"conclusions?|sides?|ground|unchanged|firm)\b",
+    rf"(?:\W+\w+){{0,3}}?\W+(?:{_STANCE_NOUN}|ground|unchanged|firm)\b",
     re.IGNORECASE,
 )
 _NEGATION = re.compile(r"(?:\b(?:not|never|no|without)|n't)\W*$", re.IGNORECASE)
