@@ -313,6 +313,9 @@ LABELS_3 = ["Qwen 1.5B", "Qwen 0.5B", "Qwen 1.5B Skeptic"]
         ("Qwen 0.5B argued that the policy would change how people travel.", []),
         ("Qwen 1.5B held that the change would help against climate change.", []),
         ("Qwen 0.5B changed.", [("Qwen 0.5B", "changed")]),
+        ("Qwen 1.5B Skeptic, after hearing Qwen 0.5B, changed its answer to Yes.",
+         [("Qwen 1.5B Skeptic", "changed")]),
+        ("Qwen 0.5B proposed the change to the law.", []),
     ],
 )  # fmt: skip
 def test_the_claims_a_summary_makes_about_panelists(text: str, read: list[tuple[str, str]]) -> None:

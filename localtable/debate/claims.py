@@ -16,7 +16,8 @@ named before "maintained", "kept", "stayed with" ... a position, view or stance
 changed" and "all ... maintained their positions" speak for everyone. A name after
 "by", "from", "to" ... is not the subject ("persuaded by X"). Claims it cannot
 read are not checked: it refuses what it reads as false, never what it cannot
-read.
+read. A name set off by commas after the subject ("X, after hearing Y, changed")
+is not the subject either.
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ _STANCE_NOUN = (
     r"(?:positions?|minds?|views?|stances?|answers?|opinions?|sides?|conclusions?|votes?)"
 )
 # A verb of changing counts when it is about a position: "changed its mind", "switched
-# to No", "shifted." ("the change would help", "would change how people travel" do not)
+# to No", "shifted." ("the change would help", "climate change.", "would change how
+# people travel" do not): a past form may also end its clause, a noun never precedes
+_ABOUT = rf"(?:\W+\w+){{0,5}}?\W+{_STANCE_NOUN}\b|\s+(?:to|from|towards?)\b"
+_NOT_A_NOUN = "".join(
+    rf"(?<!\b{w} )" for w in ("the", "a", "an", "this", "that", "any", "some", "no", "climate")
+)
 _CHANGE = re.compile(
-    r"\b(?:chang(?:e|ed|es|ing)|switch(?:ed|es|ing)|shift(?:ed|s|ing)|revis(?:ed|es|ing)|"
-    r"revers(?:ed|es|ing)|flip(?:ped|s|ping))"
-    rf"(?=(?:\W+\w+){{0,5}}?\W+{_STANCE_NOUN}\b|\s+(?:to|from|towards?)\b|\s*(?:[.;,]|$))"
+    rf"{_NOT_A_NOUN}\b(?:changed|switched|shifted|revised|reversed|flipped)"
+    rf"(?={_ABOUT}|\s*(?:[.;,]|$))"
+    rf"|{_NOT_A_NOUN}\b(?:chang(?:e|es|ing)|switch(?:es|ing)?|shift(?:s|ing)?|"
+    rf"revis(?:e|es|ing)|revers(?:e|es|ing)|flip(?:s|ping)?)(?={_ABOUT})"
     r"|\b(?:c[oa]me(?:s)? around|(?:was|were) (?:persuaded|convinced|won over)|"
     r"switched sides|moved (?:away )?from|abandon(?:ed|s|ing) (?:its|their|his|her))\b",
     re.IGNORECASE,
@@ -56,7 +63,8 @@ _EVERYONE = re.compile(
     r"\b(?:all|every|each|everyone|everybody|both|the panel(?:ists)?)\b", re.IGNORECASE
 )
 _NOT_SUBJECT = re.compile(
-    r"\b(?:by|from|of|to|with|than|after|unlike|like|against|towards?|for|over)\W*$",
+    r"\b(?:by|from|of|to|with|than|after|unlike|like|against|towards?|for|over|hearing|"
+    r"heard|following|citing|echoing|joining|answering|rebutting)\W*$",
     re.IGNORECASE,
 )
 _CONNECTOR = re.compile(r"^(?:\W|\band\b|\bor\b|\bnor\b|\bboth\b|\bas well as\b)*$", re.IGNORECASE)
@@ -121,6 +129,13 @@ def _subjects(clause: str, mentions: list[tuple[int, int, str]], at: int) -> lis
     """The panelists a verb at `at` speaks of: the nearest name before it that is not
     the object of a preposition, with the names joined to it by "and", "," or "nor"."""
     before = [m for m in mentions if m[1] <= at and not _NOT_SUBJECT.search(clause[: m[0]])]
+    # "X, like Y, changed": a name set off by commas is not the subject when one precedes
+    while (
+        len(before) > 1
+        and "," in clause[before[-1][1] : at]
+        and ("," in clause[before[-2][1] : before[-1][0]])
+    ):
+        before.pop()
     if not before:
         return []
     group = [before[-1]]
