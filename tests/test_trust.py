@@ -265,11 +265,25 @@ def test_a_summary_that_never_agrees_with_the_record_says_it_could_not_be_writte
     record = run(speaker, make_record(["A1", "B2"]))
     s = record.summary
     assert s and s.status == "failed" and len(s.rejected) == 3
-    assert (s.error or "").startswith("it could not be written: each of 3 attempts contradicted")
+    assert (s.error or "").startswith("it could not be written: 3 of 3 attempts contradicted")
     assert s.consensus.line == "No consensus"  # counted in code, kept
     for fmt in ("text", "md", "html"):
         page = render(record, fmt, builtin())
         assert "could not be written" in page and "Both panelists changed" not in page, fmt
+
+
+def test_the_failed_summary_counts_only_the_attempts_that_contradicted_the_record() -> None:
+    false = summary("Both panelists changed their positions during the debate.")
+    speaker = ScriptedSpeaker(
+        {"A1": [LABELS, "Summary: cut off", false, false]},
+        turns={
+            "A1": [(YES, None), (YES, "A")],
+            "B2": [("No, it helps attackers.", None), ("No, it helps attackers.", "B")],
+        },
+    )
+    s = run(speaker, make_record(["A1", "B2"])).summary
+    assert s and s.status == "failed"
+    assert (s.error or "").startswith("it could not be written: 2 of 3 attempts contradicted")
 
 
 def test_a_counterpoint_from_the_majority_is_refused_when_there_is_a_minority() -> None:

@@ -696,6 +696,7 @@ class Debate:
         generation: Generation | None = None
         rejected: list[str] = []
         rejected_generations: list[Generation] = []  # all but the attempt kept
+        contradicted = 0  # attempts refused for stating what the record contradicts
         try:
             if not valid:
                 raise TurnFailed("no panelist gave a valid final answer")
@@ -766,6 +767,7 @@ class Debate:
                         raise ContradictsRecord("; ".join(false))
                     break
                 except ParseFailure as exc:
+                    contradicted += isinstance(exc, ContradictsRecord)
                     rejected.append(f"seed {seed}: {exc}")
                     if attempt + 1 == SUMMARY_ATTEMPTS:
                         raise
@@ -785,7 +787,7 @@ class Debate:
             reason = str(exc)
             if isinstance(exc, ContradictsRecord):
                 reason = (
-                    f"it could not be written: each of {SUMMARY_ATTEMPTS} attempts "
+                    f"it could not be written: {contradicted} of {SUMMARY_ATTEMPTS} attempts "
                     f"contradicted the record (the last: {reason})"
                 )
             elif isinstance(exc, ParseFailure):
