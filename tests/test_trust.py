@@ -330,6 +330,7 @@ LABELS_3 = ["Qwen 1.5B", "Qwen 0.5B", "Qwen 1.5B Skeptic"]
         ("Qwen 1.5B Skeptic, after hearing Qwen 0.5B, changed its answer to Yes.",
          [("Qwen 1.5B Skeptic", "changed")]),
         ("Qwen 0.5B proposed the change to the law.", []),
+        ("The panel shifted towards Yes.", []),  # the panel as a whole, not each member
     ],
 )  # fmt: skip
 def test_the_claims_a_summary_makes_about_panelists(text: str, read: list[tuple[str, str]]) -> None:

@@ -59,9 +59,8 @@ _NEGATION = re.compile(r"(?:\b(?:not|never|no|without)|n't)\W*$", re.IGNORECASE)
 _NOBODY = re.compile(
     r"\b(?:nobody|no one|no-one|none|no panelist|no model|neither|nor)\b", re.IGNORECASE
 )
-_EVERYONE = re.compile(
-    r"\b(?:all|every|each|everyone|everybody|both|the panel(?:ists)?)\b", re.IGNORECASE
-)
+# "the panel shifted" is the panel as a whole (its majority moved): not everyone
+_EVERYONE = re.compile(r"\b(?:all|every|each|everyone|everybody|both)\b", re.IGNORECASE)
 _NOT_SUBJECT = re.compile(
     r"\b(?:by|from|of|to|with|than|after|unlike|like|against|towards?|for|over|hearing|"
     r"heard|following|citing|echoing|joining|answering|rebutting)\W*$",
