@@ -123,12 +123,16 @@ bench-batch: .stamp-venv
 # panel), not a test: it prints, it never fails on a missed target. Running it again
 # skips finished debates. The report is printed even when some debates erred (then
 # make fails after it). E.g. make quality QUALITY_PANEL=hub-small QUALITY_ARGS="--workers 2"
+# The report asks the summarizer's model what each yes/no turn's reasoning concludes
+# (--judge-reasoning, a few minutes more); QUALITY_REPORT_ARGS= leaves it out.
 QUALITY_PANEL ?= default
 QUALITY_ARGS ?=
+QUALITY_REPORT_ARGS ?= --judge-reasoning
 quality: .stamp-venv
 	$(VENV)/bin/localtable batch --task quality --seeds 1-3 --panel $(QUALITY_PANEL) \
 	  --name quality-$(QUALITY_PANEL) $(QUALITY_ARGS); status=$$?; \
-	  $(VENV)/bin/localtable quality runs/quality-$(QUALITY_PANEL) && exit $$status
+	  $(VENV)/bin/localtable quality runs/quality-$(QUALITY_PANEL) $(QUALITY_REPORT_ARGS) \
+	  && exit $$status
 
 # The GPU check (README "On a GPU"). gpu-prepare fetches here what the GPU machine
 # cannot (it has no network) into gpu-bundle/, which travels with the tree;

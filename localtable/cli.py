@@ -1026,15 +1026,23 @@ def compare(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: P
 @click.option("--format", "fmt", type=click.Choice(["text", "md"]), default="text",
               show_default=True)  # fmt: skip
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
+@click.option("--judge-reasoning", is_flag=True,
+              help="Also ask each panel's summarizer model which answer each yes/no turn's "
+              "reasoning concludes (loads that model: minutes).")  # fmt: skip
 @runs_dir_option
 @user_errors
-def quality(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: Path) -> None:
+def quality(
+    targets: tuple[str, ...], fmt: str, output: Path | None, judge_reasoning: bool, runs_dir: Path
+) -> None:
     """Is a panel's output usable? Each metric against its target, per panel.
 
     Headlines that restate the question, `Answer:` line length and answers that
     are not positions, failed turns, stated "changed mind" against a change of
-    labelled position, and seconds per debate, over the finished runs. TARGETS
-    are batch folders, run folders or run ids. `make quality` runs the built-in
+    labelled position, summary claims the record contradicts, reasoning cut
+    without a mark, answers against their position's label, bare answers, and
+    seconds per debate, over the finished runs; with --judge-reasoning, answers
+    against what their own reasoning concludes, read by a model. TARGETS are
+    batch folders, run folders or run ids. `make quality` runs the built-in
     quality task and then this. Example: localtable quality runs/quality-default
     """
     from localtable.research.compare import NoRuns, collect
@@ -1047,7 +1055,12 @@ def quality(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: P
         raise ConfigError(
             f"nothing to measure in {', '.join(targets)}: no debate of it has a record yet"
         ) from None
-    result = measure(records, skipped)
+    judged = None
+    if judge_reasoning:  # the only part that loads a model
+        from localtable.session.judge import judge_reasoning as judge
+
+        judged = judge(records, TemplateSet(), lambda text: click.echo(text, err=True))
+    result = measure(records, skipped, judged)
     title = _title("Quality", list(targets))
     _write_output(render_quality(result, fmt, TemplateSet(), title), output)  # type: ignore[arg-type]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -137,6 +138,20 @@ class Generation(Frozen):
     seconds: float = 0.0
 
 
+# The end of a sentence: its mark, any closing quotes or brackets, then a space or the end.
+SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
+
+
+def mark_cut(text: str) -> str:
+    """Text that a length cap stopped, marked: ended at its last full sentence when that
+    keeps a third of it or more, else where it stopped, then "…"."""
+    text = text.strip().removesuffix("…").rstrip()
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    if ends and ends[-1] >= len(text) // 3:
+        return text[: ends[-1]] + " …"
+    return text.rstrip(" ,;:-–") + "…"
+
+
 class TurnRecord(Frozen):
     """One panelist's turn of one round. Its text is the generation's output, or,
     after a cut-off, the continuation's prefill plus its output (`text`)."""
@@ -163,6 +178,19 @@ class TurnRecord(Frozen):
     answer_max_chars: int | None = Field(
         default=None, description="where the grammar ended the answer line (for display)"
     )
+    reasoning_cut: bool | None = Field(
+        default=None,
+        description="a length cap (the grammar's character bound, or max_tokens) stopped "
+        "the reasoning; None in records before it was kept",
+    )
+
+    @property
+    def reasoning_shown(self) -> str:
+        """The reasoning as layouts and peers see it: one a length cap stopped ends at
+        its last full sentence, or mid-sentence, and with "…" either way, so nothing is
+        cut silently. The record keeps the reasoning as generated."""
+        text = self.parsed.reasoning if self.parsed is not None else ""
+        return mark_cut(text) if self.reasoning_cut else text
 
     @property
     def text(self) -> str:

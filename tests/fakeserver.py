@@ -47,7 +47,7 @@ def words(text: str, parse_special: bool) -> list[int]:
 
 
 def reply_for(body: dict[str, Any]) -> str:
-    return scripted_reply(body["grammar"], f"yes {body['seed'] % 97}")
+    return scripted_reply(body["grammar"], f"yes, seed {body['seed'] % 97} says so")
 
 
 class FakeLlamaServer:

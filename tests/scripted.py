@@ -7,10 +7,13 @@ from __future__ import annotations
 import re
 
 
-def scripted_reply(grammar: str, answer: str) -> str:
+def scripted_reply(grammar: str, answer: str, letter: str | None = None) -> str:
     """A summary, a set of position labels or a turn, whichever the grammar asks for;
-    every panelist holds one view (position A) and keeps it."""
+    every panelist holds one view (position A) and keeps it, unless a later-round turn
+    is told which `letter` to name (a change when it is not the one it held)."""
     root = grammar.splitlines()[0] if grammar else ""
+    if root.startswith('root ::= "Yes" | "No"'):  # what a reasoning concludes (quality)
+        return "No"
     if root.startswith('root ::= "Summary'):
         return (
             "Summary: everyone said the same thing.\nCounterpoint: none was raised.\n"
@@ -24,6 +27,8 @@ def scripted_reply(grammar: str, answer: str) -> str:
         letter = declared[0] if declared else "A"
         return "\n".join([*lines, *(f"{m}: {letter}" for m in members)])
     fields = re.findall(r'"([A-Za-z ]+): "', root)
+    if "Answer" not in fields and '"\\nAnswer: "' in grammar:
+        fields.append("Answer")  # the Position line goes on into the answer of its stance
     values = {
         "Reasoning": "because it is so.",
         "Influenced by": "nobody",
@@ -31,7 +36,13 @@ def scripted_reply(grammar: str, answer: str) -> str:
         "Position": "A",
         "Answer": answer,
     }
-    kept = re.search(r'decision-position ::= "maintained\\nPosition: ([A-H])"', grammar)
+    kept = re.search(r'decision-position ::= \(?"maintained\\nPosition: ([A-H])"', grammar)
     if kept:  # the Decision line decides the Position line: keep the letter held
         values["Decision"] = f"maintained\nPosition: {kept.group(1)}"
+    if letter is not None:
+        values["Position"] = letter
+        if kept:
+            held = kept.group(1)
+            decision = "maintained" if letter == held else "changed"
+            values["Decision"] = f"{decision}\nPosition: {letter}"
     return "\n".join(f"{f}: {values[f]}" for f in fields)

@@ -76,6 +76,41 @@ def test_a_registered_backend_runs_a_debate_end_to_end(fake_backend: Path, tmp_p
     assert fakebackend.LOADS == {"alpha": 1, "beta": 1}
 
 
+def test_quality_reads_the_reasoning_with_the_summarizers_model_only_when_asked(
+    fake_backend: Path, tmp_path: Path
+) -> None:
+    """`localtable quality --judge-reasoning` loads the summarizer's model from the
+    record and asks it, under the stance grammar, what each yes/no turn's reasoning
+    concludes (the fake reads every one as "No"); without the flag nothing loads."""
+    runs = tmp_path / "runs"
+    args = ["debate", "Is this seam enough?", "--config", str(fake_backend), "--runs-dir",
+            str(runs), "-q"]  # fmt: skip
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    (run_dir,) = list(runs.iterdir())
+    record = read_record(run_dir)
+    answers = {"Ada": "Yes, because it is enough.", "Bob": "No, because it is too thin."}
+    record.turns = [
+        t.model_copy(update={"parsed": t.parsed.model_copy(update={"answer": answers[t.panelist]})})
+        if t.parsed and t.panelist in answers
+        else t
+        for t in record.turns
+    ]
+    write_record(run_dir, record)
+    fakebackend.LOADS.clear()
+    plain = CliRunner().invoke(cli, ["quality", str(run_dir)], catch_exceptions=False)
+    assert plain.exit_code == 0, plain.output
+    assert "not measured (--judge-reasoning)" in plain.output and not fakebackend.LOADS
+    judged = CliRunner().invoke(
+        cli, ["quality", str(run_dir), "--judge-reasoning"], catch_exceptions=False
+    )
+    assert judged.exit_code == 0, judged.output
+    row = next(x for x in judged.output.splitlines() if x.startswith("Answers against their own"))
+    # Ada's two "Yes" answers against "No"; Bob's agree; Cy's answer opens with neither
+    assert "2 of 4 yes/no answers (0 neither)" in row
+    assert "Against its own reasoning: " in judged.output
+    assert fakebackend.LOADS == {"alpha": 1}  # the summarizer Ada's model, nothing else
+
+
 def test_a_batch_loads_each_model_once(fake_backend: Path, tmp_path: Path) -> None:
     questions = QuestionSet(
         name="three",

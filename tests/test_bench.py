@@ -266,10 +266,10 @@ def test_bare_calls_replay_every_generation_of_an_open_debate() -> None:
     r1 = "Reasoning: r.\nAnswer: {a}"
     speaker = FakeSpeaker(
         {
-            "A": [Reply("Reasoning: long and", finish_reason="length"), "Answer: Yes.",
+            "A": [Reply("Reasoning: long and", finish_reason="length"), "Answer: Yes, it helps.",
                   "Position A: ...\nA: A\nB: A", "Position A: Yes\nA: A\nB: A",
                   "Summary: s\nCounterpoint: c\nAnswer: Yes, they agreed."],
-            "B": [r1.format(a="Yes!")],
+            "B": [r1.format(a="Yes! It helps.")],
         }
     )  # fmt: skip
     record = make_record(["A", "B"], rounds=1)

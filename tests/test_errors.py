@@ -44,7 +44,12 @@ def unwritable(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_read_only_runs_folder_is_not_a_full_disk(unwritable: Path) -> None:
     record = make_record(["A1", "B2"], rounds=1)
-    speaker = FakeSpeaker({"A1": ["Reasoning: r\nAnswer: Yes"], "B2": ["Reasoning: r\nAnswer: No"]})
+    speaker = FakeSpeaker(
+        {
+            "A1": ["Reasoning: r\nAnswer: Yes, it helps."],
+            "B2": ["Reasoning: r\nAnswer: No, it harms."],
+        }
+    )
     with pytest.raises(RecordError) as caught:
         execute(record, unwritable / "run", speaker, builtin(), lambda e: None)
     message = str(caught.value)

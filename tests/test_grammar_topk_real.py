@@ -34,6 +34,7 @@ TURN = TemplateSet().render(
     fields=["reasoning", "influenced_by", "decision", "position", "answer"],
     peers=["Gemma 3 270M", "SmolLM2 Skeptic"],
     letters=["A", "B"],
+    stances={"A": "yes", "B": "no"},  # the Position line goes on into an answer of its stance
     allow_new=True,
     own_position="",
     reasoning_max=500,

@@ -98,16 +98,16 @@ def test_open_grammar_is_free_text_and_its_groups_come_from_labels_not_exact_tex
     speaker = FakeSpeaker(
         {
             "A1": [
-                R1.format(a="Yes, surely."),
+                R1.format(a="Yes, surely so."),
                 "Position A: Yes\nPosition B: No\nA1: A\nB2: B\nC3: A",
                 SUMMARY,
             ],
-            "B2": [R1.format(a="No, never.")],
+            "B2": [R1.format(a="No, never again.")],
             "C3": [R1.format(a="Maybe so.")],
         }
     )
     record = run(speaker, scored("open", rounds=1))
-    assert "answer ::= [^\\x00-\\x20<?] ([^\\x00-\\x1f.?]" in speaker.calls[0].grammar
+    assert "answer ::= answer-yes | answer-no | answer-other\n" in speaker.calls[0].grammar
     assert "Options:" not in speaker.calls[0].messages[-1].content
     # three different texts, two labelled positions: the labels decide, counted in code
     assert record.summary and record.summary.status == "ok"
@@ -244,7 +244,7 @@ def test_an_open_turn_keeps_its_reasoning_on_one_line() -> None:
     )  # fmt: skip
     assert "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x1f]{0,299}" in grammar
     with pytest.raises(ParseFailure, match="'Answer:' line"):
-        parse_turn("Reasoning: one.\ntwo.\nAnswer: Yes", later_round=False, peers={})
+        parse_turn("Reasoning: one.\ntwo.\nAnswer: Yes, it helps.", later_round=False, peers={})
     with pytest.raises(ParseFailure, match="lines after the reasoning"):
         parse_turn("Reasoning: 1+1 is 2", later_round=False, peers={}, kind="number")
 

@@ -26,7 +26,7 @@ MIB = 1 << 20
 R1 = "Reasoning: because {a}.\nAnswer: {a}"
 R2 = "Reasoning: still {a}.\nInfluenced by: nobody\nDecision: maintained\nPosition: A\nAnswer: {a}"
 LABELS = "Position A: yes\nA1: A\nB2: A\nC3: A"
-SUMMARY = "Summary: Agreed.\nCounterpoint: Risks.\nAnswer: Yes."
+SUMMARY = "Summary: Agreed.\nCounterpoint: Risks.\nAnswer: Yes, it helps."
 
 
 @pytest.mark.parametrize(
@@ -107,9 +107,9 @@ class OrderingSpeaker(FakeSpeaker):
 
 def replies() -> dict[str, list[str | Exception]]:
     return {
-        "A1": [R1.format(a="Yes"), LABELS, R2.format(a="Yes"), SUMMARY],
-        "B2": [R1.format(a="Yes"), R2.format(a="Yes")],
-        "C3": [R1.format(a="Yes"), R2.format(a="Yes")],
+        "A1": [R1.format(a="Yes, it helps"), LABELS, R2.format(a="Yes, it helps"), SUMMARY],
+        "B2": [R1.format(a="Yes, it helps"), R2.format(a="Yes, it helps")],
+        "C3": [R1.format(a="Yes, it helps"), R2.format(a="Yes, it helps")],
     }
 
 

@@ -36,14 +36,19 @@ def replies(rounds: int = 2) -> dict[str, list[Any]]:
     """A1 also labels the rounds and writes the summary."""
     if rounds == 1:
         return {
-            "A1": [R1.format(a="Yes."), LABELS, SUMMARY],
-            "B2": [R1.format(a="No.")],
-            "C3": [R1.format(a="Yes, mostly.")],
+            "A1": [R1.format(a="Yes, it helps."), LABELS, SUMMARY],
+            "B2": [R1.format(a="No, it harms.")],
+            "C3": [R1.format(a="Yes, mostly so.")],
         }
     return {
-        "A1": [R1.format(a="Yes."), LABELS, R2.format(p="A", a="Yes."), SUMMARY],
-        "B2": [R1.format(a="No."), R2.format(p="B", a="No.")],
-        "C3": [R1.format(a="Yes, mostly."), R2.format(p="A", a="Yes, mostly.")],
+        "A1": [
+            R1.format(a="Yes, it helps."),
+            LABELS,
+            R2.format(p="A", a="Yes, it helps."),
+            SUMMARY,
+        ],
+        "B2": [R1.format(a="No, it harms."), R2.format(p="B", a="No, it harms.")],
+        "C3": [R1.format(a="Yes, mostly so."), R2.format(p="A", a="Yes, mostly so.")],
     }
 
 

@@ -20,7 +20,7 @@ LATER = ["reasoning", "influenced_by", "decision", "answer"]
 LABELLED = ["reasoning", "influenced_by", "decision", "position", "answer"]
 
 
-def later_turn(position: str | None = None, answer: str = "Yes.") -> str:
+def later_turn(position: str | None = None, answer: str = "Yes, it helps.") -> str:
     lines = ["Reasoning: B2 was right.", "Influenced by: B2", "Decision: changed"]
     if position is not None:
         lines.append(f"Position: {position}")
@@ -50,7 +50,7 @@ def test_an_answer_without_a_letter_or_digit_is_not(answer: str) -> None:
 
 def test_a_reasoning_without_a_letter_or_digit_is_not_one() -> None:
     with pytest.raises(ParseFailure, match="reasoning has no letter or digit"):
-        parse_turn("Reasoning: ...\nAnswer: Yes.", later_round=False, peers={})
+        parse_turn("Reasoning: ...\nAnswer: Yes, it helps.", later_round=False, peers={})
 
 
 # -- the order of a turn's fields ---------------------------------------------------
@@ -63,7 +63,7 @@ def test_a_turn_is_read_reasoning_first_and_records_that_order() -> None:
     later = parse_turn(later_turn(), later_round=True, peers={"B2": "Bob"})
     assert later.order == LATER == turn_fields(later_round=True, labelled=False)
     assert later.stance == "change" and later.influenced_by == ["Bob"]
-    assert later.answer == "Yes." and later.position_claim is None
+    assert later.answer == "Yes, it helps." and later.position_claim is None
     labelled = parse_turn(later_turn("A"), later_round=True, peers={"B2": "Bob"}, letters=["A"])
     assert labelled.order == LABELLED == turn_fields(later_round=True, labelled=True)
 
@@ -71,14 +71,14 @@ def test_a_turn_is_read_reasoning_first_and_records_that_order() -> None:
 def test_the_old_answer_first_order_is_refused() -> None:
     with pytest.raises(ParseFailure, match="missing the 'Reasoning:' line"):
         parse_turn("Answer: 4\nReasoning: 2+2 is 4.", later_round=False, peers={})
-    old = "Decision: maintained\nAnswer: Yes.\nInfluenced by: nobody\nReasoning: r"
+    old = "Decision: maintained\nAnswer: Yes, it helps.\nInfluenced by: nobody\nReasoning: r"
     with pytest.raises(ParseFailure, match="missing the 'Reasoning:' line"):
         parse_turn(old, later_round=True, peers={})
 
 
 def test_the_answer_line_is_last_and_runs_to_the_end() -> None:
-    parsed = parse_turn("Reasoning: r\nAnswer: Yes, surely. ", later_round=False, peers={})
-    assert parsed.answer == "Yes, surely."
+    parsed = parse_turn("Reasoning: r\nAnswer: Yes, surely it helps. ", later_round=False, peers={})
+    assert parsed.answer == "Yes, surely it helps."
     with pytest.raises(ParseFailure, match="'Reasoning:' line was cut off"):
         parse_turn("Reasoning: a reasoning that max_tokens cut", later_round=False, peers={})
 
@@ -134,7 +134,7 @@ def test_a_turn_cut_later_keeps_its_whole_lines() -> None:
     assert kept == "Reasoning: r.\nInfluenced by: nobody\nDecision: changed\nPosition: B\n"
     assert rest == ["answer"]
     # the answer is the last field: even a whole-looking answer line is cut
-    kept, rest = completed_part("Reasoning: r.\nAnswer: Yes", ["reasoning", "answer"])
+    kept, rest = completed_part("Reasoning: r.\nAnswer: Yes, it helps.", ["reasoning", "answer"])
     assert (kept, rest) == ("Reasoning: r.\n", ["answer"])
 
 

@@ -248,16 +248,16 @@ def test_a_new_no_answer_is_not_placed_on_a_yes_position() -> None:
     record, _ = run(
         {
             "A1": [
-                R1.format(a="Yes."),
+                R1.format(a="Yes, it helps."),
                 labels(["Yes"], A1="A", B2="A", C3="A"),
-                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+                R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A"),
                 "C3: A",  # the new "No" answer placed on the "Yes" position: refused
                 labels(["No, too risky"], start=1, C3="B"),
                 SUMMARY,
             ],
             "B2": [
-                R1.format(a="Yes, surely."),
-                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+                R1.format(a="Yes, surely so."),
+                R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A"),
             ],
             "C3": [
                 R1.format(a="Yes, but slowly."),

@@ -58,8 +58,8 @@ def test_two_round_debate_records_everything() -> None:
                 R2.format(d="changed", a="Yes, open it.", i="A1", p="A"),
             ],
             "C3": [
-                R1.format(a="Yes."),
-                R2.format(d="maintained", a="Yes, mostly.", i="A1, B2", p="A"),
+                R1.format(a="Yes, it helps."),
+                R2.format(d="maintained", a="Yes, mostly so.", i="A1, B2", p="A"),
             ],
         }
     )
@@ -135,7 +135,8 @@ def test_round_two_sees_others_latest_answers_and_positions_not_own() -> None:
     # one: its own (A) when it says it maintained, another or new when it changed
     assert '"B2"' in a_round2.grammar and '"A1"' not in a_round2.grammar
     assert (
-        'decision-position ::= "maintained\\nPosition: A" | "changed\\nPosition: " ("B" | "new")\n'
+        'decision-position ::= ("maintained\\nPosition: A" "\\nAnswer: " answer-other) | '
+        '"changed\\nPosition: " (("B" "\\nAnswer: " answer-other) | ("new" "\\nAnswer: " answer))\n'
         in a_round2.grammar
     )
     assert "position ::=" not in a_round2.grammar.replace("decision-position ::=", "")
@@ -174,16 +175,16 @@ def test_nonsense_and_crash_become_failed_turns_never_agreement() -> None:
     speaker = FakeSpeaker(
         {
             "A1": [
-                R1.format(a="Yes."),
+                R1.format(a="Yes, it helps."),
                 labels(["yes"], A1="A", C3="A"),
-                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+                R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A"),
                 SUMMARY,
             ],
             "B2": [
                 "Reasoning: x\nAnswer: ?!?",
                 R2.format(d="maintained", a="!!", i="nobody", p="A"),
             ],
-            "C3": [R1.format(a="Yes."), crash()],
+            "C3": [R1.format(a="Yes, it helps."), crash()],
         }
     )
     record, _ = run(speaker, make_record(["A1", "B2", "C3"]))
@@ -213,14 +214,14 @@ def test_long_history_is_shortened_by_recorded_rules() -> None:
     speaker = FakeSpeaker(
         {
             "A1": [
-                f"Reasoning: {long}\nAnswer: Yes.",
+                f"Reasoning: {long}\nAnswer: Yes, it helps.",
                 labels(["Yes", "No"], A1="A", B2="B"),
-                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+                R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A"),
                 SUMMARY,
             ],
             "B2": [
-                f"Reasoning: {long}\nAnswer: No.",
-                R2.format(d="maintained", a="No.", i="nobody", p="B"),
+                f"Reasoning: {long}\nAnswer: No, it harms.",
+                R2.format(d="maintained", a="No, it harms.", i="nobody", p="B"),
             ],
         },
         n_ctx=480,
@@ -243,12 +244,15 @@ def test_prompt_that_never_fits_fails_the_turn_clearly() -> None:
 def test_resume_runs_only_missing_turns_and_labels() -> None:
     replies = {
         "A1": [
-            R1.format(a="Yes."),
+            R1.format(a="Yes, it helps."),
             labels(["Yes"], A1="A", B2="A"),
-            R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+            R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A"),
             SUMMARY,
         ],
-        "B2": [R1.format(a="Yes!"), R2.format(d="maintained", a="Yes!", i="nobody", p="A")],
+        "B2": [
+            R1.format(a="Yes! It helps."),
+            R2.format(d="maintained", a="Yes! It helps.", i="nobody", p="A"),
+        ],
     }
     partial = make_record(["A1", "B2"])
     speaker = FakeSpeaker({k: list(v) for k, v in replies.items()})
@@ -342,12 +346,15 @@ def test_a_backend_that_cannot_answer_stops_the_run_and_resume_runs_that_turn_ag
     after it runs (later turns would read it), and resuming the record finishes it."""
     replies = {
         "A1": [
-            R1.format(a="Yes."),
+            R1.format(a="Yes, it helps."),
             labels(["Yes"], A1="A", B2="A"),
-            R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+            R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A"),
             SUMMARY,
         ],
-        "B2": [R1.format(a="Yes!"), R2.format(d="maintained", a="Yes!", i="nobody", p="A")],
+        "B2": [
+            R1.format(a="Yes! It helps."),
+            R2.format(d="maintained", a="Yes! It helps.", i="nobody", p="A"),
+        ],
     }
     down = BackendDown("http://gpu:8080: connection refused")
     speaker = FakeSpeaker({"A1": list(replies["A1"]), "B2": [down, *replies["B2"]]})
@@ -369,7 +376,9 @@ def test_a_backend_that_cannot_answer_stops_the_run_and_resume_runs_that_turn_ag
 
 def test_a_labeller_whose_backend_cannot_answer_leaves_the_labels_interrupted() -> None:
     down = BackendDown("http://gpu:8080: HTTP 503")
-    speaker = FakeSpeaker({"A1": [R1.format(a="Yes."), down], "B2": [R1.format(a="No.")]})
+    speaker = FakeSpeaker(
+        {"A1": [R1.format(a="Yes, it helps."), down], "B2": [R1.format(a="No, it harms.")]}
+    )
     record = make_record(["A1", "B2"])
     with pytest.raises(BackendDown):
         run(speaker, record)
@@ -380,10 +389,10 @@ def test_a_labeller_whose_backend_cannot_answer_leaves_the_labels_interrupted() 
     # resume labels round 1 again, then goes on
     speaker.replies["A1"] += [
         labels(["Yes", "No"], A1="A", B2="B"),
-        R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+        R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A"),
         SUMMARY,
     ]
-    speaker.replies["B2"] += [R2.format(d="changed", a="Yes.", i="A1", p="A")]
+    speaker.replies["B2"] += [R2.format(d="changed", a="Yes, it helps.", i="A1", p="A")]
     finished, _ = run(speaker, record)
     (labelling,) = finished.labelings
     assert labelling.status == "ok" and labelling.assigned == {"A1": "A", "B2": "B"}
@@ -394,11 +403,11 @@ def test_a_summarizer_whose_backend_cannot_answer_leaves_the_summary_interrupted
     speaker = FakeSpeaker(
         {
             "A1": [
-                R1.format(a="Yes."),
+                R1.format(a="Yes, it helps."),
                 labels(["Yes"], A1="A", B2="A"),
                 BackendDown("http://gpu:8080: HTTP 500 boom"),
             ],
-            "B2": [R1.format(a="Yes.")],
+            "B2": [R1.format(a="Yes, it helps.")],
         }
     )
     record = make_record(["A1", "B2"], rounds=1)
@@ -425,8 +434,11 @@ def test_the_answer_is_one_short_sentence_and_the_reasoning_leaves_room_after_it
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))  # max_tokens 64
     assert "reasoning ::= [^\\x00-\\x20] [^\\x00-\\x1f]{0,119}\n" in speaker.calls[0].grammar
     # one statement: no "?", and it ends at its first ". " (a "." inside a word is text)
-    answer = 'answer ::= [^\\x00-\\x20<?] ([^\\x00-\\x1f.?] | "." [^\\x00-\\x20?]){1,127} "."?\n'
-    assert answer in speaker.calls[0].grammar
+    # a position with its ground: a leading yes or no goes on with at least two words
+    grammar = speaker.calls[0].grammar
+    assert "answer ::= answer-yes | answer-no | answer-other\n" in grammar
+    assert 'answer-yes ::= ("Yes" | "yes") lead " " ground\n' in grammar
+    assert 'tail ::= ([^\\x00-\\x1f.?] | "." [^\\x00-\\x20?]){0,88} "."?\n' in grammar
     assert [t.answer_max_chars for t in record.turns] == [128, 128]
 
 
@@ -444,7 +456,7 @@ def test_a_turn_cut_off_in_its_reasoning_is_continued_after_it() -> None:
             ],
             "B2": [
                 R1.format(a="Yes, open it."),
-                R2.format(d="maintained", a="Yes.", i="nobody", p="A"),
+                R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A"),
             ],
         }
     )
@@ -455,7 +467,10 @@ def test_a_turn_cut_off_in_its_reasoning_is_continued_after_it() -> None:
     assert then.prefill == kept
     # the continuation's grammar starts at the field after the kept reasoning
     assert then.grammar.startswith('root ::= "Influenced by: " influenced-by "\\n" "Decision: "')
-    assert "reasoning ::=" not in then.grammar and '"changed\\nPosition: " ("new")' in then.grammar
+    assert (
+        "reasoning ::=" not in then.grammar
+        and '"changed\\nPosition: " (("new" "\\nAnswer: " answer))' in then.grammar
+    )
     assert then.messages == first.messages and then.seed == first.seed
     assert then.sampling.max_tokens == CONTINUATION_MAX_TOKENS + answer_max_chars(64) // 3
     turn = record.turn(2, "A1")
@@ -478,21 +493,26 @@ def test_a_cut_off_round_one_turn_is_continued_and_read_back_whole() -> None:
     cut = Reply("Reasoning: Two plus two is four, as", finish_reason="length")
     speaker = FakeSpeaker(
         {
-            "A1": [cut, "Answer: Yes.", labels(["Yes"], A1="A", B2="A"),
-                   R2.format(d="maintained", a="Yes.", i="nobody", p="A"), SUMMARY],
-            "B2": [R1.format(a="Yes."), R2.format(d="maintained", a="Yes.", i="nobody", p="A")],
+            "A1": [cut, "Answer: Yes, it helps.", labels(["Yes"], A1="A", B2="A"),
+                   R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A"), SUMMARY],
+            "B2": [R1.format(a="Yes, it helps."),
+                   R2.format(d="maintained", a="Yes, it helps.", i="nobody", p="A")],
         }
     )  # fmt: skip
     record, _ = run(speaker, make_record(["A1", "B2"]))
     assert speaker.calls[1].grammar.startswith('root ::= "Answer: " answer')
     t = record.turn(1, "A1")
-    assert t and t.status == "ok" and t.parsed and t.parsed.answer == "Yes."
+    assert t and t.status == "ok" and t.parsed and t.parsed.answer == "Yes, it helps."
     # later rounds show the panelist its own turn as written: prefill and continuation
     a_round2 = next(c for c in speaker.calls if c.panelist == "A1" and "Decision" in c.grammar)
-    assert a_round2.messages[-2].content == "Reasoning: Two plus two is four, as…\nAnswer: Yes."
+    assert (
+        a_round2.messages[-2].content
+        == "Reasoning: Two plus two is four, as…\nAnswer: Yes, it helps."
+    )
     b_round2 = next(c for c in speaker.calls if c.panelist == "B2" and "Decision" in c.grammar)
     assert (
-        "A1:\nReasoning: Two plus two is four, as…\nAnswer: Yes." in b_round2.messages[-1].content
+        "A1:\nReasoning: Two plus two is four, as…\nAnswer: Yes, it helps."
+        in b_round2.messages[-1].content
     )
 
 
@@ -500,7 +520,7 @@ def test_a_cut_off_turn_with_nothing_to_keep_fails_without_a_continuation() -> N
     speaker = FakeSpeaker(
         {
             "A1": [Reply("Reaso", finish_reason="length"), labels(["No"], B2="A"), SUMMARY],
-            "B2": [R1.format(a="No.")],
+            "B2": [R1.format(a="No, it harms.")],
         }
     )
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
@@ -516,8 +536,8 @@ def test_ctrl_c_while_labelling_leaves_no_false_turn_and_resume_labels_again(
     """A stop during the labels (Ctrl-C, SIGTERM) interrupts no panelist's turn: each
     one of the round is finished and stays as it is; resume labels the round again."""
     replies: dict[str, list[str | Reply | BaseException]] = {
-        "A1": [R1.format(a="Yes."), KeyboardInterrupt()],
-        "B2": [R1.format(a="No.")],
+        "A1": [R1.format(a="Yes, it helps."), KeyboardInterrupt()],
+        "B2": [R1.format(a="No, it harms.")],
     }
     record = make_record(["A1", "B2"], rounds=1)
     with pytest.raises(RunInterrupted):

@@ -16,6 +16,7 @@ from localtable.record import (
     Generation,
     LabelingRecord,
     ParsedTurn,
+    PositionLabel,
     RunRecord,
     SummaryRecord,
     TurnRecord,
@@ -246,8 +247,9 @@ def test_nothing_finished_is_an_error_and_nothing_to_judge_is_na() -> None:
         quality([debate(status="interrupted")])
     p = quality([debate(turns=[], summary_status="failed", status="failed")]).panels[0]
     assert p.verdicts.model_dump() == dict.fromkeys(
-        ["restated", "non_positions", "failed_turns", "agreement"]
-    )
+        ["restated", "non_positions", "failed_turns", "agreement", "false_claims",
+         "unmarked_cuts", "label_contradictions", "bare"]
+    )  # fmt: skip
     text = render_quality(quality([debate(turns=[])]), "text", TemplateSet(), "Quality: t")
     assert "n/a" in text
 
@@ -365,3 +367,107 @@ def test_no_terminal_control_characters_from_records(fmt: str) -> None:
     record.panelists[0] = record.panelists[0].model_copy(update={"model": f"m{escapes}"})
     out = render_quality(quality([record]), fmt, TemplateSet(), "Quality: t")  # type: ignore[arg-type]
     assert "PWNED" in out and not CONTROL.search(out), CONTROL.findall(out)
+
+
+# -- issue #26: what the reader is told against the record -------------------------------
+
+
+def test_summary_claims_the_record_contradicts() -> None:
+    r = debate("c-s1")  # nobody changed position
+    assert r.summary is not None
+    r.summary = r.summary.model_copy(update={"summary": "B2 changed their mind after A1 spoke."})
+    kept = debate("c-s2")
+    assert kept.summary is not None
+    kept.summary = kept.summary.model_copy(update={"summary": "Nobody changed position."})
+    p = quality([r, kept]).panels[0]
+    assert [(e.run_id, e.text) for e in p.false_claims] == [
+        ("c-s1", "it says B2 changed position, but B2 never did")
+    ]
+    assert p.verdicts.false_claims is False
+    row = next(
+        line
+        for line in render_quality(quality([r, kept]), "text", TemplateSet(), "Q").splitlines()
+        if line.startswith("Summary claims contradicted")
+    )
+    assert "1 in 2 summaries" in row and row.endswith("FAIL")
+
+
+def cut_turn(reasoning: str, *, flag: bool | None) -> TurnRecord:
+    text = f"Reasoning: {reasoning}\nAnswer: Yes, phased in with exemptions."
+    g = gen(1.0).model_copy(update={"raw_output": text})
+    return TurnRecord(
+        round=1, panelist="A1", status="ok", generation=g, reasoning_cut=flag,
+        parsed=ParsedTurn(answer="Yes, phased in with exemptions.", reasoning=reasoning,
+                          order=["reasoning", "answer"]),
+    )  # fmt: skip
+
+
+def test_reasoning_cut_without_a_mark_older_and_newer_records() -> None:
+    from localtable.debate.protocol import reasoning_max_chars
+
+    bound = reasoning_max_chars(sampling().max_tokens)
+    long = ("Cars crowd the centre. " * 80)[: bound - 10] + "and if the"
+    assert len(long) == bound
+    peer_prompt = f"A1:\nReasoning: {long}\nAnswer: Yes, phased in with exemptions."
+    later = ok(2, "B2").model_copy(
+        update={"generation": gen(1.0).model_copy(update={"prompt": peer_prompt})}
+    )
+    # an older record (no flag): read off the grammar's bound, shown as it was
+    older = debate("o-s1", turns=[cut_turn(long, flag=None), later])
+    # a newer one: flagged, and shown ended at a sentence with "…" (its peers too)
+    newer = debate("n-s1", turns=[cut_turn(long, flag=True), ok(2, "B2")])
+    short = debate("s-s1", turns=[cut_turn("Short and done.", flag=False)])
+    p = quality([older, newer, short]).panels[0]
+    assert p.cut_reasonings == 2
+    assert [(e.run_id, e.round) for e in p.unmarked_cuts] == [("o-s1", 1)]
+    assert p.verdicts.unmarked_cuts is False
+    # a newer record whose next round still showed the cut reasoning bare is counted too
+    leaked = debate("l-s1", turns=[cut_turn(long, flag=True), later])
+    assert [e.run_id for e in quality([leaked]).panels[0].unmarked_cuts] == ["l-s1"]
+
+
+def test_answers_against_their_label_and_bare_answers() -> None:
+    r = debate(
+        "l-s1",
+        turns=[
+            ok(1, "A1", "No, because it hurts shops.").model_copy(update={"position": "A"}),
+            ok(1, "B2", "Yes, phased in slowly.").model_copy(update={"position": "A"}),
+            ok(1, "C3", "Yes.").model_copy(update={"position": "B"}),
+        ],
+    )
+    r.positions = [
+        PositionLabel(letter="A", label="Yes, with exemptions", round=1),
+        PositionLabel(letter="B", label="Keep the cars", round=1),
+    ]
+    p = quality([r]).panels[0]
+    assert [(e.panelist, e.text) for e in p.label_contradictions] == [
+        ("A1", "No, because it hurts shops. (position A: Yes, with exemptions)")
+    ]
+    assert p.placed_answers == 3 and p.verdicts.label_contradictions is False
+    assert [e.text for e in p.bare_answers] == ["Yes."] and p.verdicts.bare is False
+    text = render_quality(quality([r]), "text", TemplateSet(), "Q")
+    assert "Against its position's label: l-s1 round 1 A1:" in text
+    assert "Bare: l-s1 round 1 C3: 'Yes.'" in text
+    assert "not measured (--judge-reasoning)" in text
+
+
+def test_reasoning_verdicts_are_counted_per_panel() -> None:
+    from localtable.session.judge import ReasoningVerdict
+
+    def v(answer: str, concluded: str | None, panel: str = "default") -> ReasoningVerdict:
+        return ReasoningVerdict(run_id="r", panel=panel, round=1, panelist="A1", answer=answer,
+                                concluded=concluded)  # type: ignore[arg-type]  # fmt: skip
+
+    verdicts = [v("Yes, because.", "no"), v("No, never ever.", "no"), v("Yes, if so.", "neither"),
+                v("Yes, maybe so.", None), v("No, it is bad.", "yes", panel="other")]  # fmt: skip
+    report = quality([debate("r"), debate("o", panel="other")], judged=verdicts)
+    mine, other = (p.reasoning_stances for p in report.panels)
+    assert mine and mine.judged == 3 and mine.neither == 1 and mine.failed == 1
+    assert [e.text for e in mine.opposite] == ["Yes, because. (its reasoning concludes no)"]
+    assert other and other.judged == 1 and len(other.opposite) == 1
+    row = next(
+        line
+        for line in render_quality(report, "text", TemplateSet(), "Q").splitlines()
+        if line.startswith("Answers against their own reasoning")
+    )
+    assert "1 of 3 yes/no answers (1 neither, 1 not asked)" in row

@@ -30,6 +30,24 @@ def normalize_open(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
 
+def stance(answer: str) -> str | None:
+    """'yes' or 'no' when the answer opens with that word ("No, unless ..."), else None."""
+    words = normalize_open(answer).split()
+    return words[0] if words and words[0] in ("yes", "no") else None
+
+
+# A leading "Yes" or "No" states a conclusion; the words after it give its ground
+# ("Yes, because ..."): "Yes." and "No, never" give none.
+GROUND_MIN_WORDS = 2
+
+
+def bare_answer(answer: str) -> bool:
+    """Whether an open answer is a bare yes or no: a leading yes/no with fewer than
+    GROUND_MIN_WORDS words after it. prompts/turn.gbnf.j2 cannot write one."""
+    words = normalize_open(answer).split()
+    return bool(words) and words[0] in ("yes", "no") and len(words) - 1 < GROUND_MIN_WORDS
+
+
 def parse_number(text: str) -> Decimal | None:
     """The value of a number answer as the grammar writes it, else None."""
     text = text.strip()

@@ -14,7 +14,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.debate.answers import answer_problem
+from localtable.debate.answers import answer_problem, bare_answer, stance
 from localtable.record import ParsedTurn, QuestionKind
 
 # An answer says something when it has a letter or a digit: "4", "2+1" and "A" are
@@ -101,6 +101,27 @@ def completed_part(
     return "\n".join(done[:n]) + "\n", fields[n:]
 
 
+def reasoning_finished(text: str, fields: list[str], *, multiline: bool = False) -> bool:
+    """Whether an output got past its reasoning: the line of the next field began."""
+    if fields[0] != "reasoning" or len(fields) < 2:
+        return True
+    if multiline:
+        return f"\n{FIELD_NAMES[fields[1]]}: " in text
+    return "\n" in text
+
+
+def raw_reasoning(text: str, fields: list[str], *, multiline: bool = False) -> str:
+    """The reasoning field as generated (nothing stripped): what the grammar's
+    character bound counted; "" when the text does not start with it."""
+    prefix = f"{FIELD_NAMES['reasoning']}: "
+    if not fields or fields[0] != "reasoning" or not text.startswith(prefix):
+        return ""
+    if multiline and len(fields) > 1:
+        at = text.rfind(f"\n{FIELD_NAMES[fields[1]]}: ")
+        return text[len(prefix) : at if at >= 0 else len(text)]
+    return text[len(prefix) :].split("\n", 1)[0]
+
+
 def _fields(text: str, names: list[str], last: str) -> dict[str, str]:
     """Split 'Name: value' lines in the given order; the last field runs to the end."""
     out: dict[str, str] = {}
@@ -137,9 +158,13 @@ def repeats_instructions(value: str, instructions: str) -> bool:
 
 
 def _answer(value: str, kind: QuestionKind, options: list[str]) -> str:
-    """An open answer needs words; a choice or number answer must be valid for its kind."""
+    """An open answer needs words, and a ground after a leading yes/no (bare_answer);
+    a choice or number answer must be valid for its kind."""
     if kind == "open":
-        return _meaningful(value, "answer")
+        _meaningful(value, "answer")
+        if bare_answer(value):
+            raise ParseFailure(f"the answer {value[:60]!r} states no ground (a bare answer)")
+        return value
     problem = answer_problem(kind, options, value)
     if problem is not None:
         raise ParseFailure(problem)
@@ -186,9 +211,12 @@ def parse_turn(
     kind: QuestionKind = "open",
     options: list[str] | None = None,
     letters: list[str] | None = None,
+    stances: dict[str, str | None] | None = None,
 ) -> ParsedTurn:
     """Parse a panelist's turn; peers maps the labels it may cite to panelist names,
-    letters are the labelled positions it may name (None: positions are not labelled)."""
+    letters are the labelled positions it may name (None: positions are not labelled),
+    stances the stance of each ("yes", "no" or None): an answer must open with the
+    stance of the letter it names (a "Yes" position, a "Yes, ..." answer)."""
     options = options or []
     fields = turn_fields(later_round=later_round, labelled=later_round and letters is not None)
     names = [FIELD_NAMES[k] for k in fields]
@@ -220,6 +248,13 @@ def parse_turn(
     claim = f.get("Position")
     if claim is not None and claim != "new" and claim not in (letters or []):
         raise ParseFailure(f"position {claim!r} is not one of the labelled positions")
+    if claim is not None and stances is not None and claim in stances:
+        mine, theirs = stance(answer), stances[claim]
+        if mine != theirs:
+            raise ParseFailure(
+                f"the answer opens with {mine or 'neither yes nor no'!r} but position "
+                f"{claim} is {theirs or 'neither yes nor no'!r}"
+            )
     return ParsedTurn(
         answer=answer,
         stance="change" if decision == "changed" else "maintain",

@@ -22,7 +22,7 @@ from itertools import product
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.debate.answers import normalize_open, tally_groups
+from localtable.debate.answers import normalize_open, stance, tally_groups
 from localtable.debate.parsing import ParsedLabels, ParseFailure
 from localtable.record import PositionGroup, PositionLabel, RunRecord, TurnRecord
 
@@ -39,12 +39,6 @@ def to_label(record: RunRecord, round_no: int) -> list[TurnRecord]:
     if round_no == 1:
         return turns
     return [t for t in turns if t.parsed is not None and t.parsed.position_claim == "new"]
-
-
-def stance(answer: str) -> str | None:
-    """'yes' or 'no' when the answer opens with that word ("No, unless ..."), else None."""
-    words = normalize_open(answer).split()
-    return words[0] if words and words[0] in ("yes", "no") else None
 
 
 class LabelPlan(BaseModel):
@@ -102,6 +96,25 @@ def position_stances(record: RunRecord) -> list[str | None]:
             if t.position == x.letter and t.parsed is not None
         }
         out.append(stance(x.label) or (held.pop() if len(held) == 1 else None))
+    return out
+
+
+def stances_before(record: RunRecord, round_no: int) -> dict[str, str | None]:
+    """The stance each position labelled before round_no asks of an answer that names
+    it: its label's leading yes/no, else the one yes/no its holders' answers of
+    earlier rounds open with (a neutral label may hold "Yes" answers and others), else
+    None: an answer that opens with neither. Only earlier rounds count: the turns of
+    round_no finish in any order, and the grammar must not depend on which came first."""
+    out: dict[str, str | None] = {}
+    for x in record.positions:
+        if x.round >= round_no:
+            continue
+        held = {
+            stance(t.parsed.answer)
+            for t in record.turns
+            if t.position == x.letter and t.round < round_no and t.parsed is not None
+        } - {None}
+        out[x.letter] = stance(x.label) or (held.pop() if len(held) == 1 else None)
     return out
 
 
@@ -218,10 +231,23 @@ def final_groups(record: RunRecord) -> list[PositionGroup]:
 
 
 def changes(record: RunRecord) -> list[tuple[str, str, str]]:
-    """(panelist, position before, position after) for each labelled change, in order."""
+    """(panelist, position before, position after) for each change of position, in
+    order: of labelled position (open questions), else of answer (choice and number
+    questions compare answers exactly, so each change of answer is one of position)."""
     out = []
     for t in record.turns:
+        if t.status != "ok":
+            continue
         if t.position_changed:
             before = previous_position(record, t)
             out.append((t.panelist, record.label(before) or "", record.label(t.position) or ""))
+        elif record.question_kind != "open" and t.answer_changed and t.parsed is not None:
+            earlier = [
+                e
+                for e in record.turns
+                if e.panelist == t.panelist and e.round < t.round and e.status == "ok"
+            ]
+            last = max(earlier, key=lambda e: e.round) if earlier else None
+            was = last.parsed.answer if last is not None and last.parsed is not None else ""
+            out.append((t.panelist, was, t.parsed.answer))
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import re
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -22,7 +23,8 @@ from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import BackendDown, ChatMessage, TurnFailed, TurnRequest, TurnResult
 from localtable.debate import positions as pos
-from localtable.debate.answers import normalize_open, same_position
+from localtable.debate.answers import normalize_open, same_position, stance
+from localtable.debate.claims import contradictions, record_facts
 from localtable.debate.consensus import compute_consensus
 from localtable.debate.parsing import (
     ParsedLabels,
@@ -32,6 +34,8 @@ from localtable.debate.parsing import (
     parse_labels,
     parse_summary,
     parse_turn,
+    raw_reasoning,
+    reasoning_finished,
     turn_fields,
 )
 from localtable.record import (
@@ -77,6 +81,10 @@ SHORTENING_RULES = [
 
 class PromptTooLong(TurnFailed):
     pass
+
+
+class ContradictsRecord(ParseFailure):
+    """A summary that states what the record shows did not happen (debate/claims.py)."""
 
 
 class Speaker(Protocol):
@@ -199,16 +207,22 @@ class Debate:
             turn = self._latest_ok(other.name, round_no)
             if turn is None or turn.parsed is None:
                 continue
-            reasoning = turn.parsed.reasoning
+            # "reasoning" as prompts before issue #26 showed it (a record made with them
+            # replays byte for byte); "reasoning_shown" ends a cut one visibly (…)
+            reasoning, shown = turn.parsed.reasoning, turn.reasoning_shown
             if level >= 2:
-                reasoning = ""
-            elif level >= 1 and len(reasoning) > 200:
-                reasoning = reasoning[:200].rstrip() + "..."
+                reasoning = shown = ""
+            elif level >= 1:
+                reasoning, shown = (
+                    text[:200].rstrip() + "..." if len(text) > 200 else text
+                    for text in (reasoning, shown)
+                )
             view.append(
                 {
                     "label": other.label,
                     "answer": turn.parsed.answer,
                     "reasoning": reasoning,
+                    "reasoning_shown": shown,
                     "position": turn.position or "",
                 }
             )
@@ -274,7 +288,13 @@ class Debate:
     def _fields(self, round_no: int) -> list[str]:
         return turn_fields(later_round=round_no > 1, labelled=self._letters(round_no) is not None)
 
-    def _grammar(self, p: PanelistRecord, round_no: int, fields: list[str]) -> str:
+    def _stances(self, round_no: int) -> dict[str, str | None]:
+        """The stance of each position a turn of round_no may name ("yes", "no", None)."""
+        if self._letters(round_no) is None:
+            return {}
+        return pos.stances_before(self.record, round_no)
+
+    def _grammar(self, p: PanelistRecord, round_no: int, fields: list[str], held: str = "") -> str:
         peers = [o.label for o in self.panel if o.name != p.name]
         own = self._latest_ok(p.name, round_no) if round_no > 1 else None
         return self.templates.render(
@@ -282,6 +302,8 @@ class Debate:
             fields=fields,
             peers=peers,
             letters=self._letters(round_no) or [],
+            stances={k: v or "" for k, v in self._stances(round_no).items()},
+            held=held,
             allow_new=self._allow_new(round_no),
             own_position=own.position if own is not None and own.position else "",
             reasoning_max=reasoning_max_chars(p.sampling.max_tokens, self.record.question_kind),
@@ -436,14 +458,33 @@ class Debate:
         budget = CONTINUATION_MAX_TOKENS
         if self.record.question_kind == "open":
             budget += answer_max_chars(p.sampling.max_tokens) // 3
+        named = re.search(r"^Position: (\S+)$", kept, re.MULTILINE)
         request = first.model_copy(
             update={
-                "grammar": self._grammar(p, round_no, rest),
+                "grammar": self._grammar(p, round_no, rest, named.group(1) if named else ""),
                 "prefill": kept,
                 "sampling": first.sampling.model_copy(update={"max_tokens": budget}),
             }
         )
         return self.generate(request, cut.shortened)
+
+    def _reasoning_cut(
+        self,
+        p: PanelistRecord,
+        generation: Generation,
+        continuation: Generation | None,
+        text: str,
+        fields: list[str],
+    ) -> bool:
+        """Whether a length cap stopped the turn's reasoning: max_tokens inside it (the
+        continuation kept it closed with "…"), or the grammar's character bound."""
+        multiline = multiline_reasoning(self.record.question_kind)
+        if continuation is not None and not reasoning_finished(
+            generation.raw_output, fields, multiline=multiline
+        ):
+            return True
+        bound = reasoning_max_chars(p.sampling.max_tokens, self.record.question_kind)
+        return len(raw_reasoning(text, fields, multiline=multiline)) >= bound
 
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
         self._begin(round_no, p.name)
@@ -477,7 +518,9 @@ class Debate:
                 kind=self.record.question_kind,
                 options=self.record.options,
                 letters=self._letters(round_no),
+                stances=self._stances(round_no) or None,
             )
+            cut = self._reasoning_cut(p, generation, continuation, text, fields)
         except BackendDown as exc:
             # The server could not answer: nothing is known of this turn. Keep it as
             # interrupted (resume runs it again) and stop: later turns would read it.
@@ -514,6 +557,7 @@ class Debate:
             continuation=continuation,
             parsed=parsed,
             answer_max_chars=limits,
+            reasoning_cut=cut,
         )
         if round_no > 1:
             turn = turn.model_copy(update={"changed_mind_stated": parsed.stance == "change"})
@@ -572,7 +616,7 @@ class Debate:
                 labeller.sampling.model_copy(update={"max_tokens": LABELS_MAX_TOKENS}),
             )
             plans = pos.label_plans(
-                [pos.stance(answers.get(name, "")) for name in members.values()],
+                [stance(answers.get(name, "")) for name in members.values()],
                 pos.position_stances(self.record),
                 max_new,
             )
@@ -652,6 +696,7 @@ class Debate:
         generation: Generation | None = None
         rejected: list[str] = []
         rejected_generations: list[Generation] = []  # all but the attempt kept
+        contradicted = 0  # attempts refused for stating what the record contradicts
         try:
             if not valid:
                 raise TurnFailed("no panelist gave a valid final answer")
@@ -675,6 +720,8 @@ class Debate:
                 for name, before, after in pos.changes(self.record)
             ]
 
+            facts = record_facts(self.record)
+
             def user(finals_view: list[dict[str, object]]) -> str:
                 return self.templates.render(
                     "summarize.j2",
@@ -683,6 +730,8 @@ class Debate:
                     panel_size=len(self.panel),
                     finals=finals_view,
                     changes=changes_view if finals_view else [],
+                    minority=facts.minority if finals_view else [],
+                    agreed=facts.all_agreed,
                 ).strip()
 
             system = self.templates.render("summary_system.j2").strip()
@@ -713,8 +762,12 @@ class Debate:
                         question=self.record.question,
                         instructions=instructions,
                     )
+                    false = contradictions(parsed.summary, parsed.counterpoint, facts)
+                    if false:
+                        raise ContradictsRecord("; ".join(false))
                     break
                 except ParseFailure as exc:
+                    contradicted += isinstance(exc, ContradictsRecord)
                     rejected.append(f"seed {seed}: {exc}")
                     if attempt + 1 == SUMMARY_ATTEMPTS:
                         raise
@@ -732,7 +785,12 @@ class Debate:
             raise
         except (TurnFailed, ParseFailure) as exc:
             reason = str(exc)
-            if isinstance(exc, ParseFailure):
+            if isinstance(exc, ContradictsRecord):
+                reason = (
+                    f"it could not be written: {contradicted} of {SUMMARY_ATTEMPTS} attempts "
+                    f"contradicted the record (the last: {reason})"
+                )
+            elif isinstance(exc, ParseFailure):
                 reason = f"unusable summary: {reason}"
             self.record.summary = SummaryRecord(
                 status="failed",

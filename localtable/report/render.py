@@ -203,7 +203,10 @@ def turn_view(record: RunRecord, turn: TurnRecord, position: str = "") -> TurnVi
     if record.question_kind == "open":  # a choice or a number is complete as it is
         # the grammar ends an answer at this length, max_tokens ends the reasoning
         answer = whole_sentences(answer, at_limit(answer, turn.answer_max_chars))
-    reasoning = whole_sentences(reasoning, bool(g and g.finish_reason == "length"))
+    if turn.reasoning_cut is not None:  # known: a cut one ends with "…"
+        reasoning = turn.reasoning_shown
+    else:  # older records: max_tokens ended the reasoning
+        reasoning = whole_sentences(reasoning, bool(g and g.finish_reason == "length"))
     return TurnView(
         round=turn.round,
         index=panelist.index,

@@ -3,8 +3,12 @@
 The measurement of issue #12, from run records alone: does the summary's
 headline say something the question did not, is each `Answer:` line a
 position, how many turns fail, and does a panelist that says it changed its
-mind hold another position. It measures form, never who is right, so it needs
-no answer key; `make quality` runs it on the built-in `quality` task.
+mind hold another position. Issue #26 adds what the reader is told against
+the record: summary claims the record contradicts, reasoning cut without a
+mark, answers against their position's label, bare answers; and, only when
+asked (session/judge.py loads a model), answers against their own reasoning.
+It measures form, never who is right, so it needs no answer key; `make
+quality` runs it on the built-in `quality` task.
 
 Records are grouped by `record.panel`. Only finished runs (complete or failed)
 are measured: a run whose summary failed ends `failed`, and leaving failed runs
@@ -17,12 +21,26 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from localtable.debate.parsing import RESTATES_OVERLAP, restates_question, word_overlap
+from localtable.debate.answers import bare_answer, stance
+from localtable.debate.claims import contradictions, record_facts
+from localtable.debate.parsing import (
+    RESTATES_OVERLAP,
+    multiline_reasoning,
+    raw_reasoning,
+    reasoning_finished,
+    restates_question,
+    word_overlap,
+)
+from localtable.debate.protocol import reasoning_max_chars
 from localtable.errors import ConfigError
 from localtable.record import Generation, RunRecord, TurnRecord
+
+if TYPE_CHECKING:  # session/judge.py loads a model: imported only where it runs
+    from localtable.session.judge import ReasoningVerdict
 
 FINISHED = ("complete", "failed")
 RESTATE_OVERLAP = RESTATES_OVERLAP  # 0.8: a headline this close to the question restates it
@@ -30,6 +48,11 @@ MAX_RESTATED = 0  # headlines that restate the question
 MAX_NON_POSITIONS = 0  # answers that are not positions
 MAX_FAILED_TURNS_PCT = 2.0  # failed turns, percent of all turns
 MIN_AGREEMENT = 0.9  # stated "changed mind" agreeing with a change of position
+# issue #26: what the reader is told is what the record shows
+MAX_FALSE_CLAIMS = 0  # summary claims the record contradicts
+MAX_UNMARKED_CUTS = 0  # reasoning a length cap stopped, shown without "…"
+MAX_LABEL_CONTRADICTIONS = 0  # a "No" answer on a "Yes" position, or the other way
+MAX_BARE = 0  # a bare "Yes" or "No"
 
 
 class Quality(BaseModel):
@@ -75,6 +98,16 @@ class PanelistModel(Quality):
     model: str
 
 
+class ReasoningStances(Quality):
+    """Turns whose answer opens with yes or no, against the answer their own reasoning
+    concludes as the summarizer's model read it (session/judge.py): no target."""
+
+    judged: int
+    opposite: list[Example] = Field(description="the reasoning concludes the other way")
+    neither: int = Field(description="the reasoning concludes neither yes nor no")
+    failed: int = Field(description="turns the model could not be asked about")
+
+
 class Verdicts(Quality):
     """Each target met (True), missed (False), or nothing to judge it on (None)."""
 
@@ -82,6 +115,10 @@ class Verdicts(Quality):
     non_positions: bool | None
     failed_turns: bool | None
     agreement: bool | None
+    false_claims: bool | None = None
+    unmarked_cuts: bool | None = None
+    label_contradictions: bool | None = None
+    bare: bool | None = None
 
 
 class PanelQuality(Quality):
@@ -105,6 +142,18 @@ class PanelQuality(Quality):
     labelings: int
     failed_labelings: int
     agreement: Agreement
+    false_claims: list[Example] = Field(
+        default_factory=list, description="claims of ok summaries the record contradicts"
+    )
+    cut_reasonings: int = 0
+    unmarked_cuts: list[Example] = Field(default_factory=list)
+    placed_answers: int = Field(default=0, description="ok turns with a labelled position")
+    label_contradictions: list[Example] = Field(default_factory=list)
+    open_answers: int = 0
+    bare_answers: list[Example] = Field(default_factory=list)
+    reasoning_stances: ReasoningStances | None = Field(
+        default=None, description="only when asked for (localtable quality --judge-reasoning)"
+    )
     verdicts: Verdicts
 
     @property
@@ -236,6 +285,128 @@ def agreement(records: list[RunRecord]) -> Agreement:
     )
 
 
+def false_claims(records: list[RunRecord]) -> list[Example]:
+    """Each claim of an ok summary that the record contradicts, as debate/claims.py
+    reads them: a panelist said to have changed or kept its position against the
+    counted positions (positions.changes), "nobody changed" when someone did, a
+    majority panelist named as the counterpoint's source while there is a minority,
+    a dissent when all agreed. The protocol refuses such summaries since issue #26;
+    older records were not checked."""
+    out = []
+    for r in records:
+        s = r.summary
+        if s is None or s.status != "ok":
+            continue
+        for problem in contradictions(s.summary, s.counterpoint, record_facts(r)):
+            out.append(Example(run_id=r.run_id, round=None, panelist=s.summarizer, text=problem))
+    return out
+
+
+def reasoning_cut(record: RunRecord, turn: TurnRecord) -> bool:
+    """Whether a length cap stopped an ok turn's reasoning: `reasoning_cut` where the
+    record keeps it, else read off the record: the grammar's character bound
+    (protocol.reasoning_max_chars of the panelist's max_tokens) reached, or max_tokens
+    ending the generation inside the reasoning (continued after it)."""
+    if turn.reasoning_cut is not None:
+        return turn.reasoning_cut
+    if turn.parsed is None or turn.generation is None or turn.parsed.order[:1] != ["reasoning"]:
+        return False  # answer-first records (schema before 4): no such cap on the reasoning
+    multiline = multiline_reasoning(record.question_kind)
+    order = turn.parsed.order
+    if turn.continuation is not None and not reasoning_finished(
+        turn.generation.raw_output, order, multiline=multiline
+    ):
+        return True
+    panelist = next((p for p in record.panelists if p.name == turn.panelist), None)
+    if panelist is None:
+        return False
+    bound = reasoning_max_chars(panelist.sampling.max_tokens, record.question_kind)
+    return len(raw_reasoning(turn.text, order, multiline=multiline)) >= bound
+
+
+def _shown_unmarked(record: RunRecord, turn: TurnRecord) -> bool:
+    """A cut reasoning shown without "…": in the layouts (reasoning_shown where the
+    record knows the cut, the reasoning as kept before), or in a later round's prompt
+    as the record keeps it (the peers' view: "Reasoning: <it>" then the next line)."""
+    reasoning = turn.parsed.reasoning if turn.parsed else ""
+    shown = turn.reasoning_shown if turn.reasoning_cut is not None else reasoning
+    if not shown.rstrip().endswith("…"):
+        return True
+    if reasoning.rstrip().endswith("…"):
+        return False
+    seen = f"Reasoning: {reasoning}\n"
+    return any(
+        t.generation is not None and seen in t.generation.prompt
+        for t in record.turns
+        if t.round == turn.round + 1 and t.panelist != turn.panelist
+    )
+
+
+def unmarked_cuts(records: list[RunRecord]) -> tuple[int, list[Example]]:
+    """(ok turns whose reasoning a length cap stopped (reasoning_cut()), those of them
+    shown without a closing "…" (_shown_unmarked), with the reasoning's last words)."""
+    cut = 0
+    out = []
+    for r, t, _ in ok_turns(records):
+        if not reasoning_cut(r, t):
+            continue
+        cut += 1
+        if _shown_unmarked(r, t):
+            tail = t.parsed.reasoning[-60:] if t.parsed else ""
+            out.append(Example(run_id=r.run_id, round=t.round, panelist=t.panelist, text=tail))
+    return cut, out
+
+
+def label_contradictions(records: list[RunRecord]) -> tuple[int, list[Example]]:
+    """(ok turns with a labelled position, those whose answer opens with "yes" and the
+    position's label with "no", or the other way: answers.stance of each)."""
+    placed = 0
+    out = []
+    for r, t, answer in ok_turns(records):
+        if t.position is None:
+            continue
+        placed += 1
+        mine, theirs = stance(answer), stance(r.label(t.position) or "")
+        if mine is not None and theirs is not None and mine != theirs:
+            text = f"{answer} (position {t.position}: {r.label(t.position)})"
+            out.append(Example(run_id=r.run_id, round=t.round, panelist=t.panelist, text=text))
+    return placed, out
+
+
+def bare_answers(records: list[RunRecord]) -> tuple[int, list[Example]]:
+    """(ok turns of open questions, those whose answer is a bare yes or no:
+    answers.bare_answer, a leading yes/no with fewer than two words after it)."""
+    n = 0
+    out = []
+    for r, t, answer in ok_turns(records):
+        if r.question_kind != "open":
+            continue
+        n += 1
+        if bare_answer(answer):
+            out.append(Example(run_id=r.run_id, round=t.round, panelist=t.panelist, text=answer))
+    return n, out
+
+
+def reasoning_stances(verdicts: list[ReasoningVerdict]) -> dict[str, ReasoningStances]:
+    """Per panel: the yes/no answers the model judged, those whose reasoning concludes
+    the other way (opposite), or neither, and those it could not be asked about."""
+    out: dict[str, ReasoningStances] = {}
+    for v in verdicts:
+        seen = out.get(v.panel) or ReasoningStances(judged=0, opposite=[], neither=0, failed=0)
+        opposite = list(seen.opposite)
+        if v.concluded in ("yes", "no") and v.concluded != stance(v.answer):
+            text = f"{v.answer} (its reasoning concludes {v.concluded})"
+            opposite.append(Example(run_id=v.run_id, round=v.round, panelist=v.panelist,
+                                    text=text))  # fmt: skip
+        out[v.panel] = ReasoningStances(
+            judged=seen.judged + (v.concluded is not None),
+            opposite=opposite,
+            neither=seen.neither + (v.concluded == "neither"),
+            failed=seen.failed + (v.concluded is None),
+        )
+    return out
+
+
 def _panelists(records: list[RunRecord]) -> list[PanelistModel]:
     seen: list[PanelistModel] = []
     for r in records:
@@ -263,7 +434,9 @@ def _verdicts(
     )
 
 
-def panel_quality(panel: str, records: list[RunRecord]) -> PanelQuality:
+def panel_quality(
+    panel: str, records: list[RunRecord], judged: ReasoningStances | None = None
+) -> PanelQuality:
     """The metrics of one panel's records (those not finished are only counted)."""
     done = [r for r in records if r.status in FINISHED]
     turns = [t for r in done for t in r.turns]
@@ -277,6 +450,21 @@ def panel_quality(panel: str, records: list[RunRecord]) -> PanelQuality:
     failed = sum(t.status == "failed" for t in turns)
     failed_pct = 100 * failed / len(turns) if turns else None
     walls = [w for w in (wall_seconds(r) for r in done) if w is not None]
+    claims = false_claims(done)
+    cut, unmarked = unmarked_cuts(done)
+    placed, contradicting = label_contradictions(done)
+    open_answers, bare = bare_answers(done)
+    verdicts = _verdicts(restated, summaries_ok, non_pos, len(ok), failed_pct, agreed)
+    verdicts = verdicts.model_copy(
+        update={
+            "false_claims": len(claims) <= MAX_FALSE_CLAIMS if summaries_ok else None,
+            "unmarked_cuts": len(unmarked) <= MAX_UNMARKED_CUTS if ok else None,
+            "label_contradictions": len(contradicting) <= MAX_LABEL_CONTRADICTIONS
+            if placed
+            else None,
+            "bare": len(bare) <= MAX_BARE if open_answers else None,
+        }
+    )
     return PanelQuality(
         panel=panel,
         panelists=_panelists(records),
@@ -298,20 +486,34 @@ def panel_quality(panel: str, records: list[RunRecord]) -> PanelQuality:
         labelings=len(labelings),
         failed_labelings=sum(x.status == "failed" for x in labelings),
         agreement=agreed,
-        verdicts=_verdicts(restated, summaries_ok, non_pos, len(ok), failed_pct, agreed),
+        false_claims=claims,
+        cut_reasonings=cut,
+        unmarked_cuts=unmarked,
+        placed_answers=placed,
+        label_contradictions=contradicting,
+        open_answers=open_answers,
+        bare_answers=bare,
+        reasoning_stances=judged,
+        verdicts=verdicts,
     )
 
 
-def quality(records: list[RunRecord], skipped: list[str] | None = None) -> QualityReport:
-    """One PanelQuality per `record.panel`, in the order the panels first appear."""
+def quality(
+    records: list[RunRecord],
+    skipped: list[str] | None = None,
+    judged: list[ReasoningVerdict] | None = None,
+) -> QualityReport:
+    """One PanelQuality per `record.panel`, in the order the panels first appear;
+    `judged`: the turns' reasoning as a model read it (session/judge.py), if asked."""
     if not any(r.status in FINISHED for r in records):
         raise ConfigError(
             f"nothing to measure: none of the {len(records)} runs is finished (complete or failed)"
         )
+    stances = reasoning_stances(judged) if judged is not None else {}
     panels: dict[str, list[RunRecord]] = {}
     for r in records:
         panels.setdefault(r.panel, []).append(r)
     return QualityReport(
-        panels=[panel_quality(name, group) for name, group in panels.items()],
+        panels=[panel_quality(name, group, stances.get(name)) for name, group in panels.items()],
         skipped=skipped or [],
     )

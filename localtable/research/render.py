@@ -336,6 +336,13 @@ def _met(verdict: bool | None) -> str:
     return "n/a" if verdict is None else ("pass" if verdict else "FAIL")
 
 
+def _judged(j: q.ReasoningStances | None) -> str:
+    if j is None:
+        return "not measured (--judge-reasoning)"
+    failed = f", {j.failed} not asked" if j.failed else ""
+    return f"{len(j.opposite)} of {j.judged} yes/no answers ({j.neither} neither{failed})"
+
+
 def quality_table(p: q.PanelQuality) -> Table:
     a, v = p.agreement, p.verdicts
     failed_pct = p.failed_turn_pct
@@ -358,6 +365,19 @@ def quality_table(p: q.PanelQuality) -> Table:
         ["Disagree: said changed, same position", str(a.said_changed_same_position), "-", "-"],
         ["Disagree: said maintained, position changed",
          str(a.said_maintained_position_changed), "-", "-"],
+        ["Summary claims contradicted by the record",
+         f"{len(p.false_claims)} in {p.summaries_ok} summaries", str(q.MAX_FALSE_CLAIMS),
+         _met(v.false_claims)],
+        ["Reasoning cut without a mark",
+         f"{len(p.unmarked_cuts)} of {p.cut_reasonings} cut", str(q.MAX_UNMARKED_CUTS),
+         _met(v.unmarked_cuts)],
+        ["Answers against their position's label",
+         f"{len(p.label_contradictions)} of {p.placed_answers} placed answers",
+         str(q.MAX_LABEL_CONTRADICTIONS), _met(v.label_contradictions)],
+        ["Bare yes/no answers", f"{len(p.bare_answers)} of {p.open_answers} answers",
+         str(q.MAX_BARE), _met(v.bare)],
+        ["Answers against their own reasoning (model-read)", _judged(p.reasoning_stances),
+         "-", "-"],
         ["Seconds per debate, wall", _spread(p.wall_seconds), "-", "-"],
         ["Seconds per debate, engine", _spread(p.engine_seconds), "-", "-"],
     ]  # fmt: skip
@@ -388,6 +408,12 @@ def quality_panel_notes(p: q.PanelQuality) -> list[str]:
         )
     notes += _examples("Restated", p.restated)
     notes += _examples("Not a position", p.non_positions)
+    notes += _examples("Contradicted by the record", p.false_claims)
+    notes += _examples("Cut without a mark", p.unmarked_cuts)
+    notes += _examples("Against its position's label", p.label_contradictions)
+    notes += _examples("Bare", p.bare_answers)
+    if p.reasoning_stances is not None:
+        notes += _examples("Against its own reasoning", p.reasoning_stances.opposite)
     return notes
 
 
@@ -403,6 +429,19 @@ def quality_notes(r: q.QualityReport) -> list[str]:
         "positions) are counted apart.",
         "Change of mind: round 2 on, a turn's stated stance (change or maintain) against a "
         "change of its labelled position from its previous turn.",
+        "Summary claims: a panelist the summary says changed or kept its position against "
+        "the counted positions, 'nobody changed' when someone did, a majority panelist named "
+        "as the counterpoint's source while there is a minority, a dissent when all agreed "
+        "(debate/claims.py). Over ok summaries.",
+        "Cut: a reasoning that the grammar's character bound or max_tokens stopped; without a "
+        "mark: shown (layouts, or the peers' view in the next round's recorded prompts) "
+        "without a closing '…'.",
+        "Against the label: an answer opening with yes (no) on a position whose label opens "
+        "with no (yes). Bare: an open answer whose leading yes or no has fewer than two words "
+        "after it.",
+        "Against its own reasoning: a yes/no answer whose reasoning, read by the panel's "
+        "summarizer model under a grammar (Yes, No or Neither), concludes the other way; "
+        "measured only with --judge-reasoning, no target.",
         "Wall: finished_at - created_at (a resumed run counts the time it stood stopped). "
         "Engine: the seconds of every generation, rejected attempts included.",
         "Measured: finished runs (complete or failed: a failed summary fails its run).",

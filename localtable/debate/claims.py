@@ -1,0 +1,213 @@
+"""What a summary says about the panelists, checked against what the record counted.
+
+The summary is the part most readers read, and the code has counted every fact
+it may state about the panel: who changed position (debate/positions.py
+`changes`), and where each panelist ended (`final_groups`). A small summarizer
+still wrote "Qwen 1.5B Skeptic changed their mind" when nobody had, and a
+counterpoint can name a panelist who holds the majority's position as the source
+of the minority's view. This module reads those claims out of a summary's text,
+by the panelists' labels and a few verbs, and says which contradict the record;
+the protocol refuses such an attempt and tries another seed.
+
+It reads only what a plain sentence says: a panelist named just before "changed",
+"switched", "shifted" ... (or "changed X's mind") is said to have changed; one
+named before "maintained", "kept", "stayed with" ... a position, view or stance
+(or before a negated change: "did not change") is said to have held; "nobody
+changed" and "all ... maintained their positions" speak for everyone. A name after
+"by", "from", "to" ... is not the subject ("persuaded by X"). Claims it cannot
+read are not checked: it refuses what it reads as false, never what it cannot
+read. A name set off by commas after the subject ("X, after hearing Y, changed")
+is not the subject either.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict
+
+from localtable.debate import positions as pos
+from localtable.debate.consensus import compute_consensus
+from localtable.record import RunRecord
+
+_STANCE_NOUN = (
+    r"(?:positions?|minds?|views?|stances?|answers?|opinions?|sides?|conclusions?|votes?)"
+)
+# A verb of changing counts when it is about a position: "changed its mind", "switched
+# to No", "shifted." ("the change would help", "climate change.", "would change how
+# people travel" do not): a past form may also end its clause, a noun never precedes
+_ABOUT = rf"(?:\W+\w+){{0,5}}?\W+{_STANCE_NOUN}\b|\s+(?:to|from|towards?)\b"
+_NOT_A_NOUN = "".join(
+    rf"(?<!\b{w} )" for w in ("the", "a", "an", "this", "that", "any", "some", "no", "climate")
+)
+_CHANGE = re.compile(
+    rf"{_NOT_A_NOUN}\b(?:changed|switched|shifted|revised|reversed|flipped)"
+    rf"(?={_ABOUT}|\s*(?:[.;,]|$))"
+    rf"|{_NOT_A_NOUN}\b(?:chang(?:e|es|ing)|switch(?:es|ing)?|shift(?:s|ing)?|"
+    rf"revis(?:e|es|ing)|revers(?:e|es|ing)|flip(?:s|ping)?)(?={_ABOUT})"
+    r"|\b(?:c[oa]me(?:s)? around|(?:was|were) (?:persuaded|convinced|won over)|"
+    r"switched sides|moved (?:away )?from|abandon(?:ed|s|ing) (?:its|their|his|her))\b",
+    re.IGNORECASE,
+)
+_HOLD = re.compile(
+    r"\b(?:maintain(?:ed|s|ing)|kept|keep(?:s|ing)?|retain(?:ed|s|ing)|stuck|stick(?:s|ing)?|"
+    r"stay(?:ed|s|ing)|remain(?:ed|s|ing)|held (?:on ?to|firm)|stood by)"
+    rf"(?:\W+\w+){{0,3}}?\W+(?:{_STANCE_NOUN}|ground|unchanged|firm)\b",
+    re.IGNORECASE,
+)
+_NEGATION = re.compile(r"(?:\b(?:not|never|no|without)|n't)\W*$", re.IGNORECASE)
+_NOBODY = re.compile(
+    r"\b(?:nobody|no one|no-one|none|no panelist|no model|neither|nor)\b", re.IGNORECASE
+)
+# "the panel shifted" is the panel as a whole (its majority moved): not everyone
+_EVERYONE = re.compile(r"\b(?:all|every|each|everyone|everybody|both)\b", re.IGNORECASE)
+_NOT_SUBJECT = re.compile(
+    r"\b(?:by|from|of|to|with|than|after|unlike|like|against|towards?|for|over|hearing|"
+    r"heard|following|citing|echoing|joining|answering|rebutting)\W*$",
+    re.IGNORECASE,
+)
+_CONNECTOR = re.compile(r"^(?:\W|\band\b|\bor\b|\bnor\b|\bboth\b|\bas well as\b)*$", re.IGNORECASE)
+_CLAUSE = re.compile(
+    r"(?<=[.!?;])\s+|\s+(?:but|while|whereas|although|though|however|yet)\b,?\s*|,\s+and\s+",
+    re.IGNORECASE,
+)
+_DISSENT = re.compile(
+    r"\b(?:minority|dissent\w*|disagree\w*|lone|holdouts?|held out|the only (?:one|panelist))\b",
+    re.IGNORECASE,
+)
+
+
+class Facts(BaseModel):
+    """What the record counted, by panelist label (the names the summary was shown)."""
+
+    model_config = ConfigDict(frozen=True)
+    labels: list[str]
+    changed: list[str]  # labels of the panelists whose position changed at some point
+    majority: list[str]  # labels in the unique largest final group (empty: no such group)
+    minority: list[str]  # labels with a valid final answer outside it
+    all_agreed: bool
+
+
+def record_facts(record: RunRecord) -> Facts:
+    """What the record counted: who changed position (positions.changes), and where
+    the panel ended (positions.final_groups: the unique largest group, if any, and
+    the panelists outside it), by the labels the summary is shown."""
+    label_of = {p.name: p.label for p in record.panelists}
+    groups = pos.final_groups(record)
+    all_agreed = compute_consensus(groups, len(record.panelists)).kind == "all"
+    sizes = [len(g.members) for g in groups]
+    unique = bool(sizes) and (len(sizes) == 1 or sizes[1] < sizes[0])
+    majority = groups[0].members if unique and not all_agreed else []
+    minority = [m for g in groups[1:] for m in g.members] if majority else []
+    changed = dict.fromkeys(name for name, _, _ in pos.changes(record))
+    return Facts(
+        labels=[p.label for p in record.panelists],
+        changed=[label_of[name] for name in changed if name in label_of],
+        majority=[label_of[m] for m in majority if m in label_of],
+        minority=[label_of[m] for m in minority if m in label_of],
+        all_agreed=all_agreed,
+    )
+
+
+def _mentions(text: str, labels: list[str]) -> list[tuple[int, int, str]]:
+    """(start, end, label) of each panelist named in the text, longest labels first
+    so "Qwen 0.5B Skeptic" is not read as "Qwen 0.5B"; case-insensitive."""
+    found: list[tuple[int, int, str]] = []
+    taken = [False] * len(text)
+    for label in sorted(set(labels), key=len, reverse=True):
+        pattern = re.compile(rf"(?<!\w){re.escape(label)}(?!\w)", re.IGNORECASE)
+        for m in pattern.finditer(text):
+            if not any(taken[m.start() : m.end()]):
+                found.append((m.start(), m.end(), label))
+                for i in range(m.start(), m.end()):
+                    taken[i] = True
+    return sorted(found)
+
+
+def _subjects(clause: str, mentions: list[tuple[int, int, str]], at: int) -> list[str]:
+    """The panelists a verb at `at` speaks of: the nearest name before it that is not
+    the object of a preposition, with the names joined to it by "and", "," or "nor"."""
+    before = [m for m in mentions if m[1] <= at and not _NOT_SUBJECT.search(clause[: m[0]])]
+    # "X, like Y, changed": a name set off by commas is not the subject when one precedes
+    while (
+        len(before) > 1
+        and "," in clause[before[-1][1] : at]
+        and ("," in clause[before[-2][1] : before[-1][0]])
+    ):
+        before.pop()
+    if not before:
+        return []
+    group = [before[-1]]
+    for m in reversed(before[:-1]):
+        if not _CONNECTOR.match(clause[m[1] : group[0][0]]):
+            break
+        group.insert(0, m)
+    return [label for _, _, label in group]
+
+
+def _object(clause: str, mentions: list[tuple[int, int, str]], end: int) -> str | None:
+    """The panelist right after a change verb whose mind it changed ("changed X's mind")."""
+    for start, stop, label in mentions:
+        if start >= end and not clause[end:start].strip() and clause[stop:].startswith("'s"):
+            return label
+    return None
+
+
+def claims(text: str, labels: list[str]) -> list[tuple[str, str]]:
+    """(label or "*nobody*" or "*everyone*", "changed" or "held") for each claim read
+    in the text, in order."""
+    out: list[tuple[str, str]] = []
+    for clause in _CLAUSE.split(text):
+        if not clause:
+            continue
+        mentions = _mentions(clause, labels)
+        for m in _CHANGE.finditer(clause):
+            lead = clause[: m.start()]
+            nobody = bool(_NOBODY.search(lead))
+            negated = nobody or bool(_NEGATION.search(lead[-24:]))
+            target = _object(clause, mentions, m.end())
+            who = [target] if target else _subjects(clause, mentions, m.start())
+            if who:
+                out += [(label, "held" if negated else "changed") for label in who]
+            elif nobody:
+                out.append(("*nobody*", "changed"))
+            elif _EVERYONE.search(lead):
+                out.append(("*everyone*", "changed"))
+        for m in _HOLD.finditer(clause):
+            who = _subjects(clause, mentions, m.start())
+            if who:
+                out += [(label, "held") for label in who]
+            elif _EVERYONE.search(clause[: m.start()]):
+                out.append(("*everyone*", "held"))
+    return out
+
+
+def contradictions(summary: str, counterpoint: str, facts: Facts) -> list[str]:
+    """The claims of a summary that the record contradicts, each in a few words."""
+    problems: list[str] = []
+    changed = set(facts.changed)
+    for who, what in claims(summary, facts.labels):
+        if who == "*nobody*" and changed:
+            problems.append(f"it says nobody changed position, but {', '.join(facts.changed)} did")
+        elif who == "*everyone*" and what == "held" and changed:
+            problems.append(
+                f"it says everyone kept their position, but {', '.join(facts.changed)} changed"
+            )
+        elif who == "*everyone*" and what == "changed" and set(facts.labels) - changed:
+            kept = [label for label in facts.labels if label not in changed]
+            problems.append(f"it says everyone changed position, but {', '.join(kept)} never did")
+        elif who in facts.labels and what == "changed" and who not in changed:
+            problems.append(f"it says {who} changed position, but {who} never did")
+        elif who in facts.labels and what == "held" and who in changed:
+            problems.append(f"it says {who} kept its position, but {who} changed it")
+    named = [label for _, _, label in _mentions(counterpoint, facts.labels)]
+    if facts.all_agreed and named and _DISSENT.search(counterpoint):
+        problems.append(
+            f"the counterpoint has {named[0]} dissent, but all {len(facts.labels)} agreed"
+        )
+    elif facts.majority and facts.minority and named and not set(named) & set(facts.minority):
+        problems.append(
+            f"the counterpoint names {named[0]}, who holds the majority's position, as "
+            f"its source, not {', '.join(facts.minority)}"
+        )
+    return list(dict.fromkeys(problems))

@@ -1,0 +1,354 @@
+"""Issue #26: what a debate tells its reader is what the record shows.
+
+An answer agrees with the position it names, no answer is a bare yes or no, a
+reasoning that a length cap stopped is marked wherever it is shown, and the summary
+states no change of mind, no held position and no minority voice that the record
+contradicts. Fake speakers, no llama.cpp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from localtable.backends.base import TurnRequest, TurnResult
+from localtable.debate.claims import Facts, claims, contradictions
+from localtable.debate.parsing import ParseFailure, parse_turn
+from localtable.debate.protocol import Debate, derive_seed, reasoning_max_chars
+from localtable.record import RunRecord, TurnRecord, mark_cut
+from localtable.report.render import render
+from localtable.templates import builtin
+from tests.fakes import FakeSpeaker, make_record
+from tests.scripted import scripted_reply
+
+R1 = "Reasoning: because {a}\nAnswer: {a}"
+R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
+LABELS = "Position A: Yes, open it\nPosition B: No, keep it closed\nA1: A\nB2: B"
+YES = "Yes, open code can be checked."
+GOOD = (
+    "Summary: A1 argued that open code can be checked; B2 argued it helps attackers. "
+    "The panel ended split.\nCounterpoint: B2 warned that attackers read code too.\n"
+    "Answer: It depends on how the code is released."
+)
+
+
+def run(speaker: FakeSpeaker, record: RunRecord) -> RunRecord:
+    return Debate(record, speaker, builtin(), lambda r: None, lambda e: None).run()
+
+
+@dataclass
+class ScriptedSpeaker(FakeSpeaker):
+    """Turns read off the grammar they are given (tests/scripted.py): each panelist
+    gives its answer of each round and, from round 2, names the letter it is told."""
+
+    turns: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
+
+    def generate(self, request: TurnRequest) -> TurnResult:
+        if request.panelist in self.turns and request.grammar.startswith('root ::= "Reasoning'):
+            answer, letter = self.turns[request.panelist].pop(0)
+            reply = scripted_reply(request.grammar, answer, letter=letter)
+            self.replies.setdefault(request.panelist, []).insert(0, reply)
+        return super().generate(request)
+
+
+def two_rounds(b2_round2: str, letter: str | None = "A") -> tuple[RunRecord, ScriptedSpeaker]:
+    """A1 says yes (position A, "Yes, open it"), B2 no (B); in round 2 B2 names `letter`."""
+    speaker = ScriptedSpeaker(
+        {"A1": [LABELS, GOOD]},
+        turns={
+            "A1": [
+                ("Yes, open code can be checked.", None),
+                ("Yes, open code can be checked.", "A"),
+            ],
+            "B2": [("No, it helps attackers.", None), (b2_round2, letter)],
+        },
+    )
+    return run(speaker, make_record(["A1", "B2"])), speaker
+
+
+# -- 3. an answer agrees with the position it names ----------------------------------
+
+
+def test_a_round_two_turn_that_names_a_yes_position_cannot_answer_no() -> None:
+    record, speaker = two_rounds("No, because it helps attackers.", letter="A")
+    b2 = record.turn(2, "B2")
+    # the scripted turn wrote the contradiction the grammar forbids: the code refuses it
+    assert b2 and b2.status == "failed" and b2.position is None
+    assert "the answer opens with 'no' but position A is 'yes'" in (b2.error or "")
+    # ... and the grammar it was given lets position A go on only into a "Yes" answer
+    grammar = next(
+        c.grammar for c in speaker.calls if c.panelist == "B2" and "Decision" in c.grammar
+    )
+    assert '("A" "\\nAnswer: " answer-yes)' in grammar
+    assert 'decision-position ::= ("maintained\\nPosition: B" "\\nAnswer: " answer-no)' in grammar
+
+
+def test_a_turn_that_names_a_position_of_its_own_stance_is_kept() -> None:
+    record, _ = two_rounds("Yes, because the code can be checked.", letter="A")
+    b2 = record.turn(2, "B2")
+    assert b2 and b2.status == "ok" and b2.position == "A" and b2.position_changed is True
+
+
+def test_parse_turn_checks_the_answer_against_its_letters_stance() -> None:
+    grammar = builtin().render(
+        "turn.gbnf.j2", fields=["reasoning", "influenced_by", "decision", "position", "answer"],
+        peers=["A1"], letters=["A", "B", "C"], stances={"A": "yes", "B": "no", "C": ""},
+        allow_new=True, own_position="B", reasoning_max=200, answer_max=128, multiline=False,
+        kind="open", options=[],
+    )  # fmt: skip
+    stances = {"A": "yes", "B": "no", "C": None}
+
+    def parsed(answer: str, letter: str) -> str:
+        text = scripted_reply(grammar, answer, letter=letter)
+        turn = parse_turn(text, later_round=True, peers={"A1": "A1"}, letters=list(stances),
+                          stances=stances)  # fmt: skip
+        return turn.answer
+
+    assert parsed("Yes, because it helps.", "A") == "Yes, because it helps."
+    assert parsed("no, unless it is safe.", "B") == "no, unless it is safe."
+    assert parsed("It depends on the licence.", "C") == "It depends on the licence."
+    assert parsed("Maybe, if it is safe.", "new") == "Maybe, if it is safe."
+    wrong = [("No, because it harms.", "A"), ("Yes, because it helps.", "B"),
+             ("Yes, because it helps.", "C"), ("It depends on it.", "A")]  # fmt: skip
+    for answer, letter in wrong:
+        with pytest.raises(ParseFailure, match=f"position {letter} is"):
+            parsed(answer, letter)
+
+
+# -- 4. no bare answer ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", ["Yes", "Yes.", "No!", "yes, definitely.", "NO - never"])
+def test_a_bare_yes_or_no_is_not_an_answer(answer: str) -> None:
+    with pytest.raises(ParseFailure, match="states no ground"):
+        parse_turn(f"Reasoning: r.\nAnswer: {answer}", later_round=False, peers={})
+
+
+@pytest.mark.parametrize(
+    "answer", ["Yes, because it helps.", "No, unless it is safe.", "It depends on cost.", "4"]
+)
+def test_a_conclusion_with_its_ground_is_an_answer(answer: str) -> None:
+    assert parse_turn(f"Reasoning: r.\nAnswer: {answer}", later_round=False, peers={}).answer
+
+
+def test_the_turn_grammar_asks_a_leading_yes_or_no_for_its_ground() -> None:
+    grammar = builtin().render(
+        "turn.gbnf.j2", fields=["reasoning", "answer"], peers=[], letters=[],
+        allow_new=False, own_position="", reasoning_max=200, answer_max=200, multiline=False,
+        kind="open", options=[],
+    )  # fmt: skip
+    assert "answer ::= answer-yes | answer-no | answer-other\n" in grammar
+    assert 'answer-yes ::= ("Yes" | "yes") lead " " ground\n' in grammar
+    assert 'ground ::= word-start word-rest " " word-start tail\n' in grammar
+
+
+# -- 2. nothing cut silently ------------------------------------------------------------
+
+
+def test_a_reasoning_stopped_by_the_grammars_bound_is_marked_everywhere() -> None:
+    bound = reasoning_max_chars(64)  # 120 characters, the fake panel's max_tokens
+    long = ("Open code can be read by all. " * 10)[: bound - 12] + "and if the c"
+    assert len(long) == bound
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="Yes, open it now.").replace("because Yes, open it now.", long),
+                   LABELS.replace("Position B: No, keep it closed\n", "").replace("B2: B", "B2: A"),
+                   R2.format(d="maintained", a="Yes, open it now.", i="nobody", p="A"), GOOD],
+            "B2": [R1.format(a="Yes, but slowly please."),
+                   R2.format(d="maintained", a="Yes, but slowly please.", i="nobody", p="A")],
+        }
+    )  # fmt: skip
+    record = run(speaker, make_record(["A1", "B2"]))
+    a1, b2 = record.turn(1, "A1"), record.turn(1, "B2")
+    assert a1 and a1.reasoning_cut is True and b2 and b2.reasoning_cut is False
+    # the record keeps the reasoning as generated; it is shown ended at a full sentence
+    assert a1.parsed and a1.parsed.reasoning == long
+    shown = a1.reasoning_shown
+    assert shown.endswith("read by all. …") and "and if the c" not in shown
+    # the peers' view in round 2
+    b2_round2 = next(c for c in speaker.calls if c.panelist == "B2" and "Decision" in c.grammar)
+    assert f"A1:\nReasoning: {shown}\nAnswer: Yes, open it now." in b2_round2.messages[-1].content
+    # every layout
+    for fmt in ("text", "md", "html"):
+        page = render(record, fmt, builtin())
+        assert "read by all. …" in page and "and if the c" not in page, fmt
+
+
+def test_mark_cut_ends_at_a_sentence_or_marks_where_it_stopped() -> None:
+    assert (
+        mark_cut("One. Two three four five six seven eig")
+        == "One. Two three four five six seven eig…"
+    )
+    assert mark_cut("A long first sentence that goes on. Then a cut") == (
+        "A long first sentence that goes on. …"
+    )
+    assert mark_cut("no sentence end at all, and,") == "no sentence end at all, and…"
+    assert mark_cut("Two plus two is four, as…") == "Two plus two is four, as…"
+
+
+def test_older_records_without_the_cut_flag_show_as_before() -> None:
+    turn = TurnRecord(round=1, panelist="A1", status="ok")
+    assert turn.reasoning_cut is None and turn.reasoning_shown == ""
+
+
+# -- 1. the summary states only what the record shows ---------------------------------
+
+
+def summary(text: str) -> str:
+    return (
+        f"Summary: {text}\nCounterpoint: B2 warned that attackers read code.\nAnswer: It depends."
+    )
+
+
+def test_a_summary_claiming_a_change_that_did_not_happen_is_refused_and_a_later_one_kept() -> None:
+    false = summary("B2 changed their mind after hearing A1, so the panel moved to Yes.")
+    speaker = ScriptedSpeaker(
+        {"A1": [LABELS, false, GOOD]},
+        turns={
+            "A1": [
+                ("Yes, open code can be checked.", None),
+                ("Yes, open code can be checked.", "A"),
+            ],
+            "B2": [("No, it helps attackers.", None), ("No, it helps attackers.", "B")],
+        },
+    )
+    record = run(speaker, make_record(["A1", "B2"]))
+    assert [(t.panelist, t.position_changed) for t in record.turns if t.round == 2] == [
+        ("A1", False),
+        ("B2", False),
+    ]
+    s = record.summary
+    assert s and s.status == "ok" and s.summary.startswith("A1 argued that open code")
+    first = derive_seed(record.seed, record.rounds + 1, 0)
+    assert s.rejected == [f"seed {first}: it says B2 changed position, but B2 never did"]
+    assert len(s.rejected_generations) == 1 and s.rejected_generations[0].raw_output == false
+    assert s.generation and s.generation.seed == derive_seed(record.seed, record.rounds + 2, 0)
+    # the summary prompt said nobody changed, and asked for no change of mind
+    prompt = next(c for c in speaker.calls if c.grammar.startswith('root ::= "Summary'))
+    asked = prompt.messages[-1].content
+    assert "Nobody changed position during the debate." in asked
+    assert "changed their mind" not in asked and "who changed" not in asked
+
+
+def test_the_summary_prompt_asks_about_changes_of_mind_only_when_there_were_some() -> None:
+    speaker = ScriptedSpeaker(
+        {"A1": [LABELS, GOOD.replace("The panel ended split.", "B2 changed to Yes.")]},
+        turns={
+            "A1": [
+                ("Yes, open code can be checked.", None),
+                ("Yes, open code can be checked.", "A"),
+            ],
+            "B2": [("No, it helps attackers.", None), ("Yes, it can be checked.", "A")],
+        },
+    )
+    record = run(speaker, make_record(["A1", "B2"]))
+    assert record.summary and record.summary.status == "ok" and not record.summary.rejected
+    asked = next(c for c in speaker.calls if c.grammar.startswith('root ::= "Summary'))
+    content = asked.messages[-1].content
+    assert '- B2: from "No, keep it closed" to "Yes, open it"' in content
+    assert "who changed position and why (only those listed above)" in content
+
+
+def test_a_summary_that_never_agrees_with_the_record_says_it_could_not_be_written() -> None:
+    false = summary("Both panelists changed their positions during the debate.")
+    speaker = ScriptedSpeaker(
+        {"A1": [LABELS, false, false, false]},
+        turns={
+            "A1": [
+                ("Yes, open code can be checked.", None),
+                ("Yes, open code can be checked.", "A"),
+            ],
+            "B2": [("No, it helps attackers.", None), ("No, it helps attackers.", "B")],
+        },
+    )
+    record = run(speaker, make_record(["A1", "B2"]))
+    s = record.summary
+    assert s and s.status == "failed" and len(s.rejected) == 3
+    assert (s.error or "").startswith("it could not be written: 3 of 3 attempts contradicted")
+    assert s.consensus.line == "No consensus"  # counted in code, kept
+    for fmt in ("text", "md", "html"):
+        page = render(record, fmt, builtin())
+        assert "could not be written" in page and "Both panelists changed" not in page, fmt
+
+
+def test_the_failed_summary_counts_only_the_attempts_that_contradicted_the_record() -> None:
+    false = summary("Both panelists changed their positions during the debate.")
+    speaker = ScriptedSpeaker(
+        {"A1": [LABELS, "Summary: cut off", false, false]},
+        turns={
+            "A1": [(YES, None), (YES, "A")],
+            "B2": [("No, it helps attackers.", None), ("No, it helps attackers.", "B")],
+        },
+    )
+    s = run(speaker, make_record(["A1", "B2"])).summary
+    assert s and s.status == "failed"
+    assert (s.error or "").startswith("it could not be written: 2 of 3 attempts contradicted")
+
+
+def test_a_counterpoint_from_the_majority_is_refused_when_there_is_a_minority() -> None:
+    labels = "Position A: Yes, open it\nPosition B: No, keep it closed\nA1: A\nB2: A\nC3: B"
+    majority_voice = GOOD.replace("B2 warned that attackers", "A1 warned that attackers")
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="Yes, it can be checked."), labels, majority_voice,
+                   GOOD.replace("B2 warned", "C3 warned")],
+            "B2": [R1.format(a="Yes, it can be checked.")],
+            "C3": [R1.format(a="No, it helps attackers.")],
+        }
+    )  # fmt: skip
+    record = run(speaker, make_record(["A1", "B2", "C3"], rounds=1))
+    s = record.summary
+    assert s and s.status == "ok" and s.counterpoint.startswith("C3 warned")
+    assert "the counterpoint names A1, who holds the majority's position" in s.rejected[0]
+    asked = next(c for c in speaker.calls if c.grammar.startswith('root ::= "Summary'))
+    assert "the strongest argument of C3, whose position differs" in asked.messages[-1].content
+
+
+LABELS_3 = ["Qwen 1.5B", "Qwen 0.5B", "Qwen 1.5B Skeptic"]
+
+
+@pytest.mark.parametrize(
+    "text,read",
+    [
+        ("Qwen 1.5B Skeptic changed their mind because the code is not needed.",
+         [("Qwen 1.5B Skeptic", "changed")]),
+        ("Qwen 0.5B, persuaded by Qwen 1.5B Skeptic, switched to No.", [("Qwen 0.5B", "changed")]),
+        ("Qwen 1.5B's argument changed Qwen 0.5B's mind.", [("Qwen 0.5B", "changed")]),
+        ("Qwen 1.5B and Qwen 0.5B kept their answers, but Qwen 1.5B Skeptic shifted.",
+         [("Qwen 1.5B", "held"), ("Qwen 0.5B", "held"), ("Qwen 1.5B Skeptic", "changed")]),
+        ("Qwen 0.5B did not change its view.", [("Qwen 0.5B", "held")]),
+        ("Nobody changed position during the debate.", [("*nobody*", "changed")]),
+        ("All three panelists maintained their positions.", [("*everyone*", "held")]),
+        ("Both panelists changed their positions.", [("*everyone*", "changed")]),
+        ("Qwen 1.5B maintained that open code helps safety.", []),  # an assertion, not a stance
+        ("Qwen 1.5B argued for openness; Qwen 0.5B agreed.", []),
+        # a change that is not of a position
+        ("Qwen 0.5B argued that the policy would change how people travel.", []),
+        ("Qwen 1.5B held that the change would help against climate change.", []),
+        ("Qwen 0.5B changed.", [("Qwen 0.5B", "changed")]),
+        ("Qwen 1.5B Skeptic, after hearing Qwen 0.5B, changed its answer to Yes.",
+         [("Qwen 1.5B Skeptic", "changed")]),
+        ("Qwen 0.5B proposed the change to the law.", []),
+        ("The panel shifted towards Yes.", []),  # the panel as a whole, not each member
+    ],
+)  # fmt: skip
+def test_the_claims_a_summary_makes_about_panelists(text: str, read: list[tuple[str, str]]) -> None:
+    assert claims(text, LABELS_3) == read
+
+
+def test_claims_are_checked_against_the_counted_changes() -> None:
+    facts = Facts(labels=LABELS_3, changed=["Qwen 0.5B"], majority=[], minority=[],
+                  all_agreed=False)  # fmt: skip
+    assert contradictions("Qwen 0.5B changed its mind.", "", facts) == []
+    assert contradictions("Nobody changed position.", "", facts) == [
+        "it says nobody changed position, but Qwen 0.5B did"
+    ]
+    assert contradictions("Qwen 0.5B kept its position.", "", facts) == [
+        "it says Qwen 0.5B kept its position, but Qwen 0.5B changed it"
+    ]
+    agreed = facts.model_copy(update={"changed": [], "all_agreed": True})
+    assert contradictions("", "Qwen 1.5B Skeptic dissented on cost.", agreed) == [
+        "the counterpoint has Qwen 1.5B Skeptic dissent, but all 3 agreed"
+    ]
+    assert contradictions("", "Qwen 1.5B Skeptic warned about cost.", agreed) == []

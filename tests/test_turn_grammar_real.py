@@ -1,0 +1,99 @@
+"""The turn grammar on real llama.cpp (SmolLM2's vocabulary): after the Position line
+names a letter, only an answer of that letter's stance can be written, and a leading
+yes or no cannot end without its ground (issue #26)."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import pytest
+
+from localtable.templates import builtin
+from tests.realmodels import smollm2_path
+from tests.test_grammar_topk_real import token_array, vocab_only
+
+pytestmark = pytest.mark.slow
+
+# round 2 of an open question: A1 held position B ("No ..."); A is a "Yes" position,
+# C one whose label and answers open with neither
+GRAMMAR = builtin().render(
+    "turn.gbnf.j2",
+    fields=["reasoning", "influenced_by", "decision", "position", "answer"],
+    peers=["B2", "C3"],
+    letters=["A", "B", "C"],
+    stances={"A": "yes", "B": "no", "C": ""},
+    held="",
+    allow_new=True,
+    own_position="B",
+    reasoning_max=300,
+    answer_max=200,
+    multiline=False,
+    kind="open",
+    options=[],
+)
+HEAD = "Reasoning: The others made good points.\nInfluenced by: B2\nDecision: "
+
+
+def allowed(model: Any, grammar: str, written: str) -> list[str]:
+    """The pieces of every token the grammar allows after `written` (an end of
+    generation token shows as "<eog>")."""
+    import llama_cpp
+    import numpy as np
+
+    n = llama_cpp.llama_vocab_n_tokens(model.vocab)
+    sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+    try:
+        for token in model.tokenize(written.encode(), add_bos=False, special=False):
+            llama_cpp.llama_sampler_accept(sampler, token)
+        arr, _keep = token_array(np.zeros(n, dtype=np.float32))
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(arr))
+        out = []
+        for i in range(arr.size):
+            if arr.data[i].logit == float("-inf"):
+                continue
+            token = int(arr.data[i].id)
+            if llama_cpp.llama_vocab_is_eog(model.vocab, token):
+                out.append("<eog>")
+            else:
+                piece = model.token_to_piece(token, special=False).rstrip(b"\x00")
+                out.append(piece.decode("utf-8", "replace"))
+        return out
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    m = vocab_only(str(smollm2_path()))
+    yield m
+    m.close()
+
+
+def test_a_yes_letter_can_only_go_on_into_a_yes_answer(model: Any) -> None:
+    after_a = allowed(model, GRAMMAR, HEAD + "changed\nPosition: A\nAnswer: ")
+    assert after_a and all(p[0] in "Yy" for p in after_a), after_a[:20]
+    assert "No" not in after_a and "Not" not in after_a
+    after_yes = allowed(model, GRAMMAR, HEAD + "changed\nPosition: A\nAnswer: Yes")
+    assert "<eog>" not in after_yes and "." not in after_yes  # no bare "Yes" / "Yes."
+
+
+def test_a_no_letter_only_a_no_answer_and_a_neutral_one_neither(model: Any) -> None:
+    after_b = allowed(model, GRAMMAR, HEAD + "maintained\nPosition: B\nAnswer: ")
+    assert after_b and all(p[0] in "Nn" for p in after_b), after_b[:20]
+    after_no = allowed(model, GRAMMAR, HEAD + "maintained\nPosition: B\nAnswer: No")
+    # "Not", "None" ... would open with another word: after "No" comes its ground
+    assert not [p for p in after_no if p[:1].isalnum()], after_no[:20]
+    after_c = allowed(model, GRAMMAR, HEAD + "changed\nPosition: C\nAnswer: ")
+    assert "It" in after_c and "Not" in after_c  # a word that only starts like "no" is fine
+    # "Yes" and "No" may only be the start of a longer word ("Yesterday", "Nobody")
+    for opening in ("Yes", "No", "yes", "no"):
+        after = allowed(model, GRAMMAR, HEAD + "changed\nPosition: C\nAnswer: " + opening)
+        assert after and all(p[:1].isascii() and p[:1].isalnum() for p in after), after[:20]
+
+
+def test_a_yes_or_no_answer_ends_only_after_two_words_of_ground(model: Any) -> None:
+    start = HEAD + "changed\nPosition: new\nAnswer: "
+    assert "<eog>" not in allowed(model, GRAMMAR, start + "Yes, because")
+    assert "<eog>" in allowed(model, GRAMMAR, start + "Yes, because it helps")
+    assert "<eog>" in allowed(model, GRAMMAR, start + "It depends")
