@@ -23,6 +23,7 @@ NO_SYSTEM = (
     "{{ raise_exception('no system role') }}{% endif %}"
     "<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>"
 )
+SOURCE = "the chat template of model 'm' (from its GGUF file)"
 MESSAGES = [ChatMessage(role="system", content="Be brief."),
             ChatMessage(role="user", content="Why?")]  # fmt: skip
 
@@ -38,15 +39,15 @@ def text(prompt: chatformat.FormattedPrompt) -> str:
 def test_a_chat_template_is_compiled_once_per_run_date() -> None:
     chatformat._compiled.cache_clear()
     first = chatformat.format_prompt(
-        "template", info(DATED), MESSAGES, date(2026, 3, 4), TemplateSet()
+        "template", info(DATED), MESSAGES, date(2026, 3, 4), TemplateSet(), source=SOURCE
     )
     again = chatformat.format_prompt(
-        "template", info(DATED), MESSAGES, date(2026, 3, 4), TemplateSet()
+        "template", info(DATED), MESSAGES, date(2026, 3, 4), TemplateSet(), source=SOURCE
     )
     assert first == again and text(first).endswith("<|assistant|>today 2026-03-04")
     assert chatformat._compiled.cache_info().misses == 1
     later = chatformat.format_prompt(
-        "template", info(DATED), MESSAGES, date(2027, 1, 2), TemplateSet()
+        "template", info(DATED), MESSAGES, date(2027, 1, 2), TemplateSet(), source=SOURCE
     )
     assert text(later).endswith("today 2027-01-02")  # the other run's date, not the first's
     # untrusted text stays out of the control-token pieces, as before
@@ -56,7 +57,7 @@ def test_a_chat_template_is_compiled_once_per_run_date() -> None:
 def test_a_template_that_refuses_a_system_message_gets_it_folded_every_time() -> None:
     for _ in range(2):  # the second time from the compiled template
         prompt = chatformat.format_prompt(
-            "template", info(NO_SYSTEM), MESSAGES, date(2026, 3, 4), TemplateSet()
+            "template", info(NO_SYSTEM), MESSAGES, date(2026, 3, 4), TemplateSet(), source=SOURCE
         )
         assert prompt.notes == ["system message folded into the first user turn"]
         assert text(prompt).startswith("<|user|>") and "Be brief." in text(prompt)
@@ -66,7 +67,12 @@ def test_a_broken_chat_template_is_one_config_error_each_time() -> None:
     for _ in range(2):
         with pytest.raises(ConfigError, match="cannot render this conversation"):
             chatformat.format_prompt(
-                "template", info("{% for %}"), MESSAGES, date(2026, 3, 4), TemplateSet()
+                "template",
+                info("{% for %}"),
+                MESSAGES,
+                date(2026, 3, 4),
+                TemplateSet(),
+                source=SOURCE,
             )
 
 
