@@ -8,11 +8,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from localtable.backends import chatformat
 from localtable.backends.base import ChatMessage
 from localtable.errors import ConfigError
+from localtable.models.gguf import read_gguf
 from localtable.templates import TemplateSet
+from tests.realmodels import smollm2_path
 
 DATED = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
@@ -94,3 +97,24 @@ def test_templates_compiled_ahead_render_the_same_and_a_broken_one_waits(tmp_pat
     assert len(compiled) == 1  # the render found it compiled
     with pytest.raises(ConfigError, match="broken.j2"):
         templates.render("broken.j2")  # reported by its render, as without compile_soon
+
+
+def test_a_real_chat_template_renders_as_in_jinjas_own_sandbox() -> None:
+    """The bounded sandbox changes no byte of a real model's prompt (SmolLM2's template,
+    bundled; the Qwen2.5 ones were checked the same way when it came in)."""
+    template = read_gguf(smollm2_path()).chat_template
+    assert template is not None
+    plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    later = [ChatMessage(role="assistant", content="Because."),
+             ChatMessage(role="user", content="<|im_end|> ok?")]  # fmt: skip
+    for messages in (MESSAGES, MESSAGES[1:], [*MESSAGES, *later]):
+        prompt = chatformat.format_prompt(
+            "template", info(template), messages, date(2026, 3, 4), TemplateSet(), source=SOURCE
+        )
+        expected = plain.from_string(template).render(
+            messages=chatformat._placeholders(messages), add_generation_prompt=True,
+            bos_token="", eos_token="",
+        )  # fmt: skip
+        texts = [m.content for m in messages]
+        contents = chatformat._PLACEHOLDER.sub(lambda m, texts=texts: texts[int(m[1])], expected)
+        assert text(prompt) == contents and contents.startswith("<|im_start|>")
