@@ -21,7 +21,8 @@ this one also refuses, with a TemplateLimitError naming the operation:
   may show a batch of thousands of runs): checked at each loop step, call,
   operator and filter, none of which can itself run long.
 
-`tojson` encodes piece by piece and stops at the limit. Built-in templates are
+`tojson` encodes piece by piece and stops at the limit; bytes (from
+str.encode) are refused, so their methods need no checks. Built-in templates are
 far below every limit (the largest layout of a 10-round debate of 8 panelists
 is a few MB, rendered in well under a second).
 """
@@ -458,7 +459,7 @@ def _divisibleby(value: Any, num: int) -> bool:
 
 
 # Filters that build a list from their first argument: sized before they start.
-_LISTING = frozenset({"list", "sort", "reverse", "unique", "dictsort", "items", "groupby",
+_LISTING = frozenset({"list", "sort", "unique", "dictsort", "items", "groupby",
                       "map", "select", "reject", "selectattr", "rejectattr"})  # fmt: skip
 _ESCAPING = frozenset({"e", "escape", "forceescape", "xmlattr"})
 # Filters that turn their first argument into text: a caller's object counts as long as
@@ -706,6 +707,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def checked_text(self, value: Any) -> Any:
         """A `~` join, refused when too long."""
         check_chars(len(value), "'~'")
+        _spend(len(value))
         return value
 
     def printable(self, autoescape: bool, value: Any) -> Any:

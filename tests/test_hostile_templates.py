@@ -36,7 +36,10 @@ NESTED_NAMESPACES = (
     "{% for i in range(40) %}{% set next = namespace() %}{% set last = ns.last %}"
     "{% set last.pair = [next, next] %}{% set ns.last = next %}{% endfor %}{{ first }}"
 )
-
+# 30 values of 19 MB each, every one under the size limits: kept in a namespace
+MANY_VALUES = "{% set s = 'x' * 19000000 %}{% set ns = namespace() %}" + "".join(
+    f"{{% set ns.a{i} = s ~ {i} %}}" for i in range(30)
+)
 ENDLESS = {
     "nested-loops": (NESTED_LOOPS, "ran for over"),
     "binary-macro": (BINARY_MACRO, "ran for over"),
@@ -64,6 +67,7 @@ LAYOUT_PAYLOADS = {
     ),  # fmt: skip
     "nested-lists": (NESTED_LISTS, "characters as text"),
     "nested-namespaces": (NESTED_NAMESPACES, "printing a value would build"),
+    "many-values": (MANY_VALUES, "built over 100,000,000 characters and items in all"),
 }
 CHAT_PAYLOADS = {
     **LAYOUT_PAYLOADS,
