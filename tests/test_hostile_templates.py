@@ -10,10 +10,16 @@ one error line naming the template's source, within the render's time limit.
 from __future__ import annotations
 
 import time
+from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from localtable.backends import chatformat
+from localtable.backends.base import ChatMessage
+from localtable.errors import ConfigError
+from localtable.templates import TemplateSet
 from tests.fakeserver import FakeLlamaServer
 from tests.hostile import RECORD, gguf_with_template, localtable, one_line_error
 from tests.test_server_backend import config
@@ -68,6 +74,8 @@ LAYOUT_PAYLOADS = {
     "nested-lists": (NESTED_LISTS, "characters as text"),
     "nested-namespaces": (NESTED_NAMESPACES, "printing a value would build"),
     "many-values": (MANY_VALUES, "built over 100,000,000 characters and items in all"),
+    # 105 KB that compile to 150 MB in 0.9 s; ten times that took 10 s and 1.7 GB
+    "huge-template": ("{{ a }}" * 15_000, "the template has over 20,000 tokens"),
 }
 CHAT_PAYLOADS = {
     **LAYOUT_PAYLOADS,
@@ -98,7 +106,7 @@ def test_a_hostile_chat_template_in_a_gguf_is_one_line(
     result = localtable(str(model), cache=tmp_path, module="tests.chat_template_child",
                         memory=TEMPLATE_MEMORY, timeout=TIME_LIMIT * 2)  # fmt: skip
     bounded(started)
-    source = "the chat template of model 'evil' (from its GGUF file) (line 1): "
+    source = "Error: the chat template of model 'evil' (from its GGUF file)"  # (line 1)
     one_line_error(result, 2, source, needle, FIX)
 
 
@@ -115,7 +123,7 @@ def test_a_hostile_chat_template_from_a_server_is_one_line(
                             memory=TEMPLATE_MEMORY, timeout=TIME_LIMIT * 2)  # fmt: skip
         bounded(started)
         assert server.calls["/completion"] == 0  # nothing was generated with it
-    source = f"the chat template of model 'big' (from the /props of {server.url}) (line 1): "
+    source = f"Error: the chat template of model 'big' (from the /props of {server.url})"
     one_line_error(result, 2, source, needle, FIX)
 
 
@@ -136,4 +144,30 @@ def test_a_hostile_layout_is_one_line(
                         cache=tmp_path, memory=TEMPLATE_MEMORY, module=module,
                         timeout=TIME_LIMIT * 2)  # fmt: skip
     bounded(started)
-    one_line_error(result, 2, f"{layout}:1: template error: ", needle)
+    one_line_error(result, 2, f"Error: {layout}", "template error: ", needle)
+
+
+def test_a_chat_template_error_names_its_line_and_is_not_tried_twice() -> None:
+    """A template that fails for any reason but refusing the conversation is not
+    rendered again with the system message folded in (a time limit would double)."""
+    template = "{% for m in messages %}{{ m.content }}\n{% endfor %}{{ 1/0 }}"
+    info = SimpleNamespace(chat_template=template, bos_token="", eos_token="", add_bos=False)
+    messages = [ChatMessage(role="system", content="Be brief."),
+                ChatMessage(role="user", content="Why?")]  # fmt: skip
+    source = "the chat template of model 'm' (from its GGUF file)"
+    chatformat._compiled.cache_clear()
+    with pytest.raises(ConfigError) as caught:
+        chatformat.format_prompt(
+            "template", info, messages, date(2026, 3, 4), TemplateSet(), source=source
+        )
+    assert str(caught.value) == (
+        f"{source} (line 2): ZeroDivisionError: division by zero; "
+        'set chat = "completion" for this model in models.toml'
+    )
+    assert chatformat._compiled.cache_info().hits == 0  # rendered once
+
+
+def test_a_user_prompt_template_error_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "system.j2").write_text("You are {{ name }}.\n{{ 1/0 }}\n")
+    with pytest.raises(ConfigError, match=r"system.j2:2: template error: ZeroDivisionError"):
+        TemplateSet(tmp_path).render("system.j2", persona="", name="A", panel_size=2)
