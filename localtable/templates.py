@@ -18,8 +18,8 @@ from typing import Any
 
 import jinja2
 
-from localtable.errors import ConfigError
-from localtable.template_limits import BoundedSandbox
+from localtable.errors import ConfigError, LocaltableError
+from localtable.template_limits import LAYOUT_SECONDS, BoundedSandbox, error_reason
 
 
 def builtin_dir() -> Path:
@@ -44,8 +44,8 @@ class TemplateSet:
                 raise ConfigError(f"{override_dir}: templates folder does not exist")
             dirs.insert(0, str(override_dir))
         self.dirs = [Path(d) for d in dirs]
-        # Sandboxed: user-supplied layout templates must not reach Python internals, nor
-        # build values without bound (localtable/template_limits.py).
+        # Sandboxed: user-supplied templates must not reach Python internals, nor build
+        # values or run without bound (localtable/template_limits.py).
         self.env = BoundedSandbox(
             loader=jinja2.FileSystemLoader(dirs),
             undefined=jinja2.StrictUndefined,
@@ -53,10 +53,13 @@ class TemplateSet:
             autoescape=jinja2.select_autoescape(["html", "html.j2"]),
         )
         self.env.filters["gbnf_literal"] = gbnf_literal
-        # Output layouts are escaped by their format (see render_layout).
+        # Output layouts are escaped by their format (see render_layout), and may take
+        # longer than a prompt: a report can show a batch of thousands of runs.
         self.html_env = self.env.overlay(autoescape=True, finalize=text_value)
         self.md_env = self.env.overlay(finalize=markdown_value)
         self.text_env = self.env.overlay(finalize=text_value)
+        for layout_env in (self.html_env, self.md_env, self.text_env):
+            layout_env.max_seconds = LAYOUT_SECONDS
 
     def path_of(self, name: str) -> Path:
         for d in self.dirs:
@@ -82,12 +85,7 @@ class TemplateSet:
         A layout may be the user's: any error in it is a one-line ConfigError.
         """
         env = {"html": self.html_env, "md": self.md_env}.get(fmt, self.text_env)
-        try:
-            return self._render(env, template_name, values)
-        except ConfigError:
-            raise
-        except Exception as exc:  # a user layout's bug: 1 // 0, "a" + 1, a huge range
-            raise self._error(template_name, exc) from None
+        return self._render(env, template_name, values)
 
     def compile_soon(self, template_names: list[str]) -> threading.Thread:
         """Compile these prompt templates on a thread of their own (1-12 ms each), for
@@ -112,9 +110,13 @@ class TemplateSet:
             raise self._error(template_name, exc) from None
 
     def _render(self, env: jinja2.Environment, name: str, values: dict[str, Any]) -> str:
+        """Any error in a template (the user's may replace ours) is one ConfigError line:
+        1 // 0, "a" + 1, a huge range, a loop without end."""
         try:
             return env.get_template(name).render(**values)
-        except (jinja2.TemplateError, UnicodeDecodeError) as exc:
+        except LocaltableError:
+            raise
+        except Exception as exc:  # noqa: BLE001
             raise self._error(name, exc) from None
 
     def _error(self, name: str, exc: Exception) -> ConfigError:
@@ -132,13 +134,7 @@ class TemplateSet:
         if isinstance(exc, jinja2.TemplateNotFound):
             dirs = ", ".join(map(str, self.dirs))
             return ConfigError(f"{where}: template {exc.name!r} not found in {dirs}")
-        if isinstance(exc, jinja2.UndefinedError):
-            message = exc.message or str(exc)
-        elif isinstance(exc, jinja2.TemplateError):
-            message = str(exc)
-        else:
-            message = f"{type(exc).__name__}: {exc}"
-        return ConfigError(f"{where}: template error: {message}")
+        return ConfigError(f"{where}: template error: {error_reason(exc)}")
 
     def _where(self, name: str) -> str:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -56,19 +57,38 @@ def localtable(
     cache: Path,
     stdin: int | None = None,
     input: bytes | None = None,
+    module: str = "localtable",
+    timeout: float = 300,
+    memory: int = MEMORY_LIMIT,
 ) -> subprocess.CompletedProcess[str]:
-    """The CLI in its own process, with its memory capped."""
+    """The CLI (or another module) in its own process, with its memory capped."""
 
     def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     proc = subprocess.run(
-        [sys.executable, "-m", "localtable", *args], cwd=REPO, env=subprocess_env(cache),
-        stdin=stdin, input=input, capture_output=True, timeout=300, preexec_fn=cap,
+        [sys.executable, "-m", module, *args], cwd=REPO, env=subprocess_env(cache),
+        stdin=stdin, input=input, capture_output=True, timeout=timeout, preexec_fn=cap,
     )  # fmt: skip
     out = proc.stdout.decode("utf-8", "replace")
     err = proc.stderr.decode("utf-8", "replace")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def gguf_with_template(path: Path, template: str) -> Path:
+    """A GGUF file (version 3, a header and no tensors) whose chat template is `template`."""
+
+    def text(value: str) -> bytes:
+        raw = value.encode("utf-8")
+        return struct.pack("<Q", len(raw)) + raw
+
+    string_type = 8
+    pairs = {"general.architecture": "llama", "tokenizer.chat_template": template}
+    header = b"GGUF" + struct.pack("<IQQ", 3, 0, len(pairs))
+    for key, value in pairs.items():
+        header += text(key) + struct.pack("<I", string_type) + text(value)
+    path.write_bytes(header)
+    return path
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:

@@ -8,11 +8,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from localtable.backends import chatformat
 from localtable.backends.base import ChatMessage
 from localtable.errors import ConfigError
+from localtable.models.gguf import read_gguf
 from localtable.templates import TemplateSet
+from tests.realmodels import smollm2_path
 
 DATED = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
@@ -23,6 +26,7 @@ NO_SYSTEM = (
     "{{ raise_exception('no system role') }}{% endif %}"
     "<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>"
 )
+SOURCE = "the chat template of model 'm' (from its GGUF file)"
 MESSAGES = [ChatMessage(role="system", content="Be brief."),
             ChatMessage(role="user", content="Why?")]  # fmt: skip
 
@@ -38,15 +42,15 @@ def text(prompt: chatformat.FormattedPrompt) -> str:
 def test_a_chat_template_is_compiled_once_per_run_date() -> None:
     chatformat._compiled.cache_clear()
     first = chatformat.format_prompt(
-        "template", info(DATED), MESSAGES, date(2026, 3, 4), TemplateSet()
+        "template", info(DATED), MESSAGES, date(2026, 3, 4), TemplateSet(), source=SOURCE
     )
     again = chatformat.format_prompt(
-        "template", info(DATED), MESSAGES, date(2026, 3, 4), TemplateSet()
+        "template", info(DATED), MESSAGES, date(2026, 3, 4), TemplateSet(), source=SOURCE
     )
     assert first == again and text(first).endswith("<|assistant|>today 2026-03-04")
     assert chatformat._compiled.cache_info().misses == 1
     later = chatformat.format_prompt(
-        "template", info(DATED), MESSAGES, date(2027, 1, 2), TemplateSet()
+        "template", info(DATED), MESSAGES, date(2027, 1, 2), TemplateSet(), source=SOURCE
     )
     assert text(later).endswith("today 2027-01-02")  # the other run's date, not the first's
     # untrusted text stays out of the control-token pieces, as before
@@ -56,7 +60,7 @@ def test_a_chat_template_is_compiled_once_per_run_date() -> None:
 def test_a_template_that_refuses_a_system_message_gets_it_folded_every_time() -> None:
     for _ in range(2):  # the second time from the compiled template
         prompt = chatformat.format_prompt(
-            "template", info(NO_SYSTEM), MESSAGES, date(2026, 3, 4), TemplateSet()
+            "template", info(NO_SYSTEM), MESSAGES, date(2026, 3, 4), TemplateSet(), source=SOURCE
         )
         assert prompt.notes == ["system message folded into the first user turn"]
         assert text(prompt).startswith("<|user|>") and "Be brief." in text(prompt)
@@ -66,7 +70,12 @@ def test_a_broken_chat_template_is_one_config_error_each_time() -> None:
     for _ in range(2):
         with pytest.raises(ConfigError, match="cannot render this conversation"):
             chatformat.format_prompt(
-                "template", info("{% for %}"), MESSAGES, date(2026, 3, 4), TemplateSet()
+                "template",
+                info("{% for %}"),
+                MESSAGES,
+                date(2026, 3, 4),
+                TemplateSet(),
+                source=SOURCE,
             )
 
 
@@ -88,3 +97,24 @@ def test_templates_compiled_ahead_render_the_same_and_a_broken_one_waits(tmp_pat
     assert len(compiled) == 1  # the render found it compiled
     with pytest.raises(ConfigError, match="broken.j2"):
         templates.render("broken.j2")  # reported by its render, as without compile_soon
+
+
+def test_a_real_chat_template_renders_as_in_jinjas_own_sandbox() -> None:
+    """The bounded sandbox changes no byte of a real model's prompt (SmolLM2's template,
+    bundled; the Qwen2.5 ones were checked the same way when it came in)."""
+    template = read_gguf(smollm2_path()).chat_template
+    assert template is not None
+    plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    later = [ChatMessage(role="assistant", content="Because."),
+             ChatMessage(role="user", content="<|im_end|> ok?")]  # fmt: skip
+    for messages in (MESSAGES, MESSAGES[1:], [*MESSAGES, *later]):
+        prompt = chatformat.format_prompt(
+            "template", info(template), messages, date(2026, 3, 4), TemplateSet(), source=SOURCE
+        )
+        expected = plain.from_string(template).render(
+            messages=chatformat._placeholders(messages), add_generation_prompt=True,
+            bos_token="", eos_token="",
+        )  # fmt: skip
+        texts = [m.content for m in messages]
+        contents = chatformat._PLACEHOLDER.sub(lambda m, texts=texts: texts[int(m[1])], expected)
+        assert text(prompt) == contents and contents.startswith("<|im_start|>")

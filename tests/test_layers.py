@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "record_upgrade": set(),
     "record": {"errors", "storage", "record_upgrade", "runlock"},
     "models": {"config", "errors", "storage"},
-    "backends": {"config", "errors", "record", "templates", "models", "storage"},
+    "backends": {"config", "errors", "record", "templates", "template_limits", "models", "storage"},
     "debate": {"backends.base", "record", "templates", "errors"},
     "session": {
         "backends", "config", "debate", "errors", "record", "templates", "runlock",

@@ -148,7 +148,14 @@ def test_the_server_computes_like_in_process_and_samples_grammars_its_own_way(
             ChatMessage(role="system", content="You are a careful analyst. <|im_end|>"),
             ChatMessage(role="user", content=QUESTION),
         ]
-        prompt = format_prompt("template", info, messages, date(2026, 12, 1), TemplateSet())
+        prompt = format_prompt(
+            "template",
+            info,
+            messages,
+            date(2026, 12, 1),
+            TemplateSet(),
+            source="the server's chat template",
+        )
         ids = [bos] if prompt.add_bos and bos is not None else []
         for piece in prompt.pieces:
             ids += client.tokenize(piece.text, special=piece.special)

@@ -30,7 +30,8 @@ from tests.hostile import RECORD, localtable, one_line_error
         ("{{ '{:>10000000000}'.format('x') }}", "str.format() would build"),
         ("{{ '%10000000000s' % 'x' }}", "'%' would build"),
         ("{{ ('a' * 10**7)|replace('a', 'aaaa') }}", "replace would build"),
-        ("{{ (['a' * 10**7] * 1000)|join }}", "join would build"),
+        ("{{ (['a' * 10**6] * 10)|join('x' * 10**7) }}", "join would build"),
+        ("{{ (['a' * 10**7] * 1000)|join }}", "'*' (as text) would build"),
         ("{{ lipsum(10**9) }}", "lipsum: 1,000,000,000 paragraphs"),
         ("{% for i in range(100000) %}{% for j in range(100000) %}0123456789{% endfor %}"
          "{% endfor %}", "the template's output would build"),

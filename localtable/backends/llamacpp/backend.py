@@ -236,6 +236,7 @@ class LlamaSeat:
             self.backend.today,
             self.backend.templates,
             prefill,
+            source=f"the chat template of model {self.model.name!r} (from its GGUF file)",
         )
 
     def context_size(self) -> int:

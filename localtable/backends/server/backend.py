@@ -277,6 +277,8 @@ class ServerSeat:
             self.backend.today,
             self.backend.templates,
             prefill,
+            source=f"the chat template of model {self.model.name!r} "
+            f"(from the /props of {self.settings.url})",
         )
 
     def _piece_tokens(self, piece: PromptPiece) -> list[int]:
