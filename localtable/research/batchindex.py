@@ -23,6 +23,9 @@ INDEX_FILE = "batch.json"
 # 2 added each entry's `ran_on` (where the debate ran); version 1 reads as 2 without it.
 INDEX_VERSION = 2
 
+# 300,000 questions of a few hundred characters make about 200 MB
+INDEX_MAX_BYTES = 1 << 30
+
 EntryStatus = Literal["pending", "running", "complete", "failed", "interrupted", "error"]
 
 
@@ -80,6 +83,7 @@ def read_index(batch_dir: Path) -> BatchIndex:
             index_path(batch_dir),
             what="batch index",
             version_key="version",
+            limit=INDEX_MAX_BYTES,
             readers=READERS,
         )
     except StorageError as exc:
