@@ -278,6 +278,20 @@ def test_a_deeply_nested_batch_index_is_one_line(tmp_path: Path) -> None:
         read_index(tmp_path)
 
 
+def test_a_batch_index_cannot_send_score_outside_the_batch(tmp_path: Path) -> None:
+    outside = run_record(tmp_path / "elsewhere")
+    batch = tmp_path / "runs" / "study"
+    batch.mkdir(parents=True)
+    (batch / "batch.json").write_text(json.dumps({
+        "version": 2, "name": "study", "source": "q.jsonl", "source_sha256": "0" * 64,
+        "panel": "p", "rounds": 2, "seeds": [1], "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z", "questions": [],
+        "entries": [{"question_id": "a", "seed": 1, "run_dir": f"../../{outside.name}"}],
+    }))  # fmt: skip
+    with pytest.raises(RecordError, match="invalid batch index at entries.0.run_dir"):
+        read_index(batch)
+
+
 def test_a_deeply_nested_models_toml_and_lock_are_one_line(tmp_path: Path) -> None:
     config = no_models_config(tmp_path)
     text = config.read_text()
