@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 from itertools import accumulate
 from pathlib import Path
@@ -53,7 +54,7 @@ def kind_of(mode: int) -> str:
         return "a symbolic link"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    return "a special file"
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
 
 
 def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
@@ -151,8 +152,6 @@ def check_real_folder(path: Path, what: str) -> None:
 def remove_tree(path: Path, root: Path, what: str) -> None:
     """Delete the folder `path` inside `root`, and nothing reached through a link: a link
     on the way is refused, links inside are removed as links (shutil.rmtree's fd walk)."""
-    import shutil
-
     check_inside(path, root, what)
     if os.path.lexists(path):
         shutil.rmtree(path)

@@ -135,6 +135,17 @@ def test_resume_never_truncates_what_a_linked_lock_points_to(tmp_path: Path) -> 
     one_line_error(result, 2, f"cannot lock {run / '.lock'}: it is a symbolic link")
 
 
+def test_a_run_folder_that_is_a_link_is_never_locked_or_written(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "20260101-000000-aaaaaa").symlink_to(elsewhere)
+    run = tmp_path / "runs" / "20260101-000000-aaaaaa"
+    with pytest.raises(RecordError, match="is a symbolic link; localtable never"), hold(run, "r"):
+        pass
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_lock_file_with_another_hard_link_is_not_truncated(tmp_path: Path) -> None:
     victim = tmp_path / "notes.txt"
     victim.write_text("keep me")
