@@ -26,10 +26,17 @@ import click
 from localtable.config import LoadedConfig, load_config
 from localtable.debate.protocol import ProgressEvent
 from localtable.errors import ConfigError, LocaltableError, describe_write_error
-from localtable.record import RECORD_FILE, RunRecord, find_run, list_runs, read_record
+from localtable.record import (
+    RECORD_FILE,
+    RunRecord,
+    find_run,
+    list_runs,
+    read_record,
+    transcript_mismatch,
+)
 from localtable.report.render import check_layout, render
 from localtable.research.batchindex import INDEX_FILE
-from localtable.runlock import LOCK_FILE
+from localtable.runlock import LOCK_FILE, RunLocked
 from localtable.stopsignals import exit_status, stop_on_signals
 from localtable.templates import TemplateSet, text_value
 
@@ -418,6 +425,17 @@ def render_cmd(
     _check_output(output, run_dir / RECORD_FILE)  # never over the record it renders
     record = read_record(run_dir)
     templates, layout = _templates(template_path)
+    actual = transcript_mismatch(record)
+    if actual is not None:  # a shared record edited after its run: say so, and in the report
+        recorded = record.transcript_sha256 or ""
+        _say(
+            f"Warning: run {record.run_id} was changed after it ran: its transcript hashes to "
+            f"{actual[:12]}..., not the recorded {recorded[:12]}...; the report shows it as it "
+            "is now"
+        )
+        if fmt != "json":
+            note = f"{recorded} (does not match the record's content, which hashes to {actual})"
+            record = record.model_copy(update={"transcript_sha256": note})
     _write_output(render(record, fmt, templates, layout), output, run_dir / RECORD_FILE)
 
 
@@ -567,10 +585,19 @@ def resume(
     The finished record has the same turns, byte for byte, as the run done in
     one go. Example: localtable resume 20261126-101500-a1b2c3
     """
+    from localtable.research.batch import live_batch_of
     from localtable.session.rerun import resume_run
 
     allowed = _allowed_urls(allow_urls)
     run_dir = find_run(run, runs_dir)
+    live = live_batch_of(run_dir)
+    if live is not None:
+        batch_dir, holder = live
+        raise RunLocked(
+            f"run {run_dir.name} belongs to the batch in {batch_dir}, which is in use by "
+            f"{holder}; that batch resumes its own debates: wait for it to end, or stop it "
+            "and run the same `localtable batch` command again"
+        )
     _check_output(output, run_dir / RECORD_FILE)  # before the run, never over its record
     loaded = _optional_config(config_path)
     record = resume_run(
@@ -669,9 +696,13 @@ def runs(runs_dir: Path) -> None:
             continue
         question = " ".join(r.question.split())
         question = question if len(question) <= 60 else question[:57] + "..."
+        folder = item.run_dir.name
+        # a copied or renamed folder keeps its record's id: show the folder, which is what
+        # `render` and `resume` take, and the id it holds
+        shown_id = folder if folder == r.run_id else f"{folder} (run {r.run_id})"
         rows.append(
             (
-                r.run_id,
+                shown_id,
                 f"{r.created_at:%Y-%m-%d %H:%M}",
                 item.status,
                 r.panel,

@@ -21,7 +21,9 @@ from pydantic import (
 )
 
 from localtable.errors import ConfigError
+from localtable.safefiles import FileRefused, check_depth, read_bounded
 
+CONFIG_MAX_BYTES = 16 << 20  # a models.toml of hundreds of models is a few KiB
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -316,11 +318,14 @@ def describe_validation_error(path: Path, err: ValidationError) -> str:
 def load_config(path: Path) -> LoadedConfig:
     """Read and validate models.toml; every problem is a one-line ConfigError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, CONFIG_MAX_BYTES).decode("utf-8")
+        check_depth(text, toml=True)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such file; pass --config with the path of models.toml"
         ) from None
+    except FileRefused as exc:
+        raise ConfigError(f"{path}: cannot read it: it {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it ({exc})") from None
     try:

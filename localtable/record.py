@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from localtable.errors import RecordError, RecordWriteError
 from localtable.record_upgrade import TARGET_VERSION, upgrade_v2, upgrade_v3
 from localtable.runlock import lock_holder
-from localtable.storage import StorageError, read_versioned, write_atomic
+from localtable.storage import StorageError, read_versioned, remove_stale_temps, write_atomic
 
 # 2 added `memory` and `summary.rejected`. 3 is backend-neutral: each model names the
 # backend that ran it, with that backend's own settings; `backends` and `machine`
@@ -38,6 +38,17 @@ RECORD_FILE = "record.json"
 # A run id names the run's folder: one path component (`replay` writes <id>-replay-...
 # next to the runs it reads, and records are shared, so a record must not name "../x").
 RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+# A record is shared, so its own numbers are input too: a record that says 10**9 rounds
+# must be refused, not rendered round by round. The bounds lie far above what
+# localtable writes (models.toml allows 10 rounds, 8 panelists, 8,192 tokens a turn), so
+# a later, tighter config never makes an old record unreadable.
+RECORD_MAX_BYTES = 256 << 20
+MAX_ROUNDS = 100
+MAX_PANELISTS = 64
+MAX_TURNS = 2 * MAX_ROUNDS * MAX_PANELISTS  # interrupted turns are kept beside their reruns
+MAX_TEXT = 4_000_000  # characters of one prompt or output: 262,144 tokens of context and more
+MAX_TOKENS = 1_000_000  # token ids of one generation
+MAX_NAME = 1_000
 
 
 class Frozen(BaseModel):
@@ -89,8 +100,8 @@ class MachineRecord(Frozen):
 
 
 class PanelistRecord(Frozen):
-    index: int
-    name: str
+    index: int = Field(ge=0, lt=MAX_PANELISTS)
+    name: str = Field(max_length=MAX_NAME)
     label: str = Field(description="how peers see this panelist: its name, or 'Panelist A'")
     model: str
     persona: str
@@ -122,7 +133,7 @@ class Generation(Frozen):
 
     seed: int
     sampling: SamplingRecord
-    prompt: str
+    prompt: str = Field(max_length=MAX_TEXT)
     prompt_tokens: int
     prompt_sha256: str = Field(description="sha256 of the prompt's token ids")
     shortened: list[str] = Field(default_factory=list, description="context rules applied")
@@ -130,8 +141,10 @@ class Generation(Frozen):
     prefill: str = Field(
         default="", description="the start of the reply given to the model to continue"
     )
-    raw_output: str = ""
-    token_ids: list[int] = Field(default_factory=list, description="the generated tokens")
+    raw_output: str = Field(default="", max_length=MAX_TEXT)
+    token_ids: list[int] = Field(
+        default_factory=list, max_length=MAX_TOKENS, description="the generated tokens"
+    )
     completion_tokens: int = 0
     finish_reason: str | None = None
     prompt_eval_tokens: int = 0
@@ -156,8 +169,8 @@ class TurnRecord(Frozen):
     """One panelist's turn of one round. Its text is the generation's output, or,
     after a cut-off, the continuation's prefill plus its output (`text`)."""
 
-    round: int
-    panelist: str
+    round: int = Field(ge=1, le=MAX_ROUNDS)
+    panelist: str = Field(max_length=MAX_NAME)
     status: TurnStatus
     error: str | None = None
     generation: Generation | None = None
@@ -176,7 +189,10 @@ class TurnRecord(Frozen):
         default=None, description="rounds 2+: a different position from its previous turn"
     )
     answer_max_chars: int | None = Field(
-        default=None, description="where the grammar ended the answer line (for display)"
+        default=None,
+        ge=0,
+        le=MAX_TEXT,
+        description="where the grammar ended the answer line (for display)",
     )
     reasoning_cut: bool | None = Field(
         default=None,
@@ -212,7 +228,7 @@ class LabelingRecord(Frozen):
     """The step after a round that gives the round's new open positions their labels
     (after round 1: every answer; later: only answers that claimed a new position)."""
 
-    round: int = Field(description="the round whose answers were labelled")
+    round: int = Field(ge=1, le=MAX_ROUNDS, description="the round whose answers were labelled")
     labeller: str = Field(description="the panelist whose model wrote the labels")
     status: TurnStatus
     error: str | None = None
@@ -254,7 +270,10 @@ class SummaryRecord(Frozen):
     summary: str = ""
     consensus: Consensus
     line_max_chars: int | None = Field(
-        default=None, description="where the grammar ended a summary line (for display)"
+        default=None,
+        ge=0,
+        le=MAX_TEXT,
+        description="where the grammar ended a summary line (for display)",
     )
 
 
@@ -283,14 +302,14 @@ class RunRecord(Frozen):
     finished_at: datetime | None = None
     status: RunStatus = "running"
     error: str | None = None
-    question: str
+    question: str = Field(max_length=MAX_TEXT)
     # Scored questions (batches): absent in older records, which read as open questions.
     question_id: str | None = None
     question_kind: QuestionKind = "open"
     options: list[str] = Field(default_factory=list, description="a choice question's options")
     answer_key: str | None = Field(default=None, description="the correct option or number")
     panel: str
-    rounds: int
+    rounds: int = Field(ge=1, le=MAX_ROUNDS)
     seed: int
     anonymous: bool
     template_date: str = Field(description="the date chat templates see (pinned)")
@@ -302,15 +321,17 @@ class RunRecord(Frozen):
     backends: dict[str, dict[str, JsonValue]] = Field(
         default_factory=dict, description="backend name -> its own description (build, ...)"
     )
-    models: list[ModelRecord] = Field(default_factory=list)
-    panelists: list[PanelistRecord]
+    models: list[ModelRecord] = Field(default_factory=list, max_length=MAX_PANELISTS)
+    panelists: list[PanelistRecord] = Field(max_length=MAX_PANELISTS)
     summarizer: str
     templates: dict[str, str] = Field(default_factory=dict, description="template -> sha256")
-    turns: list[TurnRecord] = Field(default_factory=list)
+    turns: list[TurnRecord] = Field(default_factory=list, max_length=MAX_TURNS)
     positions: list[PositionLabel] = Field(
-        default_factory=list, description="open questions: the labelled positions, A first"
+        default_factory=list,
+        max_length=26,
+        description="open questions: the labelled positions, A first",
     )
-    labelings: list[LabelingRecord] = Field(default_factory=list)
+    labelings: list[LabelingRecord] = Field(default_factory=list, max_length=MAX_ROUNDS)
     summary: SummaryRecord | None = None
     transcript_sha256: str | None = None
 
@@ -403,16 +424,31 @@ def transcript_sha256(record: RunRecord) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def transcript_mismatch(record: RunRecord) -> str | None:
+    """The sha256 of what the record holds now, when it is not the transcript hash the
+    run recorded (the record was edited after the run), else None."""
+    if record.transcript_sha256 is None:
+        return None
+    actual = transcript_sha256(record)
+    return None if actual == record.transcript_sha256 else actual
+
+
 def record_path(run_dir: Path) -> Path:
     return run_dir / RECORD_FILE
 
 
 def write_record(run_dir: Path, record: RunRecord) -> None:
-    """Replace record.json atomically: a failure leaves the previous version intact."""
+    """Replace record.json atomically: a failure leaves the previous version intact.
+
+    The writer holds the run (its lock), so once the run has ended the temporary files
+    that an earlier, killed process left are its to remove: a finished run folder holds
+    its record and nothing half-written."""
     target = record_path(run_dir)
     saved = target.is_file()
     try:
         write_atomic(target, record.model_dump_json(indent=2).encode("utf-8"))
+        if record.status != "running":
+            remove_stale_temps(target)
     except StorageError as exc:
         fix = "free disk space" if exc.disk_full else "make the runs folder writable"
         then = (
@@ -463,6 +499,7 @@ def read_record(run_dir: Path) -> RunRecord:
             what="run record",
             version_key="schema_version",
             label="schema version",
+            limit=RECORD_MAX_BYTES,
             readers=READERS,
         )
     except StorageError as exc:

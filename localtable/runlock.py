@@ -14,16 +14,19 @@ file, so the batch holding its lock can still lock each of its runs.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shlex
+import stat
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from localtable.errors import ConfigError, RecordWriteError, describe_write_error
+from localtable.errors import ConfigError, RecordError, RecordWriteError, describe_write_error
+from localtable.safefiles import FileRefused, check_real_folder, kind_of
 
 LOCK_FILE = ".lock"
 # lock_holder() takes the lock for a moment to test it; a process starting just then
@@ -60,11 +63,7 @@ def hold(folder: Path, what: str) -> Iterator[None]:
     `what` names the folder in the refusal, e.g. "run 20261126-101500-a1b2c3".
     """
     path = folder / LOCK_FILE
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise RecordWriteError(f"cannot lock {path}: {describe_write_error(exc)}") from None
+    fd = _open_lock(folder, path)
     try:
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
@@ -89,16 +88,48 @@ def hold(folder: Path, what: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _open_lock(folder: Path, path: Path) -> int:
+    """The lock file, opened for writing: a regular file of its own, never a link (its
+    target would be truncated), a FIFO (the open would hang) or a device. A run or batch
+    folder that is itself a link is refused too: its records would land where it points."""
+    try:
+        check_real_folder(folder, "the folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666
+        )
+    except FileRefused as exc:
+        raise RecordError(f"cannot lock {path}: {exc}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RecordError(
+                f"cannot lock {path}: it is a symbolic link; localtable never writes through "
+                f"one: remove it (rm {path})"
+            ) from None
+        raise RecordWriteError(f"cannot lock {path}: {describe_write_error(exc)}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = kind_of(st.st_mode) if not stat.S_ISREG(st.st_mode) else "a hard link"
+        raise RecordError(
+            f"cannot lock {path}: it is {what}, not a lock file of its own; remove it (rm {path})"
+        )
+    return fd
+
+
 def lock_holder(folder: Path) -> str | None:
     """Who holds `<folder>/.lock` now ("pid N (command)"), or None when nobody does.
 
-    Never creates the file: works on a folder this user cannot write.
+    Never creates the file: works on a folder this user cannot write. A lock file that
+    is a link, a FIFO or a device is nobody's lock (and never hangs the listing).
     """
     try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -15,11 +15,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from localtable.errors import describe_write_error, disk_full
+from localtable.safefiles import FileRefused, check_depth, read_bounded, refuse_special_target
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -42,19 +43,24 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace `path` with `data` atomically; the file is readable as the umask allows
     (records are meant to be shared, so not mkstemp's private 0600).
 
+    The temporary file is created new (O_EXCL, never through a link), and a `path` that
+    is there as a link, a FIFO or a device is refused, not replaced.
     Raises StorageError naming the cause: a read-only folder is not a full disk."""
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        refuse_special_target(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # the file made here, whatever the name
             if durable:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         tmp = None
+    except FileRefused as exc:
+        raise StorageError(f"cannot write {path}: it {exc}") from None
     except OSError as exc:
         message = f"cannot write {path}: {describe_write_error(exc)}"
         raise StorageError(message, disk_full=disk_full(exc)) from None
@@ -63,22 +69,52 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+def temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the temporary files that write_atomic left beside `path` when its process
+    was killed mid-write. Call it only while no other process writes `path` (its run's
+    lock held). unlink never follows a link: a link named so is removed, not its target."""
+    prefix = temp_prefix(path)
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            stale = path.parent / name
+            if not stale.is_dir() or stale.is_symlink():
+                stale.unlink(missing_ok=True)
+
+
+def read_json(path: Path, limit: int) -> Any:
+    """A JSON file of at most `limit` bytes, nested at most MAX_DEPTH levels. Raises
+    FileRefused, OSError, or ValueError (not UTF-8, not JSON)."""
+    text = read_bounded(path, limit).decode("utf-8")
+    check_depth(text)
+    return json.loads(text)
+
+
 def read_versioned(
     path: Path,
     *,
     what: str,
     version_key: str,
     label: str | None = None,
+    limit: int,
     readers: dict[int, Callable[[dict[str, object]], M]],
 ) -> M:
-    """Read a JSON file whose `version_key` picks the reader (each turns its version
-    into the current model). Raises StorageError with one line naming the problem."""
+    """Read a JSON file of at most `limit` bytes whose `version_key` picks the reader
+    (each turns its version into the current model). Raises StorageError with one line
+    naming the problem."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_json(path, limit)
     except FileNotFoundError:
         raise StorageError(f"{path}: no {what} here") from None
-    except IsADirectoryError:
-        raise StorageError(f"{path}: is a folder, not a {what}") from None
+    except FileRefused as exc:
+        raise StorageError(f"{path}: unreadable {what}: it {exc}") from None
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StorageError(f"{path}: unreadable {what} ({reason})") from None
@@ -100,3 +136,11 @@ def read_versioned(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise StorageError(f"{path}: invalid {what} at {where}: {first['msg']}") from None
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError) as exc:
+        # an older version's upgrade met a field of the wrong shape: the file is shared
+        # input, so this is a bad file, not a bug
+        label = label or version_key
+        raise StorageError(
+            f"{path}: invalid {what}: not the shape of {label} {version} "
+            f"({type(exc).__name__}: {exc})"
+        ) from None

@@ -15,15 +15,16 @@ PACKAGE = REPO / "localtable"
 # data path: config -> models -> backends -> debate -> session -> record -> report.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
-    "storage": {"errors"},
-    "runlock": {"errors"},
+    "safefiles": set(),
+    "storage": {"errors", "safefiles"},
+    "runlock": {"errors", "safefiles"},
     "stopsignals": set(),
     "template_limits": set(),
-    "config": {"errors"},
+    "config": {"errors", "safefiles"},
     "templates": {"errors", "template_limits"},
     "record_upgrade": set(),
     "record": {"errors", "storage", "record_upgrade", "runlock"},
-    "models": {"config", "errors", "storage"},
+    "models": {"config", "errors", "storage", "safefiles"},
     "backends": {"config", "errors", "record", "templates", "template_limits", "models", "storage"},
     "debate": {"backends.base", "record", "templates", "errors"},
     "session": {
@@ -32,6 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "research": {
         "config", "debate", "errors", "record", "storage", "templates", "session", "runlock",
+        "safefiles",
     },
     "report": {"record", "templates", "errors"},
 }  # fmt: skip

@@ -10,12 +10,14 @@ that names the file.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from localtable.errors import ModelFileError
+from localtable.safefiles import FileRefused, open_regular
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -40,6 +42,9 @@ _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 # Metadata we keep: small scalars and strings; big arrays (the vocabulary) are skipped.
 _KEEP_ARRAY_MAX = 64
+# Arrays of arrays, at most this deep: llama.cpp writes flat arrays, and a header from
+# the Hub is untrusted (100,000 nested arrays would be a RecursionError).
+MAX_ARRAY_DEPTH = 4
 
 MetadataValue = str | int | float | bool | list[str | int | float | bool]
 
@@ -100,24 +105,26 @@ class _Reader:
         n = self.u64()
         return self.take(n).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> MetadataValue | None:
+    def value(self, vtype: int, depth: int = 0) -> MetadataValue | None:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise ValueError(f"arrays nested more than {MAX_ARRAY_DEPTH} deep")
             item_type = self.u32()
             count = self.u64()
             if count > len(self.buf):
                 raise ValueError(f"array of {count} items is larger than the file")
             if count > _KEEP_ARRAY_MAX:
-                self._skip_array(item_type, count)
+                self._skip_array(item_type, count, depth + 1)
                 return None
-            items = [self.value(item_type) for _ in range(count)]
+            items = [self.value(item_type, depth + 1) for _ in range(count)]
             return [i for i in items if isinstance(i, str | int | float | bool)]
         raise ValueError(f"unknown metadata value type {vtype}")
 
-    def _skip_array(self, item_type: int, count: int) -> None:
+    def _skip_array(self, item_type: int, count: int, depth: int) -> None:
         if item_type in _SCALARS:
             self.take(0)
             size = struct.calcsize(_SCALARS[item_type]) * count
@@ -136,14 +143,15 @@ class _Reader:
             self.pos = pos
         else:
             for _ in range(count):
-                self.value(item_type)
+                self.value(item_type, depth)
 
 
 def read_gguf(path: Path) -> GGUFInfo:
     """Parse and check the header; raise ModelFileError naming the file and the problem."""
     try:
-        with path.open("rb") as fh:
-            size = path.stat().st_size
+        fd = open_regular(path)  # a FIFO or a device is no model, and never hangs the open
+        with os.fdopen(fd, "rb") as fh:
+            size = os.fstat(fd).st_size
             if size < 24:
                 raise ModelFileError(
                     f"{path}: not a GGUF model ({size} bytes); re-download or re-pull it"
@@ -152,6 +160,8 @@ def read_gguf(path: Path) -> GGUFInfo:
                 return _parse(path, buf, size)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: model file is missing") from None
+    except FileRefused as exc:
+        raise ModelFileError(f"{path}: not a model file: it {exc}") from None
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read model file ({exc.strerror})") from None
 

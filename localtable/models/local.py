@@ -15,9 +15,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.storage import StorageError, write_atomic
+from localtable.storage import StorageError, read_json, write_atomic
 
 CHUNK = 1 << 20
+HASH_CACHE_MAX_BYTES = 64 << 20
 
 
 class LocatedFile(BaseModel):
@@ -53,8 +54,9 @@ def cached_sha256(path: Path, *, verify: bool = False) -> str:
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     store = cache_dir() / "hashes.json"
     try:
-        known: dict[str, str] = json.loads(store.read_text())
-    except (OSError, ValueError):
+        loaded = read_json(store, HASH_CACHE_MAX_BYTES)
+        known: dict[str, str] = loaded if isinstance(loaded, dict) else {}
+    except (OSError, ValueError):  # FileRefused is a ValueError
         known = {}
     if not verify and key in known:
         return known[key]

@@ -101,6 +101,9 @@ class LockFile(_Strict):
         return LockFile(models=sorted([*others, model], key=lambda m: m.name))
 
 
+LOCK_MAX_BYTES = 16 << 20  # a lock of thousands of models is well under 1 MiB
+
+
 def lock_path(loaded: LoadedConfig) -> Path:
     return loaded.path.parent / LOCK_FILE
 
@@ -115,6 +118,7 @@ def read_lock(loaded: LoadedConfig) -> LockFile:
             path,
             what="lock file",
             version_key="lock_version",
+            limit=LOCK_MAX_BYTES,
             readers={LOCK_VERSION: LockFile.model_validate},
         )
     except StorageError as exc:

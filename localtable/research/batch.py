@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,12 +49,14 @@ from localtable.research.workers import (
     SessionRunner,
     WorkerPool,
 )
-from localtable.runlock import hold
+from localtable.runlock import hold, lock_holder
+from localtable.safefiles import FileRefused, check_inside, check_real_folder, remove_tree
 from localtable.session.run import DebateRequest, RunInterrupted
 
 MAX_SEEDS = 1000
 FINISHED = ("complete", "failed")
 WORK_DIR = ".work"  # unfinished debates, and the workers' scratch folders
+SCRATCH_DIR = "scratch"  # in WORK_DIR: the worker processes' own folders
 MAX_ATTEMPTS = 3  # a debate whose worker died this many times is marked error
 
 __all__ = ["SessionRunner", "DebateRunner", "run_batch", "read_index"]
@@ -177,29 +178,69 @@ def _entry_from_record(entry: BatchEntry, record: RunRecord | None) -> BatchEntr
     )
 
 
+class UnsafeBatchFolder(RecordError):
+    """A batch folder holds a link (or a file) where the batch writes or deletes."""
+
+
+def _safe(check: Callable[[], None]) -> None:
+    try:
+        check()
+    except FileRefused as exc:
+        raise UnsafeBatchFolder(f"batch folder: {exc}") from None
+
+
+def _check_batch_folder(batch_dir: Path) -> None:
+    """Refuse a batch folder whose work or scratch folder is a link or a file: the batch
+    deletes and renames folders in them, and would do it where the link points. The
+    scratch folder holds only what killed workers left (no worker runs while the batch's
+    lock is held by this process, before it starts them): it is emptied here."""
+    work = batch_dir / WORK_DIR
+    _safe(lambda: check_real_folder(work, "the work folder"))
+    _safe(lambda: check_inside(work / SCRATCH_DIR, batch_dir, "the scratch folder"))
+    _safe(lambda: remove_tree(work / SCRATCH_DIR, batch_dir, "the scratch folder"))
+
+
+def _rename(old: Path, new: Path, batch_dir: Path) -> None:
+    _safe(lambda: check_inside(old, batch_dir, "the run folder"))
+    _safe(lambda: check_inside(new, batch_dir, "the run folder"))
+    new.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(old, new)
+
+
 def _settle(batch_dir: Path, run_id: str) -> RunRecord | None:
     """Put a debate's folder where its state says: finished in <batch>/<run id>,
     unfinished in <batch>/.work/<run id>. Moves what a killed coordinator (or an
-    older localtable, which ran debates in place) left; returns the record."""
+    older localtable, which ran debates in place) left; returns the record.
+    Both folders must be real folders of the batch: a link is refused, never followed."""
     final, work = batch_dir / run_id, batch_dir / WORK_DIR / run_id
+    _safe(lambda: check_inside(final, batch_dir, "the run folder"))
+    _safe(lambda: check_inside(work, batch_dir, "the run folder"))
     if (final / RECORD_FILE).is_file():
         record = read_record(final)
         if record.status in FINISHED:
-            if work.exists():
-                shutil.rmtree(work)  # a stale copy: the finished folder is the truth
+            # a stale copy: the finished folder is the truth
+            _safe(lambda: remove_tree(work, batch_dir, "the run folder"))
             return record
-        if work.exists():
-            shutil.rmtree(work)
-        work.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(final, work)
+        _safe(lambda: remove_tree(work, batch_dir, "the run folder"))
+        _rename(final, work, batch_dir)
         return record
     if (work / RECORD_FILE).is_file():
         record = read_record(work)
         if record.status in FINISHED:  # finished, killed before it was moved into place
-            if final.exists():
-                shutil.rmtree(final)  # a folder without a record
-            os.rename(work, final)
+            # a folder without a record
+            _safe(lambda: remove_tree(final, batch_dir, "the run folder"))
+            _rename(work, final, batch_dir)
         return record
+    return None
+
+
+def live_batch_of(run_dir: Path) -> tuple[Path, str] | None:
+    """The batch folder a run folder lies in (<batch>/<run>, <batch>/.work/<run> or a
+    worker's scratch folder) and who holds that batch now, or None if no living batch
+    does: its coordinator resumes its own debates, and a second process must not."""
+    for folder in list(run_dir.resolve().parents)[:4]:
+        if is_batch(folder) and (holder := lock_holder(folder)) is not None:
+            return folder, holder
     return None
 
 
@@ -301,6 +342,7 @@ class Coordinator:
     ) -> None:
         self.req, self.pool, self.on_event, self.batch_dir = req, pool, on_event, batch_dir
         self.work_dir = batch_dir / WORK_DIR
+        _check_batch_folder(batch_dir)
         self.index = plan(req, batch_dir, datetime.now(UTC).replace(microsecond=0))
         write_index(batch_dir, self.index)
         self.position = {e.run_dir: i for i, e in enumerate(self.index.entries)}
@@ -341,7 +383,8 @@ class Coordinator:
             ) from None
         finally:
             self.pool.close()
-            shutil.rmtree(self.work_dir / "scratch", ignore_errors=True)
+            with contextlib.suppress(OSError, FileRefused):  # a link there is left alone
+                remove_tree(self.work_dir / SCRATCH_DIR, self.batch_dir, "the scratch folder")
             with contextlib.suppress(OSError):  # nothing left to resume: no .work/ either
                 self.work_dir.rmdir()
         return BatchResult(
@@ -463,9 +506,9 @@ class Coordinator:
     def _finish(self, state: WorkerState, run_id: str, record: RunRecord) -> None:
         work, final = self.work_dir / run_id, self.batch_dir / run_id
         write_record(work, record)
-        if final.exists():
+        if os.path.lexists(final):
             raise RecordError(f"{final} already exists; the batch never replaces a finished run")
-        os.rename(work, final)
+        _rename(work, final, self.batch_dir)
         del self.running[run_id]
         seconds = time.monotonic() - self.started.pop(run_id)
         self.durations.append(seconds)

@@ -15,13 +15,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from localtable.errors import RecordError, RecordWriteError
-from localtable.record import RECORD_FILE, RunRecord, read_record
+from localtable.record import MAX_ROUNDS, RECORD_FILE, RUN_ID, RunRecord, read_record
 from localtable.research.questions import Question
 from localtable.storage import StorageError, read_versioned, write_atomic
 
 INDEX_FILE = "batch.json"
 # 2 added each entry's `ran_on` (where the debate ran); version 1 reads as 2 without it.
 INDEX_VERSION = 2
+
+# 300,000 questions of a few hundred characters make about 200 MB
+INDEX_MAX_BYTES = 1 << 30
 
 EntryStatus = Literal["pending", "running", "complete", "failed", "interrupted", "error"]
 
@@ -30,7 +33,9 @@ class BatchEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question_id: str
     seed: int
-    run_dir: str = Field(description="the run folder, relative to the batch folder")
+    run_dir: str = Field(
+        pattern=RUN_ID, description="the run folder in the batch folder: one folder name"
+    )
     status: EntryStatus = "pending"
     transcript_sha256: str | None = None
     error: str | None = None
@@ -48,7 +53,7 @@ class BatchIndex(BaseModel):
     source: str = Field(description="the questions file, or task:<name>")
     source_sha256: str
     panel: str
-    rounds: int
+    rounds: int = Field(ge=1, le=MAX_ROUNDS)
     seeds: list[int]
     created_at: datetime
     updated_at: datetime
@@ -80,6 +85,7 @@ def read_index(batch_dir: Path) -> BatchIndex:
             index_path(batch_dir),
             what="batch index",
             version_key="version",
+            limit=INDEX_MAX_BYTES,
             readers=READERS,
         )
     except StorageError as exc:

@@ -38,7 +38,9 @@ from localtable.debate.answers import (
 )
 from localtable.errors import ConfigError
 from localtable.record import QuestionKind
+from localtable.safefiles import FileRefused, check_depth, read_bounded
 
+QUESTIONS_MAX_BYTES = 1 << 30  # 300,000 questions of a few hundred characters: ~100 MB
 QUESTION_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_OPTIONS = 26
 MAX_OPTION_CHARS = 200
@@ -184,20 +186,26 @@ def _jsonl_entries(path: Path, text: str) -> list[tuple[str, str, Any]]:
         if not line.strip():
             continue
         try:
+            check_depth(line)
             raw = json.loads(line)
         except json.JSONDecodeError as exc:
             raise QuestionFileError(
                 f"{path}:{n}: not valid JSON: {exc.msg} (column {exc.colno})"
             ) from None
+        except FileRefused as exc:
+            raise QuestionFileError(f"{path}:{n}: the line {exc}") from None
         entries.append((f"{path}:{n}", f"line {n}", raw))
     return entries
 
 
 def _toml_entries(path: Path, text: str) -> list[tuple[str, str, Any]]:
     try:
+        check_depth(text, toml=True)
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise QuestionFileError(f"{path}: not valid TOML: {exc}") from None
+    except FileRefused as exc:
+        raise QuestionFileError(f"{path}: the file {exc}") from None
     unknown = sorted(set(raw) - {"questions"})
     if unknown:
         raise QuestionFileError(
@@ -221,10 +229,12 @@ def load_questions(path: Path) -> QuestionSet:
             f"{path}: unknown questions format {path.suffix!r}: use .jsonl or .toml"
         )
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, QUESTIONS_MAX_BYTES)
         text = data.decode("utf-8")
     except FileNotFoundError:
         raise QuestionFileError(f"{path}: no such questions file") from None
+    except FileRefused as exc:
+        raise QuestionFileError(f"{path}: cannot read it: it {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise QuestionFileError(f"{path}: cannot read it ({exc})") from None
     entries = _toml_entries(path, text) if path.suffix == ".toml" else _jsonl_entries(path, text)

@@ -18,9 +18,9 @@ Pools (the same WorkerPool protocol):
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 from collections import deque
@@ -36,6 +36,7 @@ from localtable.config import LoadedConfig
 from localtable.debate.protocol import ProgressEvent, ProgressSink
 from localtable.errors import LocaltableError, ModelFileError
 from localtable.record import RunRecord, read_record, write_record
+from localtable.safefiles import FileRefused, remove_tree
 from localtable.session.run import DebateRequest, RunInterrupted
 from localtable.session.session import BackendRegistry
 from localtable.templates import TemplateSet
@@ -245,8 +246,10 @@ def run_job(runner: DebateRunner, scratch: Path, job: Job) -> RunRecord:
     if job.partial is not None:
         write_record(run_dir, job.partial)
         return runner.resume(run_dir)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    try:
+        remove_tree(run_dir, scratch, "the run folder")  # never through a link
+    except FileRefused as exc:
+        raise LocaltableError(f"batch folder: {exc}") from None
     return runner.run(job.request.model_copy(update={"runs_dir": scratch}))
 
 
@@ -337,7 +340,9 @@ def _serve(conn: Connection, spec: WorkerSpec, scratch: Path, worker: int) -> No
             send(Report(worker=worker, kind="done", run_id=job.run_id, record=record))
     finally:
         core.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        # scratch is <batch>/.work/scratch/<worker>: nothing reached through a link goes
+        with contextlib.suppress(OSError, FileRefused):
+            remove_tree(scratch, scratch.parents[2], "the scratch folder")
 
 
 class LocalPool:
@@ -440,4 +445,5 @@ class LocalPool:
         for worker in list(self.procs):
             self.retire(worker)
         if self.work_dir is not None:
-            shutil.rmtree(self.work_dir / "scratch", ignore_errors=True)
+            with contextlib.suppress(OSError, FileRefused):  # a link there is left alone
+                remove_tree(self.work_dir / "scratch", self.work_dir.parent, "the scratch folder")
