@@ -37,7 +37,11 @@
       const svg = doc.getElementById("stance-chart");
       if (!svg) return;
       shadow.replaceChildren();
-      for (const style of doc.querySelectorAll("style")) shadow.append(document.importNode(style, true));
+      for (const style of doc.querySelectorAll("style")) {
+        const own = document.createElement("style");  // the report's colours, here
+        own.textContent = style.textContent.replace(/:root|\bbody\b/g, ":host");
+        shadow.append(own);
+      }
       shadow.append(document.importNode(svg, true));
     } catch (err) { /* the next event tries again */ }
   }
