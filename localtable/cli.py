@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -287,6 +288,8 @@ class StreamPrinter:
         self.waiting: dict[tuple[str, int, str], list[str]] = {}  # text of the others
         self.ended: dict[tuple[str, int, str], str] = {}  # waiting ones that ended: status
         self.line_open = False  # the live text has not ended its line
+        # text comes on the engine's receiver thread, progress on the turns' threads
+        self.lock = threading.Lock()
 
     def _write(self, text: str) -> None:
         if text:
@@ -299,6 +302,10 @@ class StreamPrinter:
             self.line_open = False
 
     def __call__(self, event: ProgressEvent) -> None:
+        with self.lock:
+            self._progress(event)
+
+    def _progress(self, event: ProgressEvent) -> None:
         key = (event.stage, event.round, event.panelist)
         if event.status == "generating":
             if event.stage == "turn":
@@ -339,6 +346,10 @@ class StreamPrinter:
         self.owner = None
 
     def text(self, event: TextEvent) -> None:
+        with self.lock:
+            self._text(event)
+
+    def _text(self, event: TextEvent) -> None:
         key = (event.stage, event.round, event.panelist)
         piece = event.text
         if event.restart:  # a continuation or another attempt: say so, show it from here
@@ -651,13 +662,15 @@ def resume(
     run_dir = find_run(run, runs_dir)
     _check_output(output, run_dir / RECORD_FILE)  # before the run, never over its record
     loaded = _optional_config(config_path)
+    stream = StreamPrinter() if not quiet and sys.stderr.isatty() else None
     record = resume_run(
         run_dir,
         loaded,
         TemplateSet(),
-        ProgressPrinter(quiet),
+        stream or ProgressPrinter(quiet),
         allow_engine_change=allow_engine_change,
         allow_urls=allowed,
+        text=stream.text if stream is not None else None,
     )
     _write_report(
         run_dir, record,
