@@ -170,3 +170,44 @@ def test_debate_streams_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> N
     result = CliRunner().invoke(cli.cli, ["debate", "q", "--panel", "tiny"])
     assert result.exit_code == 2 and seen["text"] is None  # not a terminal
     assert isinstance(seen["progress"], cli.ProgressPrinter)
+
+
+def test_one_debate_at_a_time_the_next_waits_with_a_message(
+    tmp_path: Path, isolated_cache: Path
+) -> None:
+    """Two debates from the form: the second waits for the first and says so; a debate
+    that cannot start ends with its one-line reason on its page's events."""
+    config = tmp_path / "models.toml"
+    config.write_text(
+        '[debate]\npanel = "gone"\n\n[models.gone]\nsource = { kind = "path", path = '
+        f'"{tmp_path}/missing.gguf" }}\n\n[panels.gone]\n'
+        '[[panels.gone.panelists]]\nname = "A"\nmodel = "gone"\n'
+        '[[panels.gone.panelists]]\nname = "B"\nmodel = "gone"\n',
+        encoding="utf-8",
+    )
+    app = serve(runs_folder(tmp_path), subprocess_env(isolated_cache), config=config)
+    try:
+        _, page = app.get("/")
+        secret = page.split('name="secret" value="')[1].split('"')[0]
+        body = f"secret={secret}&question=Why%3F&panel=gone&rounds=1&seed=3"
+        status, first = app.post("/debates", body)
+        assert status == 303 and first.startswith("/live/")
+        status, second = app.post("/debates", body)
+        assert status == 303 and second != first
+        # the events of each debate, to its end (the stream closes after it)
+        events = [
+            [json.loads(line[6:]) for line in app.get(f"{live}/events")[1].splitlines()
+             if line.startswith("data: ")]
+            for live in (first, second)
+        ]  # fmt: skip
+        first_id = first.removeprefix("/live/")
+        assert {"kind": "queued", "position": 1, "ahead": first_id} in events[1]
+        for ended in events:
+            end = ended[-1]
+            assert end["kind"] == "end" and end["status"] == "error", end
+            assert "missing.gguf" in end["error"] and "\n" not in end["error"]
+        _, html = app.get(second)
+        assert "One debate runs at a time" not in html  # the page, not the form
+        assert app.get("/live/nonexistent-run/events")[0] == 404
+    finally:
+        app.stop()
