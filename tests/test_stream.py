@@ -17,7 +17,6 @@ from localtable.record import read_record
 from tests.conftest import REPO, subprocess_env
 from tests.realmodels import fast_config
 
-pytestmark = pytest.mark.slow
 QUESTION = "Should cities ban cars from their centres?"
 
 
@@ -54,6 +53,7 @@ def debate(config: Path, runs: Path, env: dict[str, str], terminal: bool) -> tup
     return out.decode(), b"".join(seen).decode().replace("\r\n", "\n")
 
 
+@pytest.mark.slow
 def test_a_terminal_sees_each_turn_as_it_is_written_and_nothing_else_changes(
     tmp_path: Path, isolated_cache: Path
 ) -> None:
@@ -78,3 +78,55 @@ def test_a_terminal_sees_each_turn_as_it_is_written_and_nothing_else_changes(
             after = live_err[live_err.index(header) :]
             assert after.split("\n", 1)[1].startswith(shown(turn.generation.raw_output))
     assert "summary · " in live_err
+
+
+@pytest.mark.slow
+def test_llama_server_streams_the_same_generation(tmp_path: Path) -> None:
+    """A real llama-server's /completion, streamed and not: the same text and token ids
+    (with a grammar, and with a stop word), the pieces in order."""
+    from localtable.backends.server.client import ServerClient
+    from tests.llamaserver import llama_server, llama_server_binary
+    from tests.realmodels import smollm2_path
+
+    llama_server_binary()  # skip (or fail under CI) before anything else
+    with llama_server(smollm2_path(), tmp_path / "llama-server.log") as server:
+        client = ServerClient(server.url)
+        prompt = client.tokenize(
+            "<|im_start|>user\nShould cities ban cars?<|im_end|>\n<|im_start|>assistant\n",
+            special=True,
+        )
+        for stop in ([], ["car"]):
+            body = {**completion_body(prompt), "stop": stop}
+            pieces: list[str] = []
+            streamed = client.completion(body, pieces.append)
+            plain = client.completion(body)
+            assert (streamed.content, streamed.tokens) == (plain.content, plain.tokens)
+            assert streamed.stop_type == plain.stop_type and "".join(pieces) == plain.content
+
+
+def completion_body(prompt: list[int]) -> dict[str, object]:
+    from localtable.backends.server.backend import fixed_request
+
+    return {
+        **fixed_request(), "prompt": prompt, "n_predict": 24, "seed": 9, "temperature": 0.7,
+        "top_k": 40, "top_p": 0.9, "min_p": 0.05, "typical_p": 1.0, "repeat_penalty": 1.1,
+        "grammar": 'root ::= "Answer: " [a-z ,]+', "stop": [],
+    }  # fmt: skip
+
+
+def test_a_streamed_completion_is_the_unstreamed_one_and_a_cut_stream_is_down() -> None:
+    from localtable.backends.server.client import ServerClient, ServerDown
+    from tests.fakeserver import FakeLlamaServer
+
+    with FakeLlamaServer() as server:
+        client = ServerClient(server.url)
+        body = completion_body([3, 101, 102])
+        pieces: list[str] = []
+        streamed = client.completion(body, pieces.append)
+        plain = client.completion(body)
+        assert streamed == plain and len(pieces) > 2
+        assert "".join(pieces) == plain.content
+        assert server.completions[0]["stream"] is True and server.completions[1]["stream"] is False
+        server.fail = ["stream-cut"]
+        with pytest.raises(ServerDown, match="stream ended before the generation did"):
+            client.completion(body, pieces.append)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,10 @@ class Jobs:
         self.lock = threading.Lock()
         self.jobs: dict[str, Job] = {}
         self.order: list[str] = []  # waiting, first to run first
+        # Workers start from this one thread, which lives as long as the server: a
+        # worker's parent-death signal fires when the *thread* that started it ends
+        # (the next debate is started by the reader thread of the last, which ends).
+        self.launcher = ThreadPoolExecutor(1, thread_name_prefix="localtable-serve-start")
 
     @property
     def running(self) -> Job | None:
@@ -78,13 +83,14 @@ class Jobs:
         job.state = "running"
         log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _read) the worker's stderr, for an end without a reason
         argv = [sys.executable, "-c", _BOOTSTRAP, job.spec.model_dump_json(), str(os.getpid())]
-        job.proc = subprocess.Popen(
-            [*argv, json.dumps(sys.path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=log,
-        )  # fmt: skip
+        job.proc = self.launcher.submit(
+            subprocess.Popen, [*argv, json.dumps(sys.path)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=log,
+        ).result()  # fmt: skip
         self._add(job, {"kind": "started", "pid": job.proc.pid})
         self._queued_events()
-        threading.Thread(target=self._read, args=(job, log), daemon=True).start()
+        name = f"localtable-serve-read-{job.spec.run_id}"
+        threading.Thread(target=self._read, args=(job, log), daemon=True, name=name).start()
 
     def _read(self, job: Job, log: Any) -> None:
         assert job.proc is not None and job.proc.stdout is not None
