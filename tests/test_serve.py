@@ -211,4 +211,3 @@ def test_one_debate_at_a_time_the_next_waits_with_a_message(
         assert app.get("/live/nonexistent-run/events")[0] == 404
     finally:
         app.stop()
-
