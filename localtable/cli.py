@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from localtable.config import LoadedConfig, load_config
-from localtable.debate.protocol import ProgressEvent, TextEvent
 from localtable.errors import ConfigError, LocaltableError, describe_write_error
 from localtable.record import RECORD_FILE, RunRecord, find_run, list_runs, read_record
 from localtable.report.render import check_layout, render
@@ -34,7 +33,8 @@ from localtable.runlock import LOCK_FILE
 from localtable.stopsignals import exit_status, stop_on_signals
 from localtable.templates import TemplateSet, text_value
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not imported at start: `serve` and `runs` start faster without them
+    from localtable.debate.protocol import ProgressEvent, TextEvent
     from localtable.research.batch import BatchEvent, BatchProgress, BatchResult
 
 F = TypeVar("F", bound=Callable[..., Any])

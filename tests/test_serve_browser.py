@@ -55,7 +55,12 @@ def wait_for(browser: Chromium, expression: str, timeout: float) -> object:
     raise AssertionError(f"timed out waiting for {expression}")
 
 
+REFERENCE: dict[int, str] = {}  # rounds -> the CLI's transcript sha256 (same config, seed)
+
+
 def cli_transcript(tmp_path: Path, config: Path, env: dict[str, str], rounds: int) -> str:
+    if rounds in REFERENCE:
+        return REFERENCE[rounds]
     runs = tmp_path / "cli-runs"
     result = localtable("debate", QUESTION, "--config", str(config), "--rounds", str(rounds),
                         "--seed", "7", "--runs-dir", str(runs), "-q", env=env)  # fmt: skip
@@ -63,6 +68,7 @@ def cli_transcript(tmp_path: Path, config: Path, env: dict[str, str], rounds: in
     (run_dir,) = runs.iterdir()
     sha = read_record(run_dir).transcript_sha256
     assert sha
+    REFERENCE[rounds] = sha
     return sha
 
 
@@ -163,6 +169,32 @@ def test_killing_the_server_leaves_a_record_that_resumes_identically(
     record = read_record(runs / run_id)
     assert record.status == "interrupted", record.status
     assert record.transcript_sha256 is None
+    resumed = localtable("resume", run_id, "--runs-dir", str(runs), "--config", str(config),
+                         "-q", env=env)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    sha = read_record(runs / run_id).transcript_sha256
+    assert sha == cli_transcript(tmp_path, config, env, rounds=1)
+
+
+def test_the_stop_button_leaves_a_record_that_resumes_identically(
+    browser: Chromium, tmp_path: Path, isolated_cache: Path
+) -> None:
+    env = subprocess_env(isolated_cache)
+    config = fast_config(tmp_path, max_tokens=64)
+    runs = tmp_path / "runs"
+    app = serve(runs, env, config=config)
+    try:
+        run_id = start_from_form(browser, app, rounds=1)
+        wait_for(browser, "document.querySelectorAll('.turn[data-done]').length >= 1", 600)
+        browser.evaluate("document.getElementById('stop').requestSubmit(); true")
+        browser.wait_event("Page.loadEventFired", 60)
+        ended = wait_for(browser, "document.getElementById('state').dataset.ended", 300)
+        assert ended == "interrupted"
+        browser.screenshot(OUTPUT / "serve-stopped.png", 1000)
+        record = read_record(runs / run_id)
+        assert record.status == "interrupted" and "localtable resume" in (record.error or "")
+    finally:
+        app.stop()
     resumed = localtable("resume", run_id, "--runs-dir", str(runs), "--config", str(config),
                          "-q", env=env)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
