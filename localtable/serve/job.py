@@ -62,7 +62,7 @@ def run(spec: DebateSpec, emit: Emitter) -> int:
     from localtable.config import load_config
     from localtable.debate.protocol import ProgressEvent, TextEvent
     from localtable.errors import LocaltableError
-    from localtable.session.run import DebateRequest, run_debate
+    from localtable.session.run import DebateRequest, RunFailed, RunInterrupted, run_debate
     from localtable.stopsignals import exit_status, stop_on_signals
     from localtable.templates import TemplateSet
 
@@ -85,8 +85,9 @@ def run(spec: DebateSpec, emit: Emitter) -> int:
                 req, loaded, TemplateSet(), progress, text=text,
                 notice=lambda note: emit("note", text=note),
             )  # fmt: skip
-        except LocaltableError as exc:
-            emit("end", status="error", error=str(exc))
+        except LocaltableError as exc:  # stopped (its record kept), failed, or refused
+            status = {RunInterrupted: "interrupted", RunFailed: "failed"}.get(type(exc), "error")
+            emit("end", status=status, error=str(exc))
             return exit_status(received) or exc.exit_code
         except KeyboardInterrupt as exc:
             emit("end", status="interrupted", error=str(exc) or "interrupted")

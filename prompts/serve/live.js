@@ -80,6 +80,9 @@
       state.textContent = "Ended: " + e.status + (e.error ? " (" + e.error + ")" : "");
       state.dataset.ended = e.status;
       document.getElementById("stop").hidden = true;
+      for (const c of turns.querySelectorAll(".turn.generating")) {  // stopped mid-turn
+        c.classList.replace("generating", "stopped");
+      }
       if (e.status !== "cancelled" && e.status !== "error") document.getElementById("done").hidden = false;
       refreshChart();
     }
