@@ -38,9 +38,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from localtable.config import LoadedConfig
 from localtable.errors import LocaltableError
-from localtable.record import RECORD_FILE, RunListing, list_runs, read_record
+from localtable.record import RECORD_FILE, RunListing, RunRecord, list_runs, read_record
 from localtable.serve.job import DebateSpec
-from localtable.serve.jobs import Jobs, QueueFull
+from localtable.serve.jobs import Job, Jobs, QueueFull
 from localtable.serve.paths import OutsideRuns, confined
 from localtable.templates import TemplateSet
 
@@ -135,10 +135,10 @@ def build_app(settings: Settings) -> Starlette:
     def error(status: int, message: str) -> HTMLResponse:
         return page(templates, "error.html.j2", status, message=message)
 
-    def record_of(names: list[str]) -> Any:
-        run_dir = confined(s.runs_dir, *names) if 1 <= len(names) <= 2 else None
-        if run_dir is None:
+    def record_of(names: list[str]) -> RunRecord:
+        if not 1 <= len(names) <= 2:
             raise OutsideRuns("a run is RUN or BATCH/RUN")
+        run_dir = confined(s.runs_dir, *names)
         path = run_dir / RECORD_FILE
         if path.is_symlink() or not path.is_file():
             raise OutsideRuns(f"no run record in {'/'.join(names)!r}")
@@ -231,7 +231,7 @@ def build_app(settings: Settings) -> Starlette:
             return error(503, str(exc))
         return RedirectResponse(f"/live/{spec.run_id}", status_code=303)
 
-    def job_or_none(run_id: str) -> Any:
+    def job_or_none(run_id: str) -> Job | None:
         return jobs.jobs.get(run_id)
 
     async def live_page(request: Request) -> Response:
