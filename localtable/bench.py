@@ -114,8 +114,10 @@ class RecordingEngine(Engine):
         self.system_info = info.system_info
         return info
 
-    def generate(self, req: GenerateRequest) -> GenerateResult:
-        result = super().generate(req)
+    def generate(
+        self, req: GenerateRequest, on_text: Callable[[str], None] | None = None
+    ) -> GenerateResult:
+        result = super().generate(req, on_text)
         self.calls.append(Call(request=req, result=result))
         return result
 

@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from localtable.config import LoadedConfig, load_config
-from localtable.debate.protocol import ProgressEvent
 from localtable.errors import ConfigError, LocaltableError, describe_write_error
 from localtable.record import (
     RECORD_FILE,
@@ -40,7 +40,8 @@ from localtable.runlock import LOCK_FILE, RunLocked
 from localtable.stopsignals import exit_status, stop_on_signals
 from localtable.templates import TemplateSet, text_value
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not imported at start: `serve` and `runs` start faster without them
+    from localtable.debate.protocol import ProgressEvent, TextEvent
     from localtable.research.batch import BatchEvent, BatchProgress, BatchResult
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -282,6 +283,91 @@ class ProgressPrinter:
         self.open = None
 
 
+class StreamPrinter:
+    """On a terminal: each turn's text as the model writes it, under a header naming
+    its round and panelist, then how it ended (stderr; stdout gets the report as
+    always). Turns that run at the same time do not interleave: one is shown live,
+    the others' text waits and is shown whole (or caught up) when it ends."""
+
+    def __init__(self) -> None:
+        self.owner: tuple[str, int, str] | None = None  # the step shown live
+        self.started: dict[tuple[str, int, str], tuple[str, float]] = {}  # header, start
+        self.waiting: dict[tuple[str, int, str], list[str]] = {}  # text of the others
+        self.ended: dict[tuple[str, int, str], str] = {}  # waiting ones that ended: status
+        self.line_open = False  # the live text has not ended its line
+        # text comes on the engine's receiver thread, progress on the turns' threads
+        self.lock = threading.Lock()
+
+    def _write(self, text: str) -> None:
+        if text:
+            _echo(text, err=True, nl=False)
+            self.line_open = not text.endswith("\n")
+
+    def _end_line(self) -> None:
+        if self.line_open:
+            _echo("", err=True)
+            self.line_open = False
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self.lock:
+            self._progress(event)
+
+    def _progress(self, event: ProgressEvent) -> None:
+        key = (event.stage, event.round, event.panelist)
+        if event.status == "generating":
+            if event.stage == "turn":
+                number = event.done + 1 + len(self.started)  # counting those still running
+                what = f"[{number}/{event.total}] round {event.round}/{event.rounds}"
+            elif event.stage == "labels":
+                what = f"labels of round {event.round}"
+            else:
+                what = f"[{event.done + 1}/{event.total}] summary"
+            self.started[key] = (f"── {what} · {event.panelist} ──", time.monotonic())
+            self.waiting[key] = []
+            if self.owner is None:
+                self._show(key)
+            return
+        _, began = self.started.get(key, ("", time.monotonic()))
+        status = f"→ {event.status} ({time.monotonic() - began:.1f}s)"
+        if key != self.owner:
+            self.ended[key] = status
+            return
+        self._finish(key, status)
+        while self.owner is None and self.waiting:  # the next one, caught up
+            nxt = next(iter(self.waiting))
+            self._show(nxt)
+            if nxt in self.ended:
+                self._finish(nxt, self.ended.pop(nxt))
+
+    def _show(self, key: tuple[str, int, str]) -> None:
+        self._end_line()
+        _echo(self.started[key][0], err=True)
+        self.owner = key
+        self._write("".join(self.waiting.get(key, [])))
+
+    def _finish(self, key: tuple[str, int, str], status: str) -> None:
+        self._end_line()
+        _echo(status, err=True)
+        self.started.pop(key, None)
+        self.waiting.pop(key, None)
+        self.owner = None
+
+    def text(self, event: TextEvent) -> None:
+        with self.lock:
+            self._text(event)
+
+    def _text(self, event: TextEvent) -> None:
+        key = (event.stage, event.round, event.panelist)
+        piece = event.text
+        if event.restart:  # a continuation or another attempt: say so, show it from here
+            again = "continued after its finished fields" if piece else "tried again"
+            piece = f"\n[{again}]\n"
+        if key == self.owner:
+            self._write(piece)
+        elif key in self.waiting:
+            self.waiting[key].append(piece)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="localtable")
 def cli() -> None:
@@ -393,12 +479,15 @@ def debate(
     templates, layout = _templates(template_path)
     check_layout(templates, fmt, layout)  # a broken template fails now, not after the run
     _check_output(output)  # and so does a path the report cannot go to
+    # on a terminal each turn's text shows as it is written (stderr: stdout is the same)
+    stream = StreamPrinter() if not quiet and sys.stderr.isatty() else None
     run_dir, record = run_debate(
-        req, loaded, TemplateSet(), ProgressPrinter(quiet),
+        req, loaded, TemplateSet(), stream or ProgressPrinter(quiet),
         notice=lambda text: _echo(f"Note: {text}", err=True),
         # the run's record before its first turn, with this panel's models and backends:
         # a layout that cannot render them fails now, not after the debate
         before_turns=lambda header: render(header, fmt, templates, layout),
+        text=stream.text if stream is not None else None,
     )  # fmt: skip
     how = ["--format", fmt, *_option("--template", template_path), *_option("--output", output)]
     _write_report(
@@ -600,13 +689,15 @@ def resume(
         )
     _check_output(output, run_dir / RECORD_FILE)  # before the run, never over its record
     loaded = _optional_config(config_path)
+    stream = StreamPrinter() if not quiet and sys.stderr.isatty() else None
     record = resume_run(
         run_dir,
         loaded,
         TemplateSet(),
-        ProgressPrinter(quiet),
+        stream or ProgressPrinter(quiet),
         allow_engine_change=allow_engine_change,
         allow_urls=allowed,
+        text=stream.text if stream is not None else None,
     )
     _write_report(
         run_dir, record,
@@ -716,6 +807,29 @@ def runs(runs_dir: Path) -> None:
     for row in shown:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
         _echo("  ".join([*cells, row[-1]]))
+
+
+@cli.command()
+@runs_dir_option
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; another than this machine's needs a token.")  # fmt: skip
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port to listen on (0: any free one).")  # fmt: skip
+@click.option("--token", envvar="LOCALTABLE_TOKEN", metavar="TOKEN",
+              help="Every request must carry it (made and printed when --host is not "
+              "this machine's and none is given). Also from $LOCALTABLE_TOKEN.")  # fmt: skip
+@user_errors
+def serve(
+    runs_dir: Path, config_path: Path | None, host: str, port: int, token: str | None
+) -> None:
+    """A local web app: browse runs and batches, start a debate and watch it live.
+
+    Example: localtable serve --runs-dir runs (then open the address it prints)
+    """
+    from localtable.serve.server import serve as serve_app
+
+    serve_app(runs_dir, _config(config_path), host, port, token, lambda line: _echo(line, err=True))
 
 
 def _duration(seconds: float) -> str:

@@ -188,6 +188,9 @@ class FakeLlamaServer:
                 settings = {k: body[k] for k in ECHOED}
                 if mode == "ignore-seed":
                     settings["seed"] = 4294967295
+                if body.get("stream"):
+                    self._stream(text, tokens, body, settings, cut=mode == "stream-cut")
+                    return
                 self._send(
                     200,
                     {
@@ -207,6 +210,41 @@ class FakeLlamaServer:
                         "generation_settings": settings,
                     },
                 )
+
+            def _stream(
+                self,
+                text: str,
+                tokens: list[int],
+                body: dict[str, Any],
+                settings: dict[str, Any],
+                cut: bool,
+            ) -> None:
+                """As llama-server streams: a piece and its token per event, then one
+                event with no text and everything else (cut: the stream ends before)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                pieces = [w + " " for w in text.split(" ")]
+                pieces[-1] = pieces[-1][:-1]
+                ids = [*tokens[: len(pieces) - 1], tokens[len(pieces) - 1 :]]
+                for piece, token in zip(pieces, ids, strict=True):
+                    batch = token if isinstance(token, list) else [token]
+                    event = {"content": piece, "tokens": batch, "stop": False}
+                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                    self.wfile.flush()
+                if cut:
+                    self.close_connection = True
+                    return
+                final = {
+                    "content": "", "tokens": [], "stop": True, "stop_type": "eos",
+                    "stopping_word": "", "tokens_predicted": len(tokens),
+                    "tokens_evaluated": len(body["prompt"]), "truncated": False,
+                    "timings": {"prompt_n": len(body["prompt"]), "prompt_ms": 1.0,
+                                "predicted_n": len(tokens), "predicted_ms": 2.0},
+                    "generation_settings": settings,
+                }  # fmt: skip
+                self.wfile.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+                self.close_connection = True
 
         self._release.clear()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)

@@ -98,6 +98,19 @@ def test_only_the_cli_knows_click_and_only_backends_know_llama_cpp_and_one_modul
             assert module in ("localtable.research.raycluster", "localtable.benchbatch"), module
 
 
+def test_the_web_app_sits_on_top() -> None:
+    """serve/ reads records and drives Sessions; nothing below it imports it, and only
+    it knows the web stack."""
+    for module, imported in modules().items():
+        inside = module.startswith("localtable.serve")
+        if any(t.startswith("localtable.serve") for t in imported) and not inside:
+            assert module == "localtable.cli", module
+        if any(t.split(".")[0] in ("starlette", "uvicorn") for t in imported):
+            assert inside, module
+        if inside:
+            assert not any(t == "localtable.cli" or t.startswith("click") for t in imported), module
+
+
 def test_no_import_cycles_between_modules() -> None:
     graph = {
         m: {t for t in imported if t in modules_set and t != m} for m, imported in modules().items()

@@ -12,6 +12,7 @@ only when a panel uses them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +52,11 @@ class ChatMessage(BaseModel):
     content: str
 
 
+# Receives a generation's text piece by piece as the model writes it (for people to
+# watch: the TurnResult stays what the record keeps).
+TextListener = Callable[[str], None]
+
+
 class TurnRequest(BaseModel):
     """One generation, the same for every backend."""
 
@@ -70,6 +76,14 @@ class TurnRequest(BaseModel):
         default="",
         description="the start of the reply, already written: the model continues it "
         "(the grammar covers only what follows)",
+    )
+    on_text: TextListener | None = Field(
+        default=None,
+        exclude=True,
+        repr=False,
+        description="optional: called with each piece of text as it is generated, by the "
+        "thread generating it (the same generation, streamed; a backend that cannot "
+        "stream never calls it)",
     )
 
 

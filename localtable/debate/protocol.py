@@ -115,8 +115,22 @@ class ProgressEvent(BaseModel):
     status: str = "generating"  # generating | ok | failed
 
 
+class TextEvent(BaseModel):
+    """A piece of a generation's text as the model writes it (streaming, for people to
+    watch). restart: what was shown of this step so far is replaced by `text` (a
+    continuation starts from the turn's whole fields; a summary or labels retried)."""
+
+    model_config = ConfigDict(frozen=True)
+    stage: str  # "turn" | "labels" | "summary"
+    round: int
+    panelist: str
+    text: str
+    restart: bool = False
+
+
 TurnSink = Callable[[RunRecord], None]
 ProgressSink = Callable[[ProgressEvent], None]
+TextSink = Callable[[TextEvent], None]
 
 
 def derive_seed(run_seed: int, round_no: int, panelist_index: int) -> int:
@@ -166,8 +180,10 @@ class Debate:
         save: TurnSink,
         progress: ProgressSink,
         lanes: int = 1,
+        text: TextSink | None = None,
     ) -> None:
         self.record = record
+        self.text = text  # each generation's text as it comes, when someone watches
         self.speaker = speaker
         self.templates = templates
         self.save = save
@@ -335,9 +351,32 @@ class Debate:
             f"({n} tokens); raise n_ctx for its model in models.toml"
         )
 
-    def generate(self, request: TurnRequest, shortened: list[str]) -> Generation:
+    def _streamed(
+        self, request: TurnRequest, stage: str, round_no: int, again: bool
+    ) -> TurnRequest:
+        """The request with a listener that turns its text into TextEvents; a restart
+        first when a step shows another attempt (a continuation shows its prefill)."""
+        sink = self.text
+        if sink is None:
+            return request
+        who = request.panelist
+        if again or request.prefill:
+            sink(TextEvent(stage=stage, round=round_no, panelist=who, text=request.prefill,
+                           restart=True))  # fmt: skip
+
+        def on_text(piece: str) -> None:
+            sink(TextEvent(stage=stage, round=round_no, panelist=who, text=piece))
+
+        return request.model_copy(update={"on_text": on_text})
+
+    def generate(
+        self,
+        request: TurnRequest,
+        shortened: list[str],
+        where: tuple[str, int, bool] = ("turn", 0, False),  # stage, round, another attempt
+    ) -> Generation:
         """One generation through the speaker, as the record keeps it."""
-        result = self.speaker.generate(request)
+        result = self.speaker.generate(self._streamed(request, *where))
         return Generation(
             seed=request.seed,
             sampling=request.sampling,
@@ -363,6 +402,7 @@ class Debate:
         seed: int,
         sampling: SamplingRecord,
         rules: list[str],
+        where: tuple[str, int, bool] = ("summary", 0, False),
     ) -> Generation:
         """A generation of the labels or the summary: on the summarizer's model, in the
         moderator's own KV conversation."""
@@ -374,7 +414,7 @@ class Debate:
             seed=seed,
             sampling=sampling,
         )
-        return self.generate(request, rules)
+        return self.generate(request, rules, where)
 
     # -- turns ------------------------------------------------------------------
 
@@ -466,7 +506,7 @@ class Debate:
                 "sampling": first.sampling.model_copy(update={"max_tokens": budget}),
             }
         )
-        return self.generate(request, cut.shortened)
+        return self.generate(request, cut.shortened, ("turn", round_no, True))
 
     def _reasoning_cut(
         self,
@@ -505,7 +545,7 @@ class Debate:
                 seed=seed,
                 sampling=sampling,
             )
-            generation = self.generate(request, rules)
+            generation = self.generate(request, rules, ("turn", round_no, False))
             text = generation.raw_output
             if generation.finish_reason == "length":
                 continuation = self.continue_turn(p, round_no, request, generation, fields)
@@ -633,7 +673,10 @@ class Debate:
                 seed = stage_seed(self.record.seed, f"labels{round_no}", attempt)
                 if generation is not None:
                     thrown.append(generation)
-                generation = self.moderate(labeller, messages, grammar, seed, sampling, rules)
+                generation = self.moderate(
+                    labeller, messages, grammar, seed, sampling, rules,
+                    ("labels", round_no, attempt > 0),
+                )  # fmt: skip
                 try:
                     labels = parse_labels(
                         generation.raw_output,
@@ -754,7 +797,10 @@ class Debate:
                 seed = derive_seed(
                     self.record.seed, self.record.rounds + 1 + attempt, summarizer.index
                 )
-                generation = self.moderate(summarizer, messages, grammar, seed, sampling, rules)
+                generation = self.moderate(
+                    summarizer, messages, grammar, seed, sampling, rules,
+                    ("summary", self.record.rounds + 1, attempt > 0),
+                )  # fmt: skip
                 try:
                     parsed = parse_summary(
                         generation.raw_output,

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from localtable.config import LoadedConfig
-from localtable.debate.protocol import ProgressSink
+from localtable.debate.protocol import ProgressSink, TextSink
 from localtable.errors import ConfigError
 from localtable.record import RunRecord, read_record
 from localtable.runlock import hold
@@ -68,6 +68,7 @@ def resume_run(
     allow_engine_change: bool = False,
     allow_urls: frozenset[str] = frozenset(),
     session: Session | None = None,  # default: a new one, closed at the end
+    text: TextSink | None = None,  # each generation's text as it comes
 ) -> RunRecord:
     """Continue an interrupted, crashed or failed run from its last finished turn.
 
@@ -83,7 +84,7 @@ def resume_run(
         try:
             _refuse_engine_change(record, session, allow_engine_change)
             lanes = parallel_turns(loaded)
-            return _resume(record, run_dir, session, templates, progress, lanes)
+            return _resume(record, run_dir, session, templates, progress, lanes, text)
         finally:
             if own:
                 session.close()
@@ -96,6 +97,7 @@ def _resume(
     templates: TemplateSet,
     progress: ProgressSink,
     lanes: int,
+    text: TextSink | None = None,
 ) -> RunRecord:
     record.turns = [t for t in record.turns if t.status != "interrupted"]
     if record.summary is not None and record.summary.status == "interrupted":
@@ -103,7 +105,7 @@ def _resume(
     record.status, record.error, record.finished_at = "running", None, None
     record.transcript_sha256 = None
     speaker = open_run(session, record, describe=False)  # as recorded: settings, memory plan
-    return execute(record, run_dir, speaker, templates, progress, lanes)
+    return execute(record, run_dir, speaker, templates, progress, lanes, text)
 
 
 class Divergence(BaseModel):

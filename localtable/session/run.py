@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from localtable import __version__
 from localtable.backends.base import BackendDown, BackendUnavailable, TurnFailed
 from localtable.config import LoadedConfig
-from localtable.debate.protocol import Debate, ProgressSink, anonymous_label
+from localtable.debate.protocol import Debate, ProgressSink, TextSink, anonymous_label
 from localtable.errors import ConfigError, LocaltableError
 from localtable.record import (
     PanelistRecord,
@@ -176,13 +176,16 @@ def execute(
     templates: TemplateSet,
     progress: ProgressSink,
     parallel_turns: int = 1,
+    text: TextSink | None = None,
 ) -> RunRecord:
     """Run the missing turns of a record, saving after each; settle its final status.
-    parallel_turns: turns of a round at once, at most (0: as the backends suggest)."""
+    parallel_turns: turns of a round at once, at most (0: as the backends suggest);
+    text: each generation's text as it comes (streamed by the same generation)."""
     lanes = speaker.lanes(parallel_turns)
     debate = Debate(
-        record, speaker, templates, lambda r: write_record(run_dir, r), progress, lanes=lanes
-    )
+        record, speaker, templates, lambda r: write_record(run_dir, r), progress, lanes=lanes,
+        text=text,
+    )  # fmt: skip
     try:
         debate.run()
     except BackendDown as exc:
@@ -226,6 +229,7 @@ def run_debate(
     # called with the record once its models are open, before the first turn and before
     # anything is written (the CLI renders its report: a layout that fails, fails now)
     before_turns: Callable[[RunRecord], object] = lambda header: None,
+    text: TextSink | None = None,  # each generation's text as it comes (watching it live)
 ) -> tuple[Path, RunRecord]:
     now = datetime.now(UTC).replace(microsecond=0)
     own = session is None
@@ -240,7 +244,7 @@ def run_debate(
         with hold(run_dir, f"run {record.run_id}"):  # one process per run, for its whole life
             write_record(run_dir, record)
             return run_dir, execute(
-                record, run_dir, speaker, templates, progress, req.parallel_turns
+                record, run_dir, speaker, templates, progress, req.parallel_turns, text
             )
     finally:
         if own:

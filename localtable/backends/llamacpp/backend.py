@@ -268,7 +268,9 @@ class LlamaSeat:
                     stop=prompt.stop,
                     reuse_prefix=self.backend.reuse_prefix,
                     conversation=request.conversation or request.panelist,
-                )
+                    stream=request.on_text is not None,
+                ),
+                request.on_text,
             )
 
         result = _turn(run)

@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import util as mp_util
@@ -112,6 +113,7 @@ class _Waiting:
 
     done: threading.Event = field(default_factory=threading.Event)
     answer: tuple[str, Any] = ("crashed", "engine process stopped answering")
+    on_text: Callable[[str], None] | None = None  # a streamed generation's pieces
 
 
 class _Link:
@@ -135,8 +137,8 @@ class _Link:
         )
         self.receiver.start()
 
-    def call(self, req: Request) -> tuple[str, Any]:
-        waiting = _Waiting()
+    def call(self, req: Request, on_text: Callable[[str], None] | None = None) -> tuple[str, Any]:
+        waiting = _Waiting(on_text=on_text)
         with self._lock:
             if self._dead is not None:
                 return "crashed", self._dead
@@ -156,6 +158,13 @@ class _Link:
                 request_id, status, payload = self.conn.recv()
             except (EOFError, OSError):
                 break
+            if status == "text":  # a piece of a generation still under way
+                with self._lock:
+                    streaming = self._waiting.get(request_id)
+                if streaming is not None and streaming.on_text is not None:
+                    with contextlib.suppress(Exception):  # a listener's bug stops no run
+                        streaming.on_text(payload)
+                continue
             with self._lock:
                 waiting = self._waiting.pop(request_id, None)
             if waiting is not None:  # else its caller stopped waiting (Ctrl-C)
@@ -232,10 +241,12 @@ class Engine:
             if self._link is None:
                 self._start()
 
-    def _send(self, req: Request, expect: type[T]) -> T:
+    def _send(
+        self, req: Request, expect: type[T], on_text: Callable[[str], None] | None = None
+    ) -> T:
         link = self._link
         assert link is not None
-        status, payload = link.call(req)
+        status, payload = link.call(req, on_text)
         if status == "crashed":
             with self._lock:
                 if self._link is link:  # the next request starts a fresh worker
@@ -249,11 +260,13 @@ class Engine:
         assert isinstance(payload, expect)
         return payload
 
-    def _call(self, req: Request, expect: type[T]) -> T:
+    def _call(
+        self, req: Request, expect: type[T], on_text: Callable[[str], None] | None = None
+    ) -> T:
         with self._lock:
             if self._link is None:
                 self._start()
-        return self._send(req, expect)
+        return self._send(req, expect, on_text)
 
     def load(self, req: LoadRequest) -> ModelInfo:
         with self._lock:
@@ -303,8 +316,12 @@ class Engine:
         req = TokenizeRequest(model_key=model_key, pieces=pieces, add_bos=add_bos)
         return self._call(req, TokenizeResult).n_tokens
 
-    def generate(self, req: GenerateRequest) -> GenerateResult:
-        return self._call(req, GenerateResult)
+    def generate(
+        self, req: GenerateRequest, on_text: Callable[[str], None] | None = None
+    ) -> GenerateResult:
+        """One generation; with req.stream, on_text gets its text as the worker decodes
+        it (on the receiver thread), before this returns."""
+        return self._call(req, GenerateResult, on_text)
 
     def close(self) -> None:
         """Stop the worker; a request still waiting (a turn abandoned after Ctrl-C)

@@ -68,6 +68,8 @@ class GenerateRequest(Message):
     stop: list[str] = []
     reuse_prefix: bool = False
     conversation: str = ""  # whose KV cache to reuse (a panelist's name)
+    # send each decoded piece back as it comes, (id, "text", str), before the answer
+    stream: bool = False
 
 
 class GenerateResult(Message):

@@ -15,8 +15,10 @@ load or an unload first waits for the generations in flight.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import signal
@@ -24,6 +26,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -106,14 +109,14 @@ class Worker:
         self.lanes = 0  # generations in flight: they share the configured threads
         self._lanes_lock = threading.Lock()  # also keeps the governor's looks one at a time
 
-    def handle(self, req: Request) -> Any:
+    def handle(self, req: Request, on_piece: Callable[[str], None] | None = None) -> Any:
         if isinstance(req, LoadRequest):
             return self.load(req)
         if isinstance(req, TokenizeRequest):
             n = len(self.tokens(req.model_key, req.pieces)) + int(req.add_bos)
             return TokenizeResult(n_tokens=n)
         if isinstance(req, GenerateRequest):
-            return self.generate(req)
+            return self.generate(req, on_piece if req.stream else None)
         if isinstance(req, UnloadRequest):
             path = self.models[req.model_key].model_path if req.model_key in self.models else None
             self.unload(req.model_key)
@@ -243,7 +246,12 @@ class Worker:
         llama_cpp.llama_sampler_free(sampler)
         self.valid_grammars.add(digest)
 
-    def generate(self, req: GenerateRequest) -> GenerateResult:
+    def generate(
+        self, req: GenerateRequest, on_piece: Callable[[str], None] | None = None
+    ) -> GenerateResult:
+        """One completion; on_piece (streaming) gets the text of each sampled token as it
+        comes, decoded from the tokens' remembered pieces (pieces.py) without holding
+        back a character split across tokens."""
         import llama_cpp
 
         llm = self._model(req.model_key)
@@ -279,6 +287,7 @@ class Worker:
             llama_cpp.llama_synchronize(llm._ctx.ctx)
             sampled: list[int] = []
             plain_generate = llm.generate
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
             def recording_generate(*args: Any, **kwargs: Any) -> Any:
                 # every token sampled, in order (the end-of-generation token included),
@@ -291,6 +300,10 @@ class Worker:
                         self.lanes != fitted
                     ):
                         fitted = self.fit_threads(llm, req.model_key)
+                    if on_piece is not None and token != llm.token_eos():
+                        piece = decoder.decode(llm.tokenizer_.detokenize([token]))
+                        if piece:
+                            on_piece(piece)
                     yield token
 
             llm.generate = recording_generate
@@ -396,9 +409,14 @@ def serve(conn: Connection) -> None:
     sending = threading.Lock()
     generations: list[threading.Thread] = []
 
+    def piece(request_id: int, text: str) -> None:
+        with sending, contextlib.suppress(OSError):
+            conn.send((request_id, "text", text))
+
     def answer(request_id: int, req: Request) -> None:
         try:
-            reply: tuple[int, str, Any] = (request_id, "ok", worker.handle(req))
+            on_piece = functools.partial(piece, request_id)
+            reply: tuple[int, str, Any] = (request_id, "ok", worker.handle(req, on_piece))
         except EngineFailure as exc:
             reply = (request_id, "error", str(exc))
         except Exception as exc:  # an engine bug must not kill the run: report it

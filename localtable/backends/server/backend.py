@@ -339,10 +339,12 @@ class ServerSeat:
         except ServerError:
             return None
 
-    def _complete(self, body: dict[str, JsonValue]) -> Completion:
+    def _complete(
+        self, body: dict[str, JsonValue], on_text: Callable[[str], None] | None = None
+    ) -> Completion:
         for attempt in range(RETRIES + 1):
             try:
-                answer = self.client.completion(body)
+                answer = self.client.completion(body, on_text)
                 in_vocabulary(self.client.url, "/completion", answer.tokens, self.info.n_vocab)
                 return answer
             except ServerDown as exc:
@@ -391,7 +393,9 @@ class ServerSeat:
         # changes the numbers. Turns on other servers run meanwhile (Debate.run).
         with self.backend.server_lock(self.client.url):
             started = time.monotonic()
-            answer = self._complete(body)
+            # streamed when someone watches: the same text and tokens (checked by
+            # tests/test_stream.py against a run without it)
+            answer = self._complete(body, request.on_text)
             seconds = time.monotonic() - started
         check_settings(self.client.url, answer.generation_settings, body)
         if answer.stop_type not in ("eos", "word", "limit"):

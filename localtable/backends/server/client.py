@@ -18,6 +18,7 @@ import json
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -207,11 +208,20 @@ class ServerClient:
             )
         return http.client.HTTPConnection(host, port, timeout=CONNECT_TIMEOUT)
 
-    def request(self, method: str, path: str, body: object, timeout: float) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object,
+        timeout: float,
+        events: Callable[[Any], None] | None = None,
+    ) -> Any:
         """One request; the decoded JSON of a 200 answer, or a ServerError.
 
         `timeout` bounds the whole exchange, not each read: a server that drips its
-        answer a byte at a time is cut off when the time is up (Deadline)."""
+        answer a byte at a time is cut off when the time is up (Deadline). events: the
+        answer is a stream of server-sent events, each decoded one handed to it as it
+        comes (MAX_BODY in all, at most); returns None."""
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
@@ -242,7 +252,11 @@ class ServerClient:
                 try:
                     conn.request(method, self._parts.path.rstrip("/") + path, data, headers)
                     response = conn.getresponse()
-                    raw = response.read(MAX_BODY + 1)
+                    if events is not None and response.status == 200:
+                        self._events(response, events)
+                        raw = b"{}"
+                    else:
+                        raw = response.read(MAX_BODY + 1)
                     if response.length and len(raw) <= MAX_BODY:
                         # closed before the Content-Length it promised: cut off
                         raise http.client.IncompleteRead(raw, response.length)
@@ -259,6 +273,22 @@ class ServerClient:
         finally:
             conn.close()
         return self._decode(response.status, response.reason, raw)
+
+    def _events(self, response: http.client.HTTPResponse, events: Callable[[Any], None]) -> None:
+        """`data: {json}` lines, each handed over as it comes, until the stream ends."""
+        left = MAX_BODY
+        while left > 0:
+            line = response.readline(left)
+            if not line:
+                return
+            left -= len(line)
+            if line.startswith(b"data: "):
+                try:
+                    event = json.loads(line[6:])
+                except ValueError:
+                    raise ServerBadAnswer(self._fail("a streamed event is not JSON")) from None
+                events(event)
+        raise ServerBadAnswer(self._fail(f"a streamed answer over {MAX_BODY >> 20} MB"))
 
     def _decode(self, status: int, reason: str, raw: bytes) -> Any:
         if status == 200:
@@ -313,6 +343,35 @@ class ServerClient:
         answer = self.request("POST", "/detokenize", {"tokens": tokens}, QUICK_TIMEOUT)
         return self._typed(answer, Detokenized, "/detokenize").content
 
-    def completion(self, body: dict[str, Any]) -> Completion:
-        answer = self.request("POST", "/completion", body, self.timeout)
+    def completion(
+        self, body: dict[str, Any], on_text: Callable[[str], None] | None = None
+    ) -> Completion:
+        """The completion; with on_text, streamed (`"stream": true`): each piece of
+        text goes to on_text as the server sends it, and the answer is put together
+        from the pieces and the last event (the same text and tokens as unstreamed)."""
+        if on_text is None:
+            answer = self.request("POST", "/completion", body, self.timeout)
+            return self._typed(answer, Completion, "/completion")
+        texts: list[str] = []
+        tokens: list[Any] = []
+        last: dict[str, Any] = {}
+
+        def event(chunk: Any) -> None:
+            nonlocal last
+            if not isinstance(chunk, dict):
+                raise ServerBadAnswer(self._fail("a streamed event is not an object"))
+            piece, ids = chunk.get("content", ""), chunk.get("tokens", [])
+            if not isinstance(piece, str) or not isinstance(ids, list):
+                raise ServerBadAnswer(self._fail("/completion streamed outside llama-server's API"))
+            texts.append(piece)
+            tokens.extend(ids)
+            last = chunk
+            if piece:
+                with contextlib.suppress(Exception):  # a listener's bug fails no turn
+                    on_text(piece)
+
+        self.request("POST", "/completion", {**body, "stream": True}, self.timeout, event)
+        if last.get("stop") is not True:
+            raise ServerDown(self._fail("the stream ended before the generation did"))
+        answer = {**last, "content": "".join(texts), "tokens": tokens}
         return self._typed(answer, Completion, "/completion")
