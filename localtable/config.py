@@ -241,6 +241,12 @@ class DebateDefaults(Strict):
         description="turns of a round run at the same time, at most; 0 = as many as the "
         "backends run well (the transcript is the same either way)",
     )
+    decode: Literal["sequential", "batched"] = Field(
+        default="batched",
+        description="a round's turns on one model decoded together, as sequences of one "
+        "context (faster on a CPU; the text then depends on the group, which the record "
+        "keeps), or one after another",
+    )
 
 
 class Config(Strict):

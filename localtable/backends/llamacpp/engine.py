@@ -36,6 +36,8 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from localtable.backends.llamacpp.messages import (
+    BatchGenerateRequest,
+    BatchGenerateResult,
     EngineFailure,
     GenerateRequest,
     GenerateResult,
@@ -305,6 +307,10 @@ class Engine:
 
     def generate(self, req: GenerateRequest) -> GenerateResult:
         return self._call(req, GenerateResult)
+
+    def generate_group(self, req: BatchGenerateRequest) -> BatchGenerateResult:
+        """Generations on one model decoded together in the worker (batchdecode.py)."""
+        return self._call(req, BatchGenerateResult)
 
     def close(self) -> None:
         """Stop the worker; a request still waiting (a turn abandoned after Ctrl-C)
