@@ -82,13 +82,13 @@ class _SamplerHost:
         self._init_sampler_of_llama = llama_cpp.Llama._init_sampler
 
     def _init_sampler(self, **kw: Any) -> Any:
-        return self._init_sampler_of_llama(self, **kw)
+        return self._init_sampler_of_llama(self, **kw)  # type: ignore[arg-type]
 
 
 def _sampler(llm: Any, req: GenerateRequest, grammar: Any) -> Any:
     """The sequence's chain, as create_completion(seed=...) builds it on a Llama with
     grammar_topk installed: GrammarTopK where it is exact, else llama-cpp-python's own."""
-    host = _SamplerHost(llm, req.seed)
+    host: Any = _SamplerHost(llm, req.seed)  # read as a Llama
     s = req.sampling
     return grammar_topk._init_sampler(
         host,
