@@ -362,6 +362,14 @@ class ServerSeat:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def generate(self, request: TurnRequest) -> TurnResult:
+        # One generation at a time per server, as when turns run one after another: a
+        # server with several slots would batch our own requests together, which
+        # changes the numbers. Turns on other servers run meanwhile (Debate.run).
+        # ServerBackend.generate_group sends a decode group at once instead.
+        with self.backend.server_lock(self.client.url):
+            return self.generate_unlocked(request)
+
+    def generate_unlocked(self, request: TurnRequest) -> TurnResult:
         prompt = self._format(request.messages, request.prefill)
         tokens = self.prompt_tokens(prompt)
         s = request.sampling
@@ -386,13 +394,9 @@ class ServerSeat:
             "grammar": request.grammar,
             "stop": list(prompt.stop),
         }
-        # One generation at a time per server, as when turns run one after another: a
-        # server with several slots would batch our own requests together, which
-        # changes the numbers. Turns on other servers run meanwhile (Debate.run).
-        with self.backend.server_lock(self.client.url):
-            started = time.monotonic()
-            answer = self._complete(body)
-            seconds = time.monotonic() - started
+        started = time.monotonic()
+        answer = self._complete(body)
+        seconds = time.monotonic() - started
         check_settings(self.client.url, answer.generation_settings, body)
         if answer.stop_type not in ("eos", "word", "limit"):
             raise BackendDown(f"{self.client.url}: the generation stopped ({answer.stop_type})")
@@ -626,6 +630,43 @@ class ServerBackend:
         self, round_no: int, panel: list[PanelistRecord], then: str | None
     ) -> list[PanelistRecord]:
         return panel
+
+    def generate_group(self, turns: list[tuple[str, TurnRequest]]) -> list[TurnResult | TurnFailed]:
+        """A decode group (`--decode batched`): each server gets its requests at once, as
+        many at a time as it has slots (-np N: it decodes them as one batch), one server
+        after another. Each result names those sent with it. The server alone decides
+        when each request joins its batch, so unlike in-process groups a replay may
+        differ; with one slot this is the one-at-a-time run."""
+        out: dict[int, TurnResult | TurnFailed] = {}
+        by_url: dict[str, list[int]] = {}
+        for i, (model, _) in enumerate(turns):
+            by_url.setdefault(self.seats[model].client.url, []).append(i)
+        for url, members in by_url.items():
+            slots = max(1, self.seats[turns[members[0]][0]].settings.total_slots)
+            with self.server_lock(url):
+                for lo in range(0, len(members), slots):
+                    chunk = members[lo : lo + slots]
+                    names = [turns[i][1].panelist for i in chunk] if len(chunk) > 1 else []
+                    answers: dict[int, TurnResult | TurnFailed] = {}
+
+                    def one(i: int, answers: dict[int, TurnResult | TurnFailed] = answers) -> None:
+                        model, request = turns[i]
+                        try:
+                            answers[i] = self.seats[model].generate_unlocked(request)
+                        except TurnFailed as exc:
+                            answers[i] = exc
+
+                    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in chunk]
+                    for thread in threads:
+                        thread.start()
+                    for thread in threads:
+                        thread.join()
+                    for i in chunk:
+                        answer = answers[i]
+                        if isinstance(answer, TurnResult) and names:
+                            answer = answer.model_copy(update={"decoded_with": names})
+                        out[i] = answer
+        return [out[i] for i in range(len(turns))]
 
     def turn_lanes(self, requested: int) -> int:
         """Turns of a round to run at once: `requested`, or for 0 one per server (each
