@@ -42,7 +42,7 @@ SEED = 42
 # The transcript of this debate (fast_config, 2 rounds, seed 42) run one turn at a time
 # by the tree before batched decoding existed (58f3649, the Makefile's portable CPU
 # build): sequential mode must keep it byte for byte.
-SEQUENTIAL_BEFORE = "PLACEHOLDER"
+SEQUENTIAL_BEFORE = "3bc3bfd18f8374cda829800c56ef469b90c0dbe10e0006677d8af1df15c7c791"
 
 
 class LoggingEngine(Engine):

@@ -418,6 +418,18 @@ class ServerSeat:
         )
 
 
+def _all_at_once(calls: list[Callable[[], None]]) -> None:
+    """Run the calls on threads of their own (daemon: Ctrl-C abandons them) and wait."""
+    if len(calls) == 1:
+        calls[0]()
+        return
+    threads = [threading.Thread(target=call, daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def check_settings(url: str, applied: dict[str, object], sent: dict[str, JsonValue]) -> None:
     """The server echoes the parameters it used: a server that ignored one of ours
     (an older build, a proxy) would give other numbers, so that is a failure."""
@@ -633,40 +645,36 @@ class ServerBackend:
 
     def generate_group(self, turns: list[tuple[str, TurnRequest]]) -> list[TurnResult | TurnFailed]:
         """A decode group (`--decode batched`): each server gets its requests at once, as
-        many at a time as it has slots (-np N: it decodes them as one batch), one server
-        after another. Each result names those sent with it. The server alone decides
-        when each request joins its batch, so unlike in-process groups a replay may
-        differ; with one slot this is the one-at-a-time run."""
+        many at a time as it has slots (-np N: it decodes them as one batch); servers
+        work at the same time. Each result names those sent with it. The server alone
+        decides when each request joins its batch, so unlike in-process groups a replay
+        may differ; with one slot this is the one-at-a-time run."""
         out: dict[int, TurnResult | TurnFailed] = {}
         by_url: dict[str, list[int]] = {}
         for i, (model, _) in enumerate(turns):
             by_url.setdefault(self.seats[model].client.url, []).append(i)
-        for url, members in by_url.items():
+
+        def one(i: int) -> None:
+            model, request = turns[i]
+            try:
+                out[i] = self.seats[model].generate_unlocked(request)
+            except TurnFailed as exc:
+                out[i] = exc
+
+        def on_server(url: str, members: list[int]) -> None:
             slots = max(1, self.seats[turns[members[0]][0]].settings.total_slots)
             with self.server_lock(url):
                 for lo in range(0, len(members), slots):
                     chunk = members[lo : lo + slots]
-                    names = [turns[i][1].panelist for i in chunk] if len(chunk) > 1 else []
-                    answers: dict[int, TurnResult | TurnFailed] = {}
-
-                    def one(i: int, answers: dict[int, TurnResult | TurnFailed] = answers) -> None:
-                        model, request = turns[i]
-                        try:
-                            answers[i] = self.seats[model].generate_unlocked(request)
-                        except TurnFailed as exc:
-                            answers[i] = exc
-
-                    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in chunk]
-                    for thread in threads:
-                        thread.start()
-                    for thread in threads:
-                        thread.join()
+                    _all_at_once([lambda i=i: one(i) for i in chunk])  # type: ignore[misc]
+                    names = [turns[i][1].panelist for i in chunk]
                     for i in chunk:
-                        answer = answers[i]
-                        if isinstance(answer, TurnResult) and names:
-                            answer = answer.model_copy(update={"decoded_with": names})
-                        out[i] = answer
-        return [out[i] for i in range(len(turns))]
+                        answer = out.get(i)
+                        if isinstance(answer, TurnResult) and len(chunk) > 1:
+                            out[i] = answer.model_copy(update={"decoded_with": names})
+
+        _all_at_once([lambda u=u, m=m: on_server(u, m) for u, m in by_url.items()])  # type: ignore[misc]
+        return [out.get(i) or TurnFailed("the request got no answer") for i in range(len(turns))]
 
     def turn_lanes(self, requested: int) -> int:
         """Turns of a round to run at once: `requested`, or for 0 one per server (each
