@@ -852,6 +852,15 @@ class Debate:
         turn = self.record.turn(round_no, name)
         return turn is None or turn.status == "interrupted"
 
+    def _grouped(self, round_no: int) -> bool:
+        """Whether a finished turn of the round was decoded in a group (Generation.batch)."""
+        return any(
+            g is not None and g.batch is not None
+            for t in self.record.turns
+            if t.round == round_no and t.status != "interrupted"
+            for g in (t.generation, t.continuation)
+        )
+
     def run(self) -> RunRecord:
         """Run every missing turn, round by round, then the summary."""
         rounds = range(1, self.record.rounds + 1)
@@ -867,7 +876,7 @@ class Debate:
             then = self.record.summarizer if round_no == self.record.rounds else None
             order = self.speaker.turn_order(round_no, self.panel, then)
             missing = [p for p in order if self._missing(round_no, p.name)]
-            if missing and self.record.decode == "batched":
+            if missing and self._grouped(round_no):
                 # the text depends on the decode group: an interrupted round is redone
                 # as the same group, its finished turns checked against the record
                 self.checking = {(round_no, p.name) for p in order if p not in missing}
@@ -891,8 +900,8 @@ class Debate:
         together = getattr(self.speaker, "decode_together", None)
         group = None
         if self.record.decode == "batched" and together is not None and len(turns) > 1:
-            group = together([p.name for p in turns])
-        elif self.lanes == 1 or len(turns) < 2:
+            group = together([p.name for p in turns])  # None: no backend decodes together
+        if group is None and (self.lanes == 1 or len(turns) < 2):
             for p in turns:
                 self.run_turn(p, round_no)
             return

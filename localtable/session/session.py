@@ -123,10 +123,14 @@ class SessionSpeaker:
             lanes = min(lanes, turn_lanes(requested) if turn_lanes is not None else 1)
         return max(1, lanes)
 
-    def decode_together(self, members: list[str]) -> DecodeGroup:
+    def decode_together(self, members: list[str]) -> DecodeGroup | None:
         """From now on, these panelists' generations are decoded in groups (a batched
-        round, Debate.run_round); until each leaves the group."""
+        round, Debate.run_round), until each leaves the group; None when none of their
+        backends decodes together (`generate_group`): their turns run as before."""
         model_of = {p.name: p.model for p in self.record.panelists}
+        backends = {self.session.backend(self.backend_of[model_of[m]]) for m in members}
+        if not any(hasattr(b, "generate_group") for b in backends):
+            return None
 
         def where(panelist: str) -> Member:
             model = model_of[panelist]
