@@ -440,12 +440,18 @@ class Debate:
     def _check_redone(self, turn: TurnRecord) -> None:
         """A finished turn redone with its group must match the record (timings aside)."""
         stored = self.record.turn(turn.round, turn.panelist)
-        untimed = {"generation": {"seconds"}, "continuation": {"seconds"}}
-        if stored is None or stored.model_dump(exclude=untimed) != turn.model_dump(exclude=untimed):
+        # how long it took and how much of the prompt a KV cache held differ from run
+        # to run (a resumed engine starts cold); the text and all it decides may not
+        costs = {"seconds", "prompt_eval_tokens"}
+        untimed = {"generation": costs, "continuation": costs}
+        before = stored.model_dump(exclude=untimed) if stored is not None else {}
+        now = turn.model_dump(exclude=untimed)
+        differ = sorted(k for k in now if before.get(k) != now[k])
+        if differ:
             raise RedoDiffers(
                 f"round {turn.round}: {turn.panelist}'s turn, redone with its decode group, "
-                "differs from the record: this machine does not reproduce the run "
-                "(`localtable replay` shows where it diverges)"
+                f"differs from the record ({', '.join(differ)}): this machine does not "
+                "reproduce the run (`localtable replay` shows where it diverges)"
             )
         self._emit("turn", turn.round, turn.panelist, "checked")
 
