@@ -100,9 +100,12 @@ test-fast: .stamp-venv
 # A fixed debate (the tiny panel, 3 rounds, seed 42) through localtable with prefix
 # reuse on and off, the same generations through bare llama-cpp-python calls, and the
 # debate through llama-server, side by side (docs/benchmarks.md).
+# Then a round of 3 seats of Qwen2.5 Coder 1.5B decoded together against one at a time,
+# interleaved (issue #28; BENCH_DECODE_ARGS="--repeat 2 --json decode.json").
 # E.g. make bench BENCH_ARGS="--json bench.json"
 bench: .stamp-venv $(LLAMA_SERVER)
 	LOCALTABLE_LLAMA_SERVER=$(LLAMA_SERVER) $(PY) -m localtable.bench $(BENCH_ARGS)
+	$(PY) -m localtable.bench --decode-round $(BENCH_DECODE_ARGS)
 
 # A debate next to a busy program (`yes`), with fixed and load-aware threads, and a
 # round's turns at once, interleaved (docs/benchmarks.md, issue #17); e.g.

@@ -25,6 +25,8 @@ grammar and the repeat penalty another way (docs/benchmarks.md).
 
 Usage: python -m localtable.bench [--panel tiny] [--rounds 3] [--seed 42] [--repeat 3]
        [--no-server] [--json out.json]
+       python -m localtable.bench --decode-round [...]: a round of 3 seats on one model
+       decoded together against one at a time (localtable/benchdecode.py)
 """
 
 from __future__ import annotations
@@ -698,6 +700,11 @@ def render(report: BenchReport) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--decode-round" in argv:  # a round batched against one at a time (benchdecode.py)
+        from localtable import benchdecode
+
+        return benchdecode.main([a for a in argv if a != "--decode-round"])
     parser = argparse.ArgumentParser(prog="python -m localtable.bench", description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("models.toml"))
     parser.add_argument(

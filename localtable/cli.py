@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
@@ -434,6 +434,12 @@ def _read_question(question: str | None, question_file: Path | None, default: st
     help="Turns of a round run at the same time, at most; 0 = as many as the cores run "
     "well (default: [debate] parallel_turns, else 0). The transcript is the same.",
 )
+@click.option(
+    "--decode", type=click.Choice(["sequential", "batched"]),
+    help="A round's turns on one model decoded together as one batch (faster on a CPU; "
+    "the text depends on the batch, which the record keeps, so replay and resume rebuild "
+    "it), or one after another (default: [debate] decode, else sequential).",
+)  # fmt: skip
 @memory_budget_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @user_errors
@@ -451,6 +457,7 @@ def debate(
     verify: bool,
     reuse: bool,
     parallel_turns: int | None,
+    decode: Literal["sequential", "batched"] | None,
     memory_budget: str | None,
     quiet: bool,
 ) -> None:
@@ -475,6 +482,7 @@ def debate(
         reuse_prefix=reuse,
         memory_budget=budget,
         parallel_turns=defaults.parallel_turns if parallel_turns is None else parallel_turns,
+        decode=decode or defaults.decode,
     )
     templates, layout = _templates(template_path)
     check_layout(templates, fmt, layout)  # a broken template fails now, not after the run
@@ -987,6 +995,12 @@ SCORE_FORMATS = ["text", "md", "csv"]
 @click.option("--verify", is_flag=True, help="Re-hash every model file before each debate.")
 @click.option("--reuse/--no-reuse", default=True, show_default=True,
               help="Reuse each panelist's evaluated prompt prefix across rounds.")  # fmt: skip
+@click.option(
+    "--decode", type=click.Choice(["sequential", "batched"]),
+    help="A round's turns on one model decoded together as one batch (faster on a CPU; "
+    "the text depends on the batch, which the record keeps, so replay and resume rebuild "
+    "it), or one after another (default: [debate] decode, else batched).",
+)  # fmt: skip
 @memory_budget_option
 @click.option("--allow-engine-change", is_flag=True,
               help="Resume debates even if llama-cpp-python's build changed.")  # fmt: skip
@@ -1019,6 +1033,7 @@ def batch(
     fmt: str,
     verify: bool,
     reuse: bool,
+    decode: Literal["sequential", "batched"] | None,
     memory_budget: str | None,
     allow_engine_change: bool,
     workers: int,
@@ -1057,6 +1072,7 @@ def batch(
         reuse_prefix=reuse,
         memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
         parallel_turns=defaults.parallel_turns,
+        decode=decode or defaults.decode,
     )
     loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
     printer = BatchPrinter(quiet)

@@ -243,6 +243,14 @@ class DebateDefaults(Strict):
         description="turns of a round run at the same time, at most; 0 = as many as the "
         "backends run well (the transcript is the same either way)",
     )
+    # sequential until `make bench`'s decode round shows batched faster here: on the tiny
+    # models it did not (docs/benchmarks.md, issue #28)
+    decode: Literal["sequential", "batched"] = Field(
+        default="sequential",
+        description="a round's turns on one model decoded together, as sequences of one "
+        "context (the text then depends on the group, which the record keeps), or one "
+        "after another",
+    )
 
 
 class Config(Strict):

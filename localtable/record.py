@@ -128,6 +128,18 @@ class ParsedTurn(Frozen):
 TurnStatus = Literal["ok", "failed", "interrupted"]
 
 
+class DecodeBatch(Frozen):
+    """Which generations were decoded together (`--decode batched`): llama.cpp is not
+    batch-invariant, so this decides the text as much as the seed does. Replay and
+    resume rebuild it (docs/architecture.md, "Decoding a round together")."""
+
+    step: int = Field(
+        description="the round's decode group: 1 for its turns' first generations, "
+        "2 for the continuations the first group's left to make, ..."
+    )
+    members: list[str] = Field(description="the panelists decoded together, in sequence order")
+
+
 class Generation(Frozen):
     """One call to the engine: what went in, what came out, how long it took."""
 
@@ -149,6 +161,9 @@ class Generation(Frozen):
     finish_reason: str | None = None
     prompt_eval_tokens: int = 0
     seconds: float = 0.0
+    batch: DecodeBatch | None = Field(
+        default=None, description="the decode group it ran in; None: decoded on its own"
+    )
 
 
 # The end of a sentence: its mark, any closing quotes or brackets, then a space or the end.
@@ -314,6 +329,11 @@ class RunRecord(Frozen):
     anonymous: bool
     template_date: str = Field(description="the date chat templates see (pinned)")
     reuse_prefix: bool = Field(default=False, description="KV prefix reuse (same output)")
+    decode: Literal["sequential", "batched"] = Field(
+        default="sequential",
+        description="a round's turns generated one by one, or decoded together in groups "
+        "(Generation.batch); the text depends on it",
+    )
     memory: MemoryRecord | None = None  # absent in older records
     localtable_version: str
     config_path: str

@@ -18,7 +18,8 @@ QUESTION = "Should every city have free public transport?"
 def debate(config: Path, runs: Path, lanes: int, env: dict[str, str]) -> tuple[RunRecord, str]:
     result = localtable(
         "debate", QUESTION, "--config", str(config), "--rounds", "2", "--seed", "5",
-        "--runs-dir", str(runs), "--reuse", "--parallel-turns", str(lanes), env=env,
+        "--runs-dir", str(runs), "--reuse", "--parallel-turns", str(lanes),
+        "--decode", "sequential", env=env,  # lanes run turns decoded one at a time
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]

@@ -45,6 +45,8 @@ def one_go(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str], config
         "--runs-dir",
         str(runs),
         "-q",
+        "--decode",
+        "sequential",  # batched runs: tests/test_batched_real.py
         env=env,
     )
     assert result.returncode in (0, 1), result.stderr
@@ -69,6 +71,8 @@ def interrupt(runs: Path, env: dict[str, str], config: Path, sig: int, after_tur
             "--runs-dir",
             str(runs),
             "-q",
+            "--decode",
+            "sequential",
         ],
         cwd=REPO,
         env=env,

@@ -151,6 +151,7 @@ def debate(tmp_path: Path, env: dict[str, str], reuse: bool) -> RunRecord:
     result = localtable(
         "debate", QUESTION, "--config", str(config),
         "--rounds", "3", "--runs-dir", str(runs), "--reuse" if reuse else "--no-reuse", "-q",
+        "--decode", "sequential",  # reuse serves turns decoded one at a time
         env=env,
     )  # fmt: skip
     assert result.returncode in (0, 1), result.stderr

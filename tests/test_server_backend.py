@@ -478,3 +478,30 @@ def test_the_client_speaks_the_native_endpoints(server: FakeLlamaServer) -> None
     with pytest.raises(ServerRefused, match="HTTP 401 Invalid API Key"):
         client.props()
     assert ServerClient(server.url, api_key="k").props().build_info == "b1-fake"
+
+
+@pytest.mark.parametrize(("slots", "together"), [(2, 2), (1, 1)])
+def test_a_batched_round_goes_to_the_server_at_once_where_it_has_the_slots(
+    tmp_path: Path, slots: int, together: int
+) -> None:
+    """Issue #28: --decode batched sends a round's turns on one server at once, as many
+    as its slots; the record keeps who was sent together, and the slot count as before."""
+    both = threading.Barrier(together, timeout=30)
+
+    def meet(server: FakeLlamaServer) -> None:
+        if is_turn(server.completions[-1]):
+            both.wait()  # broken (the run fails) unless `together` turns meet
+
+    with FakeLlamaServer(slots=slots) as server:
+        server.on_completion.append(meet)
+        cfg = write_config(tmp_path, config(server.url))
+        result = debate(cfg, tmp_path / "runs", "--decode", "batched")
+        assert result.exit_code == 0, result.output
+        assert server.most_generating == together
+    _, record = only_run(tmp_path / "runs")
+    assert record.decode == "batched"
+    assert [m.settings["total_slots"] for m in record.models] == [slots]
+    for turn in record.turns:
+        assert turn.generation is not None and turn.generation.batch is not None
+        members = ["Ada", "Bob"] if together == 2 else [turn.panelist]
+        assert (turn.generation.batch.step, turn.generation.batch.members) == (1, members)

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from localtable.config import LoadedConfig, ModelSpec
 from localtable.errors import LocaltableError
-from localtable.record import MemoryRecord, ModelRecord, PanelistRecord, RunRecord, SamplingRecord
+from localtable.record import (
+    DecodeBatch,
+    MemoryRecord,
+    ModelRecord,
+    PanelistRecord,
+    RunRecord,
+    SamplingRecord,
+)
 from localtable.templates import TemplateSet
 
 
@@ -103,6 +110,14 @@ class TurnResult(BaseModel):
     seconds: float
     prompt_eval_seconds: float = 0.0
     decode_seconds: float = 0.0
+    decoded_with: list[str] = Field(
+        default_factory=list,
+        description="the panelists whose generations were decoded together with this one "
+        "(itself included), in sequence order; empty: decoded alone",
+    )
+    batch: DecodeBatch | None = Field(
+        default=None, description="the decode group, as the record keeps it (session.py)"
+    )
 
 
 class Seat(Protocol):
@@ -147,7 +162,13 @@ class Backend(Protocol):
     Optional: `turn_lanes(requested: int) -> int`, how many of its turns of a round
     may run at the same time, each on a thread of its own: `requested`, or for 0 as
     many as it runs well; 1 when it cannot run two at once. A backend without it runs
-    its turns one at a time (session.SessionSpeaker.lanes)."""
+    its turns one at a time (session.SessionSpeaker.lanes).
+
+    Optional: `generate_group(turns: list[tuple[str, TurnRequest]]) -> list[TurnResult |
+    TurnFailed]`, (model name, request) pairs generated together (batched decoding,
+    `--decode batched`), the results in order, each naming in `decoded_with` the
+    panelists it was decoded with. A backend without it generates them one after
+    another."""
 
     name: str
 

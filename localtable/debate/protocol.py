@@ -38,6 +38,7 @@ from localtable.debate.parsing import (
     reasoning_finished,
     turn_fields,
 )
+from localtable.errors import LocaltableError
 from localtable.record import (
     Generation,
     LabelingRecord,
@@ -83,6 +84,11 @@ class PromptTooLong(TurnFailed):
     pass
 
 
+class RedoDiffers(LocaltableError):
+    """A turn redone with its decode group (resume of a batched round) came out other
+    than the record has it: this machine does not reproduce the run."""
+
+
 class ContradictsRecord(ParseFailure):
     """A summary that states what the record shows did not happen (debate/claims.py)."""
 
@@ -112,7 +118,7 @@ class ProgressEvent(BaseModel):
     panelist: str
     done: int
     total: int
-    status: str = "generating"  # generating | ok | failed
+    status: str = "generating"  # generating | ok | failed | checked (a redone turn)
 
 
 class TextEvent(BaseModel):
@@ -194,6 +200,9 @@ class Debate:
         # (round, panelist) of each generation under way; the summary is (rounds + 1, its
         # writer). What stop() keeps as interrupted.
         self.in_flight: set[tuple[int, str]] = set()
+        # Finished turns redone only to rebuild their decode group (a batched round
+        # resumed): checked against the record, never stored again.
+        self.checking: set[tuple[int, str]] = set()
         # Turns finishing on several threads: one at a time changes the record, saves it
         # and reports progress. After stop() none does.
         self._lock = threading.Lock()
@@ -384,6 +393,7 @@ class Debate:
             prompt_tokens=result.prompt_tokens,
             prompt_sha256=result.prompt_sha256,
             shortened=[*shortened, *result.notes],
+            batch=result.batch,
             grammar_sha256=hashlib.sha256(request.grammar.encode("utf-8")).hexdigest(),
             prefill=request.prefill,
             raw_output=result.text,
@@ -451,7 +461,8 @@ class Debate:
 
     def _begin(self, round_no: int, who: str) -> None:
         with self._lock:
-            self.in_flight.add((round_no, who))
+            if (round_no, who) not in self.checking:
+                self.in_flight.add((round_no, who))
             self._emit("turn", round_no, who, "generating")
 
     def _finish(self, turn: TurnRecord, status: str) -> None:
@@ -459,9 +470,30 @@ class Debate:
         with self._lock:
             if self._stopped:  # the record is the stopper's now: this turn is interrupted
                 return
+            if (turn.round, turn.panelist) in self.checking:
+                self._check_redone(turn)
+                return
             self.in_flight.discard((turn.round, turn.panelist))
             self._store(turn)
             self._emit("turn", turn.round, turn.panelist, status)
+
+    def _check_redone(self, turn: TurnRecord) -> None:
+        """A finished turn redone with its group must match the record (timings aside)."""
+        stored = self.record.turn(turn.round, turn.panelist)
+        # how long it took and how much of the prompt a KV cache held differ from run
+        # to run (a resumed engine starts cold); the text and all it decides may not
+        costs = {"seconds", "prompt_eval_tokens"}
+        untimed = {"generation": costs, "continuation": costs}
+        before = stored.model_dump(exclude=untimed) if stored is not None else {}
+        now = turn.model_dump(exclude=untimed)
+        differ = sorted(k for k in now if before.get(k) != now[k])
+        if differ:
+            raise RedoDiffers(
+                f"round {turn.round}: {turn.panelist}'s turn, redone with its decode group, "
+                f"differs from the record ({', '.join(differ)}): this machine does not "
+                "reproduce the run (`localtable replay` shows where it diverges)"
+            )
+        self._emit("turn", turn.round, turn.panelist, "checked")
 
     def stop(self, reason: str = "interrupted before it finished") -> None:
         """The run stops (Ctrl-C, a stop signal): each turn in flight is kept as
@@ -872,6 +904,15 @@ class Debate:
         turn = self.record.turn(round_no, name)
         return turn is None or turn.status == "interrupted"
 
+    def _grouped(self, round_no: int) -> bool:
+        """Whether a finished turn of the round was decoded in a group (Generation.batch)."""
+        return any(
+            g is not None and g.batch is not None
+            for t in self.record.turns
+            if t.round == round_no and t.status != "interrupted"
+            for g in (t.generation, t.continuation)
+        )
+
     def run(self) -> RunRecord:
         """Run every missing turn, round by round, then the summary."""
         rounds = range(1, self.record.rounds + 1)
@@ -886,7 +927,14 @@ class Debate:
             # at a time; the record stays in panel order (_store).
             then = self.record.summarizer if round_no == self.record.rounds else None
             order = self.speaker.turn_order(round_no, self.panel, then)
-            self.run_round(round_no, [p for p in order if self._missing(round_no, p.name)])
+            missing = [p for p in order if self._missing(round_no, p.name)]
+            if missing and self._grouped(round_no):
+                # the text depends on the decode group: an interrupted round is redone
+                # as the same group, its finished turns checked against the record
+                self.checking = {(round_no, p.name) for p in order if p not in missing}
+                missing = order
+            self.run_round(round_no, missing)
+            self.checking = set()
             done = self.record.labeling(round_no)
             if done is None or done.status == "interrupted":
                 self.run_labeling(round_no)
@@ -898,11 +946,18 @@ class Debate:
     def run_round(self, round_no: int, turns: list[PanelistRecord]) -> None:
         """The round's missing turns: one after another, or up to `lanes` at a time,
         started in `turns` order. A turn whose backend cannot answer (BackendDown)
-        starts no more turns; those running finish, then it is raised."""
-        if self.lanes == 1 or len(turns) < 2:
+        starts no more turns; those running finish, then it is raised. Decoded in
+        batches (RunRecord.decode), every turn runs at once and the speaker gathers
+        their generations into groups (session.DecodeGroup)."""
+        together = getattr(self.speaker, "decode_together", None)
+        group = None
+        if self.record.decode == "batched" and together is not None and len(turns) > 1:
+            group = together([p.name for p in turns])  # None: no backend decodes together
+        if group is None and (self.lanes == 1 or len(turns) < 2):
             for p in turns:
                 self.run_turn(p, round_no)
             return
+        lanes = len(turns) if group is not None else self.lanes
         ended: queue.Queue[BaseException | None] = queue.Queue()
 
         def lane(p: PanelistRecord) -> None:
@@ -912,12 +967,15 @@ class Debate:
                 ended.put(exc)
             else:
                 ended.put(None)
+            finally:
+                if group is not None:
+                    group.leave(p.name)  # no more generations of this turn
 
         waiting, running = list(turns), 0
         down: BackendDown | None = None
         try:
             while waiting or running:
-                while waiting and running < self.lanes and down is None:
+                while waiting and running < lanes and down is None:
                     p = waiting.pop(0)
                     # daemon: a turn abandoned by Ctrl-C must not hold the process open
                     name = f"localtable-turn-{round_no}-{p.index}"

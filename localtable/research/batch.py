@@ -74,6 +74,7 @@ class BatchRequest(BaseModel):
     reuse_prefix: bool = False
     memory_budget: int | None = None  # bytes; default: most of MemAvailable (memory.py)
     parallel_turns: int = 1  # turns of a round at once in each debate; 0: as runs well
+    decode: Literal["sequential", "batched"] = "sequential"  # each debate's (RunRecord.decode)
 
 
 class WorkerState(BaseModel):
@@ -323,6 +324,7 @@ def _debate_request(
         reuse_prefix=req.reuse_prefix,
         memory_budget=req.memory_budget,
         parallel_turns=req.parallel_turns,
+        decode=req.decode,
         run_id=entry.run_dir,
         question_id=q.id,
         question_kind=q.kind,

@@ -11,13 +11,20 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from localtable import __version__
 from localtable.backends.base import BackendDown, BackendUnavailable, TurnFailed
 from localtable.config import LoadedConfig
-from localtable.debate.protocol import Debate, ProgressSink, TextSink, anonymous_label
+from localtable.debate.protocol import (
+    Debate,
+    ProgressSink,
+    RedoDiffers,
+    TextSink,
+    anonymous_label,
+)
 from localtable.errors import ConfigError, LocaltableError
 from localtable.record import (
     PanelistRecord,
@@ -60,6 +67,9 @@ class DebateRequest(BaseModel):
     # (SessionSpeaker.lanes). It changes the speed, never the transcript. The CLI
     # passes models.toml's [debate] parallel_turns (0 unless set).
     parallel_turns: int = 1
+    # a round's turns decoded together or one by one (RunRecord.decode); the CLI passes
+    # --decode or models.toml's [debate] decode
+    decode: Literal["sequential", "batched"] = "sequential"
 
 
 class RunInterrupted(LocaltableError):
@@ -135,6 +145,7 @@ def prepare(
         anonymous=panel.anonymous,
         template_date=now.date().isoformat(),
         reuse_prefix=req.reuse_prefix,
+        decode=req.decode,
         localtable_version=__version__,
         config_path=str(loaded.path),
         models=planned.models,
@@ -188,6 +199,12 @@ def execute(
     )  # fmt: skip
     try:
         debate.run()
+    except RedoDiffers as exc:  # a resumed batched round did not reproduce the record
+        record.status = "failed"
+        record.error = str(exc)
+        record.finished_at = datetime.now(UTC)
+        write_record(run_dir, record)
+        raise RunFailed(str(exc)) from None
     except BackendDown as exc:
         # A server could not answer: the turn is kept as interrupted, the run stops.
         record.status = "failed"

@@ -26,6 +26,7 @@ from localtable.backends.base import (
 )
 from localtable.config import LoadedConfig, PanelSpec
 from localtable.record import MachineRecord, MemoryRecord, ModelRecord, PanelistRecord, RunRecord
+from localtable.session.decodegroup import DecodeGroup, Member
 from localtable.templates import TemplateSet
 
 
@@ -85,6 +86,7 @@ class SessionSpeaker:
         self.record = record
         self.seats = seats  # panelist name -> seat
         self.backend_of = {m.name: m.backend for m in record.models}
+        self.group: DecodeGroup | None = None  # the batched round under way
 
     def count_tokens(self, panelist: str, messages: list[ChatMessage]) -> int:
         return self.seats[panelist].count_tokens(messages)
@@ -121,7 +123,27 @@ class SessionSpeaker:
             lanes = min(lanes, turn_lanes(requested) if turn_lanes is not None else 1)
         return max(1, lanes)
 
+    def decode_together(self, members: list[str]) -> DecodeGroup | None:
+        """From now on, these panelists' generations are decoded in groups (a batched
+        round, Debate.run_round), until each leaves the group; None when none of their
+        backends decodes together (`generate_group`): their turns run as before."""
+        model_of = {p.name: p.model for p in self.record.panelists}
+        backends = {self.session.backend(self.backend_of[model_of[m]]) for m in members}
+        if not any(hasattr(b, "generate_group") for b in backends):
+            return None
+
+        def where(panelist: str) -> Member:
+            model = model_of[panelist]
+            return Member(model=model, backend=self.session.backend(self.backend_of[model]))
+
+        group = DecodeGroup(members, where)
+        self.group = group
+        return group
+
     def generate(self, request: TurnRequest) -> TurnResult:
+        group = self.group
+        if group is not None and request.panelist in group.running:
+            return group.generate(request)
         return self.seats[request.panelist].generate(request)
 
 

@@ -34,6 +34,8 @@ from localtable.backends.chatformat import FormattedPrompt, format_prompt, templ
 from localtable.backends.llamacpp.engine import Engine, EngineCrashed
 from localtable.backends.llamacpp.memory import default_budget, estimate, padded_ctx, plan_memory
 from localtable.backends.llamacpp.messages import (
+    BatchGenerateRequest,
+    BatchGenerateResult,
     EngineFailure,
     GenerateRequest,
     GenerateResult,
@@ -251,43 +253,50 @@ class LlamaSeat:
         piece = [PromptPiece(text=text, special=False)]
         return _turn(lambda: self.backend.engine.count_tokens(self.key, piece, False))
 
-    def generate(self, request: TurnRequest) -> TurnResult:
+    def engine_request(self, request: TurnRequest) -> tuple[FormattedPrompt, GenerateRequest]:
         prompt = self._format(request.messages, request.prefill)
+        return prompt, GenerateRequest(
+            model_key=self.key,
+            pieces=prompt.pieces,
+            add_bos=prompt.add_bos,
+            grammar=request.grammar,
+            seed=request.seed,
+            sampling=request.sampling,
+            stop=prompt.stop,
+            reuse_prefix=self.backend.reuse_prefix,
+            conversation=request.conversation or request.panelist,
+            stream=request.on_text is not None,
+        )
+
+    def generate(self, request: TurnRequest) -> TurnResult:
+        prompt, engine_request = self.engine_request(request)
         engine = self.backend.engine
 
         def run() -> GenerateResult:
             engine.activate(self.key)
-            return engine.generate(
-                GenerateRequest(
-                    model_key=self.key,
-                    pieces=prompt.pieces,
-                    add_bos=prompt.add_bos,
-                    grammar=request.grammar,
-                    seed=request.seed,
-                    sampling=request.sampling,
-                    stop=prompt.stop,
-                    reuse_prefix=self.backend.reuse_prefix,
-                    conversation=request.conversation or request.panelist,
-                    stream=request.on_text is not None,
-                ),
-                request.on_text,
-            )
+            return engine.generate(engine_request, request.on_text)
 
-        result = _turn(run)
-        return TurnResult(
-            prompt=prompt.text,
-            prompt_tokens=result.prompt_tokens,
-            prompt_sha256=result.prompt_sha256,
-            notes=prompt.notes,
-            text=result.text,
-            token_ids=result.token_ids,
-            finish_reason=result.finish_reason,
-            completion_tokens=result.completion_tokens,
-            prompt_eval_tokens=result.prompt_eval_tokens,
-            seconds=result.seconds,
-            prompt_eval_seconds=result.prompt_eval_seconds,
-            decode_seconds=result.decode_seconds,
-        )
+        return turn_result(prompt, _turn(run))
+
+
+def turn_result(
+    prompt: FormattedPrompt, result: GenerateResult, decoded_with: list[str] | None = None
+) -> TurnResult:
+    return TurnResult(
+        prompt=prompt.text,
+        prompt_tokens=result.prompt_tokens,
+        prompt_sha256=result.prompt_sha256,
+        notes=prompt.notes,
+        text=result.text,
+        token_ids=result.token_ids,
+        finish_reason=result.finish_reason,
+        completion_tokens=result.completion_tokens,
+        prompt_eval_tokens=result.prompt_eval_tokens,
+        seconds=result.seconds,
+        prompt_eval_seconds=result.prompt_eval_seconds,
+        decode_seconds=result.decode_seconds,
+        decoded_with=decoded_with or [],
+    )
 
 
 class LlamaCppBackend:
@@ -434,6 +443,50 @@ class LlamaCppBackend:
         threads = min((seat.info.threads for seat in self.seats.values()), default=1)
         slots = sum(self.generating_slots.values())
         return max(1, min(threads // MIN_THREADS_PER_TURN, slots))
+
+    def generate_group(self, turns: list[tuple[str, TurnRequest]]) -> list[TurnResult | TurnFailed]:
+        """(model name, request) pairs decoded together: the requests on one loaded model
+        as sequences of one context (batchdecode.py, one engine call per model, in order
+        of first appearance); a model with one request generates it as usual. Each
+        TurnResult names the panelists whose sequences it was decoded with."""
+        out: list[TurnResult | TurnFailed | None] = [None] * len(turns)
+        by_key: dict[str, list[int]] = {}
+        for i, (model, _) in enumerate(turns):
+            by_key.setdefault(self.seats[model].key, []).append(i)
+        for key, members in by_key.items():
+            if len(members) == 1:
+                i = members[0]
+                try:
+                    out[i] = self.seats[turns[i][0]].generate(turns[i][1])
+                except TurnFailed as exc:
+                    out[i] = exc
+                continue
+            prompts, requests = [], []
+            for i in members:
+                prompt, request = self.seats[turns[i][0]].engine_request(turns[i][1])
+                prompts.append(prompt)
+                requests.append(request)
+            group = BatchGenerateRequest(
+                requests=requests, names=[turns[i][1].panelist for i in members]
+            )
+
+            def run(group: BatchGenerateRequest = group, key: str = key) -> BatchGenerateResult:
+                self.engine.activate(key)
+                return self.engine.generate_group(group)
+
+            try:
+                answer = _turn(run)
+            except TurnFailed as exc:
+                for i in members:
+                    out[i] = exc
+                continue
+            for i, prompt, result in zip(members, prompts, answer.results, strict=True):
+                out[i] = (
+                    TurnFailed(result)
+                    if isinstance(result, str)
+                    else turn_result(prompt, result, answer.decoded)
+                )
+        return [r for r in out if r is not None]
 
     # -- the record -------------------------------------------------------------
 

@@ -37,6 +37,8 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from localtable.backends.llamacpp.messages import (
+    BatchGenerateRequest,
+    BatchGenerateResult,
     EngineFailure,
     GenerateRequest,
     GenerateResult,
@@ -322,6 +324,10 @@ class Engine:
         """One generation; with req.stream, on_text gets its text as the worker decodes
         it (on the receiver thread), before this returns."""
         return self._call(req, GenerateResult, on_text)
+
+    def generate_group(self, req: BatchGenerateRequest) -> BatchGenerateResult:
+        """Generations on one model decoded together in the worker (batchdecode.py)."""
+        return self._call(req, BatchGenerateResult)
 
     def close(self) -> None:
         """Stop the worker; a request still waiting (a turn abandoned after Ctrl-C)

@@ -92,6 +92,21 @@ class GenerateResult(Message):
     token_ids: list[int] = []  # the generated tokens, in order
 
 
+class BatchGenerateRequest(Message):
+    """Generations on one model decoded together, as sequences of one context
+    (batchdecode.py), in this order; `names` says whose each is."""
+
+    requests: list[GenerateRequest]
+    names: list[str]
+
+
+class BatchGenerateResult(Message):
+    """Per request, in order: its result, or why it failed (the others went on)."""
+
+    results: list[GenerateResult | str]
+    decoded: list[str]  # the names of the sequences decoded together, in sequence order
+
+
 class UnloadRequest(Message):
     model_key: str
     # Keep a vocabulary-only copy (a few MB) so that prompts can still be counted
@@ -106,4 +121,11 @@ class TokenizerRequest(Message):
     path: Path
 
 
-Request = LoadRequest | TokenizeRequest | GenerateRequest | UnloadRequest | TokenizerRequest
+Request = (
+    LoadRequest
+    | TokenizeRequest
+    | GenerateRequest
+    | BatchGenerateRequest
+    | UnloadRequest
+    | TokenizerRequest
+)

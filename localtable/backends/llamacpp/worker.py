@@ -30,9 +30,11 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from localtable.backends.llamacpp import grammar_topk, pieces, threadload
+from localtable.backends.llamacpp import batchdecode, grammar_topk, pieces, threadload
 from localtable.backends.llamacpp.kvslots import SlotPool
 from localtable.backends.llamacpp.messages import (
+    BatchGenerateRequest,
+    BatchGenerateResult,
     EngineFailure,
     GenerateRequest,
     GenerateResult,
@@ -117,6 +119,8 @@ class Worker:
             return TokenizeResult(n_tokens=n)
         if isinstance(req, GenerateRequest):
             return self.generate(req, on_piece if req.stream else None)
+        if isinstance(req, BatchGenerateRequest):
+            return self.generate_group(req)
         if isinstance(req, UnloadRequest):
             path = self.models[req.model_key].model_path if req.model_key in self.models else None
             self.unload(req.model_key)
@@ -338,6 +342,64 @@ class Worker:
             token_ids=sampled,
         )
 
+    def generate_group(self, group: BatchGenerateRequest) -> BatchGenerateResult:
+        """Requests on one model decoded as sequences of one context (batchdecode.py).
+        A request that cannot start (its prompt does not fit, its grammar is invalid)
+        fails alone; the others are decoded together without it."""
+        import llama_cpp
+
+        keys = {r.model_key for r in group.requests}
+        if len(keys) != 1:
+            raise EngineFailure("a decode group must use one model")
+        key = keys.pop()
+        llm = self._model(key)
+        n_ctx = llm.n_ctx()
+        errors: dict[int, str] = {}
+        ready: list[tuple[int, list[int], Any]] = []
+        for i, req in enumerate(group.requests):
+            try:
+                tokens = self.tokens(key, req.pieces)
+                if req.add_bos:
+                    tokens = [llm.token_bos(), *tokens]
+                if len(tokens) + req.sampling.max_tokens > n_ctx:
+                    raise EngineFailure(
+                        f"prompt of {len(tokens)} tokens + {req.sampling.max_tokens} to "
+                        f"generate exceeds the context of {n_ctx}"
+                    )
+                grammar = None
+                if req.grammar is not None:
+                    self.check_grammar(llm, req.grammar)
+                    grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)  # type: ignore[attr-defined]
+            except EngineFailure as exc:
+                errors[i] = str(exc)
+                continue
+            ready.append((i, tokens, grammar))
+        configured = self.threads.get(key, 1)
+        with self._lanes_lock:  # one group takes the model's threads (as one lane)
+            self.lanes += 1
+            lanes = self.lanes
+            n = configured if self.governor is None else self.governor.threads(configured)
+        try:
+            results = (
+                batchdecode.decode_group(
+                    llm,
+                    [group.requests[i] for i, _, _ in ready],
+                    [t for _, t, _ in ready],
+                    [g for _, _, g in ready],
+                    max(1, n // lanes),
+                )
+                if ready
+                else []
+            )
+        finally:
+            with self._lanes_lock:
+                self.lanes -= 1
+        by_index = {i: r for (i, _, _), r in zip(ready, results, strict=True)}
+        return BatchGenerateResult(
+            results=[by_index.get(i) or errors[i] for i in range(len(group.requests))],
+            decoded=[group.names[i] for i, _, _ in ready],
+        )
+
     def fit_threads(self, llm: Any, model_key: str) -> int:
         """Run the next steps on the cores other programs leave free (threadload.py),
         shared evenly with the other generations in flight; return how many are."""
@@ -434,7 +496,7 @@ def serve(conn: Connection) -> None:
             worker.close()
             return
         generations = [t for t in generations if t.is_alive()]
-        if isinstance(req, GenerateRequest):
+        if isinstance(req, GenerateRequest | BatchGenerateRequest):
             thread = threading.Thread(target=answer, args=(request_id, req), daemon=True)
             thread.start()
             generations.append(thread)

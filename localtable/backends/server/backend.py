@@ -364,6 +364,14 @@ class ServerSeat:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def generate(self, request: TurnRequest) -> TurnResult:
+        # One generation at a time per server, as when turns run one after another: a
+        # server with several slots would batch our own requests together, which
+        # changes the numbers. Turns on other servers run meanwhile (Debate.run).
+        # ServerBackend.generate_group sends a decode group at once instead.
+        with self.backend.server_lock(self.client.url):
+            return self.generate_unlocked(request)
+
+    def generate_unlocked(self, request: TurnRequest) -> TurnResult:
         prompt = self._format(request.messages, request.prefill)
         tokens = self.prompt_tokens(prompt)
         s = request.sampling
@@ -388,15 +396,11 @@ class ServerSeat:
             "grammar": request.grammar,
             "stop": list(prompt.stop),
         }
-        # One generation at a time per server, as when turns run one after another: a
-        # server with several slots would batch our own requests together, which
-        # changes the numbers. Turns on other servers run meanwhile (Debate.run).
-        with self.backend.server_lock(self.client.url):
-            started = time.monotonic()
-            # streamed when someone watches: the same text and tokens (checked by
-            # tests/test_stream.py against a run without it)
-            answer = self._complete(body, request.on_text)
-            seconds = time.monotonic() - started
+        started = time.monotonic()
+        # streamed when someone watches: the same text and tokens (checked by
+        # tests/test_stream.py against a run without it)
+        answer = self._complete(body, request.on_text)
+        seconds = time.monotonic() - started
         check_settings(self.client.url, answer.generation_settings, body)
         if answer.stop_type not in ("eos", "word", "limit"):
             raise BackendDown(f"{self.client.url}: the generation stopped ({answer.stop_type})")
@@ -416,6 +420,18 @@ class ServerSeat:
             prompt_eval_seconds=answer.timings.prompt_ms / 1000,
             decode_seconds=answer.timings.predicted_ms / 1000,
         )
+
+
+def _all_at_once(calls: list[Callable[[], None]]) -> None:
+    """Run the calls on threads of their own (daemon: Ctrl-C abandons them) and wait."""
+    if len(calls) == 1:
+        calls[0]()
+        return
+    threads = [threading.Thread(target=call, daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def check_settings(url: str, applied: dict[str, object], sent: dict[str, JsonValue]) -> None:
@@ -630,6 +646,39 @@ class ServerBackend:
         self, round_no: int, panel: list[PanelistRecord], then: str | None
     ) -> list[PanelistRecord]:
         return panel
+
+    def generate_group(self, turns: list[tuple[str, TurnRequest]]) -> list[TurnResult | TurnFailed]:
+        """A decode group (`--decode batched`): each server gets its requests at once, as
+        many at a time as it has slots (-np N: it decodes them as one batch); servers
+        work at the same time. Each result names those sent with it. The server alone
+        decides when each request joins its batch, so unlike in-process groups a replay
+        may differ; with one slot this is the one-at-a-time run."""
+        out: dict[int, TurnResult | TurnFailed] = {}
+        by_url: dict[str, list[int]] = {}
+        for i, (model, _) in enumerate(turns):
+            by_url.setdefault(self.seats[model].client.url, []).append(i)
+
+        def one(i: int) -> None:
+            model, request = turns[i]
+            try:
+                out[i] = self.seats[model].generate_unlocked(request)
+            except TurnFailed as exc:
+                out[i] = exc
+
+        def on_server(url: str, members: list[int]) -> None:
+            slots = max(1, self.seats[turns[members[0]][0]].settings.total_slots)
+            with self.server_lock(url):
+                for lo in range(0, len(members), slots):
+                    chunk = members[lo : lo + slots]
+                    _all_at_once([lambda i=i: one(i) for i in chunk])  # type: ignore[misc]
+                    names = [turns[i][1].panelist for i in chunk]
+                    for i in chunk:
+                        answer = out.get(i)
+                        if isinstance(answer, TurnResult) and len(chunk) > 1:
+                            out[i] = answer.model_copy(update={"decoded_with": names})
+
+        _all_at_once([lambda u=u, m=m: on_server(u, m) for u, m in by_url.items()])  # type: ignore[misc]
+        return [out.get(i) or TurnFailed("the request got no answer") for i in range(len(turns))]
 
     def turn_lanes(self, requested: int) -> int:
         """Turns of a round to run at once: `requested`, or for 0 one per server (each
