@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,11 @@ class LoggingEngine(Engine):
         super().__init__()
         self.log: list[tuple[str, list[str], list[int]]] = []  # (kind, who, seeds)
 
-    def generate(self, req: GenerateRequest) -> GenerateResult:
+    def generate(
+        self, req: GenerateRequest, on_text: Callable[[str], None] | None = None
+    ) -> GenerateResult:
         self.log.append(("single", [req.conversation], [req.seed]))
-        return super().generate(req)
+        return super().generate(req, on_text)
 
     def generate_group(self, req: BatchGenerateRequest) -> BatchGenerateResult:
         self.log.append(("group", list(req.names), [r.seed for r in req.requests]))
