@@ -235,6 +235,27 @@ class Worker:
             out += vocab.tokenize(piece.text.encode("utf-8"), add_bos=False, special=piece.special)
         return out
 
+    def prepared(
+        self, llm: Any, key: str, req: GenerateRequest, n_ctx: int
+    ) -> tuple[list[int], Any]:
+        """A request's prompt tokens and its parsed grammar (or None), alone or in a
+        group: a prompt that leaves no room for max_tokens is refused before decoding."""
+        import llama_cpp
+
+        tokens = self.tokens(key, req.pieces)
+        if req.add_bos:
+            tokens = [llm.token_bos(), *tokens]
+        if len(tokens) + req.sampling.max_tokens > n_ctx:
+            raise EngineFailure(
+                f"prompt of {len(tokens)} tokens + {req.sampling.max_tokens} to generate "
+                f"exceeds the context of {n_ctx}"
+            )
+        grammar = None
+        if req.grammar is not None:
+            self.check_grammar(llm, req.grammar)
+            grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)  # type: ignore[attr-defined]
+        return tokens, grammar
+
     def check_grammar(self, llm: Any, grammar: str) -> None:
         """llama.cpp returns NULL for a grammar it cannot parse; using it would segfault."""
         import llama_cpp
@@ -259,19 +280,8 @@ class Worker:
         import llama_cpp
 
         llm = self._model(req.model_key)
-        tokens = self.tokens(req.model_key, req.pieces)
-        if req.add_bos:
-            tokens = [llm.token_bos(), *tokens]
         n_ctx = llm.n_ctx()
-        if len(tokens) + req.sampling.max_tokens > n_ctx:
-            raise EngineFailure(
-                f"prompt of {len(tokens)} tokens + {req.sampling.max_tokens} to generate "
-                f"exceeds the context of {n_ctx}"
-            )
-        grammar = None
-        if req.grammar is not None:
-            self.check_grammar(llm, req.grammar)
-            grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)  # type: ignore[attr-defined]
+        tokens, grammar = self.prepared(llm, req.model_key, req, n_ctx)
         reuse = req.reuse_prefix and self.cpu_only[req.model_key]
         pool = self.pools[req.model_key]
         slot = pool.acquire(req.conversation, tokens, reuse)
@@ -346,7 +356,6 @@ class Worker:
         """Requests on one model decoded as sequences of one context (batchdecode.py).
         A request that cannot start (its prompt does not fit, its grammar is invalid)
         fails alone; the others are decoded together without it."""
-        import llama_cpp
 
         keys = {r.model_key for r in group.requests}
         if len(keys) != 1:
@@ -358,18 +367,7 @@ class Worker:
         ready: list[tuple[int, list[int], Any]] = []
         for i, req in enumerate(group.requests):
             try:
-                tokens = self.tokens(key, req.pieces)
-                if req.add_bos:
-                    tokens = [llm.token_bos(), *tokens]
-                if len(tokens) + req.sampling.max_tokens > n_ctx:
-                    raise EngineFailure(
-                        f"prompt of {len(tokens)} tokens + {req.sampling.max_tokens} to "
-                        f"generate exceeds the context of {n_ctx}"
-                    )
-                grammar = None
-                if req.grammar is not None:
-                    self.check_grammar(llm, req.grammar)
-                    grammar = llama_cpp.LlamaGrammar.from_string(req.grammar, verbose=False)  # type: ignore[attr-defined]
+                tokens, grammar = self.prepared(llm, req.model_key, req, n_ctx)
             except EngineFailure as exc:
                 errors[i] = str(exc)
                 continue
