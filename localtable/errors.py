@@ -1,9 +1,9 @@
 """The one exception type whose message is written for the user.
 
 The CLI turns a LocaltableError into a one-line message and its exit code;
-anything else is a bug and keeps its traceback. Exit codes (README.md,
-Commands): 1 a run failed, 2 the input was refused (usage, config, model
-file, record), 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM.
+anything else is a bug and keeps its traceback. Exit codes (docs/commands.md): 1 a
+run failed, 2 the input was refused (usage, config, model file, record), 129/130/143
+stopped by SIGHUP/SIGINT/SIGTERM.
 """
 
 import errno

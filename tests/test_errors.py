@@ -1,4 +1,4 @@
-"""Errors that say what is wrong, and exit codes that follow the README (issue #13,
+"""Errors that say what is wrong, and exit codes that follow docs/commands.md (issue #13,
 item 10)."""
 
 from __future__ import annotations

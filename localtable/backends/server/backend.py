@@ -480,7 +480,8 @@ def _reach(client: ServerClient, model: str, key_env: str | None) -> Props:
         raise BackendUnavailable(f"model {model!r}: {exc}; {fix}") from None
     except ServerDown as exc:
         raise BackendUnavailable(
-            f"model {model!r}: {exc}; start the server (README: llama-server), then run again"
+            f"model {model!r}: {exc}; start the server (docs/models.md: llama-server), "
+            "then run again"
         ) from None
     except ServerError as exc:
         raise BackendUnavailable(f"model {model!r}: {exc}") from None

@@ -1,6 +1,6 @@
 """How to start llama-server for localtable: the flags that keep its numbers fixed.
 
-README.md prints these flags; the tests and `make bench` start servers with them.
+docs/models.md prints these flags; the tests and `make bench` start servers with them.
 Each one pins something llama-server would otherwise choose, and that changes
 the numbers (measured or read in the vendored llama.cpp source):
 
