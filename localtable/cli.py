@@ -1125,7 +1125,7 @@ def _print_score(
     targets: list[str], runs_dir: Path, fmt: str, output: Path | None, quiet_if_none: bool = False
 ) -> None:
     from localtable.research.compare import collect
-    from localtable.research.render import render_score
+    from localtable.research.scoreview import render_score
     from localtable.research.scoring import score
 
     records, _ = collect(targets, runs_dir)
@@ -1146,13 +1146,14 @@ def _title(what: str, targets: list[str]) -> str:
 
 @cli.command()
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(SCORE_FORMATS), default="text",
+@click.option("--format", "fmt", type=click.Choice([*SCORE_FORMATS, "json"]), default="text",
               show_default=True)  # fmt: skip
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
 @runs_dir_option
 @user_errors
 def score(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: Path) -> None:
-    """Accuracy of scored runs: single panelists, majority vote, and debate per round.
+    """Accuracy of scored runs: single panelists, self-consistency and the debate, with
+    three tie rules, paired tests (McNemar) and flips.
 
     TARGETS are batch folders, run folders or run ids. Example: localtable score runs/arithmetic
     """

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from localtable.errors import RecordError, RecordWriteError
 from localtable.record_upgrade import TARGET_VERSION, upgrade_v2, upgrade_v3
@@ -31,7 +31,9 @@ from localtable.storage import StorageError, read_versioned, remove_stale_temps,
 # 1 and 2 are upgraded on reading (record_upgrade.py). 4 makes open positions explicit:
 # the labelled positions (`positions`, `labelings`), each turn's position letter and
 # whether it changed, and the order each turn's fields were generated in (reasoning
-# first since 4; versions up to 3 generated the answer first).
+# first since 4; versions up to 3 generated the answer first). Fields added to 4 later
+# are optional with an empty default (`decode`, `Generation.batch`, `reasoning_cut`,
+# `samples`), so a record written before them reads unchanged, with no upgrade step.
 SCHEMA_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 RECORD_FILE = "record.json"
@@ -346,6 +348,14 @@ class RunRecord(Frozen):
     summarizer: str
     templates: dict[str, str] = Field(default_factory=dict, description="template -> sha256")
     turns: list[TurnRecord] = Field(default_factory=list, max_length=MAX_TURNS)
+    samples: list[TurnRecord] = Field(
+        default_factory=list,
+        max_length=MAX_TURNS,
+        description="vote mode: more independent round-1 answers, each a seat's round-1 "
+        "prompt generated again with a seed of its own, which no peer sees; a seat's "
+        "samples, in this order, follow its round-1 turn (sample 0). `score` builds "
+        "SC@k (a majority of k independent answers) from them",
+    )
     positions: list[PositionLabel] = Field(
         default_factory=list,
         max_length=26,
@@ -354,6 +364,17 @@ class RunRecord(Frozen):
     labelings: list[LabelingRecord] = Field(default_factory=list, max_length=MAX_ROUNDS)
     summary: SummaryRecord | None = None
     transcript_sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _samples_are_round_one_of_a_seat(self) -> RunRecord:
+        seats = {p.name for p in self.panelists}
+        for s in self.samples:
+            if s.round != 1 or s.panelist not in seats:
+                raise ValueError(
+                    f"sample of {s.panelist!r} in round {s.round}: samples are round-1 "
+                    "answers of the panel's seats"
+                )
+        return self
 
     def label(self, letter: str | None) -> str | None:
         """The label of a position letter, or None."""
@@ -440,6 +461,13 @@ def transcript_sha256(record: RunRecord) -> str:
             for x in record.labelings
         ]  # fmt: skip
         body["turn_positions"] = [[t.round, t.panelist, t.position] for t in record.turns]
+    if record.samples:  # vote mode; records without samples keep their hash
+        body["samples"] = [
+            {"panelist": s.panelist, "status": s.status, "generation": gen(s.generation),
+             **({"continuation": gen(s.continuation)} if s.continuation else {}),
+             "parsed": _parsed(s.parsed)}
+            for s in record.samples
+        ]  # fmt: skip
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

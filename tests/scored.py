@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from localtable.record import (
     Consensus,
+    Generation,
     ParsedTurn,
     PositionGroup,
     QuestionKind,
@@ -11,9 +12,28 @@ from localtable.record import (
     SummaryRecord,
     TurnRecord,
 )
-from tests.fakes import make_record
+from tests.fakes import make_record, sampling
 
 NAMES = ["A1", "B2", "C3"]
+
+
+def generation(tokens: int) -> Generation:
+    return Generation(
+        seed=1, sampling=sampling(), prompt="p", prompt_tokens=1, prompt_sha256="0" * 64,
+        completion_tokens=tokens,
+    )  # fmt: skip
+
+
+def turn(round_no: int, name: str, answer: str | None, tokens: int | None = None) -> TurnRecord:
+    """An ok turn with that answer; None is a failed (unparsed) turn."""
+    gen = None if tokens is None else generation(tokens)
+    if answer is None:
+        return TurnRecord(
+            round=round_no, panelist=name, status="failed", error="unusable answer", generation=gen
+        )
+    stance = None if round_no == 1 else "maintain"
+    parsed = ParsedTurn(answer=answer, stance=stance, reasoning="because")
+    return TurnRecord(round=round_no, panelist=name, status="ok", parsed=parsed, generation=gen)
 
 
 def scored_record(
@@ -25,8 +45,12 @@ def scored_record(
     options: list[str] | None = None,
     groups: list[list[str]] | None = None,
     status: str = "complete",
+    samples: list[list[str | None]] | None = None,
+    tokens: int | None = None,
 ) -> RunRecord:
-    """rounds[r][i]: panelist i's answer in round r+1; None is a failed (unparsed) turn."""
+    """rounds[r][i]: panelist i's answer in round r+1; None is a failed (unparsed) turn.
+    samples[j][i]: panelist i's sample j+1 (vote mode: one more independent round-1
+    answer). tokens: every turn and sample generated that many tokens."""
     record = make_record(NAMES[: len(rounds[0])], rounds=len(rounds))
     record.run_id = run_id
     record.question_id = run_id.rsplit("-s", 1)[0]
@@ -36,14 +60,10 @@ def scored_record(
     record.status = status  # type: ignore[assignment]
     for r, answers in enumerate(rounds, start=1):
         for name, answer in zip(NAMES, answers, strict=False):
-            if answer is None:
-                record.turns.append(
-                    TurnRecord(round=r, panelist=name, status="failed", error="unusable answer")
-                )
-            else:
-                stance = None if r == 1 else "maintain"
-                parsed = ParsedTurn(answer=answer, stance=stance, reasoning="because")
-                record.turns.append(TurnRecord(round=r, panelist=name, status="ok", parsed=parsed))
+            record.turns.append(turn(r, name, answer, tokens))
+    for answers in samples or []:
+        for name, answer in zip(NAMES, answers, strict=False):
+            record.samples.append(turn(1, name, answer, tokens))
     if groups is not None:
         record.summary = SummaryRecord(
             status="ok",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
@@ -153,7 +154,12 @@ def test_cli_compare_and_score_on_stored_runs(tmp_path: Path) -> None:
         cli, ["score", "a-s1", "b-s1", "o-s1", "--runs-dir", str(tmp_path), "--format", "csv"],
         catch_exceptions=False,
     )  # fmt: skip
-    assert scored.exit_code == 0 and scored.output.startswith("table,label,round")
+    assert scored.exit_code == 0 and scored.output.startswith("table,label,tie_rule,round")
+    as_json = runner.invoke(
+        cli, ["score", "a-s1", "b-s1", "--runs-dir", str(tmp_path), "--format", "json"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert as_json.exit_code == 0 and json.loads(as_json.output)["debates"] == 2
     only_open = runner.invoke(cli, ["score", "o-s1", "--runs-dir", str(tmp_path)])
     assert only_open.exit_code == 2 and "nothing to score" in only_open.output
     missing = runner.invoke(cli, ["compare", "nope", "--runs-dir", str(tmp_path)])

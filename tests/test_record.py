@@ -14,6 +14,8 @@ from localtable.record import list_runs, read_record, transcript_sha256, write_r
 from localtable.report.render import render
 from localtable.templates import builtin
 from tests.fakes import make_record
+from tests.scored import scored_record
+from tests.scored import turn as scored_turn
 
 DATA = Path(__file__).parent / "data"
 
@@ -84,6 +86,30 @@ def test_a_version_3_record_reads_as_version_4_with_its_transcript_hash() -> Non
     )  # fmt: skip
     assert all(t.position is None and t.continuation is None for t in record.turns)
     assert transcript_sha256(record) == stored["transcript_sha256"]
+
+
+def test_samples_are_optional_checked_and_hashed(tmp_path: Path) -> None:
+    """Vote mode's extra round-1 answers (`samples`): a record without them reads and
+    hashes as before; with them they are read back, hashed, and must be round-1
+    answers of the panel's seats."""
+    plain = scored_record([["42", "41", "7"], ["42", "42", "7"]])
+    assert "samples" not in json.loads(plain.model_dump_json(exclude_defaults=True))
+    voted = scored_record([["42", "41", "7"], ["42", "42", "7"]], samples=[["42", "1", "7"]])
+    assert transcript_sha256(voted) != transcript_sha256(plain)  # samples are outputs
+    edited = voted.model_copy(deep=True)
+    edited.samples[1] = scored_turn(1, "B2", "2")
+    assert transcript_sha256(edited) != transcript_sha256(voted)
+    write_record(tmp_path, voted)
+    assert read_record(tmp_path) == voted
+    raw = json.loads((tmp_path / "record.json").read_text())
+    raw["samples"][0]["round"] = 2
+    (tmp_path / "record.json").write_text(json.dumps(raw))
+    with pytest.raises(RecordError, match="samples are round-1 answers"):
+        read_record(tmp_path)
+    raw["samples"][0]["round"], raw["samples"][0]["panelist"] = 1, "Z9"
+    (tmp_path / "record.json").write_text(json.dumps(raw))
+    with pytest.raises(RecordError, match="sample of 'Z9'"):
+        read_record(tmp_path)
 
 
 def test_sampling_outside_todays_limits_still_reads(tmp_path: Path) -> None:

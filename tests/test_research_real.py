@@ -82,7 +82,7 @@ def test_batch_interrupted_resumed_scored_and_compared(
     assert again.returncode == 0, again.stderr
     assert "[1/2] capital seed 1: " in again.stderr and ", skipped" in again.stderr
     assert "[2/2] sum seed 1: resuming" in again.stderr
-    assert "Majority of independent answers (round 1)" in again.stdout
+    assert "SC@3: majority of the round-1 answers" in again.stdout
     assert "Debate: majority after round 2" in again.stdout
     index = read_index(batch_dir)
     for entry, q in zip(index.entries, QUESTIONS, strict=True):

@@ -1,10 +1,10 @@
-"""Renderers for batch scores, comparisons and quality: text, Markdown, CSV and HTML.
+"""Renderers for comparisons and quality: text, Markdown, CSV and HTML; the tables of all.
 
-The layouts are Jinja templates in prompts/ (score.*.j2, compare.*.j2,
-quality.*.j2); this module only turns a BatchScore, a Comparison or a
-QualityReport into rows of display strings for them. CSV is written with the
-csv module (a data format, not a layout): one tidy table whose first column
-names the table a row belongs to.
+The layouts are Jinja templates in prompts/ (compare.*.j2, quality.*.j2); this
+module only turns a Comparison or a QualityReport into rows of display strings
+for them (scoreview.py does the same for a BatchScore, with this module's
+Table). CSV is written with the csv module (a data format, not a layout): one
+tidy table whose first column names the table a row belongs to.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 from localtable.research import quality as q
 from localtable.research.compare import Comparison, PositionRow
-from localtable.research.scoring import Accuracy, BatchScore
 from localtable.templates import TemplateSet, text_value
 
-ScoreFormat = Literal["text", "md", "csv"]
 CompareFormat = Literal["text", "md", "csv", "html"]
 QualityFormat = Literal["text", "md"]
 ANSWER_CHARS = 40
@@ -41,122 +39,9 @@ class Table(BaseModel):
         return [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
 
 
-def pct(acc: Accuracy) -> str:
-    return f"{100 * acc.rate:.1f}%" if acc.total else "-"
-
-
-def se(acc: Accuracy) -> str:
-    return f"± {100 * acc.stderr:.1f}%" if acc.total else "-"
-
-
-def of(acc: Accuracy) -> str:
-    return f"{acc.correct} of {acc.total}"
-
-
 def short(text: str, limit: int = ANSWER_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# -- score ------------------------------------------------------------------
-
-
-def score_tables(s: BatchScore) -> tuple[Table, Table]:
-    main = Table(
-        header=["ANSWERED BY", "CALLS/Q", "ACCURACY", "SE", "RIGHT", "UNPARSED"],
-        rows=[
-            [
-                r.label,
-                str(r.calls),
-                pct(r.accuracy),
-                se(r.accuracy),
-                of(r.accuracy),
-                f"{r.unparsed} of {r.answers}",
-            ]
-            for r in s.rows
-        ],
-        aligns=["l", "r", "r", "r", "r", "r"],
-    )
-    rounds = Table(
-        header=[
-            "ROUND",
-            "MAJORITY",
-            "SE",
-            "PANELISTS RIGHT",
-            "UNPARSED",
-            "RIGHT->WRONG",
-            "WRONG->RIGHT",
-            "ALL AGREE",
-            "PAIRS AGREE",
-        ],  # fmt: skip
-        rows=[
-            [
-                str(r.round),
-                pct(r.majority),
-                se(r.majority),
-                of(r.individual),
-                str(r.unparsed),
-                "-" if r.round == 1 else str(r.right_to_wrong),
-                "-" if r.round == 1 else str(r.wrong_to_right),
-                of(r.all_agree),
-                of(r.pairs_agree),
-            ]
-            for r in s.per_round
-        ],
-        aligns=["l", *["r"] * 8],
-    )
-    return main, rounds
-
-
-def score_notes(s: BatchScore) -> list[str]:
-    notes = [
-        "Majority: the answer most panelists gave (plurality); " + s.tie_rule + ".",
-        "Unparsed or failed answers count as wrong and never vote.",
-        "SE: standard error sqrt(p(1-p)/n) over the debates.",
-        "CALLS/Q: generations per question; the baselines are the debate's own round-1 "
-        "answers, so they cost nothing extra.",
-    ]
-    if s.not_scored:
-        notes.append(
-            f"{s.not_scored} finished runs have no answer key (open questions): not scored."
-        )
-    if s.unfinished:
-        notes.append(f"{s.unfinished} runs are unfinished (running or interrupted): not scored.")
-    return notes
-
-
-def score_csv(s: BatchScore) -> str:
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(["table", "label", "round", "calls", "correct", "total", "accuracy", "stderr",
-                "unparsed", "right_to_wrong", "wrong_to_right", "all_agree", "pairs_agree",
-                "pairs_total"])  # fmt: skip
-    for r in s.rows:
-        w.writerow(["accuracy", r.label, "", r.calls, r.accuracy.correct, r.accuracy.total,
-                    f"{r.accuracy.rate:.4f}", f"{r.accuracy.stderr:.4f}", r.unparsed,
-                    "", "", "", "", ""])  # fmt: skip
-    for rs in s.per_round:
-        w.writerow(["round", f"round {rs.round}", rs.round, len(s.panelists) * rs.round,
-                    rs.majority.correct, rs.majority.total, f"{rs.majority.rate:.4f}",
-                    f"{rs.majority.stderr:.4f}", rs.unparsed, rs.right_to_wrong,
-                    rs.wrong_to_right, rs.all_agree.correct, rs.pairs_agree.correct,
-                    rs.pairs_agree.total])  # fmt: skip
-    return out.getvalue()
-
-
-def render_score(s: BatchScore, fmt: ScoreFormat, templates: TemplateSet, title: str) -> str:
-    if fmt == "csv":
-        return str(text_value(score_csv(s)))  # no terminal control characters from records
-    main, rounds = score_tables(s)
-    return templates.render_layout(
-        f"score.{'md' if fmt == 'md' else 'txt'}.j2",
-        fmt,
-        title=title,
-        score=s,
-        main=main,
-        rounds=rounds,
-        notes=score_notes(s),
-    )
 
 
 # -- compare ----------------------------------------------------------------

@@ -359,7 +359,8 @@ def build_app(settings: Settings) -> Starlette:
 def _tables(batch_dir: Path, runs_dir: Path) -> tuple[str, str]:
     """The batch's `score` and `compare` tables as the CLI prints them (text)."""
     from localtable.research.compare import collect, compare
-    from localtable.research.render import render_comparison, render_score
+    from localtable.research.render import render_comparison
+    from localtable.research.scoreview import render_score
     from localtable.research.scoring import score
 
     templates = TemplateSet()
