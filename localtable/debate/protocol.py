@@ -40,7 +40,7 @@ from localtable.debate.parsing import (
     turn_fields,
 )
 from localtable.debate.tries import Tries
-from localtable.errors import LocaltableError
+from localtable.errors import ConfigError, LocaltableError
 from localtable.record import (
     Generation,
     LabelingRecord,
@@ -91,6 +91,10 @@ class PromptTooLong(TurnFailed):
 class RedoDiffers(LocaltableError):
     """A turn redone with its decode group (resume of a batched round) came out other
     than the record has it: this machine does not reproduce the run."""
+
+
+class SpeakerFailed(LocaltableError):
+    """A backend failed before the debate began (Debate.preflight): the run failed."""
 
 
 class ContradictsRecord(ParseFailure):
@@ -365,6 +369,22 @@ class Debate:
             f"prompt does not fit {who}'s context of {n_ctx} tokens even after shortening "
             f"({n} tokens); raise n_ctx for its model in models.toml"
         )
+
+    def preflight(self) -> None:
+        """Refuse, before any generation, a question that cannot fit a panelist's context."""
+        for p in self.panel:
+            n_ctx = self.speaker.context_size(p.name)
+            try:
+                n = self.speaker.count_tokens(p.name, self.conversation(p, 1, 0))
+            except TurnFailed as exc:  # e.g. a server that stopped answering since it opened
+                raise SpeakerFailed(f"{p.name} ({p.model}): {exc}") from None
+            if n + p.sampling.max_tokens > n_ctx:
+                model = p.model
+                raise ConfigError(
+                    f"the question is too long for {p.name} ({model}): its first prompt is {n} "
+                    f"tokens + {p.sampling.max_tokens} to answer > context {n_ctx}; shorten the "
+                    f"question or raise n_ctx for {model} in models.toml"
+                )
 
     def _streamed(
         self, request: TurnRequest, stage: str, round_no: int, again: bool
