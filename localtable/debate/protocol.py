@@ -709,7 +709,6 @@ class Debate:
         # the labels are not recorded yet, so resume labels the round again
         self._emit("labels", round_no, labeller.name, "generating")
         answers = {t.panelist: t.parsed.answer for t in turns if t.parsed is not None}
-        existing = len(self.record.positions)
         tries = Tries(LABEL_ATTEMPTS)
         try:
             labels = self._generate_labels(labeller, round_no, turns, answers, tries)
@@ -724,7 +723,7 @@ class Debate:
             labels, error = None, f"{exc}; {FALLBACK_GROUPING}"
         if labels is None:
             tries.give_up()
-            labels = pos.fallback_labels(answers, existing)
+            labels = pos.fallback_labels(answers, len(self.record.positions))
         pos.apply_labels(self.record, round_no, labels)
         self._settle(
             LabelingRecord(

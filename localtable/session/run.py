@@ -263,7 +263,7 @@ def run_debate(
             record, run_dir, speaker, templates, progress, req.parallel_turns, text
         )
         try:
-            debate.preflight()
+            debate.preflight()  # generates and saves nothing: the run folder waits for its lock
         except SpeakerFailed as exc:
             raise RunFailed(str(exc)) from None
         before_turns(record)
