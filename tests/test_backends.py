@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from localtable import backends
+from localtable.backends.base import TurnFailed
 from localtable.cli import cli
 from localtable.config import load_config
 from localtable.errors import ConfigError
@@ -174,3 +175,44 @@ def test_every_template_a_debate_renders_is_in_its_record(
     assert {"turn.gbnf.j2", "label.j2", "label.gbnf.j2", "summarize.j2"} <= rendered
     assert rendered <= set(record.templates)
     assert record.templates["label.j2"] == TemplateSet().sha256("label.j2")
+
+
+def test_a_question_too_long_for_a_context_is_refused_before_any_turn(
+    fake_backend: Path, tmp_path: Path
+) -> None:
+    """Debate.preflight: the first prompt + max_tokens must fit each panelist's context."""
+    small = fake_backend.read_text().replace(
+        'path = "beta.gguf" }', 'path = "beta.gguf" }\nn_ctx = 512'
+    )
+    fake_backend.write_text(small)
+    runs = tmp_path / "runs"
+    generations = sum(fakebackend.CALLS.values())
+    question = "Why is the sky blue? " * 100  # about 525 tokens in the fake's count
+    result = CliRunner().invoke(
+        cli,
+        ["debate", question, "--config", str(fake_backend), "--runs-dir", str(runs)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 2, result.output
+    assert "question is too long for Bob (beta)" in result.output
+    assert "raise n_ctx for beta in models.toml" in result.output
+    assert sum(fakebackend.CALLS.values()) == generations
+    assert not runs.exists()  # nothing started, nothing half-written
+
+
+def test_a_backend_failing_before_the_first_turn_fails_the_run(
+    fake_backend: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stopped(self: fakebackend.FakeSeat, messages: list[object]) -> int:
+        raise TurnFailed("the server stopped answering")
+
+    monkeypatch.setattr(fakebackend.FakeSeat, "count_tokens", stopped)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli,
+        ["debate", "Q?", "--config", str(fake_backend), "--runs-dir", str(runs)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1, result.output
+    assert "Ada (alpha): the server stopped answering" in result.output
+    assert not runs.exists()

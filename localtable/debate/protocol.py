@@ -24,10 +24,11 @@ from pydantic import BaseModel, ConfigDict
 from localtable.backends.base import BackendDown, ChatMessage, TurnFailed, TurnRequest, TurnResult
 from localtable.debate import positions as pos
 from localtable.debate.answers import normalize_open, same_position, stance
-from localtable.debate.claims import contradictions, record_facts
+from localtable.debate.claims import Facts, contradictions, record_facts
 from localtable.debate.consensus import compute_consensus
 from localtable.debate.parsing import (
     ParsedLabels,
+    ParsedSummary,
     ParseFailure,
     completed_part,
     multiline_reasoning,
@@ -38,11 +39,14 @@ from localtable.debate.parsing import (
     reasoning_finished,
     turn_fields,
 )
-from localtable.errors import LocaltableError
+from localtable.debate.tries import Tries
+from localtable.errors import ConfigError, LocaltableError
 from localtable.record import (
     Generation,
     LabelingRecord,
     PanelistRecord,
+    ParsedTurn,
+    PositionGroup,
     QuestionKind,
     RunRecord,
     SamplingRecord,
@@ -87,6 +91,10 @@ class PromptTooLong(TurnFailed):
 class RedoDiffers(LocaltableError):
     """A turn redone with its decode group (resume of a batched round) came out other
     than the record has it: this machine does not reproduce the run."""
+
+
+class SpeakerFailed(LocaltableError):
+    """A backend failed before the debate began (Debate.preflight): the run failed."""
 
 
 class ContradictsRecord(ParseFailure):
@@ -137,6 +145,8 @@ class TextEvent(BaseModel):
 TurnSink = Callable[[RunRecord], None]
 ProgressSink = Callable[[ProgressEvent], None]
 TextSink = Callable[[TextEvent], None]
+# What a step settles into the record (Debate._settle): a turn, a round's labels, the summary.
+Outcome = TurnRecord | LabelingRecord | SummaryRecord
 
 
 def derive_seed(run_seed: int, round_no: int, panelist_index: int) -> int:
@@ -360,6 +370,22 @@ class Debate:
             f"({n} tokens); raise n_ctx for its model in models.toml"
         )
 
+    def preflight(self) -> None:
+        """Refuse, before any generation, a question that cannot fit a panelist's context."""
+        for p in self.panel:
+            n_ctx = self.speaker.context_size(p.name)
+            try:
+                n = self.speaker.count_tokens(p.name, self.conversation(p, 1, 0))
+            except TurnFailed as exc:  # e.g. a server that stopped answering since it opened
+                raise SpeakerFailed(f"{p.name} ({p.model}): {exc}") from None
+            if n + p.sampling.max_tokens > n_ctx:
+                model = p.model
+                raise ConfigError(
+                    f"the question is too long for {p.name} ({model}): its first prompt is {n} "
+                    f"tokens + {p.sampling.max_tokens} to answer > context {n_ctx}; shorten the "
+                    f"question or raise n_ctx for {model} in models.toml"
+                )
+
     def _streamed(
         self, request: TurnRequest, stage: str, round_no: int, again: bool
     ) -> TurnRequest:
@@ -426,7 +452,7 @@ class Debate:
         )
         return self.generate(request, rules, where)
 
-    # -- turns ------------------------------------------------------------------
+    # -- settling a step ----------------------------------------------------------
 
     def _emit(self, stage: str, round_no: int, who: str, status: str) -> None:
         done = len([t for t in self.record.turns if t.status != "interrupted"])
@@ -455,9 +481,31 @@ class Debate:
             [*turns, turn], key=lambda t: (t.round, seat.get(t.panelist, len(seat)))
         )
 
-    def _store(self, turn: TurnRecord) -> None:
-        self._place(turn)
-        self.save(self.record)
+    def _keep(self, outcome: Outcome) -> tuple[str, int, str]:
+        """Put a step's outcome into the record; the step's stage, round and who."""
+        if isinstance(outcome, TurnRecord):
+            self.in_flight.discard((outcome.round, outcome.panelist))
+            self._place(outcome)
+            return "turn", outcome.round, outcome.panelist
+        if isinstance(outcome, LabelingRecord):
+            others = [x for x in self.record.labelings if x.round != outcome.round]
+            self.record.labelings = [*others, outcome]
+            return "labels", outcome.round, outcome.labeller
+        self.record.summary = outcome
+        return "summary", self.record.rounds + 1, outcome.summarizer
+
+    def _settle(self, outcome: Outcome) -> None:
+        """A step's outcome (ok, failed, or interrupted by its backend) goes into the
+        record, the record is saved, then the step's progress event: a save after each
+        settled step is what lets Ctrl-C and resume lose nothing. Turns settle from
+        several threads, one at a time; after stop() none does (the record is the
+        stopper's now: a turn still running is kept as interrupted)."""
+        with self._lock:
+            if self._stopped:
+                return
+            step = self._keep(outcome)
+            self.save(self.record)
+            self._emit(*step, "ok" if outcome.status == "ok" else "failed")
 
     def _begin(self, round_no: int, who: str) -> None:
         with self._lock:
@@ -465,17 +513,15 @@ class Debate:
                 self.in_flight.add((round_no, who))
             self._emit("turn", round_no, who, "generating")
 
-    def _finish(self, turn: TurnRecord, status: str) -> None:
-        """Record a finished turn (ok, failed, or interrupted by its backend) and save."""
-        with self._lock:
-            if self._stopped:  # the record is the stopper's now: this turn is interrupted
-                return
-            if (turn.round, turn.panelist) in self.checking:
-                self._check_redone(turn)
-                return
-            self.in_flight.discard((turn.round, turn.panelist))
-            self._store(turn)
-            self._emit("turn", turn.round, turn.panelist, status)
+    def _finish(self, turn: TurnRecord) -> None:
+        """Settle a finished turn; one redone only to rebuild its decode group is
+        checked against the record instead."""
+        if (turn.round, turn.panelist) in self.checking:
+            with self._lock:
+                if not self._stopped:
+                    self._check_redone(turn)
+            return
+        self._settle(turn)
 
     def _check_redone(self, turn: TurnRecord) -> None:
         """A finished turn redone with its group must match the record (timings aside)."""
@@ -510,6 +556,8 @@ class Debate:
                             round=round_no, panelist=name, status="interrupted", error=reason
                         )
                     )
+
+    # -- turns ------------------------------------------------------------------
 
     def continue_turn(
         self,
@@ -558,69 +606,80 @@ class Debate:
         bound = reasoning_max_chars(p.sampling.max_tokens, self.record.question_kind)
         return len(raw_reasoning(text, fields, multiline=multiline)) >= bound
 
+    def _turn_request(
+        self, p: PanelistRecord, round_no: int, fields: list[str]
+    ) -> tuple[TurnRequest, list[str]]:
+        """The turn's request, its conversation shortened until it fits, and the rules used."""
+        messages, sampling, rules = self.fit(
+            p.name, lambda level: self.conversation(p, round_no, level), p.sampling
+        )
+        request = TurnRequest(
+            panelist=p.name,
+            messages=messages,
+            grammar=self._grammar(p, round_no, fields),
+            seed=derive_seed(self.record.seed, round_no, p.index),
+            sampling=sampling,
+        )
+        return request, rules
+
+    def _parse_turn(self, p: PanelistRecord, round_no: int, text: str) -> ParsedTurn:
+        return parse_turn(
+            text,
+            later_round=round_no > 1,
+            peers={o.label: o.name for o in self.panel if o.name != p.name},
+            kind=self.record.question_kind,
+            options=self.record.options,
+            letters=self._letters(round_no),
+            stances=self._stances(round_no) or None,
+        )
+
+    def _against_earlier(self, turn: TurnRecord, parsed: ParsedTurn) -> TurnRecord:
+        """A later round's turn, marked with what it says and does against the turns
+        before it: a change of mind stated, its answer changed, the position it holds."""
+        turn = turn.model_copy(update={"changed_mind_stated": parsed.stance == "change"})
+        previous = self._latest_ok(turn.panelist, turn.round)
+        if previous is not None and previous.parsed is not None:
+            changed = not same_position(
+                self.record.question_kind, parsed.answer, previous.parsed.answer
+            )
+            turn = turn.model_copy(update={"answer_changed": changed})
+        claim = parsed.position_claim
+        if claim is not None and claim != "new":
+            turn = pos.placed(self.record, turn, claim)
+        return turn
+
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
         self._begin(round_no, p.name)
-        seed = derive_seed(self.record.seed, round_no, p.index)
-        peers = {o.label: o.name for o in self.panel if o.name != p.name}
         fields = self._fields(round_no)
+        limits = answer_max_chars(p.sampling.max_tokens)
         generation: Generation | None = None
         continuation: Generation | None = None
-        limits = answer_max_chars(p.sampling.max_tokens)
         try:
-            messages, sampling, rules = self.fit(
-                p.name, lambda level: self.conversation(p, round_no, level), p.sampling
-            )
-            request = TurnRequest(
-                panelist=p.name,
-                messages=messages,
-                grammar=self._grammar(p, round_no, fields),
-                seed=seed,
-                sampling=sampling,
-            )
+            request, rules = self._turn_request(p, round_no, fields)
             generation = self.generate(request, rules, ("turn", round_no, False))
             text = generation.raw_output
             if generation.finish_reason == "length":
                 continuation = self.continue_turn(p, round_no, request, generation, fields)
                 if continuation is not None:
                     text = continuation.prefill + continuation.raw_output
-            parsed = parse_turn(
-                text,
-                later_round=round_no > 1,
-                peers=peers,
-                kind=self.record.question_kind,
-                options=self.record.options,
-                letters=self._letters(round_no),
-                stances=self._stances(round_no) or None,
-            )
+            parsed = self._parse_turn(p, round_no, text)
             cut = self._reasoning_cut(p, generation, continuation, text, fields)
         except BackendDown as exc:
             # The server could not answer: nothing is known of this turn. Keep it as
             # interrupted (resume runs it again) and stop: later turns would read it.
-            interrupted = TurnRecord(
-                round=round_no,
-                panelist=p.name,
-                status="interrupted",
-                error=str(exc),
-                answer_max_chars=limits,
-            )
-            self._finish(interrupted, "failed")
+            self._finish(
+                TurnRecord(round=round_no, panelist=p.name, status="interrupted",
+                           error=str(exc), answer_max_chars=limits)
+            )  # fmt: skip
             raise
         except (TurnFailed, ParseFailure) as exc:
-            reason = str(exc)
-            if isinstance(exc, ParseFailure):
-                reason = f"unusable answer: {reason}"
-            failed = TurnRecord(
-                round=round_no,
-                panelist=p.name,
-                status="failed",
-                error=reason,
-                generation=generation,
-                continuation=continuation,
-                answer_max_chars=limits,
-            )
-            self._finish(failed, "failed")
+            reason = f"unusable answer: {exc}" if isinstance(exc, ParseFailure) else str(exc)
+            self._finish(
+                TurnRecord(round=round_no, panelist=p.name, status="failed", error=reason,
+                           generation=generation, continuation=continuation,
+                           answer_max_chars=limits)
+            )  # fmt: skip
             return
-        previous = self._latest_ok(p.name, round_no)
         turn = TurnRecord(
             round=round_no,
             panelist=p.name,
@@ -631,19 +690,13 @@ class Debate:
             answer_max_chars=limits,
             reasoning_cut=cut,
         )
-        if round_no > 1:
-            turn = turn.model_copy(update={"changed_mind_stated": parsed.stance == "change"})
-            if previous is not None and previous.parsed is not None:
-                changed = not same_position(
-                    self.record.question_kind, parsed.answer, previous.parsed.answer
-                )
-                turn = turn.model_copy(update={"answer_changed": changed})
-            claim = parsed.position_claim
-            if claim is not None and claim != "new":
-                turn = pos.placed(self.record, turn, claim)
-        self._finish(turn, "ok")
+        self._finish(self._against_earlier(turn, parsed) if round_no > 1 else turn)
 
     # -- labelled positions -----------------------------------------------------
+
+    def _summarizer(self) -> PanelistRecord:
+        """Who writes the labels and the summary."""
+        return next(p for p in self.panel if p.name == self.record.summarizer)
 
     def run_labeling(self, round_no: int) -> None:
         """Label the round's new open positions (all of round 1's) and place their
@@ -651,22 +704,55 @@ class Debate:
         turns = pos.to_label(self.record, round_no)
         if not turns:
             return
-        labeller = next(p for p in self.panel if p.name == self.record.summarizer)
+        labeller = self._summarizer()
         # no turn is in flight (the round's turns are done): a stop now interrupts none;
         # the labels are not recorded yet, so resume labels the round again
         self._emit("labels", round_no, labeller.name, "generating")
+        answers = {t.panelist: t.parsed.answer for t in turns if t.parsed is not None}
+        tries = Tries(LABEL_ATTEMPTS)
+        try:
+            labels = self._generate_labels(labeller, round_no, turns, answers, tries)
+            error = None if labels is not None else f"no usable labels; {FALLBACK_GROUPING}"
+        except BackendDown as exc:
+            self._settle(
+                LabelingRecord(round=round_no, labeller=labeller.name, status="interrupted",
+                               error=str(exc))
+            )  # fmt: skip
+            raise
+        except TurnFailed as exc:
+            labels, error = None, f"{exc}; {FALLBACK_GROUPING}"
+        if labels is None:
+            tries.give_up()
+            labels = pos.fallback_labels(answers, len(self.record.positions))
+        pos.apply_labels(self.record, round_no, labels)
+        self._settle(
+            LabelingRecord(
+                round=round_no,
+                labeller=labeller.name,
+                status="failed" if error else "ok",
+                error=error,
+                generation=tries.generation,
+                rejected=tries.rejected,
+                rejected_generations=tries.thrown,
+                assigned=labels.assigned,
+            )
+        )
+
+    def _generate_labels(
+        self,
+        labeller: PanelistRecord,
+        round_no: int,
+        turns: list[TurnRecord],
+        answers: dict[str, str],
+        tries: Tries,
+    ) -> ParsedLabels | None:
+        """The first usable labels of LABEL_ATTEMPTS; None when none is."""
         by_name = {p.name: p for p in self.panel}
         members = {by_name[t.panelist].label: t.panelist for t in turns}
-        answers = {t.panelist: t.parsed.answer for t in turns if t.parsed is not None}
         existing = [x.letter for x in self.record.positions]
         view = [{"label": label, "answer": answers[name]} for label, name in members.items()]
         first_new = pos.LETTERS[len(existing)] if len(existing) < len(pos.LETTERS) else ""
         max_new = min(len(turns), len(pos.LETTERS) - len(existing))
-        generation: Generation | None = None
-        rejected: list[str] = []
-        thrown: list[Generation] = []
-        labels: ParsedLabels | None = None
-        error: str | None = None
 
         def prompt(answers_view: list[dict[str, str]]) -> str:
             return self.templates.render(
@@ -677,228 +763,206 @@ class Debate:
                 first_new=first_new,
             ).strip()
 
+        system = self.templates.render("summary_system.j2").strip()
+        user = prompt(view)
+        messages, sampling, rules = self.fit(
+            labeller.name,
+            lambda level: [
+                ChatMessage(role="system", content=system),
+                ChatMessage(role="user", content=user),
+            ],
+            labeller.sampling.model_copy(update={"max_tokens": LABELS_MAX_TOKENS}),
+        )
+        grammar = self._label_grammar(members, answers, max_new)
+        instructions = "\n".join([system, prompt([])])
+
+        def attempt(n: int) -> Generation:
+            seed = stage_seed(self.record.seed, f"labels{round_no}", n)
+            where = ("labels", round_no, n > 0)
+            return self.moderate(labeller, messages, grammar, seed, sampling, rules, where)
+
+        def read(generation: Generation) -> ParsedLabels:
+            labels = parse_labels(
+                generation.raw_output, members=members, existing=existing,
+                instructions=instructions,
+            )  # fmt: skip
+            pos.check_stances(self.record, labels, answers)
+            return labels
+
         try:
-            system = self.templates.render("summary_system.j2").strip()
-            messages, sampling, rules = self.fit(
-                labeller.name,
-                lambda level: [
-                    ChatMessage(role="system", content=system),
-                    ChatMessage(role="user", content=prompt(view)),
-                ],
-                labeller.sampling.model_copy(update={"max_tokens": LABELS_MAX_TOKENS}),
-            )
-            plans = pos.label_plans(
-                [stance(answers.get(name, "")) for name in members.values()],
-                pos.position_stances(self.record),
-                max_new,
-            )
-            if not plans:  # all eight letters taken, none of this answer's stance
-                raise TurnFailed("no letter left for a position of this stance")
-            grammar = self.templates.render(
-                "label.gbnf.j2",
-                members=list(members),
-                plans=[plan.model_dump() for plan in plans],
-                label_max=pos.LABEL_MAX_CHARS,
-            )
-            instructions = "\n".join([system, prompt([])])
-            for attempt in range(LABEL_ATTEMPTS):
-                seed = stage_seed(self.record.seed, f"labels{round_no}", attempt)
-                if generation is not None:
-                    thrown.append(generation)
-                generation = self.moderate(
-                    labeller, messages, grammar, seed, sampling, rules,
-                    ("labels", round_no, attempt > 0),
-                )  # fmt: skip
-                try:
-                    labels = parse_labels(
-                        generation.raw_output,
-                        members=members,
-                        existing=existing,
-                        instructions=instructions,
-                    )
-                    pos.check_stances(self.record, labels, answers)
-                    break
-                except ParseFailure as exc:
-                    labels = None
-                    rejected.append(f"seed {seed}: {exc}")
-            if labels is None:
-                error = f"no usable labels; {FALLBACK_GROUPING}"
-        except BackendDown as exc:
-            self.record.labelings = [
-                *(x for x in self.record.labelings if x.round != round_no),
-                LabelingRecord(
-                    round=round_no, labeller=labeller.name, status="interrupted", error=str(exc)
-                ),
-            ]
-            self.save(self.record)
-            self._emit("labels", round_no, labeller.name, "failed")
-            raise
-        except TurnFailed as exc:
-            error = f"{exc}; {FALLBACK_GROUPING}"
-        if labels is None:
-            thrown = [*thrown, generation] if generation is not None else thrown
-            generation = None
-            labels = pos.fallback_labels(answers, len(existing))
-        pos.apply_labels(self.record, round_no, labels)
-        self.record.labelings = [
-            *(x for x in self.record.labelings if x.round != round_no),
-            LabelingRecord(
-                round=round_no,
-                labeller=labeller.name,
-                status="failed" if error else "ok",
-                error=error,
-                generation=generation,
-                rejected=rejected,
-                rejected_generations=thrown,
-                assigned=labels.assigned,
-            ),
-        ]
-        self.save(self.record)
-        self._emit("labels", round_no, labeller.name, "failed" if error else "ok")
+            return tries.first_usable(attempt, read)
+        except ParseFailure:
+            return None
+
+    def _label_grammar(self, members: dict[str, str], answers: dict[str, str], max_new: int) -> str:
+        """The shapes the labels may take (positions.label_plans): a leading "Yes" and
+        a leading "No" never share a position."""
+        plans = pos.label_plans(
+            [stance(answers.get(name, "")) for name in members.values()],
+            pos.position_stances(self.record),
+            max_new,
+        )
+        if not plans:  # all eight letters taken, none of this answer's stance
+            raise TurnFailed("no letter left for a position of this stance")
+        return self.templates.render(
+            "label.gbnf.j2",
+            members=list(members),
+            plans=[plan.model_dump() for plan in plans],
+            label_max=pos.LABEL_MAX_CHARS,
+        )
 
     # -- summary ----------------------------------------------------------------
 
     def run_summary(self) -> None:
-        summarizer = next(p for p in self.panel if p.name == self.record.summarizer)
+        summarizer = self._summarizer()
         self.in_flight = {(self.record.rounds + 1, summarizer.name)}
         self._emit("summary", self.record.rounds + 1, summarizer.name, "generating")
-        finals = {t.panelist: t for t in self.record.final_turns()}
-        valid = [p for p in self.panel if p.name in finals and finals[p.name].status == "ok"]
-        label_of = {p.name: p.label for p in self.panel}
         # the positions and the consensus are counted in code, whatever the summary says
         groups = pos.final_groups(self.record)
         consensus = compute_consensus(groups, len(self.panel))
-        generation: Generation | None = None
-        rejected: list[str] = []
-        rejected_generations: list[Generation] = []  # all but the attempt kept
-        contradicted = 0  # attempts refused for stating what the record contradicts
+        tries = Tries(SUMMARY_ATTEMPTS)
         try:
-            if not valid:
-                raise TurnFailed("no panelist gave a valid final answer")
-            view = []
-            for p in self.panel:
-                t = finals.get(p.name)
-                ok = t is not None and t.status == "ok" and t.parsed is not None
-                view.append(
-                    {
-                        "label": p.label,
-                        "failed": not ok,
-                        "answer": t.parsed.answer if ok and t and t.parsed else "",
-                    }
-                )
-            groups_view = [
-                {"position": g.position, "members": [label_of[m] for m in g.members]}
-                for g in groups
-            ]
-            changes_view = [
-                {"label": label_of[name], "before": before, "after": after}
-                for name, before, after in pos.changes(self.record)
-            ]
-
-            facts = record_facts(self.record)
-
-            def user(finals_view: list[dict[str, object]]) -> str:
-                return self.templates.render(
-                    "summarize.j2",
-                    question=self.record.question,
-                    groups=groups_view if finals_view else [],
-                    panel_size=len(self.panel),
-                    finals=finals_view,
-                    changes=changes_view if finals_view else [],
-                    minority=facts.minority if finals_view else [],
-                    agreed=facts.all_agreed,
-                ).strip()
-
-            system = self.templates.render("summary_system.j2").strip()
-
-            def build(level: int) -> list[ChatMessage]:
-                return [
-                    ChatMessage(role="system", content=system),
-                    ChatMessage(role="user", content=user(view)),
-                ]
-
-            grammar = self.templates.render(
-                "summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS, summary_max=SUMMARY_MAX_CHARS
-            )
-            wanted = summarizer.sampling.model_copy(update={"max_tokens": SUMMARY_MAX_TOKENS})
-            messages, sampling, rules = self.fit(summarizer.name, build, wanted)
-            # the prompt without the panelists' answers, which a summary may quote
-            instructions = "\n".join([system, user([])])
-            for attempt in range(SUMMARY_ATTEMPTS):
-                # attempt 0 has the summary's own seed; retries take the rounds after it
-                seed = derive_seed(
-                    self.record.seed, self.record.rounds + 1 + attempt, summarizer.index
-                )
-                generation = self.moderate(
-                    summarizer, messages, grammar, seed, sampling, rules,
-                    ("summary", self.record.rounds + 1, attempt > 0),
-                )  # fmt: skip
-                try:
-                    parsed = parse_summary(
-                        generation.raw_output,
-                        kind=self.record.question_kind,
-                        question=self.record.question,
-                        instructions=instructions,
-                    )
-                    false = contradictions(parsed.summary, parsed.counterpoint, facts)
-                    if false:
-                        raise ContradictsRecord("; ".join(false))
-                    break
-                except ParseFailure as exc:
-                    contradicted += isinstance(exc, ContradictsRecord)
-                    rejected.append(f"seed {seed}: {exc}")
-                    if attempt + 1 == SUMMARY_ATTEMPTS:
-                        raise
-                    rejected_generations.append(generation)
+            parsed = self._write_summary(summarizer, groups, tries)
         except BackendDown as exc:
-            self.record.summary = SummaryRecord(
-                status="interrupted",
-                summarizer=summarizer.name,
-                error=str(exc),
-                consensus=compute_consensus([], len(self.panel)),
-                line_max_chars=SUMMARY_LINE_MAX_CHARS,
+            self._settle(
+                SummaryRecord(
+                    status="interrupted",
+                    summarizer=summarizer.name,
+                    error=str(exc),
+                    consensus=compute_consensus([], len(self.panel)),
+                    line_max_chars=SUMMARY_LINE_MAX_CHARS,
+                )
             )
-            self.save(self.record)
-            self._emit("summary", self.record.rounds + 1, summarizer.name, "failed")
             raise
         except (TurnFailed, ParseFailure) as exc:
-            reason = str(exc)
-            if isinstance(exc, ContradictsRecord):
-                reason = (
-                    f"it could not be written: {contradicted} of {SUMMARY_ATTEMPTS} attempts "
-                    f"contradicted the record (the last: {reason})"
+            self._settle(
+                SummaryRecord(
+                    status="failed",
+                    summarizer=summarizer.name,
+                    error=self._summary_error(exc, tries),
+                    generation=tries.generation,
+                    rejected=tries.rejected,
+                    rejected_generations=tries.thrown,
+                    groups=groups,
+                    consensus=consensus,
+                    line_max_chars=SUMMARY_LINE_MAX_CHARS,
                 )
-            elif isinstance(exc, ParseFailure):
-                reason = f"unusable summary: {reason}"
-            self.record.summary = SummaryRecord(
-                status="failed",
+            )
+            return
+        self._settle(
+            SummaryRecord(
+                status="ok",
                 summarizer=summarizer.name,
-                error=reason,
-                generation=generation,
-                rejected=rejected,
-                rejected_generations=rejected_generations,
+                generation=tries.generation,
+                rejected=tries.rejected,
+                rejected_generations=tries.thrown,
+                headline=parsed.headline,
                 groups=groups,
+                counterpoint=parsed.counterpoint,
+                summary=parsed.summary,
                 consensus=consensus,
                 line_max_chars=SUMMARY_LINE_MAX_CHARS,
             )
-            self.save(self.record)
-            self._emit("summary", self.record.rounds + 1, summarizer.name, "failed")
-            return
-        self.record.summary = SummaryRecord(
-            status="ok",
-            summarizer=summarizer.name,
-            generation=generation,
-            rejected=rejected,
-            rejected_generations=rejected_generations,
-            headline=parsed.headline,
-            groups=groups,
-            counterpoint=parsed.counterpoint,
-            summary=parsed.summary,
-            consensus=consensus,
-            line_max_chars=SUMMARY_LINE_MAX_CHARS,
         )
-        self.save(self.record)
-        self._emit("summary", self.record.rounds + 1, summarizer.name, "ok")
+
+    @staticmethod
+    def _summary_error(exc: TurnFailed | ParseFailure, tries: Tries) -> str:
+        """Why there is no summary, for the record and the run's error line."""
+        if isinstance(exc, ContradictsRecord):
+            contradicted = sum(isinstance(x, ContradictsRecord) for x in tries.refusals)
+            return (
+                f"it could not be written: {contradicted} of {SUMMARY_ATTEMPTS} attempts "
+                f"contradicted the record (the last: {exc})"
+            )
+        if isinstance(exc, ParseFailure):
+            return f"unusable summary: {exc}"
+        return str(exc)
+
+    def _finals_view(self) -> list[dict[str, object]]:
+        """Each panelist's final answer, or that it has none, as the summary reads them."""
+        finals = {t.panelist: t for t in self.record.final_turns()}
+        view: list[dict[str, object]] = []
+        for p in self.panel:
+            t = finals.get(p.name)
+            ok = t is not None and t.status == "ok" and t.parsed is not None
+            view.append(
+                {
+                    "label": p.label,
+                    "failed": not ok,
+                    "answer": t.parsed.answer if ok and t and t.parsed else "",
+                }
+            )
+        return view
+
+    def _summary_user(
+        self, groups: list[PositionGroup], facts: Facts, finals_view: list[dict[str, object]]
+    ) -> str:
+        """The summary's user message; given no final answers, the instructions alone
+        (which a summary must not parrot, parsing.parse_summary)."""
+        label_of = {p.name: p.label for p in self.panel}
+        groups_view = [
+            {"position": g.position, "members": [label_of[m] for m in g.members]} for g in groups
+        ]
+        changes_view = [
+            {"label": label_of[name], "before": before, "after": after}
+            for name, before, after in pos.changes(self.record)
+        ]
+        return self.templates.render(
+            "summarize.j2",
+            question=self.record.question,
+            groups=groups_view if finals_view else [],
+            panel_size=len(self.panel),
+            finals=finals_view,
+            changes=changes_view if finals_view else [],
+            minority=facts.minority if finals_view else [],
+            agreed=facts.all_agreed,
+        ).strip()
+
+    def _write_summary(
+        self, summarizer: PanelistRecord, groups: list[PositionGroup], tries: Tries
+    ) -> ParsedSummary:
+        """The first usable summary of SUMMARY_ATTEMPTS, one the record does not
+        contradict; the last refusal is raised when none is."""
+        finals = {t.panelist: t for t in self.record.final_turns()}
+        if not any(p.name in finals and finals[p.name].status == "ok" for p in self.panel):
+            raise TurnFailed("no panelist gave a valid final answer")
+        facts = record_facts(self.record)
+        user = self._summary_user(groups, facts, self._finals_view())
+        system = self.templates.render("summary_system.j2").strip()
+        grammar = self.templates.render(
+            "summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS, summary_max=SUMMARY_MAX_CHARS
+        )
+        messages, sampling, rules = self.fit(
+            summarizer.name,
+            lambda level: [
+                ChatMessage(role="system", content=system),
+                ChatMessage(role="user", content=user),
+            ],
+            summarizer.sampling.model_copy(update={"max_tokens": SUMMARY_MAX_TOKENS}),
+        )
+        # the prompt without the panelists' answers, which a summary may quote
+        instructions = "\n".join([system, self._summary_user(groups, facts, [])])
+        step = self.record.rounds + 1
+
+        def attempt(n: int) -> Generation:
+            # attempt 0 has the summary's own seed; retries take the rounds after it
+            seed = derive_seed(self.record.seed, step + n, summarizer.index)
+            where = ("summary", step, n > 0)
+            return self.moderate(summarizer, messages, grammar, seed, sampling, rules, where)
+
+        def read(generation: Generation) -> ParsedSummary:
+            parsed = parse_summary(
+                generation.raw_output,
+                kind=self.record.question_kind,
+                question=self.record.question,
+                instructions=instructions,
+            )
+            false = contradictions(parsed.summary, parsed.counterpoint, facts)
+            if false:
+                raise ContradictsRecord("; ".join(false))
+            return parsed
+
+        return tries.first_usable(attempt, read)
 
     def _missing(self, round_no: int, name: str) -> bool:
         turn = self.record.turn(round_no, name)
@@ -924,7 +988,7 @@ class Debate:
             self.record.summary = None
         for round_no in rounds:
             # EngineSpeaker groups a round's turns by model when models are loaded one
-            # at a time; the record stays in panel order (_store).
+            # at a time; the record stays in panel order (_place).
             then = self.record.summarizer if round_no == self.record.rounds else None
             order = self.speaker.turn_order(round_no, self.panel, then)
             missing = [p for p in order if self._missing(round_no, p.name)]

@@ -16,12 +16,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from localtable import __version__
-from localtable.backends.base import BackendDown, BackendUnavailable, TurnFailed
+from localtable.backends.base import BackendDown, BackendUnavailable
 from localtable.config import LoadedConfig
 from localtable.debate.protocol import (
     Debate,
     ProgressSink,
     RedoDiffers,
+    SpeakerFailed,
     TextSink,
     anonymous_label,
 )
@@ -163,23 +164,6 @@ def open_run(session: Session, record: RunRecord, *, describe: bool) -> SessionS
         raise RunFailed(str(exc)) from None
 
 
-def preflight(debate: Debate) -> None:
-    """Refuse, before any generation, a question that cannot fit a panelist's context."""
-    for p in debate.panel:
-        n_ctx = debate.speaker.context_size(p.name)
-        try:
-            n = debate.speaker.count_tokens(p.name, debate.conversation(p, 1, 0))
-        except TurnFailed as exc:  # e.g. a server that stopped answering since it opened
-            raise RunFailed(f"{p.name} ({p.model}): {exc}") from None
-        if n + p.sampling.max_tokens > n_ctx:
-            model = p.model
-            raise ConfigError(
-                f"the question is too long for {p.name} ({model}): its first prompt is {n} "
-                f"tokens + {p.sampling.max_tokens} to answer > context {n_ctx}; shorten the "
-                f"question or raise n_ctx for {model} in models.toml"
-            )
-
-
 def execute(
     record: RunRecord,
     run_dir: Path,
@@ -192,11 +176,30 @@ def execute(
     """Run the missing turns of a record, saving after each; settle its final status.
     parallel_turns: turns of a round at once, at most (0: as the backends suggest);
     text: each generation's text as it comes (streamed by the same generation)."""
+    debate = open_debate(record, run_dir, speaker, templates, progress, parallel_turns, text)
+    return execute_debate(debate, run_dir)
+
+
+def open_debate(
+    record: RunRecord,
+    run_dir: Path,
+    speaker: SessionSpeaker,
+    templates: TemplateSet,
+    progress: ProgressSink,
+    parallel_turns: int = 1,
+    text: TextSink | None = None,
+) -> Debate:
+    """The debate over a record, which it saves in run_dir after each settled step."""
     lanes = speaker.lanes(parallel_turns)
-    debate = Debate(
+    return Debate(
         record, speaker, templates, lambda r: write_record(run_dir, r), progress, lanes=lanes,
         text=text,
     )  # fmt: skip
+
+
+def execute_debate(debate: Debate, run_dir: Path) -> RunRecord:
+    """As execute, for a debate already opened (run_debate preflights it first)."""
+    record = debate.record
     try:
         debate.run()
     except RedoDiffers as exc:  # a resumed batched round did not reproduce the record
@@ -255,14 +258,18 @@ def run_debate(
         record = prepare(req, loaded, session, templates, now, notice)
         templates.compile_soon(PROMPT_TEMPLATES)  # while models load
         speaker = open_run(session, record, describe=True)
-        preflight(Debate(record, speaker, templates, lambda r: None, progress))
-        before_turns(record)
         run_dir = req.runs_dir / record.run_id
+        debate = open_debate(
+            record, run_dir, speaker, templates, progress, req.parallel_turns, text
+        )
+        try:
+            debate.preflight()  # generates and saves nothing: the run folder waits for its lock
+        except SpeakerFailed as exc:
+            raise RunFailed(str(exc)) from None
+        before_turns(record)
         with hold(run_dir, f"run {record.run_id}"):  # one process per run, for its whole life
             write_record(run_dir, record)
-            return run_dir, execute(
-                record, run_dir, speaker, templates, progress, req.parallel_turns, text
-            )
+            return run_dir, execute_debate(debate, run_dir)
     finally:
         if own:
             session.close()
