@@ -36,13 +36,13 @@ from localtable.record import (
 )
 from localtable.report.render import check_layout, render
 from localtable.research.batchindex import INDEX_FILE
-from localtable.runlock import LOCK_FILE, RunLocked
+from localtable.runlock import LOCK_FILE
 from localtable.stopsignals import exit_status, stop_on_signals
 from localtable.templates import TemplateSet, text_value
 
 if TYPE_CHECKING:  # not imported at start: `serve` and `runs` start faster without them
+    from localtable.batch.run import BatchEvent, BatchProgress, BatchResult
     from localtable.debate.protocol import ProgressEvent, TextEvent
-    from localtable.research.batch import BatchEvent, BatchProgress, BatchResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ["text", "md", "json", "html"]
@@ -682,19 +682,12 @@ def resume(
     The finished record has the same turns, byte for byte, as the run done in
     one go. Example: localtable resume 20261126-101500-a1b2c3
     """
-    from localtable.research.batch import live_batch_of
+    from localtable.batch.run import check_not_in_live_batch
     from localtable.session.rerun import resume_run
 
     allowed = _allowed_urls(allow_urls)
     run_dir = find_run(run, runs_dir)
-    live = live_batch_of(run_dir)
-    if live is not None:
-        batch_dir, holder = live
-        raise RunLocked(
-            f"run {run_dir.name} belongs to the batch in {batch_dir}, which is in use by "
-            f"{holder}; that batch resumes its own debates: wait for it to end, or stop it "
-            "and run the same `localtable batch` command again"
-        )
+    check_not_in_live_batch(run_dir)
     _check_output(output, run_dir / RECORD_FILE)  # before the run, never over its record
     loaded = _optional_config(config_path)
     stream = StreamPrinter() if not quiet and sys.stderr.isatty() else None
@@ -933,12 +926,6 @@ class BatchPrinter:
             self.shown = False
 
 
-class BatchFailed(LocaltableError):
-    """No debate of a batch ran to its end: there is nothing to score."""
-
-    exit_code = 1
-
-
 def _print_batch_summary(result: BatchResult) -> None:
     complete, failed, errors = (result.count(s) for s in ("complete", "failed", "error"))
     _echo(
@@ -1051,10 +1038,10 @@ def batch(
     """
     from localtable.backends.llamacpp.backend import available_cores
     from localtable.backends.llamacpp.memory import default_budget, parse_size
-    from localtable.research.batch import BatchRequest, SessionRunner, parse_seeds, run_batch
+    from localtable.batch.pools import run_on_workers
+    from localtable.batch.run import BatchRequest, parse_seeds
     from localtable.research.questions import load_questions
     from localtable.research.tasks import load_task
-    from localtable.research.workers import LocalPool, WorkerSpec
 
     if (questions_file is None) == (task is None):
         raise ConfigError("give a questions file (.jsonl or .toml) or --task NAME, not both")
@@ -1076,48 +1063,18 @@ def batch(
     )
     loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
     printer = BatchPrinter(quiet)
-    spec = WorkerSpec(
-        loaded=loaded, panel=req.panel, allow_engine_change=allow_engine_change,
-        verify=verify, reuse_prefix=reuse, memory_budget=req.memory_budget,
-    )  # fmt: skip
     try:
-        if ray_address is not None:
-            from localtable.research.raycluster import RayPool
-
-            with RayPool(spec, workers, ray_address) as ray_pool:
-                result = run_batch(req, ray_pool, printer)
-        elif workers > 1:
-            # each worker its share of the cores and of the memory (models.toml's
-            # threads and --memory-budget, when given, are each worker's)
-            machine = default_budget()
-            if req.memory_budget is None and machine is not None:
-                budget = machine // workers
-                req = req.model_copy(update={"memory_budget": budget})
-                spec = spec.model_copy(update={"memory_budget": budget})
-            cores = available_cores()
-            threads = max(1, cores // workers)
-            if workers > cores:
-                _echo(f"Note: {workers} workers on {cores} cores: more workers than cores "
-                           "slows every debate down", err=True)  # fmt: skip
-            pool = LocalPool(spec.model_copy(update={"threads": threads}), workers)
-            result = run_batch(req, pool, printer)
-        else:
-            with SessionRunner(
-                loaded, TemplateSet(), lambda e: None, allow_engine_change
-            ) as runner:
-                result = run_batch(req, runner, printer)
+        result = run_on_workers(
+            req, loaded, printer, workers=workers, ray_address=ray_address,
+            allow_engine_change=allow_engine_change, cores=available_cores(),
+            machine_budget=default_budget(), notice=lambda text: _echo(f"Note: {text}", err=True),
+        )  # fmt: skip
     finally:
         printer.close()
     _print_batch_summary(result)
-    errors = [e for e in result.index.entries if e.status == "error"]
-    if errors and len(errors) == len(result.index.entries):
-        first = errors[0]
-        raise BatchFailed(
-            f"every debate of the batch failed ({len(errors)} of {len(errors)}); the first, "
-            f"{first.run_dir}: {first.error}"
-        )
+    result.check_some_ran()
     _print_score([str(result.batch_dir)], runs_dir, fmt, None, quiet_if_none=True)
-    if errors:
+    if result.count("error"):
         sys.exit(1)
 
 

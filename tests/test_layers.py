@@ -31,9 +31,12 @@ ALLOWED: dict[str, set[str]] = {
         "backends", "config", "debate", "errors", "record", "templates", "runlock",
         "stopsignals", "__init__",
     },
-    "research": {
+    # the reading half: records and batch indexes in, tables out; it runs nothing
+    "research": {"config", "debate", "errors", "record", "storage", "templates", "safefiles"},
+    # the running half: a batch's coordinator and its workers, each with a Session
+    "batch": {
         "config", "debate", "errors", "record", "storage", "templates", "session", "runlock",
-        "safefiles",
+        "safefiles", "research",
     },
     "report": {"record", "templates", "errors"},
 }  # fmt: skip
@@ -95,7 +98,16 @@ def test_only_the_cli_knows_click_and_only_backends_know_llama_cpp_and_one_modul
         if any(t.startswith("localtable.backends.llamacpp") for t in imported):
             assert layer in MAY_IMPORT_LLAMACPP, module
         if any(t == "ray" or t.startswith("ray.") for t in imported):  # an optional extra
-            assert module in ("localtable.research.raycluster", "localtable.benchbatch"), module
+            assert module in ("localtable.batch.raycluster", "localtable.benchbatch"), module
+
+
+def test_reading_research_never_imports_what_runs_debates() -> None:
+    """research/ reads (score, compare, quality): it imports no Session, no backend and
+    nothing of batch/, which runs batches and may import research, never the reverse."""
+    running = ("localtable.session", "localtable.backends", "localtable.batch")
+    for module, imported in modules().items():
+        if layer_of(module) == "research":
+            assert [t for t in imported if t.startswith(running)] == [], module
 
 
 def test_the_web_app_sits_on_top() -> None:
