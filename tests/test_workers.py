@@ -275,14 +275,14 @@ def test_the_live_line_shows_counts_workers_rate_and_eta(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from localtable.batch.run import BatchProgress, WorkerState
-    from localtable.cli import BatchPrinter
+    from localtable.cli_output import BatchPrinter
 
     progress = BatchProgress(
         total=16, finished=5, failed=1, errors=0, running=2, per_hour=41.4, eta_seconds=754,
         workers=[WorkerState(worker=1, state="busy", run_id="q3-s1", turns=4),
                  WorkerState(worker=2, state="refused", where="node-b", message="no model")],
     )  # fmt: skip
-    printer = BatchPrinter(quiet=False, live=True)
+    printer = BatchPrinter(quiet=False, write=sys.stderr.write, live=True)
     printer(BatchEvent(position=4, total=16, question_id="q3", seed=1, action="run",
                        status="running", worker=1, progress=progress))  # fmt: skip
     printer.close()
@@ -297,9 +297,9 @@ def test_the_live_line_shows_counts_workers_rate_and_eta(
 def test_quiet_hides_progress_but_not_a_worker_that_died(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from localtable.cli import BatchPrinter
+    from localtable.cli_output import BatchPrinter
 
-    printer = BatchPrinter(quiet=True, live=True)
+    printer = BatchPrinter(quiet=True, write=sys.stderr.write, live=True)
     printer(BatchEvent(position=1, total=4, question_id="q1", seed=1, action="run",
                        status="running", worker=1))  # fmt: skip
     printer(BatchEvent(position=1, total=4, question_id="q1", seed=1, action="requeue",
