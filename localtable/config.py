@@ -6,6 +6,7 @@ error that names the file, the key and what was expected.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -345,3 +346,28 @@ def load_config(path: Path) -> LoadedConfig:
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(path, exc)) from None
     return LoadedConfig(path=path.resolve(), config=config)
+
+
+def load_optional_config(path: Path | None, default: Path) -> LoadedConfig | None:
+    """models.toml for a rerun, which works without one (models.toml only helps find
+    moved model files by sha256): None when no --config was given and the default
+    cannot be read; a --config given must be readable."""
+    try:
+        return load_config(path or default)
+    except ConfigError:
+        if path is not None:
+            raise
+        return None
+
+
+def default_config() -> Path:
+    """The models.toml to use without --config: $LOCALTABLE_CONFIG, else ./models.toml,
+    else the one installed with the package (or a source checkout's)."""
+    env = os.environ.get("LOCALTABLE_CONFIG")
+    if env:
+        return Path(env)
+    here = Path("models.toml")
+    if here.is_file():
+        return here
+    bundled = Path(__file__).parent / "models.toml"
+    return bundled if bundled.is_file() else Path(__file__).resolve().parent.parent / "models.toml"

@@ -180,3 +180,17 @@ def text_value(value: Any) -> Any:
 @cache
 def builtin() -> TemplateSet:
     return TemplateSet()
+
+
+def user_templates(path: Path | None) -> tuple[TemplateSet, str | None]:
+    """--template: the built-in templates, or a user folder over them, or one user
+    layout file (its folder over the built-ins, and its name as the layout)."""
+    if path is None:
+        return TemplateSet(), None
+    if path.is_dir():
+        return TemplateSet(path), None
+    if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise ConfigError(f"{path}: not a regular file; give a template file or folder")
+        raise ConfigError(f"{path}: template file does not exist")
+    return TemplateSet(path.parent), path.name

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 from localtable import backends
 from localtable.backends.base import TurnFailed
+from localtable.batch.run import BatchRequest, SessionRunner, run_batch
 from localtable.cli import cli
 from localtable.config import load_config
 from localtable.errors import ConfigError
 from localtable.record import read_record, write_record
-from localtable.research.batch import BatchRequest, SessionRunner, run_batch
 from localtable.research.questions import Question, QuestionSet
 from localtable.templates import TemplateSet
 from tests import fakebackend

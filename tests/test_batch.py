@@ -10,10 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from localtable.backends.base import TurnRequest, TurnResult
-from localtable.cli import cli
-from localtable.errors import ConfigError, RecordError
-from localtable.record import RunRecord, read_record, write_record
-from localtable.research.batch import (
+from localtable.batch.run import (
     BatchEvent,
     BatchRequest,
     estimate_left,
@@ -22,6 +19,9 @@ from localtable.research.batch import (
     run_batch,
     run_id_for,
 )
+from localtable.cli import cli
+from localtable.errors import ConfigError, RecordError
+from localtable.record import RunRecord, read_record, write_record
 from localtable.research.questions import Question, QuestionSet
 from localtable.session.run import DebateRequest, RunInterrupted, execute
 from localtable.templates import builtin

@@ -1,12 +1,15 @@
-"""The code's shape: functions a reader can hold in their head."""
+"""The shape of the code: modules and functions a reader can hold in their head."""
 
 from __future__ import annotations
 
 import ast
 
 from tests.conftest import REPO
+from tests.test_layers import imports
 
-DEBATE = REPO / "localtable" / "debate"
+PACKAGE = REPO / "localtable"
+DEBATE = PACKAGE / "debate"
+CLI_MAX_LINES = 600  # issue #30: thin click commands; what they print is cli_output.py
 # A function longer than this (from its def line to its last line, docstring and
 # comments included) does several things; the debate protocol had 140-line ones.
 FUNCTION_MAX_LINES = 60
@@ -44,3 +47,13 @@ def test_the_length_check_counts_from_def_to_the_last_line() -> None:
     over = "class C:\n    def over(self):\n" + body(FUNCTION_MAX_LINES, "        ")
     assert long_functions(at_limit) == []
     assert long_functions(over) == [("over", 2, FUNCTION_MAX_LINES + 1)]
+
+
+def test_the_cli_stays_thin() -> None:
+    lines = len((PACKAGE / "cli.py").read_text(encoding="utf-8").splitlines())
+    assert lines < CLI_MAX_LINES, f"cli.py has {lines} lines: move what is not click out of it"
+
+
+def test_what_the_cli_prints_is_laid_out_without_click() -> None:
+    imported = imports(PACKAGE / "cli_output.py")
+    assert not [t for t in imported if t == "click" or t.startswith("click.")], imported

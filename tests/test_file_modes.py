@@ -22,7 +22,7 @@ def umask_022() -> Iterator[None]:
 
 
 def test_records_and_batch_indexes_are_readable_by_others(tmp_path: Path, umask_022: None) -> None:
-    from localtable.research.batch import run_batch
+    from localtable.batch.run import run_batch
     from tests.test_batch import FakeRunner, request
 
     result = run_batch(request(tmp_path, seeds=[1]), FakeRunner(), lambda e: None)

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from localtable.batch.run import BatchStalled, read_index, run_batch
 from localtable.cli import cli
 from localtable.config import load_config
 from localtable.errors import ConfigError, ModelFileError
 from localtable.record import RECORD_FILE, RunRecord, read_record, write_record
 from localtable.report.render import render
-from localtable.research.batch import BatchStalled, read_index, run_batch
 from localtable.session.run import DebateRequest
 from localtable.templates import TemplateSet
 from tests.fakeserver import FakeLlamaServer

@@ -31,11 +31,20 @@ ALLOWED: dict[str, set[str]] = {
         "backends", "config", "debate", "errors", "record", "templates", "runlock",
         "stopsignals", "__init__",
     },
-    "research": {
+    # the reading half: records and batch indexes in, tables out; it runs nothing
+    "research": {"config", "debate", "errors", "record", "storage", "templates", "safefiles"},
+    # the running half: a batch's coordinator and its workers, each with a Session
+    "batch": {
         "config", "debate", "errors", "record", "storage", "templates", "session", "runlock",
-        "safefiles",
+        "safefiles", "research",
     },
     "report": {"record", "templates", "errors"},
+    "reportfile": {"errors", "record", "runlock", "research.batchindex"},
+    # what the CLI prints: text from the library's types, which it imports for typing only
+    "cli_output": {
+        "templates", "batch.run", "debate.protocol", "models.hub", "models.status", "record",
+        "session.rerun",
+    },
 }  # fmt: skip
 # Only these may import llama.cpp's backend, and only the CLI knows click.
 MAY_IMPORT_LLAMACPP = {"backends", "bench", "benchload", "benchbatch", "cli"}
@@ -95,7 +104,16 @@ def test_only_the_cli_knows_click_and_only_backends_know_llama_cpp_and_one_modul
         if any(t.startswith("localtable.backends.llamacpp") for t in imported):
             assert layer in MAY_IMPORT_LLAMACPP, module
         if any(t == "ray" or t.startswith("ray.") for t in imported):  # an optional extra
-            assert module in ("localtable.research.raycluster", "localtable.benchbatch"), module
+            assert module in ("localtable.batch.raycluster", "localtable.benchbatch"), module
+
+
+def test_reading_research_never_imports_what_runs_debates() -> None:
+    """research/ reads (score, compare, quality): it imports no Session, no backend and
+    nothing of batch/, which runs batches and may import research, never the reverse."""
+    running = ("localtable.session", "localtable.backends", "localtable.batch")
+    for module, imported in modules().items():
+        if layer_of(module) == "research":
+            assert [t for t in imported if t.startswith(running)] == [], module
 
 
 def test_the_web_app_sits_on_top() -> None:
@@ -148,14 +166,15 @@ for args in (["score", "{run}", "--runs-dir", runs], ["compare", "{run}", "--run
              ["quality", "{run}", "--runs-dir", runs]):
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code in (0, 1, 2), result.output  # 2: nothing to score
-backend = ("llama_cpp", "localtable.backends.llamacpp")
-loaded = sorted(m for m in sys.modules if m.startswith(backend))
+running = ("llama_cpp", "localtable.backends.llamacpp", "localtable.session", "localtable.batch")
+loaded = sorted(m for m in sys.modules if m.startswith(running))
 print("loaded:", loaded)
 """
 
 
 def test_render_score_compare_and_quality_load_no_backend(tmp_path: Path) -> None:
-    """Reading records is for machines without llama.cpp too: nothing of a backend loads."""
+    """Reading records is for machines without llama.cpp too: nothing of a backend loads,
+    nor a Session, nor what runs batches."""
     run = tmp_path / "real-run"
     run.mkdir()
     stored = (REPO / "tests" / "data" / "record-v2-real.json").read_text(encoding="utf-8")

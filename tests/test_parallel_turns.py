@@ -7,6 +7,7 @@ only turn a hang into a failure.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from localtable.backends.base import BackendDown, TurnRequest, TurnResult
 from localtable.backends.llamacpp.backend import LlamaCppBackend
-from localtable.cli import ProgressPrinter
+from localtable.cli_output import ProgressPrinter
 from localtable.debate.protocol import Debate, ProgressEvent
 from localtable.record import RunRecord, read_record, transcript_sha256
 from localtable.session.run import RunInterrupted, execute
@@ -255,7 +256,7 @@ def event(panelist: str, status: str, done: int) -> ProgressEvent:
 
 
 def test_progress_lines_of_turns_running_together(capsys: pytest.CaptureFixture[str]) -> None:
-    printer = ProgressPrinter(quiet=False)
+    printer = ProgressPrinter(quiet=False, write=sys.stderr.write)
     printer(event("A1", "generating", 0))
     printer(event("B2", "generating", 0))
     printer(event("B2", "ok", 1))

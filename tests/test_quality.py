@@ -452,7 +452,7 @@ def test_answers_against_their_label_and_bare_answers() -> None:
 
 
 def test_reasoning_verdicts_are_counted_per_panel() -> None:
-    from localtable.session.judge import ReasoningVerdict
+    from localtable.debate.answers import ReasoningVerdict
 
     def v(answer: str, concluded: str | None, panel: str = "default") -> ReasoningVerdict:
         return ReasoningVerdict(run_id="r", panel=panel, round=1, panelist="A1", answer=answer,

@@ -18,10 +18,10 @@ import pytest
 from localtable.backends.llamacpp.backend import N_UBATCH, LlamaCppBackend
 from localtable.backends.llamacpp.engine import Engine
 from localtable.backends.llamacpp.kvslots import MIN_STEP, KVSlot, share_weights
+from localtable.batch.run import BatchRequest, SessionRunner, run_batch
 from localtable.config import load_config
 from localtable.models.files import resolve
 from localtable.record import RunRecord, read_record, write_record
-from localtable.research.batch import BatchRequest, SessionRunner, run_batch
 from localtable.research.questions import Question, QuestionSet
 from localtable.session.rerun import resume_run
 from localtable.session.run import DebateRequest, run_debate

@@ -1,10 +1,11 @@
 """`localtable serve` without a model: start-up time, the runs list, what it refuses,
-and the terminal's streamed text (cli.StreamPrinter)."""
+and the terminal's streamed text (cli_output.StreamPrinter)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,9 +136,9 @@ def text(panelist: str, piece: str) -> TextEvent:
 def test_streamed_text_escapes_control_characters_and_never_interleaves(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from localtable.cli import StreamPrinter
+    from localtable.cli_output import StreamPrinter
 
-    printer = StreamPrinter()
+    printer = StreamPrinter(sys.stderr.write)
     printer(event("generating", "A"))
     printer(event("generating", "B"))  # at the same time (--parallel-turns)
     printer.text(text("A", "Yes \x1b[31mred\x1b[0m\r"))
@@ -157,19 +158,20 @@ def test_debate_streams_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> N
     """--quiet and a pipe keep the progress lines of today (no text events asked)."""
     from click.testing import CliRunner
 
-    from localtable import cli
+    from localtable import cli, cli_output
+    from localtable.errors import ConfigError
 
     seen: dict[str, object] = {}
 
     def fake_run(req: object, loaded: object, templates: object, progress: object,
                  **kwargs: object) -> object:  # fmt: skip
         seen["progress"], seen["text"] = progress, kwargs.get("text")
-        raise cli.ConfigError("stop here")
+        raise ConfigError("stop here")
 
     monkeypatch.setattr("localtable.session.run.run_debate", fake_run)
     result = CliRunner().invoke(cli.cli, ["debate", "q", "--panel", "tiny"])
     assert result.exit_code == 2 and seen["text"] is None  # not a terminal
-    assert isinstance(seen["progress"], cli.ProgressPrinter)
+    assert isinstance(seen["progress"], cli_output.ProgressPrinter)
 
 
 def test_one_debate_at_a_time_the_next_waits_with_a_message(

@@ -17,13 +17,13 @@ import pytest
 from click.testing import CliRunner
 
 from localtable import backends
+from localtable.batch.run import BatchEvent, BatchRequest, run_batch
+from localtable.batch.workers import LocalPool, SessionRunner, WorkerSpec
 from localtable.cli import cli
 from localtable.config import load_config
 from localtable.record import read_record
-from localtable.research.batch import BatchEvent, BatchRequest, run_batch
 from localtable.research.batchindex import read_index
 from localtable.research.questions import load_questions
-from localtable.research.workers import LocalPool, SessionRunner, WorkerSpec
 from localtable.templates import TemplateSet
 from tests import fakebackend
 from tests.conftest import REPO
@@ -242,24 +242,47 @@ def test_ray_auto_actors_give_the_records_of_one_worker(
 
 
 def test_a_batch_imports_ray_only_when_asked() -> None:
-    code = "import sys, localtable.research.batch, localtable.cli; print('ray' in sys.modules)"
+    code = ("import sys, localtable.batch.run, localtable.batch.pools, localtable.cli; "
+            "print('ray' in sys.modules)")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)  # fmt: skip
     assert proc.stdout.strip() == "False", proc.stderr
 
 
+def test_local_workers_share_the_cores_and_the_memory(study: tuple[Path, Path]) -> None:
+    from localtable.batch.pools import share_machine
+    from tests.test_batch import request
+
+    config, questions = study
+    req = request(questions.parent, panel="duo")
+    spec = WorkerSpec(loaded=load_config(config), panel="duo")
+    notes: list[str] = []
+    shared_req, shared = share_machine(req, spec, 4, 2, 8 << 30, notes.append)
+    assert shared_req.memory_budget == shared.memory_budget == 2 << 30
+    assert shared.threads == 1
+    assert notes == ["4 workers on 2 cores: more workers than cores slows every debate down"]
+    # --memory-budget is each worker's; an unknown machine budget stays unknown
+    given = req.model_copy(update={"memory_budget": 1 << 30})
+    _, kept = share_machine(given, spec.model_copy(update={"memory_budget": 1 << 30}), 2, 8,
+                            8 << 30, notes.append)  # fmt: skip
+    assert (kept.memory_budget, kept.threads) == (1 << 30, 4)
+    unknown_req, unknown = share_machine(req, spec, 3, 8, None, notes.append)
+    assert (unknown_req.memory_budget, unknown.memory_budget, unknown.threads) == (None, None, 2)
+    assert len(notes) == 1
+
+
 def test_the_live_line_shows_counts_workers_rate_and_eta(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from localtable.cli import BatchPrinter
-    from localtable.research.batch import BatchProgress, WorkerState
+    from localtable.batch.run import BatchProgress, WorkerState
+    from localtable.cli_output import BatchPrinter
 
     progress = BatchProgress(
         total=16, finished=5, failed=1, errors=0, running=2, per_hour=41.4, eta_seconds=754,
         workers=[WorkerState(worker=1, state="busy", run_id="q3-s1", turns=4),
                  WorkerState(worker=2, state="refused", where="node-b", message="no model")],
     )  # fmt: skip
-    printer = BatchPrinter(quiet=False, live=True)
+    printer = BatchPrinter(quiet=False, write=sys.stderr.write, live=True)
     printer(BatchEvent(position=4, total=16, question_id="q3", seed=1, action="run",
                        status="running", worker=1, progress=progress))  # fmt: skip
     printer.close()
@@ -274,9 +297,9 @@ def test_the_live_line_shows_counts_workers_rate_and_eta(
 def test_quiet_hides_progress_but_not_a_worker_that_died(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from localtable.cli import BatchPrinter
+    from localtable.cli_output import BatchPrinter
 
-    printer = BatchPrinter(quiet=True, live=True)
+    printer = BatchPrinter(quiet=True, write=sys.stderr.write, live=True)
     printer(BatchEvent(position=1, total=4, question_id="q1", seed=1, action="run",
                        status="running", worker=1))  # fmt: skip
     printer(BatchEvent(position=1, total=4, question_id="q1", seed=1, action="requeue",

@@ -16,6 +16,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from localtable.record import PositionGroup, QuestionKind
 
@@ -34,6 +37,21 @@ def stance(answer: str) -> str | None:
     """'yes' or 'no' when the answer opens with that word ("No, unless ..."), else None."""
     words = normalize_open(answer).split()
     return words[0] if words and words[0] in ("yes", "no") else None
+
+
+class ReasoningVerdict(BaseModel):
+    """One turn's yes/no answer and the stance a model read its reasoning to conclude
+    (None: it could not be asked, the reason in `error`). session/judge.py asks the
+    model; research/quality.py counts the answers whose reasoning concludes otherwise."""
+
+    model_config = ConfigDict(frozen=True)
+    run_id: str
+    panel: str
+    round: int
+    panelist: str
+    answer: str
+    concluded: Literal["yes", "no", "neither"] | None
+    error: str = ""
 
 
 # A leading "Yes" or "No" states a conclusion; the words after it give its ground

@@ -161,6 +161,18 @@ def hub_models(loaded: LoadedConfig, panel: str | None = None) -> list[str]:
     return [n for n in dict.fromkeys(names) if isinstance(config.models[n].source, HubSource)]
 
 
+def models_to_pull(
+    loaded: LoadedConfig, names: tuple[str, ...], panel: str | None, pull_all: bool
+) -> list[str]:
+    """What `localtable pull` is asked for, exactly one of: the models named, a panel's
+    Hub models, every Hub model of models.toml."""
+    if sum([bool(names), panel is not None, pull_all]) != 1:
+        raise ConfigError("name the models to pull, or give --panel P, or --all")
+    if panel is not None:
+        loaded.config.panel(panel)  # an unknown panel is a usage error
+    return list(names) if names else hub_models(loaded, panel)
+
+
 # --- Offline: find what was pulled -------------------------------------------
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from localtable.record import Generation, RunRecord, TurnRecord
+from localtable.record import Generation, RunRecord, TurnRecord, transcript_mismatch
 from localtable.templates import TemplateSet
 
 LAYOUTS = {"text": "layout.txt.j2", "md": "layout.md.j2", "html": "layout.html.j2"}
@@ -436,6 +436,24 @@ def json_text(text: str) -> str:
     those below 0x20): a shared record printed to a terminal cannot drive it. They can
     only occur inside strings, where \\u escapes mean the same characters."""
     return _RAW_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def changed_after_run(record: RunRecord, fmt: str) -> tuple[RunRecord, str | None]:
+    """A shared record edited after its run: the warning to give, and the record with a
+    note on its transcript hash for the report (json shows the record as it is)."""
+    actual = transcript_mismatch(record)
+    if actual is None:
+        return record, None
+    recorded = record.transcript_sha256 or ""
+    warning = (
+        f"Warning: run {record.run_id} was changed after it ran: its transcript hashes to "
+        f"{actual[:12]}..., not the recorded {recorded[:12]}...; the report shows it as it "
+        "is now"
+    )
+    if fmt != "json":
+        note = f"{recorded} (does not match the record's content, which hashes to {actual})"
+        record = record.model_copy(update={"transcript_sha256": note})
+    return record, warning
 
 
 def check_layout(templates: TemplateSet, fmt: str, layout: str | None = None) -> None:

@@ -2,7 +2,7 @@
 
 A batch lives in <runs-dir>/<name>/: one run folder per (question, seed) and
 batch.json, a versioned BatchIndex. Reading a batch (score, compare) needs only
-this module; running one is batch.py.
+this module; running one is the batch package (localtable/batch/), which imports it.
 """
 
 from __future__ import annotations

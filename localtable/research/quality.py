@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from localtable.debate.answers import bare_answer, stance
+from localtable.debate.answers import ReasoningVerdict, bare_answer, stance
 from localtable.debate.claims import contradictions, record_facts
 from localtable.debate.parsing import (
     RESTATES_OVERLAP,
@@ -38,9 +37,6 @@ from localtable.debate.parsing import (
 from localtable.debate.protocol import reasoning_max_chars
 from localtable.errors import ConfigError
 from localtable.record import Generation, RunRecord, TurnRecord
-
-if TYPE_CHECKING:  # session/judge.py loads a model: imported only where it runs
-    from localtable.session.judge import ReasoningVerdict
 
 FINISHED = ("complete", "failed")
 RESTATE_OVERLAP = RESTATES_OVERLAP  # 0.8: a headline this close to the question restates it

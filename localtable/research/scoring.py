@@ -355,12 +355,16 @@ def _round(records: list[RunRecord], names: list[str], round_no: int) -> RoundSc
     )
 
 
+class NothingToScore(ConfigError):
+    """No finished run of a choice or number question with an answer key."""
+
+
 def score(records: list[RunRecord], tie_seed: int = TIE_SEED) -> BatchScore:
     """The accuracy table of a set of runs of one panel (see the module docstring)."""
     finished = [r for r in records if r.status in ("complete", "failed")]
     scored = [r for r in finished if scorable(r)]
     if not scored:
-        raise ConfigError(
+        raise NothingToScore(
             "nothing to score: no finished run of a choice or number question with an answer key"
         )
     names, rounds = _check_alike(scored)

@@ -16,10 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from localtable.backends.base import ChatMessage, TurnFailed, TurnRequest
-from localtable.debate.answers import stance
+from localtable.debate.answers import ReasoningVerdict, stance
 from localtable.debate.protocol import MODERATOR, stage_seed
 from localtable.record import RunRecord
 from localtable.session.session import Session
@@ -34,20 +32,6 @@ VERDICTS: dict[str, Literal["yes", "no", "neither"]] = {
 FINISHED = ("complete", "failed")
 
 Progress = Callable[[str], None]
-
-
-class ReasoningVerdict(BaseModel):
-    """One turn's yes/no answer and what the model read its reasoning to conclude
-    (None: it could not be asked, the reason in `error`)."""
-
-    model_config = ConfigDict(frozen=True)
-    run_id: str
-    panel: str
-    round: int
-    panelist: str
-    answer: str
-    concluded: Literal["yes", "no", "neither"] | None
-    error: str = ""
 
 
 def _judge_record(

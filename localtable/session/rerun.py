@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.config import LoadedConfig
+from localtable.backends.server.client import public_url
+from localtable.config import LoadedConfig, plain_server_url
 from localtable.debate.protocol import ProgressSink, TextSink
 from localtable.errors import ConfigError
 from localtable.record import RunRecord, read_record
@@ -26,6 +27,17 @@ from localtable.session.session import Session, SessionSpeaker
 from localtable.templates import TemplateSet
 
 CONTEXT_CHARS = 60
+
+
+def allowed_urls(urls: tuple[str, ...]) -> frozenset[str]:
+    """--allow-url values, checked as models.toml's server URLs are, as records show them."""
+    allowed = set()
+    for url in urls:
+        try:
+            allowed.add(public_url(plain_server_url(url)))
+        except ValueError as exc:
+            raise ConfigError(f"--allow-url {url!r}: {exc}") from None
+    return frozenset(allowed)
 
 
 def parallel_turns(loaded: LoadedConfig | None) -> int:

@@ -7,7 +7,9 @@ disk after every turn; Ctrl-C marks it interrupted.
 
 from __future__ import annotations
 
+import io
 import secrets
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +104,32 @@ def check_question(question: str) -> str:
             f"the question has more than {MAX_QUESTION_CHARS:,} characters; shorten it"
         )
     return question
+
+
+def read_question(question: str | None, question_file: Path | None, default: str) -> str:
+    """The question from the argument, stdin ('-') or a file, read up to its length limit
+    + 1 characters (so /dev/zero or `yes |` end at once) and checked before anything
+    loads."""
+    if question is not None and question_file is not None:
+        raise ConfigError("give the question as an argument ('-' for stdin) or --file, not both")
+    limit = MAX_QUESTION_CHARS + 1
+    if question_file is not None:
+        try:
+            with question_file.open(encoding="utf-8", errors="strict") as fh:
+                text = fh.read(limit)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{question_file}: cannot read the question ({exc})") from None
+    elif question == "-":
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+        try:
+            text = stdin.read(limit)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"stdin: the question is not UTF-8 text ({exc})") from None
+        finally:
+            stdin.detach()
+    else:
+        text = question if question is not None else default
+    return check_question(text)
 
 
 def prepare(

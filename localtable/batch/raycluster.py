@@ -6,7 +6,7 @@ use, and a GPU when a panel model has GPU layers. Before its first debate it
 resolves and hashes every model of the panel on its own node, and refuses,
 naming the node, when a file is missing or differs: a batch never downloads.
 The debates' records stream back to the driver after every finished turn
-(a streaming generator), and the driver's coordinator (batch.py) writes them,
+(a streaming generator), and the driver's coordinator (run.py) writes them,
 so the batch folder is the same as a local batch's. An actor that dies (killed,
 node lost) is replaced, and its debate goes back to the queue with the record
 of its last finished turn.
@@ -31,9 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from localtable.errors import ConfigError, LocaltableError
-from localtable.record import RunRecord
-from localtable.research.workers import (
+from localtable.batch.workers import (
     MAX_RESTARTS,
     Job,
     Report,
@@ -42,6 +40,8 @@ from localtable.research.workers import (
     error_report,
     this_host,
 )
+from localtable.errors import ConfigError, LocaltableError
+from localtable.record import RunRecord
 from localtable.session.session import BackendRegistry, Session
 from localtable.templates import TemplateSet
 

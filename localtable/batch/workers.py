@@ -1,7 +1,7 @@
 """Debate workers: what runs a batch's debates, in this process or in others.
 
 A worker holds one Session (each model loaded once per worker) and runs the
-jobs a batch's coordinator (batch.py) gives it: a (question, seed) debate,
+jobs a batch's coordinator (run.py) gives it: a (question, seed) debate,
 new or resumed from its last finished turn. A worker never writes into the
 batch folder's finished runs: it runs each debate in a scratch folder of its
 own and reports the record after every finished turn; the coordinator writes

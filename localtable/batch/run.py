@@ -30,6 +30,14 @@ from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict
 
+from localtable.batch.workers import (
+    DebateRunner,
+    InProcessPool,
+    Job,
+    Report,
+    SessionRunner,
+    WorkerPool,
+)
 from localtable.errors import ConfigError, LocaltableError, RecordError
 from localtable.record import RECORD_FILE, RunRecord, read_record, write_record
 from localtable.research.batchindex import (
@@ -41,15 +49,7 @@ from localtable.research.batchindex import (
     write_index,
 )
 from localtable.research.questions import QUESTION_ID, Question, QuestionSet
-from localtable.research.workers import (
-    DebateRunner,
-    InProcessPool,
-    Job,
-    Report,
-    SessionRunner,
-    WorkerPool,
-)
-from localtable.runlock import hold, lock_holder
+from localtable.runlock import RunLocked, hold, lock_holder
 from localtable.safefiles import FileRefused, check_inside, check_real_folder, remove_tree
 from localtable.session.run import DebateRequest, RunInterrupted
 
@@ -245,6 +245,18 @@ def live_batch_of(run_dir: Path) -> tuple[Path, str] | None:
     return None
 
 
+def check_not_in_live_batch(run_dir: Path) -> None:
+    """Refuse to resume a run that a living batch will resume itself."""
+    live = live_batch_of(run_dir)
+    if live is not None:
+        batch_dir, holder = live
+        raise RunLocked(
+            f"run {run_dir.name} belongs to the batch in {batch_dir}, which is in use by "
+            f"{holder}; that batch resumes its own debates: wait for it to end, or stop it "
+            "and run the same `localtable batch` command again"
+        )
+
+
 def plan(req: BatchRequest, batch_dir: Path, now: datetime) -> BatchIndex:
     """The index for this request, with each debate's status read from its record."""
     name = req.name or req.questions.name
@@ -303,6 +315,22 @@ class BatchResult(BaseModel):
 
     def count(self, status: str) -> int:
         return sum(e.status == status for e in self.index.entries)
+
+    def check_some_ran(self) -> None:
+        """A batch none of whose debates ran to its end (each an error) has nothing to
+        score: BatchFailed, naming the first error."""
+        errors = [e for e in self.index.entries if e.status == "error"]
+        if errors and len(errors) == len(self.index.entries):
+            raise BatchFailed(
+                f"every debate of the batch failed ({len(errors)} of {len(errors)}); the "
+                f"first, {errors[0].run_dir}: {errors[0].error}"
+            )
+
+
+class BatchFailed(LocaltableError):
+    """No debate of a batch ran to its end: there is nothing to score."""
+
+    exit_code = 1
 
 
 class BatchStalled(LocaltableError):
