@@ -392,6 +392,19 @@ def test_summary_claims_the_record_contradicts() -> None:
     assert "1 in 2 summaries" in row and row.endswith("FAIL")
 
 
+def test_a_false_statement_of_a_held_position_is_a_claim_the_record_contradicts() -> None:
+    turns = [ok(i, n).model_copy(update={"position": "A"}) for i in (1, 2) for n in NAMES]
+    r = debate("h-s1", turns=turns)  # all three hold position A
+    r.positions = [PositionLabel(letter="A", label="Yes, phased in", round=1)]
+    assert r.summary is not None
+    false = "A1 and B2 back a phased ban, while C3 argues against it."
+    r.summary = r.summary.model_copy(update={"summary": false})
+    p = quality([r]).panels[0]
+    assert [e.text for e in p.false_claims] == [
+        "it says C3 holds another position, but all 3 agreed"
+    ]
+
+
 def cut_turn(reasoning: str, *, flag: bool | None) -> TurnRecord:
     text = f"Reasoning: {reasoning}\nAnswer: Yes, phased in with exemptions."
     g = gen(1.0).model_copy(update={"raw_output": text})

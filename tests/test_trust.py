@@ -2,8 +2,8 @@
 
 An answer agrees with the position it names, no answer is a bare yes or no, a
 reasoning that a length cap stopped is marked wherever it is shown, and the summary
-states no change of mind, no held position and no minority voice that the record
-contradicts. Fake speakers, no llama.cpp.
+states no change of mind, no held position, no dissent and no minority voice that
+the record contradicts. Fake speakers, no llama.cpp.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from localtable.backends.base import TurnRequest, TurnResult
-from localtable.debate.claims import Facts, claims, contradictions
+from localtable.debate.claims import Facts, claims, contradictions, dissents
 from localtable.debate.parsing import ParseFailure, parse_turn
 from localtable.debate.protocol import Debate, derive_seed, reasoning_max_chars
 from localtable.record import RunRecord, TurnRecord, mark_cut
@@ -352,3 +352,106 @@ def test_claims_are_checked_against_the_counted_changes() -> None:
         "the counterpoint has Qwen 1.5B Skeptic dissent, but all 3 agreed"
     ]
     assert contradictions("", "Qwen 1.5B Skeptic warned about cost.", agreed) == []
+
+
+# -- held positions (the rest of issue #26) ------------------------------------------
+
+QWEN = ["Qwen 1.5B", "Qwen 0.5B", "Qwen 1.5B Skeptic"]  # a name that is a prefix of another
+OPEN = "Yes, open code can be checked."
+SHUT = "No, it helps attackers."
+
+
+def qwen_round(answers: list[str], labels: str, *summaries: str) -> tuple[RunRecord, FakeSpeaker]:
+    """One round of the three Qwen panelists; the summarizer (Qwen 1.5B) labels the
+    answers, then gives `summaries` in turn."""
+    speaker = FakeSpeaker(
+        {
+            QWEN[0]: [R1.format(a=answers[0]), labels, *summaries],
+            QWEN[1]: [R1.format(a=answers[1])],
+            QWEN[2]: [R1.format(a=answers[2])],
+        }
+    )
+    return run(speaker, make_record(QWEN, rounds=1)), speaker
+
+
+def test_a_summary_claiming_a_false_held_position_is_refused_and_a_later_one_kept() -> None:
+    # the demo of 16ec3f6 (seed 1), over "All 3 models agreed"
+    labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
+    false = (
+        "Summary: Qwen 1.5B and Qwen 0.5B endorse open-source training code for AI models, "
+        "while Qwen 1.5B Skeptic argues against it.\n"
+        "Counterpoint: Qwen 1.5B Skeptic warns that attackers read code too.\nAnswer: Yes."
+    )
+    true = false.replace("while Qwen 1.5B Skeptic argues against it", "and so does Qwen 1.5B "
+                         "Skeptic")  # fmt: skip
+    record, _ = qwen_round([OPEN, OPEN, OPEN], labels, false, true)
+    s = record.summary
+    assert s and s.status == "ok" and s.summary.endswith("and so does Qwen 1.5B Skeptic.")
+    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    assert s.rejected == [
+        f"seed {seed}: it says Qwen 1.5B Skeptic holds another position, but all 3 agreed"
+    ]
+    assert len(s.rejected_generations) == 1 and s.rejected_generations[0].raw_output == false
+
+
+@pytest.mark.parametrize(
+    "text,read",
+    [
+        ("Qwen 1.5B and Qwen 0.5B endorse it, while Qwen 1.5B Skeptic argues against it.",
+         [("Qwen 1.5B Skeptic", ["Qwen 1.5B", "Qwen 0.5B"])]),
+        ("While Qwen 1.5B and Qwen 0.5B endorse it, Qwen 1.5B Skeptic opposes it.",
+         [("Qwen 1.5B Skeptic", ["Qwen 1.5B", "Qwen 0.5B"])]),
+        ("Unlike Qwen 1.5B Skeptic, Qwen 1.5B objects to it.",
+         [("Qwen 1.5B", ["Qwen 1.5B Skeptic"])]),
+        ("Qwen 1.5B Skeptic disagrees with Qwen 1.5B.", [("Qwen 1.5B Skeptic", ["Qwen 1.5B"])]),
+        ("Qwen 1.5B argued for it. Qwen 1.5B Skeptic disagreed.",
+         [("Qwen 1.5B Skeptic", ["Qwen 1.5B"])]),
+        ("Qwen 0.5B holds a different view from the others.", [("Qwen 0.5B", [])]),
+        ("Qwen 1.5B Skeptic was the lone dissenter.", [("Qwen 1.5B Skeptic", [])]),
+        ("Qwen 0.5B dissents on cost.", [("Qwen 0.5B", [])]),
+        # not a claim about the panel, or not one it can read
+        ("Qwen 1.5B Skeptic opposes the release.", []),  # maybe the panel's own position
+        ("Qwen 1.5B argues against it on cost, while Qwen 0.5B argues against it on risk.", []),
+        ("Qwen 1.5B Skeptic disagrees with the release.", []),
+        ("Qwen 1.5B Skeptic disagrees that the code is safe.", []),
+        ("No panelist disagreed.", []),
+        ("Qwen 0.5B did not disagree.", []),
+        ("There was some disagreement about cost.", []),
+        ("The strongest counter to this is cost.", []),
+    ],
+)  # fmt: skip
+def test_the_panelists_a_summary_sets_apart(text: str, read: list[tuple[str, list[str]]]) -> None:
+    assert dissents(text, QWEN) == read
+
+
+def test_held_positions_are_checked_against_the_final_groups() -> None:
+    demo = "Qwen 1.5B and Qwen 0.5B endorse it, while Qwen 1.5B Skeptic argues against it."
+    skeptic_apart = Facts(labels=QWEN, changed=[], majority=QWEN[:2], minority=[QWEN[2]],
+                          all_agreed=False, groups=[QWEN[:2], [QWEN[2]]])  # fmt: skip
+    # true statements of dissent are kept
+    assert contradictions(demo, "", skeptic_apart) == []
+    assert contradictions("Qwen 1.5B Skeptic disagrees.", "", skeptic_apart) == []
+    assert contradictions("", "Qwen 1.5B Skeptic counters that it costs.", skeptic_apart) == []
+    # with the prefix name in the minority instead, the same sentence is false
+    prefix_apart = Facts(labels=QWEN, changed=[], majority=QWEN[1:], minority=[QWEN[0]],
+                         all_agreed=False, groups=[QWEN[1:], [QWEN[0]]])  # fmt: skip
+    assert contradictions(demo, "", prefix_apart) == [
+        "it says Qwen 1.5B Skeptic holds another position than Qwen 0.5B, but they hold the "
+        "same one"
+    ]
+    assert contradictions("Qwen 1.5B Skeptic disagrees.", "", prefix_apart) == [
+        "it says Qwen 1.5B Skeptic holds another position, but Qwen 1.5B Skeptic holds the "
+        "majority's"
+    ]
+    assert contradictions("Qwen 1.5B disagrees.", "", prefix_apart) == []
+    agreed = prefix_apart.model_copy(update={"majority": [], "minority": [], "all_agreed": True,
+                                             "groups": [QWEN]})  # fmt: skip
+    assert contradictions(demo, "", agreed) == [
+        "it says Qwen 1.5B Skeptic holds another position, but all 3 agreed"
+    ]
+    # in a counterpoint when all agreed, opposing alone is a dissent; a reservation is not
+    assert contradictions("", "Qwen 0.5B opposes the release.", agreed) == [
+        "the counterpoint has Qwen 0.5B dissent, but all 3 agreed"
+    ]
+    assert contradictions("", "Qwen 0.5B warns that the release costs.", agreed) == []
+    assert contradictions("Qwen 0.5B opposes the release.", "", agreed) == []
