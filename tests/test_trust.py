@@ -3,11 +3,13 @@
 An answer agrees with the position it names, no answer is a bare yes or no, a
 reasoning that a length cap stopped is marked wherever it is shown, and the summary
 states no change of mind, no held position, no dissent and no minority voice that
-the record contradicts. Fake speakers, no llama.cpp.
+the record contradicts; the counterpoint opens with the minority's own names. Fake
+speakers, no llama.cpp.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -354,7 +356,7 @@ def test_claims_are_checked_against_the_counted_changes() -> None:
     assert contradictions("", "Qwen 1.5B Skeptic warned about cost.", agreed) == []
 
 
-# -- held positions (the rest of issue #26) ------------------------------------------
+# -- the counterpoint's source and held positions (the rest of issue #26) -------------
 
 QWEN = ["Qwen 1.5B", "Qwen 0.5B", "Qwen 1.5B Skeptic"]  # a name that is a prefix of another
 OPEN = "Yes, open code can be checked."
@@ -455,3 +457,63 @@ def test_held_positions_are_checked_against_the_final_groups() -> None:
     ]
     assert contradictions("", "Qwen 0.5B warns that the release costs.", agreed) == []
     assert contradictions("Qwen 0.5B opposes the release.", "", agreed) == []
+
+
+def summary_call(speaker: FakeSpeaker) -> str:
+    return next(c.grammar for c in speaker.calls if c.grammar.startswith('root ::= "Summary'))
+
+
+def test_the_counterpoint_opens_with_the_minoritys_exact_name_and_a_verb() -> None:
+    labels = f"Position A: Yes, open it\nPosition B: No, keep it closed\n{QWEN[0]}: B\n" \
+             f"{QWEN[1]}: A\n{QWEN[2]}: A"  # fmt: skip
+    summary = (
+        "Summary: Two held that open code can be checked; Qwen 1.5B held it helps attackers.\n"
+        "Counterpoint: Qwen 1.5B argues that attackers read open code too.\nAnswer: Yes, mostly."
+    )
+    record, speaker = qwen_round([SHUT, OPEN, OPEN], labels, summary)
+    grammar = summary_call(speaker)
+    # the minority's exact name, then one of a few verbs: "Qwen 1.5B" cannot run on
+    # into "Qwen 1.5B Skeptic", nor can the summarizer name anyone else as the source
+    assert '"\\nCounterpoint: " counterpoint "\\nAnswer: "' in grammar
+    assert (
+        'counterpoint ::= "Qwen 1.5B " (voice1 | voice2 | voice3 | voice4 | voice5 | voice6)'
+        in grammar
+    )
+    verbs = re.findall(r'^voice\d ::= "([a-z ]+) " ', grammar, re.MULTILINE)
+    assert verbs == ["argues", "counters", "warns", "contends", "maintains", "points out"]
+    # the whole line keeps the bound of any other line (SUMMARY_LINE_MAX_CHARS, 200)
+    assert 'voice1 ::= "argues " [^\\x00-\\x20<] [^\\x00-\\x1f]{0,182}' in grammar
+    asked = next(c for c in speaker.calls if c.grammar == grammar).messages[-1].content
+    assert 'opens with Qwen 1.5B and a verb, e.g. "Qwen 1.5B argues that ..."' in asked
+    s = record.summary
+    assert s and s.status == "ok" and not s.rejected
+    assert s.counterpoint == "Qwen 1.5B argues that attackers read open code too."
+
+
+def test_two_in_the_minority_open_the_counterpoint_together() -> None:
+    grammar = builtin().render("summary.gbnf.j2", line_max=200, summary_max=600,
+                               minority=["Qwen 0.5B", "Qwen 1.5B Skeptic"])  # fmt: skip
+    assert 'counterpoint ::= "Qwen 0.5B and Qwen 1.5B Skeptic " (voice1' in grammar
+    assert 'voice1 ::= "argue " ' in grammar and 'voice6 ::= "point out " ' in grammar
+    # a scripted summarizer writes what the grammar allows, and the check keeps it
+    reply = scripted_reply(grammar, "")
+    assert "\nCounterpoint: Qwen 0.5B and Qwen 1.5B Skeptic argue that it costs.\n" in reply
+
+
+def test_when_all_agreed_the_counterpoint_is_free_but_has_nobody_dissent() -> None:
+    labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
+    dissent = (
+        "Summary: All three held that open code can be checked.\n"
+        "Counterpoint: Qwen 1.5B Skeptic argues against releasing the training code.\n"
+        "Answer: Yes, open it."
+    )
+    reservation = dissent.replace("argues against releasing", "warns about the cost of releasing")
+    record, speaker = qwen_round([OPEN, OPEN, OPEN], labels, dissent, reservation)
+    # as before: any panelist may be named with a reservation
+    assert '"\\nCounterpoint: " line "\\nAnswer: "' in summary_call(speaker)
+    s = record.summary
+    assert s and s.status == "ok" and s.counterpoint.startswith("Qwen 1.5B Skeptic warns")
+    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    assert s.rejected == [
+        f"seed {seed}: the counterpoint has Qwen 1.5B Skeptic dissent, but all 3 agreed"
+    ]

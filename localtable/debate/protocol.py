@@ -930,8 +930,9 @@ class Debate:
         user = self._summary_user(groups, facts, self._finals_view())
         system = self.templates.render("summary_system.j2").strip()
         grammar = self.templates.render(
-            "summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS, summary_max=SUMMARY_MAX_CHARS
-        )
+            "summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS, summary_max=SUMMARY_MAX_CHARS,
+            minority=facts.minority,
+        )  # fmt: skip
         messages, sampling, rules = self.fit(
             summarizer.name,
             lambda level: [
