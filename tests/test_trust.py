@@ -3,7 +3,8 @@
 An answer agrees with the position it names, no answer is a bare yes or no, a
 reasoning that a length cap stopped is marked wherever it is shown, and the summary
 states no change of mind, no held position, no dissent and no minority voice that
-the record contradicts; the counterpoint opens with the minority's own names. Fake
+the record contradicts; the counterpoint opens with the minority's own names. An
+answer that the grammar's bound stopped is marked as a cut reasoning is. Fake
 speakers, no llama.cpp.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from localtable.backends.base import TurnRequest, TurnResult
+from localtable.debate.answers import answer_cut, answer_tail_max
 from localtable.debate.claims import Facts, claims, contradictions, dissents
 from localtable.debate.parsing import ParseFailure, parse_turn
 from localtable.debate.protocol import Debate, derive_seed, reasoning_max_chars
@@ -376,6 +378,10 @@ def qwen_round(answers: list[str], labels: str, *summaries: str) -> tuple[RunRec
     return run(speaker, make_record(QWEN, rounds=1)), speaker
 
 
+def summary_call(speaker: FakeSpeaker) -> str:
+    return next(c.grammar for c in speaker.calls if c.grammar.startswith('root ::= "Summary'))
+
+
 def test_a_summary_claiming_a_false_held_position_is_refused_and_a_later_one_kept() -> None:
     # the demo of 16ec3f6 (seed 1), over "All 3 models agreed"
     labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
@@ -459,10 +465,6 @@ def test_held_positions_are_checked_against_the_final_groups() -> None:
     assert contradictions("Qwen 0.5B opposes the release.", "", agreed) == []
 
 
-def summary_call(speaker: FakeSpeaker) -> str:
-    return next(c.grammar for c in speaker.calls if c.grammar.startswith('root ::= "Summary'))
-
-
 def test_the_counterpoint_opens_with_the_minoritys_exact_name_and_a_verb() -> None:
     labels = f"Position A: Yes, open it\nPosition B: No, keep it closed\n{QWEN[0]}: B\n" \
              f"{QWEN[1]}: A\n{QWEN[2]}: A"  # fmt: skip
@@ -517,3 +519,70 @@ def test_when_all_agreed_the_counterpoint_is_free_but_has_nobody_dissent() -> No
     assert s.rejected == [
         f"seed {seed}: the counterpoint has Qwen 1.5B Skeptic dissent, but all 3 agreed"
     ]
+
+
+# -- answers cut by the grammar's bound ---------------------------------------------------
+
+# max_tokens 64: answer_max 128, so the answer's tail has 88 units; its last 17 begin no clause
+HEAD = "Yes, because o"
+CUT_ANSWER = HEAD + "pen code lets anyone check it, and shared code helps smaller labs compete " \
+                    "with the big o"  # fmt: skip
+
+
+def test_answer_cut_reads_the_grammars_bound() -> None:
+    assert len(CUT_ANSWER) - len(HEAD) == answer_tail_max(128) == 88
+    assert answer_cut(CUT_ANSWER, 128)
+    assert not answer_cut(CUT_ANSWER[:-1], 128)  # one unit short: the model ended it
+    assert not answer_cut(CUT_ANSWER[:-1] + ".", 128)  # a closing full stop
+    assert answer_cut(CUT_ANSWER[:-1] + ".x", 128)  # "." and a character are one unit
+    # an answer opening with neither yes nor no: its tail starts after 1 to 4 characters
+    assert answer_cut("It" + "x" * 87, 128) and not answer_cut("It" + "x" * 86, 128)
+    assert answer_cut("Not" + "x" * 88, 128) and not answer_cut("Not" + "x" * 87, 128)
+    # the template's bound is the one the code reads
+    grammar = builtin().render(
+        "turn.gbnf.j2", fields=["reasoning", "answer"], peers=[], letters=[],
+        allow_new=False, own_position="", reasoning_max=200, answer_max=128, multiline=False,
+        kind="open", options=[],
+    )  # fmt: skip
+    opened = int(re.search(r"tail-unit\{(\d+)\} close", grammar).group(1))  # type: ignore[union-attr]
+    closing = int(re.search(r"close-char\{(\d+)\}\n", grammar).group(1))  # type: ignore[union-attr]
+    assert opened + closing == answer_tail_max(128)
+
+
+def test_the_turn_grammar_ends_an_answer_with_a_full_stop_or_at_its_bound() -> None:
+    grammar = builtin().render(
+        "turn.gbnf.j2", fields=["reasoning", "answer"], peers=[], letters=[],
+        allow_new=False, own_position="", reasoning_max=200, answer_max=200, multiline=False,
+        kind="open", options=[],
+    )  # fmt: skip
+    # 160 units: "." ends it anywhere before the bound; without one it runs to the bound,
+    # and its last 32 units begin no new clause, so a clause that would go on ends there
+    assert 'tail ::= tail-unit{0,127} "." | tail-unit{128} close\n' in grammar
+    assert 'close ::= close-char{0,31} "." | close-char{32}\n' in grammar
+    assert "close-char ::= [^\\x00-\\x1f.?,;:!]\n" in grammar
+
+
+def test_an_answer_stopped_by_the_grammars_bound_is_marked_everywhere() -> None:
+    speaker = FakeSpeaker(
+        {
+            "A1": [f"Reasoning: Open code can be read by all.\nAnswer: {CUT_ANSWER}",
+                   LABELS.replace("Position B: No, keep it closed\n", "").replace("B2: B", "B2: A"),
+                   R2.format(d="maintained", a="Yes, open it now.", i="nobody", p="A"), GOOD],
+            "B2": [R1.format(a="Yes, but slowly please."),
+                   R2.format(d="maintained", a="Yes, but slowly please.", i="nobody", p="A")],
+        }
+    )  # fmt: skip
+    record = run(speaker, make_record(["A1", "B2"]))
+    a1, b2 = record.turn(1, "A1"), record.turn(1, "B2")
+    assert a1 and a1.answer_cut is True and b2 and b2.answer_cut is False
+    # the record keeps the answer as generated; it is shown marked
+    assert a1.parsed and a1.parsed.answer == CUT_ANSWER
+    assert a1.answer_shown == CUT_ANSWER + "…"
+    # the peers' view in round 2
+    b2_round2 = next(c for c in speaker.calls if c.panelist == "B2" and "Decision" in c.grammar)
+    assert f"\nAnswer: {CUT_ANSWER}…\n" in b2_round2.messages[-1].content
+    # every layout: marked wherever the answer is shown
+    for fmt in ("text", "md", "html"):
+        page = render(record, fmt, builtin())
+        assert "with the big o…" in page, fmt
+        assert page.count("with the big o") == page.count("with the big o…"), fmt

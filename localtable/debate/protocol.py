@@ -30,6 +30,7 @@ from localtable.debate.parsing import (
     ParsedLabels,
     ParsedSummary,
     ParseFailure,
+    answer_line_cut,
     completed_part,
     multiline_reasoning,
     parse_labels,
@@ -256,6 +257,7 @@ class Debate:
                 {
                     "label": other.label,
                     "answer": turn.parsed.answer,
+                    "answer_shown": turn.answer_shown,
                     "reasoning": reasoning,
                     "reasoning_shown": shown,
                     "position": turn.position or "",
@@ -689,6 +691,7 @@ class Debate:
             parsed=parsed,
             answer_max_chars=limits,
             reasoning_cut=cut,
+            answer_cut=answer_line_cut(text, self.record.question_kind, limits),
         )
         self._finish(self._against_earlier(turn, parsed) if round_no > 1 else turn)
 
@@ -889,7 +892,7 @@ class Debate:
                 {
                     "label": p.label,
                     "failed": not ok,
-                    "answer": t.parsed.answer if ok and t and t.parsed else "",
+                    "answer": t.answer_shown if ok and t else "",
                 }
             )
         return view
