@@ -17,7 +17,7 @@ import pytest
 
 from localtable.backends.base import TurnRequest, TurnResult
 from localtable.debate.answers import answer_cut, answer_tail_max
-from localtable.debate.claims import Facts, claims, contradictions, dissents
+from localtable.debate.claims import Facts, claims, contradictions, dissents, misnamed
 from localtable.debate.parsing import ParseFailure, parse_turn
 from localtable.debate.protocol import Debate, derive_seed, reasoning_max_chars
 from localtable.record import RunRecord, TurnRecord, mark_cut
@@ -430,6 +430,27 @@ def test_a_summary_claiming_a_false_held_position_is_refused_and_a_later_one_kep
 )  # fmt: skip
 def test_the_panelists_a_summary_sets_apart(text: str, read: list[tuple[str, list[str]]]) -> None:
     assert dissents(text, QWEN) == read
+
+
+def test_a_name_that_runs_on_into_another_panelists_is_refused_and_a_later_one_kept() -> None:
+    # the default panel at this branch (seed 1): all agreed, and the counterpoint's
+    # reservation came from "Qwen 0.5B Skeptic", who is not on the panel
+    labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
+    misnamed_summary = (
+        "Summary: The three panelists agree that open code can be checked.\n"
+        "Counterpoint: Qwen 0.5B Skeptic argued that the code could be too complex to "
+        "maintain.\nAnswer: Yes, with clear documentation."
+    )
+    named = misnamed_summary.replace("Qwen 0.5B Skeptic", "Qwen 1.5B Skeptic")
+    record, _ = qwen_round([OPEN, OPEN, OPEN], labels, misnamed_summary, named)
+    s = record.summary
+    assert s and s.status == "ok" and s.counterpoint.startswith("Qwen 1.5B Skeptic argued")
+    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    assert s.rejected == [f"seed {seed}: it names Qwen 0.5B Skeptic, who is not on the panel"]
+    assert misnamed("Qwen 1.5B Skeptic and Qwen 1.5B, not Qwen 0.5B, argued.", QWEN) == []
+    # a persona's word only: not a size ("Qwen 1.5B 0.5B") nor a letter ("Panelist A a")
+    assert misnamed("Qwen 1.5B 0.5B", QWEN) == []
+    assert misnamed("Panelist A a bit", ["Panelist A", "Panelist B"]) == []
 
 
 def test_held_positions_are_checked_against_the_final_groups() -> None:

@@ -19,7 +19,9 @@ changed" and "all ... maintained their positions" speak for everyone. A name aft
 "by", "from", "to" ... is not the subject ("persuaded by X"). Claims it cannot
 read are not checked: it refuses what it reads as false, never what it cannot
 read. A name set off by commas after the subject ("X, after hearing Y, changed")
-is not the subject either.
+is not the subject either. A name that runs a panelist's label on into another's
+last word ("Qwen 0.5B Skeptic" beside "Qwen 1.5B Skeptic") names nobody on the
+panel (`misnamed`).
 
 A panelist is said to hold another position than some others (`dissents`) when
 it "disagrees", "dissents", "holds a different view", "stands alone" ... (apart
@@ -342,9 +344,33 @@ def claims(text: str, labels: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def misnamed(text: str, labels: list[str]) -> list[str]:
+    """Names that run a panelist's label on into the last word of another's: "Qwen
+    0.5B Skeptic" on a panel of "Qwen 0.5B" and "Qwen 1.5B Skeptic" (a 1.5B
+    summarizer wrote it, when all agreed, as the source of a reservation). Nobody
+    on the panel has that name."""
+    # a word such as a persona's ("Skeptic"): not a size ("1.5B") nor a letter ("Panelist A")
+    last_words = {
+        word.casefold()
+        for label in labels
+        for word in label.split()[1:][-1:]
+        if word.isalpha() and len(word) >= 3
+    }
+    out = []
+    for _, end, label in _mentions(text, labels):
+        word = re.match(r" (\w+)\b", text[end:])
+        if word and word.group(1).casefold() in last_words:
+            out.append(f"{label} {word.group(1)}")
+    return out
+
+
 def contradictions(summary: str, counterpoint: str, facts: Facts) -> list[str]:
     """The claims of a summary that the record contradicts, each in a few words."""
-    problems: list[str] = []
+    problems = [
+        f"it names {name}, who is not on the panel"
+        for text in (summary, counterpoint)
+        for name in misnamed(text, facts.labels)
+    ]
     changed = set(facts.changed)
     for who, what in claims(summary, facts.labels):
         if who == "*nobody*" and changed:

@@ -320,11 +320,12 @@ def quality_notes(r: q.QualityReport) -> list[str]:
         "change of its labelled position from its previous turn.",
         "Summary claims: a panelist the summary says changed or kept its position against "
         "the counted positions, 'nobody changed' when someone did, a majority panelist named "
-        "as the counterpoint's source while there is a minority, a dissent when all agreed "
-        "(debate/claims.py). Over ok summaries.",
-        "Cut: a reasoning that the grammar's character bound or max_tokens stopped; without a "
-        "mark: shown (layouts, or the peers' view in the next round's recorded prompts) "
-        "without a closing '…'.",
+        "as the counterpoint's source while there is a minority, a dissent when all agreed, "
+        "a panelist set apart from others who hold its position, a name that is nobody's "
+        "('Qwen 0.5B Skeptic') (debate/claims.py). Over ok summaries.",
+        "Cut: a reasoning that the grammar's character bound or max_tokens stopped, an open "
+        "answer that the grammar's bound stopped; without a mark: shown (layouts, or the "
+        "peers' view in the next round's recorded prompts) without a closing '…'.",
         "Against the label: an answer opening with yes (no) on a position whose label opens "
         "with no (yes). Bare: an open answer whose leading yes or no has fewer than two words "
         "after it.",
