@@ -216,6 +216,11 @@ class TurnRecord(Frozen):
         description="a length cap (the grammar's character bound, or max_tokens) stopped "
         "the reasoning; None in records before it was kept",
     )
+    answer_cut: bool | None = Field(
+        default=None,
+        description="the grammar's character bound stopped the answer line (an open "
+        "question's; debate/answers.py answer_cut); None in records before it was kept",
+    )
 
     @property
     def reasoning_shown(self) -> str:
@@ -224,6 +229,13 @@ class TurnRecord(Frozen):
         cut silently. The record keeps the reasoning as generated."""
         text = self.parsed.reasoning if self.parsed is not None else ""
         return mark_cut(text) if self.reasoning_cut else text
+
+    @property
+    def answer_shown(self) -> str:
+        """The answer as layouts and peers see it: one the grammar's bound stopped ends
+        with "…" (mark_cut), as a cut reasoning does. The record keeps it as generated."""
+        text = self.parsed.answer if self.parsed is not None else ""
+        return mark_cut(text) if self.answer_cut else text
 
     @property
     def text(self) -> str:

@@ -4,6 +4,7 @@ expect shows up as an unusable turn in the tests that use them."""
 
 from __future__ import annotations
 
+import json
 import re
 
 
@@ -15,8 +16,14 @@ def scripted_reply(grammar: str, answer: str, letter: str | None = None) -> str:
     if root.startswith('root ::= "Yes" | "No"'):  # what a reasoning concludes (quality)
         return "No"
     if root.startswith('root ::= "Summary'):
+        # a minority's counterpoint opens with its names and a verb (summary.gbnf.j2)
+        opener = re.search(r'^counterpoint ::= ("(?:[^"\\]|\\.)*")', grammar, re.MULTILINE)
+        verb = re.search(r'^voice1 ::= ("(?:[^"\\]|\\.)*")', grammar, re.MULTILINE)
+        counterpoint = "none was raised."
+        if opener and verb:
+            counterpoint = f"{json.loads(opener.group(1))}{json.loads(verb.group(1))}that it costs."
         return (
-            "Summary: everyone said the same thing.\nCounterpoint: none was raised.\n"
+            f"Summary: everyone said the same thing.\nCounterpoint: {counterpoint}\n"
             "Answer: The panel agreed on one view."
         )
     if root.startswith("root ::= new"):

@@ -438,7 +438,11 @@ def test_the_answer_is_one_short_sentence_and_the_reasoning_leaves_room_after_it
     grammar = speaker.calls[0].grammar
     assert "answer ::= answer-yes | answer-no | answer-other\n" in grammar
     assert 'answer-yes ::= ("Yes" | "yes") lead " " ground\n' in grammar
-    assert 'tail ::= ([^\\x00-\\x1f.?] | "." [^\\x00-\\x20?]){0,88} "."?\n' in grammar
+    # 88 units (answer_max - 40); it ends with "." before the bound, and its last 17
+    # units (a fifth) begin no clause: no ",", ";", ":" or "!"
+    assert 'tail ::= tail-unit{0,70} "." | tail-unit{71} close\n' in grammar
+    assert 'close ::= close-char{0,16} "." | close-char{17}\n' in grammar
+    assert "close-char ::= [^\\x00-\\x1f.?,;:!]\n" in grammar
     assert [t.answer_max_chars for t in record.turns] == [128, 128]
 
 

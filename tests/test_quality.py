@@ -248,7 +248,7 @@ def test_nothing_finished_is_an_error_and_nothing_to_judge_is_na() -> None:
     p = quality([debate(turns=[], summary_status="failed", status="failed")]).panels[0]
     assert p.verdicts.model_dump() == dict.fromkeys(
         ["restated", "non_positions", "failed_turns", "agreement", "false_claims",
-         "unmarked_cuts", "label_contradictions", "bare"]
+         "unmarked_cuts", "unmarked_answers", "label_contradictions", "bare"]
     )  # fmt: skip
     text = render_quality(quality([debate(turns=[])]), "text", TemplateSet(), "Quality: t")
     assert "n/a" in text
@@ -390,6 +390,53 @@ def test_summary_claims_the_record_contradicts() -> None:
         if line.startswith("Summary claims contradicted")
     )
     assert "1 in 2 summaries" in row and row.endswith("FAIL")
+
+
+def test_a_false_statement_of_a_held_position_is_a_claim_the_record_contradicts() -> None:
+    turns = [ok(i, n).model_copy(update={"position": "A"}) for i in (1, 2) for n in NAMES]
+    r = debate("h-s1", turns=turns)  # all three hold position A
+    r.positions = [PositionLabel(letter="A", label="Yes, phased in", round=1)]
+    assert r.summary is not None
+    false = "A1 and B2 back a phased ban, while C3 argues against it."
+    r.summary = r.summary.model_copy(update={"summary": false})
+    p = quality([r]).panels[0]
+    assert [e.text for e in p.false_claims] == [
+        "it says C3 holds another position, but all 3 agreed"
+    ]
+
+
+# the grammar's bound for max_tokens 64 (answer_max 128): 88 units after "Yes, because c"
+CUT_ANSWER = "Yes, because cars crowd the centre, fill its air with fumes and noise, and push " \
+             "walkers off pavements,"  # fmt: skip
+
+
+def answer_turn(answer: str, *, flag: bool | None) -> TurnRecord:
+    """A round-1 turn made with issue #26's grammars (reasoning_cut kept), with the answer
+    cut flag `flag` (None: made before answers were flagged)."""
+    g = gen(1.0).model_copy(update={"raw_output": f"Reasoning: Cars.\nAnswer: {answer}"})
+    return TurnRecord(
+        round=1, panelist="A1", status="ok", generation=g, reasoning_cut=False,
+        answer_cut=flag, answer_max_chars=128,
+        parsed=ParsedTurn(answer=answer, reasoning="Cars.", order=["reasoning", "answer"]),
+    )  # fmt: skip
+
+
+def test_answers_cut_without_a_mark_older_and_newer_records() -> None:
+    # made at 8c8915a: nothing flagged, read off the grammar's bound, shown as generated
+    older = debate("o-s1", turns=[answer_turn(CUT_ANSWER, flag=None)])
+    newer = debate("n-s1", turns=[answer_turn(CUT_ANSWER, flag=True)])  # shown with "…"
+    ended = debate("e-s1", turns=[answer_turn(CUT_ANSWER[:-1] + ".", flag=None)])
+    p = quality([older, newer, ended]).panels[0]
+    assert p.cut_answers == 2
+    assert [(e.run_id, e.text) for e in p.unmarked_answers] == [("o-s1", CUT_ANSWER[-60:])]
+    assert p.verdicts.unmarked_answers is False
+    row = next(
+        line
+        for line in render_quality(quality([older, newer]), "text", TemplateSet(), "Q").splitlines()
+        if line.startswith("Answers cut without a mark")
+    )
+    assert "1 of 2 cut" in row and row.endswith("FAIL")
+    assert quality([newer]).panels[0].verdicts.unmarked_answers is True
 
 
 def cut_turn(reasoning: str, *, flag: bool | None) -> TurnRecord:

@@ -467,8 +467,9 @@ def test_the_view_trims_answers_the_grammar_cut_and_leaves_others() -> None:
         },
     )  # fmt: skip
     finals = {t.name: t.answer for t in build_view(record).finals}
+    # ended at its last full sentence and marked, as a cut reasoning is (issue #26)
     assert finals == {
-        "A1": "Open the weights. Keep the training code public.",
+        "A1": "Open the weights. Keep the training code public. …",
         "B2": "Closed weights, no end mark",
     }
 

@@ -2,18 +2,22 @@
 
 An answer agrees with the position it names, no answer is a bare yes or no, a
 reasoning that a length cap stopped is marked wherever it is shown, and the summary
-states no change of mind, no held position and no minority voice that the record
-contradicts. Fake speakers, no llama.cpp.
+states no change of mind, no held position, no dissent and no minority voice that
+the record contradicts; the counterpoint opens with the minority's own names. An
+answer that the grammar's bound stopped is marked as a cut reasoning is. Fake
+speakers, no llama.cpp.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pytest
 
 from localtable.backends.base import TurnRequest, TurnResult
-from localtable.debate.claims import Facts, claims, contradictions
+from localtable.debate.answers import answer_cut, answer_tail_max
+from localtable.debate.claims import Facts, claims, contradictions, dissents, misnamed
 from localtable.debate.parsing import ParseFailure, parse_turn
 from localtable.debate.protocol import Debate, derive_seed, reasoning_max_chars
 from localtable.record import RunRecord, TurnRecord, mark_cut
@@ -352,3 +356,254 @@ def test_claims_are_checked_against_the_counted_changes() -> None:
         "the counterpoint has Qwen 1.5B Skeptic dissent, but all 3 agreed"
     ]
     assert contradictions("", "Qwen 1.5B Skeptic warned about cost.", agreed) == []
+
+
+# -- the counterpoint's source and held positions (the rest of issue #26) -------------
+
+QWEN = ["Qwen 1.5B", "Qwen 0.5B", "Qwen 1.5B Skeptic"]  # a name that is a prefix of another
+OPEN = "Yes, open code can be checked."
+SHUT = "No, it helps attackers."
+
+
+def qwen_round(answers: list[str], labels: str, *summaries: str) -> tuple[RunRecord, FakeSpeaker]:
+    """One round of the three Qwen panelists; the summarizer (Qwen 1.5B) labels the
+    answers, then gives `summaries` in turn."""
+    speaker = FakeSpeaker(
+        {
+            QWEN[0]: [R1.format(a=answers[0]), labels, *summaries],
+            QWEN[1]: [R1.format(a=answers[1])],
+            QWEN[2]: [R1.format(a=answers[2])],
+        }
+    )
+    return run(speaker, make_record(QWEN, rounds=1)), speaker
+
+
+def summary_call(speaker: FakeSpeaker) -> str:
+    return next(c.grammar for c in speaker.calls if c.grammar.startswith('root ::= "Summary'))
+
+
+def test_a_summary_claiming_a_false_held_position_is_refused_and_a_later_one_kept() -> None:
+    # the demo of 16ec3f6 (seed 1), over "All 3 models agreed"
+    labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
+    false = (
+        "Summary: Qwen 1.5B and Qwen 0.5B endorse open-source training code for AI models, "
+        "while Qwen 1.5B Skeptic argues against it.\n"
+        "Counterpoint: Qwen 1.5B Skeptic warns that attackers read code too.\nAnswer: Yes."
+    )
+    true = false.replace("while Qwen 1.5B Skeptic argues against it", "and so does Qwen 1.5B "
+                         "Skeptic")  # fmt: skip
+    record, _ = qwen_round([OPEN, OPEN, OPEN], labels, false, true)
+    s = record.summary
+    assert s and s.status == "ok" and s.summary.endswith("and so does Qwen 1.5B Skeptic.")
+    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    assert s.rejected == [
+        f"seed {seed}: it says Qwen 1.5B Skeptic holds another position, but all 3 agreed"
+    ]
+    assert len(s.rejected_generations) == 1 and s.rejected_generations[0].raw_output == false
+
+
+@pytest.mark.parametrize(
+    "text,read",
+    [
+        ("Qwen 1.5B and Qwen 0.5B endorse it, while Qwen 1.5B Skeptic argues against it.",
+         [("Qwen 1.5B Skeptic", ["Qwen 1.5B", "Qwen 0.5B"])]),
+        ("While Qwen 1.5B and Qwen 0.5B endorse it, Qwen 1.5B Skeptic opposes it.",
+         [("Qwen 1.5B Skeptic", ["Qwen 1.5B", "Qwen 0.5B"])]),
+        ("Unlike Qwen 1.5B Skeptic, Qwen 1.5B objects to it.",
+         [("Qwen 1.5B", ["Qwen 1.5B Skeptic"])]),
+        ("Qwen 1.5B Skeptic disagrees with Qwen 1.5B.", [("Qwen 1.5B Skeptic", ["Qwen 1.5B"])]),
+        ("Qwen 1.5B argued for it. Qwen 1.5B Skeptic disagreed.",
+         [("Qwen 1.5B Skeptic", ["Qwen 1.5B"])]),
+        ("Qwen 0.5B holds a different view from the others.", [("Qwen 0.5B", [])]),
+        ("Qwen 1.5B Skeptic was the lone dissenter.", [("Qwen 1.5B Skeptic", [])]),
+        ("Qwen 0.5B dissents on cost.", [("Qwen 0.5B", [])]),
+        # not a claim about the panel, or not one it can read
+        ("Qwen 1.5B Skeptic opposes the release.", []),  # maybe the panel's own position
+        ("Qwen 1.5B argues against it on cost, while Qwen 0.5B argues against it on risk.", []),
+        ("Qwen 1.5B Skeptic disagrees with the release.", []),
+        ("Qwen 1.5B Skeptic disagrees that the code is safe.", []),
+        ("No panelist disagreed.", []),
+        ("Qwen 0.5B did not disagree.", []),
+        ("There was some disagreement about cost.", []),
+        ("The strongest counter to this is cost.", []),
+    ],
+)  # fmt: skip
+def test_the_panelists_a_summary_sets_apart(text: str, read: list[tuple[str, list[str]]]) -> None:
+    assert dissents(text, QWEN) == read
+
+
+def test_a_name_that_runs_on_into_another_panelists_is_refused_and_a_later_one_kept() -> None:
+    # the default panel at this branch (seed 1): all agreed, and the counterpoint's
+    # reservation came from "Qwen 0.5B Skeptic", who is not on the panel
+    labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
+    misnamed_summary = (
+        "Summary: The three panelists agree that open code can be checked.\n"
+        "Counterpoint: Qwen 0.5B Skeptic argued that the code could be too complex to "
+        "maintain.\nAnswer: Yes, with clear documentation."
+    )
+    named = misnamed_summary.replace("Qwen 0.5B Skeptic", "Qwen 1.5B Skeptic")
+    record, _ = qwen_round([OPEN, OPEN, OPEN], labels, misnamed_summary, named)
+    s = record.summary
+    assert s and s.status == "ok" and s.counterpoint.startswith("Qwen 1.5B Skeptic argued")
+    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    assert s.rejected == [f"seed {seed}: it names Qwen 0.5B Skeptic, who is not on the panel"]
+    assert misnamed("Qwen 1.5B Skeptic and Qwen 1.5B, not Qwen 0.5B, argued.", QWEN) == []
+    # a persona's word only: not a size ("Qwen 1.5B 0.5B") nor a letter ("Panelist A a")
+    assert misnamed("Qwen 1.5B 0.5B", QWEN) == []
+    assert misnamed("Panelist A a bit", ["Panelist A", "Panelist B"]) == []
+
+
+def test_held_positions_are_checked_against_the_final_groups() -> None:
+    demo = "Qwen 1.5B and Qwen 0.5B endorse it, while Qwen 1.5B Skeptic argues against it."
+    skeptic_apart = Facts(labels=QWEN, changed=[], majority=QWEN[:2], minority=[QWEN[2]],
+                          all_agreed=False, groups=[QWEN[:2], [QWEN[2]]])  # fmt: skip
+    # true statements of dissent are kept
+    assert contradictions(demo, "", skeptic_apart) == []
+    assert contradictions("Qwen 1.5B Skeptic disagrees.", "", skeptic_apart) == []
+    assert contradictions("", "Qwen 1.5B Skeptic counters that it costs.", skeptic_apart) == []
+    # with the prefix name in the minority instead, the same sentence is false
+    prefix_apart = Facts(labels=QWEN, changed=[], majority=QWEN[1:], minority=[QWEN[0]],
+                         all_agreed=False, groups=[QWEN[1:], [QWEN[0]]])  # fmt: skip
+    assert contradictions(demo, "", prefix_apart) == [
+        "it says Qwen 1.5B Skeptic holds another position than Qwen 0.5B, but they hold the "
+        "same one"
+    ]
+    assert contradictions("Qwen 1.5B Skeptic disagrees.", "", prefix_apart) == [
+        "it says Qwen 1.5B Skeptic holds another position, but Qwen 1.5B Skeptic holds the "
+        "majority's"
+    ]
+    assert contradictions("Qwen 1.5B disagrees.", "", prefix_apart) == []
+    agreed = prefix_apart.model_copy(update={"majority": [], "minority": [], "all_agreed": True,
+                                             "groups": [QWEN]})  # fmt: skip
+    assert contradictions(demo, "", agreed) == [
+        "it says Qwen 1.5B Skeptic holds another position, but all 3 agreed"
+    ]
+    # in a counterpoint when all agreed, opposing alone is a dissent; a reservation is not
+    assert contradictions("", "Qwen 0.5B opposes the release.", agreed) == [
+        "the counterpoint has Qwen 0.5B dissent, but all 3 agreed"
+    ]
+    assert contradictions("", "Qwen 0.5B warns that the release costs.", agreed) == []
+    assert contradictions("Qwen 0.5B opposes the release.", "", agreed) == []
+
+
+def test_the_counterpoint_opens_with_the_minoritys_exact_name_and_a_verb() -> None:
+    labels = f"Position A: Yes, open it\nPosition B: No, keep it closed\n{QWEN[0]}: B\n" \
+             f"{QWEN[1]}: A\n{QWEN[2]}: A"  # fmt: skip
+    summary = (
+        "Summary: Two held that open code can be checked; Qwen 1.5B held it helps attackers.\n"
+        "Counterpoint: Qwen 1.5B argues that attackers read open code too.\nAnswer: Yes, mostly."
+    )
+    record, speaker = qwen_round([SHUT, OPEN, OPEN], labels, summary)
+    grammar = summary_call(speaker)
+    # the minority's exact name, then one of a few verbs: "Qwen 1.5B" cannot run on
+    # into "Qwen 1.5B Skeptic", nor can the summarizer name anyone else as the source
+    assert '"\\nCounterpoint: " counterpoint "\\nAnswer: "' in grammar
+    assert (
+        'counterpoint ::= "Qwen 1.5B " (voice1 | voice2 | voice3 | voice4 | voice5 | voice6)'
+        in grammar
+    )
+    verbs = re.findall(r'^voice\d ::= "([a-z ]+) " ', grammar, re.MULTILINE)
+    assert verbs == ["argues", "counters", "warns", "contends", "maintains", "points out"]
+    # the whole line keeps the bound of any other line (SUMMARY_LINE_MAX_CHARS, 200)
+    assert 'voice1 ::= "argues " [^\\x00-\\x20<] [^\\x00-\\x1f]{0,182}' in grammar
+    asked = next(c for c in speaker.calls if c.grammar == grammar).messages[-1].content
+    assert 'opens with Qwen 1.5B and a verb, e.g. "Qwen 1.5B argues that ..."' in asked
+    s = record.summary
+    assert s and s.status == "ok" and not s.rejected
+    assert s.counterpoint == "Qwen 1.5B argues that attackers read open code too."
+
+
+def test_two_in_the_minority_open_the_counterpoint_together() -> None:
+    grammar = builtin().render("summary.gbnf.j2", line_max=200, summary_max=600,
+                               minority=["Qwen 0.5B", "Qwen 1.5B Skeptic"])  # fmt: skip
+    assert 'counterpoint ::= "Qwen 0.5B and Qwen 1.5B Skeptic " (voice1' in grammar
+    assert 'voice1 ::= "argue " ' in grammar and 'voice6 ::= "point out " ' in grammar
+    # a scripted summarizer writes what the grammar allows, and the check keeps it
+    reply = scripted_reply(grammar, "")
+    assert "\nCounterpoint: Qwen 0.5B and Qwen 1.5B Skeptic argue that it costs.\n" in reply
+
+
+def test_when_all_agreed_the_counterpoint_is_free_but_has_nobody_dissent() -> None:
+    labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
+    dissent = (
+        "Summary: All three held that open code can be checked.\n"
+        "Counterpoint: Qwen 1.5B Skeptic argues against releasing the training code.\n"
+        "Answer: Yes, open it."
+    )
+    reservation = dissent.replace("argues against releasing", "warns about the cost of releasing")
+    record, speaker = qwen_round([OPEN, OPEN, OPEN], labels, dissent, reservation)
+    # as before: any panelist may be named with a reservation
+    assert '"\\nCounterpoint: " line "\\nAnswer: "' in summary_call(speaker)
+    s = record.summary
+    assert s and s.status == "ok" and s.counterpoint.startswith("Qwen 1.5B Skeptic warns")
+    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    assert s.rejected == [
+        f"seed {seed}: the counterpoint has Qwen 1.5B Skeptic dissent, but all 3 agreed"
+    ]
+
+
+# -- answers cut by the grammar's bound ---------------------------------------------------
+
+# max_tokens 64: answer_max 128, so the answer's tail has 88 units; its last 17 begin no clause
+HEAD = "Yes, because o"
+CUT_ANSWER = HEAD + "pen code lets anyone check it, and shared code helps smaller labs compete " \
+                    "with the big o"  # fmt: skip
+
+
+def test_answer_cut_reads_the_grammars_bound() -> None:
+    assert len(CUT_ANSWER) - len(HEAD) == answer_tail_max(128) == 88
+    assert answer_cut(CUT_ANSWER, 128)
+    assert not answer_cut(CUT_ANSWER[:-1], 128)  # one unit short: the model ended it
+    assert not answer_cut(CUT_ANSWER[:-1] + ".", 128)  # a closing full stop
+    assert answer_cut(CUT_ANSWER[:-1] + ".x", 128)  # "." and a character are one unit
+    # an answer opening with neither yes nor no: its tail starts after 1 to 4 characters
+    assert answer_cut("It" + "x" * 87, 128) and not answer_cut("It" + "x" * 86, 128)
+    assert answer_cut("Not" + "x" * 88, 128) and not answer_cut("Not" + "x" * 87, 128)
+    # the template's bound is the one the code reads
+    grammar = builtin().render(
+        "turn.gbnf.j2", fields=["reasoning", "answer"], peers=[], letters=[],
+        allow_new=False, own_position="", reasoning_max=200, answer_max=128, multiline=False,
+        kind="open", options=[],
+    )  # fmt: skip
+    opened = int(re.search(r"tail-unit\{(\d+)\} close", grammar).group(1))  # type: ignore[union-attr]
+    closing = int(re.search(r"close-char\{(\d+)\}\n", grammar).group(1))  # type: ignore[union-attr]
+    assert opened + closing == answer_tail_max(128)
+
+
+def test_the_turn_grammar_ends_an_answer_with_a_full_stop_or_at_its_bound() -> None:
+    grammar = builtin().render(
+        "turn.gbnf.j2", fields=["reasoning", "answer"], peers=[], letters=[],
+        allow_new=False, own_position="", reasoning_max=200, answer_max=200, multiline=False,
+        kind="open", options=[],
+    )  # fmt: skip
+    # 160 units: "." ends it anywhere before the bound; without one it runs to the bound,
+    # and its last 32 units begin no new clause, so a clause that would go on ends there
+    assert 'tail ::= tail-unit{0,127} "." | tail-unit{128} close\n' in grammar
+    assert 'close ::= close-char{0,31} "." | close-char{32}\n' in grammar
+    assert "close-char ::= [^\\x00-\\x1f.?,;:!]\n" in grammar
+
+
+def test_an_answer_stopped_by_the_grammars_bound_is_marked_everywhere() -> None:
+    speaker = FakeSpeaker(
+        {
+            "A1": [f"Reasoning: Open code can be read by all.\nAnswer: {CUT_ANSWER}",
+                   LABELS.replace("Position B: No, keep it closed\n", "").replace("B2: B", "B2: A"),
+                   R2.format(d="maintained", a="Yes, open it now.", i="nobody", p="A"), GOOD],
+            "B2": [R1.format(a="Yes, but slowly please."),
+                   R2.format(d="maintained", a="Yes, but slowly please.", i="nobody", p="A")],
+        }
+    )  # fmt: skip
+    record = run(speaker, make_record(["A1", "B2"]))
+    a1, b2 = record.turn(1, "A1"), record.turn(1, "B2")
+    assert a1 and a1.answer_cut is True and b2 and b2.answer_cut is False
+    # the record keeps the answer as generated; it is shown marked
+    assert a1.parsed and a1.parsed.answer == CUT_ANSWER
+    assert a1.answer_shown == CUT_ANSWER + "…"
+    # the peers' view in round 2
+    b2_round2 = next(c for c in speaker.calls if c.panelist == "B2" and "Decision" in c.grammar)
+    assert f"\nAnswer: {CUT_ANSWER}…\n" in b2_round2.messages[-1].content
+    # every layout: marked wherever the answer is shown
+    for fmt in ("text", "md", "html"):
+        page = render(record, fmt, builtin())
+        assert "with the big o…" in page, fmt
+        assert page.count("with the big o") == page.count("with the big o…"), fmt

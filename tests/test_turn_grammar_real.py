@@ -1,6 +1,7 @@
 """The turn grammar on real llama.cpp (SmolLM2's vocabulary): after the Position line
-names a letter, only an answer of that letter's stance can be written, and a leading
-yes or no cannot end without its ground (issue #26)."""
+names a letter, only an answer of that letter's stance can be written, a leading
+yes or no cannot end without its ground, an answer ends with "." or at its bound,
+and a summary's counterpoint opens with the minority's name (issue #26)."""
 
 from __future__ import annotations
 
@@ -95,5 +96,34 @@ def test_a_no_letter_only_a_no_answer_and_a_neutral_one_neither(model: Any) -> N
 def test_a_yes_or_no_answer_ends_only_after_two_words_of_ground(model: Any) -> None:
     start = HEAD + "changed\nPosition: new\nAnswer: "
     assert "<eog>" not in allowed(model, GRAMMAR, start + "Yes, because")
-    assert "<eog>" in allowed(model, GRAMMAR, start + "Yes, because it helps")
-    assert "<eog>" in allowed(model, GRAMMAR, start + "It depends")
+    # ... and its full stop: before the bound only "." ends an answer
+    assert "<eog>" not in allowed(model, GRAMMAR, start + "Yes, because it helps")
+    assert "<eog>" in allowed(model, GRAMMAR, start + "Yes, because it helps.")
+    assert "<eog>" in allowed(model, GRAMMAR, start + "It depends.")
+
+
+def test_near_its_bound_an_answer_begins_no_clause_and_at_it_ends(model: Any) -> None:
+    start = HEAD + "changed\nPosition: new\nAnswer: Yes, because o"  # the tail starts here
+    words = "pen code lets anyone check the weights and the data " * 4
+    # answer_max 200: a tail of 160 units, the last 32 of which begin no clause
+    early = allowed(model, GRAMMAR, start + words[:100])
+    assert "<eog>" not in early and "," in early and "." in early
+    near = allowed(model, GRAMMAR, start + words[:130])
+    assert "<eog>" not in near and "." in near
+    assert not [p for p in near if set(p) & set(",;:!")], [p for p in near if "," in p][:10]
+    assert set(allowed(model, GRAMMAR, start + words[:160])) == {"<eog>"}
+
+
+# a summary whose panel has a minority of one: "Qwen 1.5B", a prefix of another name
+SUMMARY = builtin().render("summary.gbnf.j2", line_max=200, summary_max=600, minority=["Qwen 1.5B"])
+VERBS = ["argues ", "counters ", "warns ", "contends ", "maintains ", "points out "]
+
+
+def test_the_counterpoint_opens_with_the_minoritys_name_and_a_verb(model: Any) -> None:
+    head = "Summary: Two of three said yes.\nCounterpoint: "
+    first = allowed(model, SUMMARY, head)
+    assert first and all("Qwen 1.5B ".startswith(p) for p in first), first[:20]
+    # after the name, one of the verbs: never "Skeptic"
+    after = allowed(model, SUMMARY, head + "Qwen 1.5B ")
+    assert after and all(any(v.startswith(p) or p.startswith(v) for v in VERBS) for p in after)
+    assert not [p for p in after if p.lower().startswith("sk")]

@@ -66,6 +66,39 @@ def bare_answer(answer: str) -> bool:
     return bool(words) and words[0] in ("yes", "no") and len(words) - 1 < GROUND_MIN_WORDS
 
 
+# prompts/turn.gbnf.j2 gives an open answer's `tail` (what follows its first word or
+# its yes/no and ground) `answer_max - ANSWER_TAIL_SLACK` units: a character, or "."
+# and the character after it. Must match the template.
+ANSWER_TAIL_SLACK = 40
+# A leading yes/no, its lead, the ground's first word and the first character of the
+# next (turn.gbnf.j2 `answer-yes`, `ground`); else the first 1 to 4 characters
+# (`other-first`, whose length depends on whether it starts like "No" or "Yes").
+_STANCE_HEAD = re.compile(r"(?:Yes|yes|No|no)(?:[,;:]| -)? [^ ]+ [^ ]")
+_OTHER_HEAD = re.compile(r"[Nn][Oo].|[Nn].|[Yy][Ee][Ss].|[Yy][Ee].|[Yy].|.", re.DOTALL)
+
+
+def answer_tail_max(answer_max: int) -> int:
+    """The units an open answer's tail may have (turn.gbnf.j2 `tail_max`)."""
+    return max(answer_max - ANSWER_TAIL_SLACK, 1)
+
+
+def answer_cut(raw_answer: str, answer_max: int) -> bool:
+    """Whether the grammar's bound stopped an open answer as generated (nothing
+    stripped): its tail used every unit turn.gbnf.j2 allows, and no closing "."
+    ended it. The grammar lets a model end an answer only with "." before the bound
+    (it did end answers on a comma: "..., promoting fair competition,")."""
+    head = _STANCE_HEAD.match(raw_answer) or _OTHER_HEAD.match(raw_answer)
+    if head is None:
+        return False
+    text, i, units = raw_answer, head.end(), 0
+    while i < len(text):
+        if text[i] == "." and i + 1 == len(text):
+            return False  # the closing "." the model chose
+        i += 2 if text[i] == "." and text[i + 1] > " " and text[i + 1] != "?" else 1
+        units += 1
+    return units >= answer_tail_max(answer_max)
+
+
 def parse_number(text: str) -> Decimal | None:
     """The value of a number answer as the grammar writes it, else None."""
     text = text.strip()

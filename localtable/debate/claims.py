@@ -5,9 +5,11 @@ it may state about the panel: who changed position (debate/positions.py
 `changes`), and where each panelist ended (`final_groups`). A small summarizer
 still wrote "Qwen 1.5B Skeptic changed their mind" when nobody had, and a
 counterpoint can name a panelist who holds the majority's position as the source
-of the minority's view. This module reads those claims out of a summary's text,
-by the panelists' labels and a few verbs, and says which contradict the record;
-the protocol refuses such an attempt and tries another seed.
+of the minority's view. A summary also printed "Qwen 1.5B and Qwen 0.5B endorse open-source
+training code, while Qwen 1.5B Skeptic argues against it" over "All 3 models
+agreed". This module reads those claims out of a summary's text, by the
+panelists' labels and a few verbs, and says which contradict the record; the
+protocol refuses such an attempt and tries another seed.
 
 It reads only what a plain sentence says: a panelist named just before "changed",
 "switched", "shifted" ... (or "changed X's mind") is said to have changed; one
@@ -17,7 +19,18 @@ changed" and "all ... maintained their positions" speak for everyone. A name aft
 "by", "from", "to" ... is not the subject ("persuaded by X"). Claims it cannot
 read are not checked: it refuses what it reads as false, never what it cannot
 read. A name set off by commas after the subject ("X, after hearing Y, changed")
-is not the subject either.
+is not the subject either. A name that runs a panelist's label on into another's
+last word ("Qwen 0.5B Skeptic" beside "Qwen 1.5B Skeptic") names nobody on the
+panel (`misnamed`).
+
+A panelist is said to hold another position than some others (`dissents`) when
+it "disagrees", "dissents", "holds a different view", "stands alone" ... (apart
+from the panelists named after "with" or "from", else from those the clause
+before names, else from the panel), or "argues against", "opposes", "objects",
+"counters" ... set against others: a clause after "but", "while", "however" ...
+whose clause before names other panelists who do not oppose as well, or "unlike
+X". Alone, "X opposes the ban" may well be the panel's own position, so it is
+not read; in a counterpoint when all agreed it is a dissent.
 """
 
 from __future__ import annotations
@@ -71,6 +84,37 @@ _CLAUSE = re.compile(
     r"(?<=[.!?;])\s+|\s+(?:but|while|whereas|although|though|however|yet)\b,?\s*|,\s+and\s+",
     re.IGNORECASE,
 )
+# Contrasted with the clause before: split off by one of these, or opening with one
+_CONTRAST = re.compile(
+    r"^\W*(?:but|while|whereas|although|though|however|yet|in contrast|by contrast|"
+    r"on the other hand|conversely)\b",
+    re.IGNORECASE,
+)
+# ... or with a name earlier in its own clause ("While X and Y endorse it, Z opposes it")
+_SUBORDINATE = re.compile(r"^\W*(?:while|whereas|although|though)\b", re.IGNORECASE)
+_UNLIKE = re.compile(r"\b(?:unlike|in contrast to|contrary to|as opposed to)\W+$", re.IGNORECASE)
+# Standing apart from others, whatever the question: "disagrees", "holds a different view"
+_APART = re.compile(
+    r"\b(?:disagree(?:s|d|ing)?|dissent(?:s|ed|ing)?|"
+    r"(?:holds?|held|holding|takes?|took|taking|has|had|having|offers?|offered|adopts?|"
+    r"adopted)\s+(?:a|an|the)\s+(?:different|differing|opposing|opposite|contrary|"
+    rf"contrasting|dissenting|minority)\s+{_STANCE_NOUN}|stands? alone|stood alone|"
+    r"breaks? ranks|broke ranks|(?:is|was|remains|remained)\s+(?:the|a)\s+(?:lone|only|sole)\s+"
+    r"(?:dissent\w*|holdout|voice|exception|one))\b",
+    re.IGNORECASE,
+)
+# Opposing something: a dissent only when set against other panelists (see above)
+_AGAINST = re.compile(
+    rf"{_NOT_A_NOUN}\b(?:argu(?:es|ed|ing|e) (?:against|otherwise|the opposite)|"
+    r"oppos(?:es|ed|ing|e)|object(?:s|ed|ing)?|reject(?:s|ed|ing)?|counter(?:s|ed|ing)?|"
+    r"push(?:es|ed|ing)? back|disput(?:es|ed|ing|e))\b",
+    re.IGNORECASE,
+)
+# After "disagrees with" / "differs from": the panel, not a named panelist
+_PANEL = re.compile(
+    r"(?:the\s+)?(?:other\w*|rest|majority|panel|group|them|everyone|everybody|both|all)\b",
+    re.IGNORECASE,
+)
 _DISSENT = re.compile(
     r"\b(?:minority|dissent\w*|disagree\w*|lone|holdouts?|held out|the only (?:one|panelist))\b",
     re.IGNORECASE,
@@ -86,6 +130,8 @@ class Facts(BaseModel):
     majority: list[str]  # labels in the unique largest final group (empty: no such group)
     minority: list[str]  # labels with a valid final answer outside it
     all_agreed: bool
+    # labels of each final position's holders, largest group first ([]: not known)
+    groups: list[list[str]] = []
 
 
 def record_facts(record: RunRecord) -> Facts:
@@ -106,6 +152,7 @@ def record_facts(record: RunRecord) -> Facts:
         majority=[label_of[m] for m in majority if m in label_of],
         minority=[label_of[m] for m in minority if m in label_of],
         all_agreed=all_agreed,
+        groups=[[label_of[m] for m in g.members if m in label_of] for g in groups],
     )
 
 
@@ -153,6 +200,121 @@ def _object(clause: str, mentions: list[tuple[int, int, str]], end: int) -> str 
     return None
 
 
+def _clauses(text: str) -> list[tuple[str, bool]]:
+    """The text's clauses (split as claims() splits them), each with whether it is set
+    against the one before ("but", "while", "however" ...)."""
+    out: list[tuple[str, bool]] = []
+    start, contrasted = 0, False
+    for m in _CLAUSE.finditer(text):
+        out.append((text[start : m.start()], contrasted))
+        contrasted = bool(_CONTRAST.match(m.group().strip()))
+        start = m.end()
+    out.append((text[start:], contrasted))
+    return [(c, was or bool(_CONTRAST.match(c))) for c, was in out if c.strip()]
+
+
+def _named(clause: str, mentions: list[tuple[int, int, str]]) -> list[str]:
+    """The panelists a clause names other than as the object of a preposition."""
+    return list(
+        dict.fromkeys(
+            label for start, _, label in mentions if not _NOT_SUBJECT.search(clause[:start])
+        )
+    )
+
+
+def _joined(clause: str, mentions: list[tuple[int, int, str]], at: int) -> list[str]:
+    """The panelists named from `at` on, joined by "and", "," or "nor" ("A and B")."""
+    out: list[str] = []
+    for start, stop, label in mentions:
+        if start >= at and _CONNECTOR.match(clause[at:start]):
+            out.append(label)
+            at = stop
+    return out
+
+
+def _apart_from(clause: str, mentions: list[tuple[int, int, str]], end: int) -> list[str] | None:
+    """Whom a verb of standing apart ending at `end` names: the panelists after "with"
+    or "from" ([] for the panel: "with the others"); None when it is about something
+    else ("disagrees with the ban", "disagrees that it is safe"): not read."""
+    rest = clause[end:]
+    joined = re.match(r"\s+(?:with|from)\s+", rest, re.IGNORECASE)
+    if joined is None:
+        return None if re.match(r"\s+that\b", rest, re.IGNORECASE) else []
+    at = end + joined.end()
+    named = _joined(clause, mentions, at)
+    return named if named else ([] if _PANEL.match(clause[at:]) else None)
+
+
+def _set_apart_from(
+    clause: str, contrasted: bool, prev: str, verb: re.Match[str], who: list[str],
+    labels: list[str], against_panel: bool,
+) -> list[str] | None:  # fmt: skip
+    """Whom the panelists `who` are set apart from by `verb` (see the module's
+    docstring): the names before it in a "While X ..." clause, after "unlike", in a
+    contrasted clause before, or after "disagrees with"; [] for the panel; None
+    when the clause sets them against nobody it can read."""
+    mentions = _mentions(clause, labels)
+    earlier = [x for x in mentions if x[1] <= verb.start()]
+    within = [label for label in _named(clause, earlier) if label not in who]
+    unlike = [x[2] for x in mentions if _UNLIKE.search(clause[: x[0]]) and x[2] not in who]
+    before = [label for label in _named(prev, _mentions(prev, labels)) if label not in who]
+    if _SUBORDINATE.match(clause) and within:
+        return within
+    if unlike:
+        return unlike
+    if contrasted and before and not _AGAINST.search(prev):
+        return before
+    if verb.re is _APART:
+        named = _apart_from(clause, mentions, verb.end())
+        return named if named != [] else before
+    return [] if against_panel else None  # "X opposes it" alone: perhaps the panel's view
+
+
+def dissents(
+    text: str, labels: list[str], *, against_panel: bool = False
+) -> list[tuple[str, list[str]]]:
+    """(label, the labels it is said to hold another position than; [] for the panel)
+    for each panelist the text sets apart (see the module's docstring); with
+    `against_panel` (a counterpoint when all agreed) a verb of opposing alone counts."""
+    out: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    clauses = _clauses(text)
+    for i, (clause, contrasted) in enumerate(clauses):
+        prev = clauses[i - 1][0] if i else ""
+        mentions = _mentions(clause, labels)
+        for verb in [*_APART.finditer(clause), *_AGAINST.finditer(clause)]:
+            lead = clause[: verb.start()]
+            if _NOBODY.search(lead) or _NEGATION.search(lead[-24:]):
+                continue
+            who = _subjects(clause, mentions, verb.start())
+            if not who:
+                continue
+            others = _set_apart_from(clause, contrasted, prev, verb, who, labels, against_panel)
+            if others is not None:
+                for label in who:
+                    out[(label, tuple(others))] = others
+    return [(label, others) for (label, _), others in out.items()]
+
+
+def _false_dissent(who: str, others: list[str], facts: Facts, where: str) -> str | None:
+    """Why the record contradicts `who` holding another position than `others` (or
+    than the panel, for []), or None when it does not."""
+    if facts.all_agreed:
+        if where == "counterpoint":
+            return f"the counterpoint has {who} dissent, but all {len(facts.labels)} agreed"
+        return f"it says {who} holds another position, but all {len(facts.labels)} agreed"
+    groups = facts.groups or [facts.majority]
+    group_of = {label: i for i, g in enumerate(groups) for label in g}
+    same = [o for o in others if who in group_of and group_of.get(o) == group_of[who]]
+    if same:
+        return (
+            f"it says {who} holds another position than {', '.join(same)}, but they hold "
+            "the same one"
+        )
+    if not others and who in facts.majority:
+        return f"it says {who} holds another position, but {who} holds the majority's"
+    return None
+
+
 def claims(text: str, labels: list[str]) -> list[tuple[str, str]]:
     """(label or "*nobody*" or "*everyone*", "changed" or "held") for each claim read
     in the text, in order."""
@@ -182,9 +344,33 @@ def claims(text: str, labels: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def misnamed(text: str, labels: list[str]) -> list[str]:
+    """Names that run a panelist's label on into the last word of another's: "Qwen
+    0.5B Skeptic" on a panel of "Qwen 0.5B" and "Qwen 1.5B Skeptic" (a 1.5B
+    summarizer wrote it, when all agreed, as the source of a reservation). Nobody
+    on the panel has that name."""
+    # a word such as a persona's ("Skeptic"): not a size ("1.5B") nor a letter ("Panelist A")
+    last_words = {
+        word.casefold()
+        for label in labels
+        for word in label.split()[1:][-1:]
+        if word.isalpha() and len(word) >= 3
+    }
+    out = []
+    for _, end, label in _mentions(text, labels):
+        word = re.match(r" (\w+)\b", text[end:])
+        if word and word.group(1).casefold() in last_words:
+            out.append(f"{label} {word.group(1)}")
+    return out
+
+
 def contradictions(summary: str, counterpoint: str, facts: Facts) -> list[str]:
     """The claims of a summary that the record contradicts, each in a few words."""
-    problems: list[str] = []
+    problems = [
+        f"it names {name}, who is not on the panel"
+        for text in (summary, counterpoint)
+        for name in misnamed(text, facts.labels)
+    ]
     changed = set(facts.changed)
     for who, what in claims(summary, facts.labels):
         if who == "*nobody*" and changed:
@@ -200,6 +386,12 @@ def contradictions(summary: str, counterpoint: str, facts: Facts) -> list[str]:
             problems.append(f"it says {who} changed position, but {who} never did")
         elif who in facts.labels and what == "held" and who in changed:
             problems.append(f"it says {who} kept its position, but {who} changed it")
+    for where, text in (("summary", summary), ("counterpoint", counterpoint)):
+        against_panel = where == "counterpoint" and facts.all_agreed
+        for who, others in dissents(text, facts.labels, against_panel=against_panel):
+            problem = _false_dissent(who, others, facts, where)
+            if problem is not None:
+                problems.append(problem)
     named = [label for _, _, label in _mentions(counterpoint, facts.labels)]
     if facts.all_agreed and named and _DISSENT.search(counterpoint):
         problems.append(

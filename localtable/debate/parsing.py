@@ -14,7 +14,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.debate.answers import answer_problem, bare_answer, stance
+from localtable.debate.answers import answer_cut, answer_problem, bare_answer, stance
 from localtable.record import ParsedTurn, QuestionKind
 
 # An answer says something when it has a letter or a digit: "4", "2+1" and "A" are
@@ -120,6 +120,14 @@ def raw_reasoning(text: str, fields: list[str], *, multiline: bool = False) -> s
         at = text.rfind(f"\n{FIELD_NAMES[fields[1]]}: ")
         return text[len(prefix) : at if at >= 0 else len(text)]
     return text[len(prefix) :].split("\n", 1)[0]
+
+
+def answer_line_cut(text: str, kind: QuestionKind, answer_max: int) -> bool:
+    """Whether the grammar's character bound stopped a turn's answer: answers.answer_cut
+    of its last line as generated (nothing stripped). A choice or a number is complete
+    as the grammar writes it."""
+    _, found, line = text.rpartition(f"\n{FIELD_NAMES['answer']}: ")
+    return kind == "open" and bool(found) and answer_cut(line, answer_max)
 
 
 def _fields(text: str, names: list[str], last: str) -> dict[str, str]:

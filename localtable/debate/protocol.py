@@ -30,6 +30,7 @@ from localtable.debate.parsing import (
     ParsedLabels,
     ParsedSummary,
     ParseFailure,
+    answer_line_cut,
     completed_part,
     multiline_reasoning,
     parse_labels,
@@ -256,6 +257,7 @@ class Debate:
                 {
                     "label": other.label,
                     "answer": turn.parsed.answer,
+                    "answer_shown": turn.answer_shown,
                     "reasoning": reasoning,
                     "reasoning_shown": shown,
                     "position": turn.position or "",
@@ -689,6 +691,7 @@ class Debate:
             parsed=parsed,
             answer_max_chars=limits,
             reasoning_cut=cut,
+            answer_cut=answer_line_cut(text, self.record.question_kind, limits),
         )
         self._finish(self._against_earlier(turn, parsed) if round_no > 1 else turn)
 
@@ -889,7 +892,7 @@ class Debate:
                 {
                     "label": p.label,
                     "failed": not ok,
-                    "answer": t.parsed.answer if ok and t and t.parsed else "",
+                    "answer": t.answer_shown if ok and t else "",
                 }
             )
         return view
@@ -930,8 +933,9 @@ class Debate:
         user = self._summary_user(groups, facts, self._finals_view())
         system = self.templates.render("summary_system.j2").strip()
         grammar = self.templates.render(
-            "summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS, summary_max=SUMMARY_MAX_CHARS
-        )
+            "summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS, summary_max=SUMMARY_MAX_CHARS,
+            minority=facts.minority,
+        )  # fmt: skip
         messages, sampling, rules = self.fit(
             summarizer.name,
             lambda level: [

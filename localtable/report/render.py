@@ -200,8 +200,10 @@ def turn_view(record: RunRecord, turn: TurnRecord, position: str = "") -> TurnVi
     g = turn.generation
     answer = turn.parsed.answer if turn.parsed else ""
     reasoning = turn.parsed.reasoning if turn.parsed else ""
-    if record.question_kind == "open":  # a choice or a number is complete as it is
-        # the grammar ends an answer at this length, max_tokens ends the reasoning
+    if turn.answer_cut is not None:  # known: a cut one ends with "…"
+        answer = turn.answer_shown
+    elif record.question_kind == "open":  # a choice or a number is complete as it is
+        # older records: the grammar ended an answer at this length
         answer = whole_sentences(answer, at_limit(answer, turn.answer_max_chars))
     if turn.reasoning_cut is not None:  # known: a cut one ends with "…"
         reasoning = turn.reasoning_shown

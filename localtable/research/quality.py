@@ -4,8 +4,8 @@ The measurement of issue #12, from run records alone: does the summary's
 headline say something the question did not, is each `Answer:` line a
 position, how many turns fail, and does a panelist that says it changed its
 mind hold another position. Issue #26 adds what the reader is told against
-the record: summary claims the record contradicts, reasoning cut without a
-mark, answers against their position's label, bare answers; and, only when
+the record: summary claims the record contradicts, reasoning and answers cut
+without a mark, answers against their position's label, bare answers; and, only when
 asked (session/judge.py loads a model), answers against their own reasoning.
 It measures form, never who is right, so it needs no answer key; `make
 quality` runs it on the built-in `quality` task.
@@ -28,6 +28,7 @@ from localtable.debate.answers import ReasoningVerdict, bare_answer, stance
 from localtable.debate.claims import contradictions, record_facts
 from localtable.debate.parsing import (
     RESTATES_OVERLAP,
+    answer_line_cut,
     multiline_reasoning,
     raw_reasoning,
     reasoning_finished,
@@ -47,6 +48,7 @@ MIN_AGREEMENT = 0.9  # stated "changed mind" agreeing with a change of position
 # issue #26: what the reader is told is what the record shows
 MAX_FALSE_CLAIMS = 0  # summary claims the record contradicts
 MAX_UNMARKED_CUTS = 0  # reasoning a length cap stopped, shown without "…"
+MAX_UNMARKED_ANSWERS = 0  # answers the grammar's bound stopped, shown without "…"
 MAX_LABEL_CONTRADICTIONS = 0  # a "No" answer on a "Yes" position, or the other way
 MAX_BARE = 0  # a bare "Yes" or "No"
 
@@ -113,6 +115,7 @@ class Verdicts(Quality):
     agreement: bool | None
     false_claims: bool | None = None
     unmarked_cuts: bool | None = None
+    unmarked_answers: bool | None = None
     label_contradictions: bool | None = None
     bare: bool | None = None
 
@@ -143,6 +146,8 @@ class PanelQuality(Quality):
     )
     cut_reasonings: int = 0
     unmarked_cuts: list[Example] = Field(default_factory=list)
+    cut_answers: int = 0
+    unmarked_answers: list[Example] = Field(default_factory=list)
     placed_answers: int = Field(default=0, description="ok turns with a labelled position")
     label_contradictions: list[Example] = Field(default_factory=list)
     open_answers: int = 0
@@ -353,6 +358,53 @@ def unmarked_cuts(records: list[RunRecord]) -> tuple[int, list[Example]]:
     return cut, out
 
 
+def answer_cut(record: RunRecord, turn: TurnRecord) -> bool:
+    """Whether the grammar's character bound stopped an ok turn's open answer:
+    `answer_cut` where the record keeps it, else read off the record: in records made
+    with issue #26's answer grammar (they keep `reasoning_cut`), its tail's bound
+    reached (parsing.answer_line_cut); before it, the line at its character bound."""
+    if turn.answer_cut is not None:
+        return turn.answer_cut
+    if record.question_kind != "open" or turn.parsed is None or turn.answer_max_chars is None:
+        return False
+    if turn.reasoning_cut is not None:
+        return answer_line_cut(turn.text, record.question_kind, turn.answer_max_chars)
+    return len(turn.parsed.answer) >= turn.answer_max_chars - 1
+
+
+def _answer_unmarked(record: RunRecord, turn: TurnRecord) -> bool:
+    """A cut answer shown without "…": in the layouts (answer_shown where the record
+    knows the cut, the answer as kept before), or in a later round's prompt as the
+    record keeps it (the peers' view: "Answer: <it>" then the next line)."""
+    answer = turn.parsed.answer if turn.parsed else ""
+    shown = turn.answer_shown if turn.answer_cut is not None else answer
+    if not shown.rstrip().endswith("…"):
+        return True
+    if answer.rstrip().endswith("…"):
+        return False
+    seen = f"Answer: {answer}\n"
+    return any(
+        t.generation is not None and seen in t.generation.prompt
+        for t in record.turns
+        if t.round == turn.round + 1 and t.panelist != turn.panelist
+    )
+
+
+def unmarked_answers(records: list[RunRecord]) -> tuple[int, list[Example]]:
+    """(ok turns whose answer the grammar's bound stopped (answer_cut()), those of them
+    shown without a closing "…" (_answer_unmarked), with the answer's last words)."""
+    cut = 0
+    out = []
+    for r, t, answer in ok_turns(records):
+        if not answer_cut(r, t):
+            continue
+        cut += 1
+        if _answer_unmarked(r, t):
+            out.append(Example(run_id=r.run_id, round=t.round, panelist=t.panelist,
+                               text=answer[-60:]))  # fmt: skip
+    return cut, out
+
+
 def label_contradictions(records: list[RunRecord]) -> tuple[int, list[Example]]:
     """(ok turns with a labelled position, those whose answer opens with "yes" and the
     position's label with "no", or the other way: answers.stance of each)."""
@@ -448,6 +500,7 @@ def panel_quality(
     walls = [w for w in (wall_seconds(r) for r in done) if w is not None]
     claims = false_claims(done)
     cut, unmarked = unmarked_cuts(done)
+    cut_answers, unmarked_answer_list = unmarked_answers(done)
     placed, contradicting = label_contradictions(done)
     open_answers, bare = bare_answers(done)
     verdicts = _verdicts(restated, summaries_ok, non_pos, len(ok), failed_pct, agreed)
@@ -455,6 +508,7 @@ def panel_quality(
         update={
             "false_claims": len(claims) <= MAX_FALSE_CLAIMS if summaries_ok else None,
             "unmarked_cuts": len(unmarked) <= MAX_UNMARKED_CUTS if ok else None,
+            "unmarked_answers": len(unmarked_answer_list) <= MAX_UNMARKED_ANSWERS if ok else None,
             "label_contradictions": len(contradicting) <= MAX_LABEL_CONTRADICTIONS
             if placed
             else None,
@@ -485,6 +539,8 @@ def panel_quality(
         false_claims=claims,
         cut_reasonings=cut,
         unmarked_cuts=unmarked,
+        cut_answers=cut_answers,
+        unmarked_answers=unmarked_answer_list,
         placed_answers=placed,
         label_contradictions=contradicting,
         open_answers=open_answers,

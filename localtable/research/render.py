@@ -256,6 +256,9 @@ def quality_table(p: q.PanelQuality) -> Table:
         ["Reasoning cut without a mark",
          f"{len(p.unmarked_cuts)} of {p.cut_reasonings} cut", str(q.MAX_UNMARKED_CUTS),
          _met(v.unmarked_cuts)],
+        ["Answers cut without a mark",
+         f"{len(p.unmarked_answers)} of {p.cut_answers} cut", str(q.MAX_UNMARKED_ANSWERS),
+         _met(v.unmarked_answers)],
         ["Answers against their position's label",
          f"{len(p.label_contradictions)} of {p.placed_answers} placed answers",
          str(q.MAX_LABEL_CONTRADICTIONS), _met(v.label_contradictions)],
@@ -295,6 +298,7 @@ def quality_panel_notes(p: q.PanelQuality) -> list[str]:
     notes += _examples("Not a position", p.non_positions)
     notes += _examples("Contradicted by the record", p.false_claims)
     notes += _examples("Cut without a mark", p.unmarked_cuts)
+    notes += _examples("Answer cut without a mark", p.unmarked_answers)
     notes += _examples("Against its position's label", p.label_contradictions)
     notes += _examples("Bare", p.bare_answers)
     if p.reasoning_stances is not None:
@@ -316,11 +320,12 @@ def quality_notes(r: q.QualityReport) -> list[str]:
         "change of its labelled position from its previous turn.",
         "Summary claims: a panelist the summary says changed or kept its position against "
         "the counted positions, 'nobody changed' when someone did, a majority panelist named "
-        "as the counterpoint's source while there is a minority, a dissent when all agreed "
-        "(debate/claims.py). Over ok summaries.",
-        "Cut: a reasoning that the grammar's character bound or max_tokens stopped; without a "
-        "mark: shown (layouts, or the peers' view in the next round's recorded prompts) "
-        "without a closing '…'.",
+        "as the counterpoint's source while there is a minority, a dissent when all agreed, "
+        "a panelist set apart from others who hold its position, a name that is nobody's "
+        "('Qwen 0.5B Skeptic') (debate/claims.py). Over ok summaries.",
+        "Cut: a reasoning that the grammar's character bound or max_tokens stopped, an open "
+        "answer that the grammar's bound stopped; without a mark: shown (layouts, or the "
+        "peers' view in the next round's recorded prompts) without a closing '…'.",
         "Against the label: an answer opening with yes (no) on a position whose label opens "
         "with no (yes). Bare: an open answer whose leading yes or no has fewer than two words "
         "after it.",
