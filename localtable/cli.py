@@ -464,7 +464,7 @@ def debate(
 
     Example: localtable debate "Should cities ban cars from their centres?" --rounds 2
     """
-    from localtable.backends.llamacpp.memory import parse_size
+    from localtable.machine import parse_size
     from localtable.session.run import DebateRequest, run_debate
 
     budget = parse_size(memory_budget) if memory_budget is not None else None
@@ -1047,8 +1047,7 @@ def batch(
     models; with --ray, on a Ray cluster. The records are the same either way.
     Example: localtable batch --task arithmetic --limit 5 --seeds 1 --rounds 2 --workers 2
     """
-    from localtable.backends.llamacpp.backend import available_cores
-    from localtable.backends.llamacpp.memory import default_budget, parse_size
+    from localtable.machine import available_cores, default_budget, parse_size
     from localtable.research.batch import BatchRequest, SessionRunner, parse_seeds, run_batch
     from localtable.research.questions import load_questions
     from localtable.research.tasks import load_task
