@@ -135,6 +135,17 @@ def test_a_second_registration_of_a_name_or_a_kind_is_refused() -> None:
     assert (backends.registrations(), sorted(backends._KINDS)) == before
 
 
+@pytest.mark.usefixtures("registry")
+def test_a_registered_model_that_cannot_be_imported_is_one_line(config: Path) -> None:
+    backends.register("ghost", "tests.nothere:Ghost", sources={"ghost": "tests.nothere:Src"})
+    config.write_text(CONFIG.replace('kind = "path"', 'kind = "ghost"'))
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert "models.onfile.source: tests.nothere:Src, registered for a backend, cannot be " in (
+        str(err.value)
+    )
+
+
 def test_an_unknown_source_kind_names_the_kinds_there_are(config: Path) -> None:
     config.write_text(CONFIG.replace('kind = "path"', 'kind = "ftp"'))
     with pytest.raises(ConfigError) as err:

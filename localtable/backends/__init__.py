@@ -154,7 +154,13 @@ def backend_for_source(kind: object) -> str:
 def load(where: str) -> object:
     """The object at "package.module:Name", imported now."""
     module, _, attribute = where.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:  # a package missing, or a registered typo
+        raise ConfigError(
+            f"{where}, registered for a backend, cannot be loaded ({exc}); install what it "
+            "needs, or fix the registration"
+        ) from None
 
 
 def source_model(kind: object) -> object:
