@@ -104,14 +104,14 @@ test-fast: .stamp-venv
 # interleaved (issue #28; BENCH_DECODE_ARGS="--repeat 2 --json decode.json").
 # E.g. make bench BENCH_ARGS="--json bench.json"
 bench: .stamp-venv $(LLAMA_SERVER)
-	LOCALTABLE_LLAMA_SERVER=$(LLAMA_SERVER) $(PY) -m localtable.bench $(BENCH_ARGS)
-	$(PY) -m localtable.bench --decode-round $(BENCH_DECODE_ARGS)
+	LOCALTABLE_LLAMA_SERVER=$(LLAMA_SERVER) $(PY) -m localtable.backends.llamacpp.bench $(BENCH_ARGS)
+	$(PY) -m localtable.backends.llamacpp.bench --decode-round $(BENCH_DECODE_ARGS)
 
 # A debate next to a busy program (`yes`), with fixed and load-aware threads, and a
 # round's turns at once, interleaved (docs/benchmarks.md, issue #17); e.g.
 # BENCH_LOAD_ARGS="--panel default --rounds 1 --sides sequential,default --repeat 1"
 bench-load: .stamp-venv
-	$(PY) -m localtable.benchload $(BENCH_LOAD_ARGS)
+	$(PY) -m localtable.backends.llamacpp.benchload $(BENCH_LOAD_ARGS)
 
 # A batch of 8 arithmetic debates on the tiny panel four ways, interleaved: an earlier
 # localtable (d1000e0: every model reloaded per debate), this tree with one worker, with

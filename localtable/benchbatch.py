@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from localtable.bench import cpu_model
+from localtable.machine import available_cores, cpu_model
 from localtable.research.batchindex import read_index
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ray", action="store_true", help="leave out side (d)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    from localtable.backends.llamacpp.backend import available_cores
 
     runs: list[BatchRun] = []
     cluster = None if args.no_ray else ray_cluster(available_cores())

@@ -13,8 +13,9 @@ identical across repetitions (a batched text depends on its group, which is
 the same every time); the two modes' texts differ (llama.cpp is not
 batch-invariant), so only their speed is compared.
 
-Usage: python -m localtable.bench --decode-round [--model qwen2.5-coder-1.5b] [--seats 3]
-       [--repeat 3] [--max-tokens 256] [--seed 42] [--json out.json]
+Usage: python -m localtable.backends.llamacpp.bench --decode-round
+       [--model qwen2.5-coder-1.5b] [--seats 3] [--repeat 3] [--max-tokens 256]
+       [--seed 42] [--json out.json]
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ def run_round(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localtable.bench --decode-round")
+    parser = argparse.ArgumentParser(
+        prog="python -m localtable.backends.llamacpp.bench --decode-round"
+    )
     parser.add_argument("--config", type=Path, default=Path("models.toml"))
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
     parser.add_argument("--seats", type=int, default=3)

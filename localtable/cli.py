@@ -183,7 +183,7 @@ def debate(
 
     Example: localtable debate "Should cities ban cars from their centres?" --rounds 2
     """
-    from localtable.backends.llamacpp.memory import parse_size
+    from localtable.machine import parse_size
     from localtable.session.run import DebateRequest, read_question, run_debate
 
     budget = parse_size(memory_budget) if memory_budget is not None else None
@@ -249,11 +249,10 @@ def models(config_path: Path | None, verify: bool) -> None:
 
     Example: localtable models --verify
     """
-    from localtable.backends.server.backend import probe_status
-    from localtable.models.status import model_statuses
+    from localtable.backends.status import model_statuses
 
     loaded = _config(config_path)
-    _lines(out.models_table(model_statuses(loaded, verify=verify, probe=probe_status)))
+    _lines(out.models_table(model_statuses(loaded, verify=verify)))
 
 
 @cli.command()
@@ -470,10 +469,9 @@ def batch(
     models; with --ray, on a Ray cluster. The records are the same either way.
     Example: localtable batch --task arithmetic --limit 5 --seeds 1 --rounds 2 --workers 2
     """
-    from localtable.backends.llamacpp.backend import available_cores
-    from localtable.backends.llamacpp.memory import default_budget, parse_size
     from localtable.batch.pools import run_on_workers
     from localtable.batch.run import BatchRequest, parse_seeds
+    from localtable.machine import available_cores, default_budget, parse_size
     from localtable.research.reports import score_report
     from localtable.research.scoring import NothingToScore
     from localtable.research.tasks import questions_of

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from localtable.backends.llamacpp.backend import available_cores
 from localtable.backends.server.launch import LocalServer, cached_binary, free_port
+from localtable.machine import available_cores
 
 __all__ = ["LlamaServer", "free_port", "llama_server", "llama_server_binary"]
 

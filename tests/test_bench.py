@@ -6,10 +6,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from localtable.backends.llamacpp.messages import GenerateRequest, GenerateResult
-from localtable.backends.promptpiece import PromptPiece
-from localtable.backends.server.launch import declared_flags
-from localtable.bench import (
+from localtable.backends.llamacpp.bench import (
     BenchReport,
     ProcessUsage,
     RecordingEngine,
@@ -20,8 +17,12 @@ from localtable.bench import (
     run_server,
     served_config,
 )
-from localtable.bench import Call as BenchCall
-from localtable.config import ServerSource, load_config
+from localtable.backends.llamacpp.bench import Call as BenchCall
+from localtable.backends.llamacpp.messages import GenerateRequest, GenerateResult
+from localtable.backends.promptpiece import PromptPiece
+from localtable.backends.server.launch import declared_flags
+from localtable.backends.server.source import ServerSource
+from localtable.config import load_config
 from localtable.debate.protocol import Debate
 from localtable.record import Consensus, Generation, RunRecord, SummaryRecord, TurnRecord
 from localtable.templates import builtin

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from localtable.benchload import LoadRun, render
+from localtable.backends.llamacpp.benchload import LoadRun, render
 
 
 def run(side: str, wall: float, sha: str = "abc") -> LoadRun:

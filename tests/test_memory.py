@@ -8,15 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from localtable.backends.llamacpp.memory import (
-    ModelNeed,
-    estimate,
-    mem_available,
-    parse_size,
-    plan_memory,
-)
+from localtable.backends.llamacpp.memory import ModelNeed, estimate, plan_memory
 from localtable.debate.protocol import Debate
 from localtable.errors import ConfigError
+from localtable.machine import available_cores, cgroup_cpu_quota, mem_available, parse_size
 from localtable.record import PanelistRecord, RunRecord, transcript_sha256
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, make_record
@@ -167,8 +162,6 @@ def test_llamacpp_backend_groups_turns_by_model_when_loading_one_at_a_time() -> 
 
 
 def test_cores_capped_by_a_cgroup_quota(tmp_path: Path) -> None:
-    from localtable.backends.llamacpp.backend import available_cores, cgroup_cpu_quota
-
     assert cgroup_cpu_quota(tmp_path) is None  # no cgroup files: no quota
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert cgroup_cpu_quota(tmp_path) is None

@@ -30,12 +30,13 @@ import pytest
 
 from localtable.backends.base import ChatMessage
 from localtable.backends.chatformat import format_prompt
-from localtable.backends.llamacpp.backend import N_BATCH, N_UBATCH, available_cores
+from localtable.backends.llamacpp.backend import N_BATCH, N_UBATCH
 from localtable.backends.llamacpp.engine import Engine
 from localtable.backends.llamacpp.messages import GenerateRequest, LoadRequest
 from localtable.backends.server.backend import fixed_request, server_model_info
 from localtable.backends.server.client import ServerClient
 from localtable.backends.server.launch import declared_flags
+from localtable.machine import available_cores
 from localtable.record import RunRecord, read_record
 from localtable.templates import TemplateSet
 from tests.conftest import REPO, subprocess_env

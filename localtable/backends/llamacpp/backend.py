@@ -11,7 +11,6 @@ numbers is set explicitly and recorded in ModelRecord.settings.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from datetime import date
 from importlib import metadata
@@ -21,6 +20,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import (
+    Backend,
     BackendCrashed,
     BackendUnavailable,
     ChatMessage,
@@ -32,7 +32,7 @@ from localtable.backends.base import (
 )
 from localtable.backends.chatformat import FormattedPrompt, format_prompt, template_sha256
 from localtable.backends.llamacpp.engine import Engine, EngineCrashed
-from localtable.backends.llamacpp.memory import default_budget, estimate, padded_ctx, plan_memory
+from localtable.backends.llamacpp.memory import estimate, padded_ctx, plan_memory
 from localtable.backends.llamacpp.messages import (
     BatchGenerateRequest,
     BatchGenerateResult,
@@ -45,6 +45,7 @@ from localtable.backends.llamacpp.messages import (
 from localtable.backends.promptpiece import PromptPiece
 from localtable.config import LoadedConfig, ModelSpec
 from localtable.errors import ConfigError, ModelFileError
+from localtable.machine import available_cores, default_budget
 from localtable.models.files import ResolvedModel, locate, resolve
 from localtable.models.local import cached_sha256
 from localtable.record import MemoryRecord, ModelRecord, PanelistRecord, RunRecord
@@ -87,36 +88,6 @@ class LlamaCppSettings(BaseModel):
     type_k: str = "f16"
     type_v: str = "f16"
     repeat_last_n: int = 64
-
-
-def available_cores() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota
-    (in a container started with --cpus=2 the affinity still lists every core, and
-    more threads than CPUs make llama.cpp very slow)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    quota = cgroup_cpu_quota()
-    return max(1, min(cores, quota)) if quota is not None else cores
-
-
-def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """CPUs allowed by the cgroup's quota (v2 cpu.max, v1 cfs_quota_us), rounded up."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]  # "max 100000" = none
-        if quota != "max":
-            return -(-int(quota) // int(period))
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        if quota_us > 0 and period_us > 0:
-            return -(-quota_us // period_us)
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def engine_libraries() -> dict[str, str]:
@@ -299,12 +270,13 @@ def turn_result(
     )
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(Backend):
     """Models in one engine worker process; one instance per Session."""
 
     name = "llamacpp"
 
     def __init__(self, engine: Engine | None = None) -> None:
+        super().__init__()
         self.engine = engine or Engine()  # the benchmark passes one that records
         self.seats: dict[str, LlamaSeat] = {}
         self.reuse_prefix = False
@@ -523,5 +495,5 @@ class LlamaCppBackend:
         return diffs
 
     def close(self) -> None:
-        self.seats.clear()
+        super().close()
         self.engine.close()

@@ -37,7 +37,7 @@ allowed set checking about a tenth of the vocabulary (a rejected token's text
 rules out every text it begins), and top_k's k best of it are kept; only a
 tie (top_k orders equal logits in std::partial_sort's own way) or a character
 left half-written by the last token runs the full grammar and top_k
-themselves. The benchmark (localtable/bench.py) compares the texts with bare
+themselves. The benchmark (backends/llamacpp/bench.py) compares the texts with bare
 llama-cpp-python's on every run; tests/test_grammar_topk_real.py compares
 whole generations, the arrays dist draws from, and the probe's allowed set
 with a whole check at every step of a reply on three vocabularies.

@@ -16,19 +16,14 @@ a time, each once per round (engine.py, backend.py).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.errors import ConfigError
 from localtable.models.gguf import GGUFInfo, read_gguf
 
 CTX_PAD = 256  # llama.cpp pads n_ctx to a multiple of this
-MEMINFO = Path("/proc/meminfo")
-BUDGET_SHARE = 0.85  # of MemAvailable: the rest is for the OS, page cache and Python
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class ModelNeed(BaseModel):
@@ -97,31 +92,6 @@ def estimate(name: str, path: Path, n_ctx: int, kv_slots: int, n_ubatch: int) ->
         compute_bytes=scores + activations + n_vocab * 4,
         kv_slots=max(1, kv_slots),
     )
-
-
-def mem_available(meminfo: Path = MEMINFO) -> int | None:
-    try:
-        text = meminfo.read_text()
-    except OSError:
-        return None
-    match = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
-
-
-def default_budget() -> int | None:
-    available = mem_available()
-    return int(available * BUDGET_SHARE) if available is not None else None
-
-
-def parse_size(text: str) -> int:
-    """'2GB', '1.5G', '800MiB', '123456' -> bytes (K/M/G/T are powers of 1024)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
-    if not match:
-        raise ConfigError(f"memory size {text!r}: expected e.g. 2GB, 1.5G or 800MB")
-    value = float(match.group(1)) * _UNITS[match.group(2)]
-    if value < 1:
-        raise ConfigError(f"memory size {text!r} must be positive")
-    return int(value)
 
 
 def gib(n: int) -> str:

@@ -1,5 +1,10 @@
 """`make bench`: one fixed debate through localtable and through bare llama-cpp-python.
 
+A measurement tool of this backend, beside the engine it measures: like the
+other bench*.py it sits on top of the layers (it runs debates through a
+Session), and it is the one module outside the engine's worker that calls
+llama-cpp-python itself (the bare side).
+
 The tiny panel of models.toml (SmolLM2 135M and Gemma 3 270M: the panel
 docs/benchmarks.md's figures were measured on) debates the default question for
 3 rounds with a fixed seed, once with prefix reuse and once without; `--panel`
@@ -23,10 +28,10 @@ is given over each in-process side's (issue #14's target: within 1.15x). Its
 texts are not expected to equal the in-process ones: llama-server applies the
 grammar and the repeat penalty another way (docs/benchmarks.md).
 
-Usage: python -m localtable.bench [--panel tiny] [--rounds 3] [--seed 42] [--repeat 3]
-       [--no-server] [--json out.json]
-       python -m localtable.bench --decode-round [...]: a round of 3 seats on one model
-       decoded together against one at a time (localtable/benchdecode.py)
+Usage: python -m localtable.backends.llamacpp.bench [--panel tiny] [--rounds 3] [--seed 42]
+       [--repeat 3] [--no-server] [--json out.json]
+       python -m localtable.backends.llamacpp.bench --decode-round [...]: a round of 3 seats
+       on one model decoded together against one at a time (localtable/benchdecode.py)
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import argparse
 import hashlib
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -48,7 +52,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import ChatMessage, Seat, TurnRequest, TurnResult
-from localtable.backends.llamacpp.backend import LlamaCppBackend, available_cores
+from localtable.backends.llamacpp.backend import LlamaCppBackend
 from localtable.backends.llamacpp.engine import Engine
 from localtable.backends.llamacpp.kvslots import MIN_STEP, ROW_GROUP, prompt_steps
 from localtable.backends.llamacpp.memory import estimate
@@ -60,8 +64,10 @@ from localtable.backends.llamacpp.messages import (
 )
 from localtable.backends.server.backend import ServerBackend
 from localtable.backends.server.launch import LocalServer, cached_binary, declared_flags
-from localtable.config import Config, LoadedConfig, ModelSpec, ServerSource, load_config
+from localtable.backends.server.source import ServerSource
+from localtable.config import Config, LoadedConfig, ModelSpec, load_config
 from localtable.debate.protocol import ProgressEvent
+from localtable.machine import available_cores, cpu_model
 from localtable.models.files import resolve
 from localtable.record import RunRecord, SamplingRecord
 from localtable.session.run import DebateRequest, run_debate
@@ -536,16 +542,6 @@ def new_tokens(record: RunRecord) -> int:
     return total
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 class BenchReport(BaseModel):
     created_at: datetime
     machine: str
@@ -705,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
         from localtable import benchdecode
 
         return benchdecode.main([a for a in argv if a != "--decode-round"])
-    parser = argparse.ArgumentParser(prog="python -m localtable.bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m localtable.backends.llamacpp.bench", description=__doc__
+    )
     parser.add_argument("--config", type=Path, default=Path("models.toml"))
     parser.add_argument(
         "--panel", default="tiny", help="panel (default tiny, that of the published figures)"

@@ -2,7 +2,8 @@
 
 One fixed debate (the tiny panel, 2 rounds, seed 42; `--panel default` for the
 Qwen panel) several ways, interleaved and repeated so that a change of load
-hits every side alike (issue #17):
+hits every side alike (issue #17). It measures this backend's load governor and
+turns at once, so it lives beside them (a tool on top of the layers, as bench.py):
 
 - fixed threads, 1 turn: every core whatever else runs, one turn at a time
   (LOCALTABLE_FIXED_THREADS=1 and --parallel-turns 1: localtable before #17);
@@ -19,7 +20,7 @@ needs), their ratio, the grammar's time per generated token (GrammarTopK's own
 clock), and whether the transcript is the first side's. Every time is a median
 over the repetitions; every ratio is the median of per-repetition ratios.
 
-Usage: python -m localtable.benchload [--panel tiny] [--rounds 2] [--seed 42]
+Usage: python -m localtable.backends.llamacpp.benchload [--panel tiny] [--rounds 2] [--seed 42]
        [--repeat 3] [--sides before,default,parallel,before-busy,busy] [--json FILE]
        (also: sequential, one turn at a time with load-aware threads)
 """
@@ -36,9 +37,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from localtable.backends.llamacpp.backend import available_cores
-from localtable.bench import cpu_model, run_localtable, spread
+from localtable.backends.llamacpp.bench import run_localtable, spread
 from localtable.config import load_config
+from localtable.machine import available_cores, cpu_model
 
 SIDES = {  # name -> (label, fixed threads, turns at once (0: auto), a busy neighbour)
     "before": ("fixed threads, 1 turn", True, 1, False),
@@ -139,7 +140,9 @@ def render(runs: list[list[LoadRun]], names: list[str], header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localtable.benchload", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m localtable.backends.llamacpp.benchload", description=__doc__
+    )
     parser.add_argument("--config", type=Path, default=Path("models.toml"))
     parser.add_argument("--panel", default="tiny")
     parser.add_argument("--rounds", type=int, default=2)
