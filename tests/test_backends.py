@@ -175,8 +175,10 @@ def test_a_question_too_long_for_a_context_is_refused_before_any_turn(
 ) -> None:
     """Debate.preflight: the first prompt + max_tokens must fit each panelist's context."""
     small = fake_backend.read_text().replace(
-        'path = "beta.gguf" }', 'path = "beta.gguf" }\nn_ctx = 512'
+        '[models.beta]\nsource = { kind = "scripted" }',
+        '[models.beta]\nsource = { kind = "scripted" }\nn_ctx = 512',
     )
+    assert small != fake_backend.read_text()
     fake_backend.write_text(small)
     runs = tmp_path / "runs"
     generations = sum(fakebackend.CALLS.values())
