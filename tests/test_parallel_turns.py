@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from localtable.backends.base import BackendDown, TurnRequest, TurnResult
+from localtable.backends.base import Backend, BackendDown, TurnRequest, TurnResult
 from localtable.backends.llamacpp.backend import LlamaCppBackend
 from localtable.cli_output import ProgressPrinter
 from localtable.debate.protocol import Debate, ProgressEvent
@@ -203,8 +203,8 @@ def test_one_lane_is_the_old_way_on_the_callers_thread() -> None:
 
 
 def test_lanes_are_what_every_backend_of_the_panel_allows() -> None:
-    class Quiet:  # a backend that says nothing: its turns one at a time
-        pass
+    class Quiet:  # a backend that keeps the seam's default: its turns one at a time
+        turn_lanes = Backend.turn_lanes
 
     class Wide:
         def turn_lanes(self, requested: int) -> int:
