@@ -432,7 +432,7 @@ def serve(
     "--decode", type=click.Choice(["sequential", "batched"]),
     help="A round's turns on one model decoded together as one batch (faster on a CPU; "
     "the text depends on the batch, which the record keeps, so replay and resume rebuild "
-    "it), or one after another (default: [debate] decode, else batched).",
+    "it), or one after another (default: [debate] decode, else sequential).",
 )  # fmt: skip
 @memory_budget_option
 @click.option("--allow-engine-change", is_flag=True,

@@ -8,6 +8,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -213,3 +214,32 @@ def test_one_debate_at_a_time_the_next_waits_with_a_message(
         assert app.get("/live/nonexistent-run/events")[0] == 404
     finally:
         app.stop()
+
+
+def test_a_debate_from_the_page_takes_the_config_defaults_the_cli_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """models.toml's [debate] decode and parallel_turns reach a debate started from the
+    page, as they reach `localtable debate`."""
+    from localtable.serve import job
+
+    config = tmp_path / "models.toml"
+    config.write_text(
+        '[debate]\npanel = "p"\ndecode = "batched"\nparallel_turns = 2\n\n'
+        '[models.m]\nsource = { kind = "path", path = "m.gguf" }\n\n'
+        '[panels.p]\npanelists = [{ name = "A", model = "m" }, { name = "B", model = "m" }]\n',
+        encoding="utf-8",
+    )
+    seen = {}
+
+    def fake_run(req: object, *args: object, **kwargs: object) -> tuple[None, object]:
+        seen["req"] = req
+        return None, SimpleNamespace(status="complete", error=None, transcript_sha256="-")
+
+    monkeypatch.setattr("localtable.session.run.run_debate", fake_run)
+    spec = job.DebateSpec(
+        run_id="r", question="Q?", panel="p", rounds=1, seed=1, runs_dir=tmp_path, config=config
+    )
+    job.run(spec, lambda kind, **fields: None)  # type: ignore[arg-type]
+    req = seen["req"]
+    assert (req.decode, req.parallel_turns) == ("batched", 2)  # type: ignore[attr-defined]

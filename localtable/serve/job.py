@@ -79,7 +79,7 @@ def run(spec: DebateSpec, emit: Emitter) -> int:
             req = DebateRequest(
                 question=spec.question, panel=spec.panel, rounds=spec.rounds, seed=spec.seed,
                 runs_dir=spec.runs_dir, run_id=spec.run_id, reuse_prefix=True,
-                parallel_turns=defaults.parallel_turns,
+                parallel_turns=defaults.parallel_turns, decode=defaults.decode,
             )  # fmt: skip
             _, record = run_debate(
                 req, loaded, TemplateSet(), progress, text=text,
