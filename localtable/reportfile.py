@@ -2,8 +2,9 @@
 
 A debate checks its --output before it runs, so the run is never lost to a path
 the report cannot go to. A report written over one of localtable's own files
-would destroy a run, a batch or a lock: such a path is refused, the record being
-rendered included under any name.
+would destroy a run, a batch or a lock, and a new file by one of their names would
+pass for one: such a path is refused, the record being rendered included under any
+name.
 """
 
 from __future__ import annotations
@@ -28,18 +29,20 @@ def check_output(output: Path | None, *records: Path) -> None:
         return
     if output.is_symlink():
         raise ConfigError(f"--output {output} is a symbolic link; give the file itself")
+    # A new file by one of these names is refused too: a report called batch.json or
+    # record.json in a folder makes localtable read that folder as a batch or a run.
+    if output.name in OWN_FILES or (
+        output.exists() and any(r.exists() and os.path.samefile(output, r) for r in records)
+    ):
+        raise ConfigError(
+            f"--output {output} is localtable's own {output.name}; writing a report "
+            "there would destroy it or pass for it: give another file name"
+        )
     if output.exists():
         if output.is_dir():
             raise ConfigError(f"--output {output} is a folder; give a file name in it")
         if not output.is_file() and str(output) != os.devnull:
             raise ConfigError(f"--output {output} is not a regular file; give a file name")
-        if output.name in OWN_FILES or any(
-            r.exists() and os.path.samefile(output, r) for r in records
-        ):
-            raise ConfigError(
-                f"--output {output} is localtable's own {output.name}; writing a report "
-                "there would destroy it: give another file name"
-            )
     folder = output.parent
     if not folder.is_dir():
         missing = "is not a folder" if folder.exists() else "does not exist"

@@ -161,6 +161,22 @@ def test_render_never_writes_over_a_record_or_a_lock(target: str, tmp_path: Path
     read_record(run_dir)  # still whole
 
 
+@pytest.mark.parametrize("name", ["batch.json", "record.json", ".lock"])
+def test_render_never_writes_a_new_file_that_would_pass_for_localtables_own(
+    name: str, tmp_path: Path
+) -> None:
+    """A report called batch.json in a run folder would make `score` read the folder as
+    a batch (and record.json elsewhere as a run): refused even when no such file exists."""
+    run_dir = a_run(tmp_path)
+    output = tmp_path / "elsewhere" / name
+    output.parent.mkdir()
+    if name == ".lock":
+        output = tmp_path / "elsewhere" / ".lock"
+    result = run("render", str(run_dir), "--format", "md", "--output", str(output))
+    one_line(result, 2, f"--output {output}", "give another file name")
+    assert not output.exists()
+
+
 # -- --output checked before the run ------------------------------------------------
 
 
