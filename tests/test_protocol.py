@@ -21,7 +21,7 @@ from localtable.debate.protocol import (
 from localtable.record import RunRecord, read_record, transcript_sha256
 from localtable.session.run import RunInterrupted, execute
 from localtable.templates import builtin
-from tests.fakes import FakeSpeaker, Reply, crash, make_record
+from tests.fakes import FakeSpeaker, Reply, TurnFailed, crash, make_record
 
 # Replies in the order the grammar generates them: reasoning first, the answer last.
 R1 = "Reasoning: because {a}\nAnswer: {a}"
@@ -321,6 +321,34 @@ def test_a_summarizer_that_only_parrots_fails_the_summary_after_three_tries() ->
     assert len(record.summary.rejected) == 3 and len(summary_calls) == 3
     # the last attempt is the summary's generation; the two before it were thrown away
     assert len(record.summary.rejected_generations) == 2
+
+
+def test_a_summary_attempt_that_fails_after_a_refused_one_counts_each_generation_once() -> None:
+    """The refused attempt is work thrown away, recorded once: not also as the failed
+    summary's own generation (the failing attempt has none)."""
+    cut = "Summary: Open"  # refused: cut off
+    speaker = one_round(cut, TurnFailed("the engine process died with SIGSEGV"))
+    record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
+    summary = record.summary
+    assert summary is not None and summary.status == "failed"
+    assert summary.error and "SIGSEGV" in summary.error
+    assert [g.raw_output for g in summary.rejected_generations] == [cut]
+    assert summary.generation is None
+
+
+def test_labels_that_fail_after_a_refused_attempt_count_each_generation_once() -> None:
+    unusable = "Position A: Open it"  # refused: nobody assigned
+    speaker = FakeSpeaker(
+        {
+            "A1": [R1.format(a="Yes, open it."), unusable, TurnFailed("engine died"), SUMMARY],
+            "B2": [R1.format(a="Yes, open it.")],
+        }
+    )
+    record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
+    labelling = record.labelings[0]
+    assert labelling.status == "failed" and labelling.error and "engine died" in labelling.error
+    assert [g.raw_output for g in labelling.rejected_generations] == [unusable]
+    assert labelling.generation is None
 
 
 def test_a_headline_restating_the_question_is_retried_then_fails_but_consensus_stands() -> None:

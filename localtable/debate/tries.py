@@ -34,12 +34,10 @@ class Tries:
     ) -> Reading:
         """`read`'s reading of the first of `attempts` generations (generate(attempt))
         that it does not refuse with a ParseFailure; the last refusal is raised when it
-        refuses them all. Anything else `generate` raises ends the tries at once; the
-        attempt before it stays `generation` (as well as among `thrown`), as records
-        made so far keep it."""
+        refuses them all (that attempt stays `generation`, the earlier ones `thrown`).
+        Anything else `generate` raises ends the tries at once, with every attempt so
+        far among `thrown` and no `generation`: each generation is counted once."""
         for attempt in range(self.attempts):
-            if self.generation is not None:
-                self.thrown.append(self.generation)
             self.generation = generate(attempt)
             try:
                 return read(self.generation)
@@ -48,6 +46,8 @@ class Tries:
                 self.refusals.append(exc)
                 if attempt + 1 == self.attempts:
                     raise
+                self.thrown.append(self.generation)
+                self.generation = None
         raise ValueError("a step is tried at least once")
 
     def give_up(self) -> None:
