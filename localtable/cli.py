@@ -96,6 +96,20 @@ template_option = click.option(
     "--template", "template_path", type=click.Path(path_type=Path), default=None,
     help="A layout template file, or a folder of templates overriding the built-ins.",
 )  # fmt: skip
+decode_option = click.option(
+    "--decode", type=click.Choice(["sequential", "batched"]),
+    help="A round's turns on one model decoded together as one batch (faster on a CPU; "
+    "the text depends on the batch, which the record keeps, so replay and resume rebuild "
+    "it), or one after another (default: [debate] decode, else sequential).",
+)  # fmt: skip
+protocol_option = click.option("--protocol", "protocol_spec", metavar="NAME|PATH",
+    help="The debate protocol: roundtable or du2023, or a folder of your own (a path, e.g. "
+    "my-protocol/). Default: [debate] protocol, else roundtable."
+)  # fmt: skip
+vote_option = click.option("--vote", type=click.IntRange(0, 128), default=0, metavar="K",
+    help="Vote mode: K independent round-1 answers in all, K/seats a seat (its round-1 turn, "
+    "then samples with seeds of their own that no peer sees), for score's SC@K (0: none)."
+)  # fmt: skip
 format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True
 )
@@ -164,12 +178,9 @@ def cli() -> None:
     help="Turns of a round run at the same time, at most; 0 = as many as the cores run "
     "well (default: [debate] parallel_turns, else 0). The transcript is the same.",
 )  # fmt: skip
-@click.option(
-    "--decode", type=click.Choice(["sequential", "batched"]),
-    help="A round's turns on one model decoded together as one batch (faster on a CPU; "
-    "the text depends on the batch, which the record keeps, so replay and resume rebuild "
-    "it), or one after another (default: [debate] decode, else sequential).",
-)  # fmt: skip
+@decode_option
+@protocol_option
+@vote_option
 @memory_budget_option
 @quiet_option
 @user_errors
@@ -177,13 +188,15 @@ def debate(
     question: str | None, question_file: Path | None, panel: str | None, rounds: int | None,
     seed: int | None, config_path: Path | None, runs_dir: Path, fmt: str, output: Path | None,
     template_path: Path | None, verify: bool, reuse: bool, parallel_turns: int | None,
-    decode: Literal["sequential", "batched"] | None, memory_budget: str | None, quiet: bool,
+    decode: Literal["sequential", "batched"] | None, protocol_spec: str | None, vote: int,
+    memory_budget: str | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Run a debate on QUESTION ('-' reads stdin) and print it.
 
     Example: localtable debate "Should cities ban cars from their centres?" --rounds 2
     """
     from localtable.machine import parse_size
+    from localtable.protocols import chosen_protocol
     from localtable.session.run import DebateRequest, read_question, run_debate
 
     budget = parse_size(memory_budget) if memory_budget is not None else None
@@ -195,6 +208,7 @@ def debate(
         seed=defaults.seed if seed is None else seed, runs_dir=runs_dir, verify=verify,
         reuse_prefix=reuse, memory_budget=budget, decode=decode or defaults.decode,
         parallel_turns=defaults.parallel_turns if parallel_turns is None else parallel_turns,
+        protocol=chosen_protocol(protocol_spec, loaded), vote=vote,
     )  # fmt: skip
     templates, layout = user_templates(template_path)
     check_layout(templates, fmt, layout)  # a broken template fails now, not after the run
@@ -428,12 +442,9 @@ def serve(
 @click.option("--verify", is_flag=True, help="Re-hash every model file before each debate.")
 @click.option("--reuse/--no-reuse", default=True, show_default=True,
               help="Reuse each panelist's evaluated prompt prefix across rounds.")  # fmt: skip
-@click.option(
-    "--decode", type=click.Choice(["sequential", "batched"]),
-    help="A round's turns on one model decoded together as one batch (faster on a CPU; "
-    "the text depends on the batch, which the record keeps, so replay and resume rebuild "
-    "it), or one after another (default: [debate] decode, else sequential).",
-)  # fmt: skip
+@decode_option
+@protocol_option
+@vote_option
 @memory_budget_option
 @click.option("--allow-engine-change", is_flag=True,
               help="Resume debates even if llama-cpp-python's build changed.")  # fmt: skip
@@ -457,8 +468,9 @@ def batch(
     questions_file: Path | None, task: str | None, limit: int | None, seeds: str | None,
     panel: str | None, rounds: int | None, name: str | None, config_path: Path | None,
     runs_dir: Path, fmt: str, verify: bool, reuse: bool,
-    decode: Literal["sequential", "batched"] | None, memory_budget: str | None,
-    allow_engine_change: bool, workers: int, ray_address: str | None, quiet: bool,
+    decode: Literal["sequential", "batched"] | None, protocol_spec: str | None, vote: int,
+    memory_budget: str | None, allow_engine_change: bool, workers: int,
+    ray_address: str | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Run every question of a JSONL or TOML file (or a built-in task) over seeds.
 
@@ -472,6 +484,7 @@ def batch(
     from localtable.batch.pools import run_on_workers
     from localtable.batch.run import BatchRequest, parse_seeds
     from localtable.machine import available_cores, default_budget, parse_size
+    from localtable.protocols import chosen_protocol
     from localtable.research.reports import score_report
     from localtable.research.scoring import NothingToScore
     from localtable.research.tasks import questions_of
@@ -485,7 +498,8 @@ def batch(
         panel=panel or defaults.panel, rounds=rounds or defaults.rounds, runs_dir=runs_dir,
         name=name, verify=verify, reuse_prefix=reuse, decode=decode or defaults.decode,
         memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
-        parallel_turns=defaults.parallel_turns,
+        parallel_turns=defaults.parallel_turns, protocol=chosen_protocol(protocol_spec, loaded),
+        vote=vote,
     )  # fmt: skip
     loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
     printer = BatchPrinter(quiet, _stderr)

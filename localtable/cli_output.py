@@ -188,6 +188,8 @@ class ProgressPrinter:
                 what = f"[{number}/{event.total}] round {event.round}/{event.rounds}"
             elif event.stage == "labels":  # not counted in total: only open questions have it
                 what = f"{' ' * len(f'[{event.done}/{event.total}]')} labels of round {event.round}"
+            elif event.stage == "sample":  # vote mode: a round-1 answer drawn again
+                what = f"[{number}/{event.total}] sample of round 1"
             else:
                 what = f"[{number}/{event.total}] summary"
             line = f"{what} · {event.panelist} ... "
@@ -246,6 +248,8 @@ class StreamPrinter:
                 what = f"[{number}/{event.total}] round {event.round}/{event.rounds}"
             elif event.stage == "labels":
                 what = f"labels of round {event.round}"
+            elif event.stage == "sample":
+                what = f"[{event.done + 1 + len(self.started)}/{event.total}] sample of round 1"
             else:
                 what = f"[{event.done + 1}/{event.total}] summary"
             self.started[key] = (f"── {what} · {event.panelist} ──", time.monotonic())

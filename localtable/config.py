@@ -157,6 +157,12 @@ class DebateDefaults(Strict):
         description="turns of a round run at the same time, at most; 0 = as many as the "
         "backends run well (the transcript is the same either way)",
     )
+    protocol: str = Field(
+        default="roundtable",
+        max_length=1000,
+        description="the debate protocol: a built-in one (roundtable, du2023) or a folder "
+        "(a path, relative to this file: docs/protocol.md)",
+    )
     # sequential until `make bench`'s decode round shows batched faster here: on the tiny
     # models it did not (docs/benchmarks.md, issue #28)
     decode: Literal["sequential", "batched"] = Field(
@@ -213,12 +219,14 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def describe_validation_error(path: Path, err: ValidationError) -> str:
+def describe_validation_error(
+    path: Path, err: ValidationError, docs: str = "docs/models.md"
+) -> str:
     first = err.errors()[0]
     where = _location(tuple(first["loc"]))
     kind = first["type"]
     if kind == "extra_forbidden":
-        what = "unknown key (check its spelling; docs/models.md lists every key)"
+        what = f"unknown key (check its spelling; {docs} lists every key)"
     elif kind == "missing":
         what = "required key is missing"
     else:

@@ -324,6 +324,55 @@ class MemoryRecord(Frozen):
 QuestionKind = Literal["open", "choice", "number"]
 
 
+class ProtocolSettings(Frozen):
+    """How a debate runs: a protocol's protocol.toml (localtable/protocols.py reads and
+    checks it; docs/protocol.md). The defaults are the roundtable protocol's, which a
+    record without a protocol ran. No limits here: a record keeps what it ran."""
+
+    description: str = ""
+    system_prompt: bool = Field(default=True, description="a system message (system.j2)")
+    personas: bool = Field(default=True, description="the panelists' personas in it")
+    peers: Literal["panel", "named", "anonymous"] = Field(
+        default="panel", description="how peers are shown: as the panel's `anonymous` says, "
+        "by name, or as 'Panelist A/B/...'",
+    )  # fmt: skip
+    peer_view: Literal["full", "answer"] = Field(
+        default="full", description="what a later round shows of each peer's reply: all "
+        "of it, or its answer only",
+    )  # fmt: skip
+    output: Literal["structured", "free"] = Field(
+        default="structured", description="a turn under the grammar (turn.gbnf.j2), or "
+        "free text whose answer the answer rule reads",
+    )  # fmt: skip
+    answer_rule: Literal["", "last_number"] = Field(
+        default="", description="free text: how its answer is read (debate/answers.py)"
+    )
+    max_tokens: list[int] = Field(
+        default_factory=list,
+        description="per round (the last one for the rounds after); empty: each "
+        "panelist's sampling.max_tokens",
+    )
+    summary: bool = Field(default=True, description="the summarizer writes a summary")
+    labels: bool = Field(default=True, description="an open question's positions labelled")
+
+    def round_max_tokens(self, round_no: int) -> int | None:
+        """The max_tokens of a round's turns, or None: the panelist's own."""
+        if not self.max_tokens:
+            return None
+        return self.max_tokens[min(round_no, len(self.max_tokens)) - 1]
+
+
+class ProtocolRecord(Frozen):
+    """The protocol a run ran: its name, where it was read, and its settings. The sha256
+    of each of its files is in RunRecord.templates, with the other templates'."""
+
+    name: str = Field(max_length=MAX_NAME)
+    source: str = Field(
+        max_length=MAX_NAME, description='"built-in", or the folder it was read from'
+    )
+    settings: ProtocolSettings
+
+
 class RunRecord(Frozen):
     schema_version: Literal[4] = 4  # SCHEMA_VERSION
     run_id: str = Field(pattern=RUN_ID)
@@ -358,7 +407,12 @@ class RunRecord(Frozen):
     models: list[ModelRecord] = Field(default_factory=list, max_length=MAX_PANELISTS)
     panelists: list[PanelistRecord] = Field(max_length=MAX_PANELISTS)
     summarizer: str
-    templates: dict[str, str] = Field(default_factory=dict, description="template -> sha256")
+    protocol: ProtocolRecord | None = Field(
+        default=None, description="the debate protocol; None: roundtable (older records)"
+    )
+    templates: dict[str, str] = Field(
+        default_factory=dict, description="template -> sha256, the protocol's files included"
+    )
     turns: list[TurnRecord] = Field(default_factory=list, max_length=MAX_TURNS)
     samples: list[TurnRecord] = Field(
         default_factory=list,
@@ -367,6 +421,13 @@ class RunRecord(Frozen):
         "prompt generated again with a seed of its own, which no peer sees; a seat's "
         "samples, in this order, follow its round-1 turn (sample 0). `score` builds "
         "SC@k (a majority of k independent answers) from them",
+    )
+    vote: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_TURNS,
+        description="vote mode: k of SC@k, the independent answers drawn in all (each "
+        "seat's round-1 turn and its samples, k / seats a seat); 0: none",
     )
     positions: list[PositionLabel] = Field(
         default_factory=list,

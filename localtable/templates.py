@@ -1,8 +1,10 @@
 """Prompt, grammar and layout templates: where they live, how they render, their hashes.
 
 The templates are files in prompts/ (top level of a checkout, or
-localtable/prompts inside an installed wheel). Every template a run uses is
-hashed into the run record, so a changed prompt is visible.
+localtable/prompts inside an installed wheel); a debate protocol's prompts and
+grammars are in a folder of their own (prompts/protocols/<name>/, or the user's:
+localtable/protocols.py), rendered from the texts read once. Every template a
+run uses is hashed into the run record, so a changed prompt is visible.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import threading
 import traceback
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,25 +32,61 @@ def builtin_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "prompts"
 
 
+def roundtable_dir() -> Path:
+    """The built-in roundtable protocol's folder: the prompts a debate rendered before
+    protocols were data, which the built-in set still finds (tests, older records)."""
+    return builtin_dir() / "protocols" / "roundtable"
+
+
+class FilesLoader(jinja2.BaseLoader):
+    """Templates from texts already read (a protocol's files), named as the files they
+    came from, so that an error names the file and its line."""
+
+    def __init__(self, files: Mapping[str, str], origin: Path) -> None:
+        self.files = files
+        self.origin = origin
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        if template not in self.files:
+            raise jinja2.TemplateNotFound(template)
+        return self.files[template], str(self.origin / template), lambda: True
+
+    def list_templates(self) -> list[str]:
+        return sorted(self.files)
+
+
 def gbnf_literal(text: str) -> str:
     """Quote text as a GBNF string literal; an invalid grammar would crash llama.cpp."""
     return json.dumps(text, ensure_ascii=True)
 
 
 class TemplateSet:
-    """A folder of templates (user overrides first, then the built-ins)."""
+    """A folder of templates (user overrides first, then the built-ins), or the texts of
+    a protocol's files (`files`, read from `origin`) and nothing else."""
 
-    def __init__(self, override_dir: Path | None = None) -> None:
-        dirs = [str(builtin_dir())]
+    def __init__(
+        self,
+        override_dir: Path | None = None,
+        *,
+        files: Mapping[str, str] | None = None,
+        origin: Path = Path("."),
+    ) -> None:
+        dirs = [str(builtin_dir()), str(roundtable_dir())]
         if override_dir is not None:
             if not override_dir.is_dir():
                 raise ConfigError(f"{override_dir}: templates folder does not exist")
             dirs.insert(0, str(override_dir))
-        self.dirs = [Path(d) for d in dirs]
+        self.files = files
+        self.dirs = [origin] if files is not None else [Path(d) for d in dirs]
+        loader: jinja2.BaseLoader = (
+            FilesLoader(files, origin) if files is not None else jinja2.FileSystemLoader(dirs)
+        )
         # Sandboxed: user-supplied templates must not reach Python internals, nor build
         # values or run without bound (localtable/template_limits.py).
         self.env = BoundedSandbox(
-            loader=jinja2.FileSystemLoader(dirs),
+            loader=loader,
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
             autoescape=jinja2.select_autoescape(["html", "html.j2"]),
@@ -63,11 +102,14 @@ class TemplateSet:
 
     def path_of(self, name: str) -> Path:
         for d in self.dirs:
-            if (d / name).is_file():
+            if (name in self.files) if self.files is not None else (d / name).is_file():
                 return d / name
         raise ConfigError(f"template {name!r} not found in {', '.join(map(str, self.dirs))}")
 
     def sha256(self, name: str) -> str:
+        if self.files is not None:  # the bytes read (UTF-8 text encodes back to them)
+            self.path_of(name)
+            return hashlib.sha256(self.files[name].encode("utf-8")).hexdigest()
         return hashlib.sha256(self.path_of(name).read_bytes()).hexdigest()
 
     def render(self, template_name: str, **values: Any) -> str:

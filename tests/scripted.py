@@ -12,7 +12,9 @@ def scripted_reply(grammar: str, answer: str, letter: str | None = None) -> str:
     """A summary, a set of position labels or a turn, whichever the grammar asks for;
     every panelist holds one view (position A) and keeps it, unless a later-round turn
     is told which `letter` to name (a change when it is not the one it held)."""
-    root = grammar.splitlines()[0] if grammar else ""
+    if not grammar:  # free text (a protocol's): any words, the answer last
+        return f"Thinking it through, {answer}"
+    root = grammar.splitlines()[0]
     if root.startswith('root ::= "Yes" | "No"'):  # what a reasoning concludes (quality)
         return "No"
     if root.startswith('root ::= "Summary'):

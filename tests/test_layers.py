@@ -31,16 +31,18 @@ ALLOWED: dict[str, set[str]] = {
         "machine",
     },
     "debate": {"backends.base", "record", "templates", "errors"},
+    # a debate protocol's folder: its settings and templates, read once
+    "protocols": {"config", "errors", "record", "safefiles", "templates"},
     "session": {
         "backends", "config", "debate", "errors", "record", "templates", "runlock",
-        "stopsignals", "__init__",
+        "stopsignals", "__init__", "protocols",
     },
     # the reading half: records and batch indexes in, tables out; it runs nothing
     "research": {"config", "debate", "errors", "record", "storage", "templates", "safefiles"},
     # the running half: a batch's coordinator and its workers, each with a Session
     "batch": {
         "config", "debate", "errors", "record", "storage", "templates", "session", "runlock",
-        "safefiles", "research",
+        "safefiles", "research", "protocols",
     },
     "report": {"record", "templates", "errors"},
     "reportfile": {"errors", "record", "runlock", "research.batchindex"},

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from localtable.batch.run import BatchRequest, BatchResult, BatchSink, run_batch
 from localtable.batch.workers import LocalPool, SessionRunner, WorkerSpec
 from localtable.config import LoadedConfig
+from localtable.session.run import check_vote
 from localtable.templates import TemplateSet
 
 
@@ -31,6 +32,8 @@ def run_on_workers(
     """Run the batch on the pool asked for. `cores` and `machine_budget` are the
     machine's (the CPUs this process may use, the memory one process would get;
     None: unknown), shared among local workers."""
+    panel = loaded.config.panel(req.panel)  # an unknown panel or vote: one line, now
+    check_vote(req.vote, len(panel.panelists), req.rounds)
     spec = WorkerSpec(
         loaded=loaded, panel=req.panel, allow_engine_change=allow_engine_change,
         verify=req.verify, reuse_prefix=req.reuse_prefix, memory_budget=req.memory_budget,

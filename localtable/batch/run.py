@@ -39,6 +39,7 @@ from localtable.batch.workers import (
     WorkerPool,
 )
 from localtable.errors import ConfigError, LocaltableError, RecordError
+from localtable.protocols import DEFAULT, Protocol
 from localtable.record import RECORD_FILE, RunRecord, read_record, write_record
 from localtable.research.batchindex import (
     BatchEntry,
@@ -75,6 +76,8 @@ class BatchRequest(BaseModel):
     memory_budget: int | None = None  # bytes; default: most of MemAvailable (memory.py)
     parallel_turns: int = 1  # turns of a round at once in each debate; 0: as runs well
     decode: Literal["sequential", "batched"] = "sequential"  # each debate's (RunRecord.decode)
+    protocol: Protocol | None = None  # each debate's (RunRecord.protocol); None: roundtable
+    vote: int = 0  # each debate's vote mode (RunRecord.vote)
 
 
 class WorkerState(BaseModel):
@@ -148,8 +151,14 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _protocol_of(protocol: Protocol | None) -> tuple[str, str]:
+    return (protocol.name, protocol.source) if protocol else (DEFAULT, "built-in")
+
+
 def _check_same_debate(record: RunRecord, q: Question, req: BatchRequest, run_dir: Path) -> None:
-    """A run folder found again must hold this question, panel and round count."""
+    """A run folder found again must hold this question, panel, round count, protocol and
+    vote mode."""
+    ran = record.protocol
     same = (
         record.question == q.question
         and record.question_kind == q.kind
@@ -157,12 +166,16 @@ def _check_same_debate(record: RunRecord, q: Question, req: BatchRequest, run_di
         and record.answer_key == q.answer
         and record.panel == req.panel
         and record.rounds == req.rounds
+        and ((ran.name, ran.source) if ran else (DEFAULT, "built-in")) == _protocol_of(req.protocol)
+        and record.vote == req.vote
     )
     if not same:
+        name = _protocol_of(req.protocol)[0]
         raise ConfigError(
-            f"{run_dir} holds a debate of another question, panel or round count than "
-            f"question {q.id!r} with --panel {req.panel} --rounds {req.rounds}; give the batch "
-            "another --name, or remove that folder"
+            f"{run_dir} holds a debate of another question, panel, round count, protocol or "
+            f"vote than question {q.id!r} with --panel {req.panel} --rounds {req.rounds} "
+            f"--protocol {name} --vote {req.vote}; give the batch another --name, or remove "
+            "that folder"
         )
 
 
@@ -353,6 +366,8 @@ def _debate_request(
         memory_budget=req.memory_budget,
         parallel_turns=req.parallel_turns,
         decode=req.decode,
+        protocol=req.protocol,
+        vote=req.vote,
         run_id=entry.run_dir,
         question_id=q.id,
         question_kind=q.kind,

@@ -13,6 +13,7 @@ scoring and the comparison share, so they can never disagree on equality.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from decimal import Decimal
@@ -112,6 +113,36 @@ def canonical_number(value: Decimal) -> str:
     value = value.normalize() + 0
     text = format(value, "f")
     return text if text != "-0" else "0"
+
+
+def number_text(value: float) -> str | None:
+    """A float as a number answer writes it (canonical_number of its shortest repr), or
+    None when no number answer can: not finite, or past NUMBER_PATTERN's digits."""
+    if not math.isfinite(value):
+        return None
+    text = canonical_number(Decimal(repr(value)))
+    return text if NUMBER_PATTERN.match(text) else None
+
+
+def last_number(reply: str) -> str | None:
+    """The answer rule `last_number`: Du et al. 2023's parse_answer (math/gen_math.py)
+    as their evaluation applies it. Commas become points ("1,234" reads 1.234), the
+    reply is split at single spaces, and the last part that Python's float() reads is
+    the answer ("550." and "550\n" read, "550**" and "(550)" do not). Its value is
+    written as a number answer; None when no part reads, or when the part that does is
+    no finite number of at most 15 digits and 6 decimals (their parser returns inf, nan
+    or 1e300 there, which never equals an answer key)."""
+    for part in reversed(reply.replace(",", ".").split(" ")):
+        try:
+            value = float(part)
+        except ValueError:
+            continue
+        return number_text(value)
+    return None
+
+
+# Free text's answer rules (a protocol's `answer_rule`): reply -> answer, or None.
+ANSWER_RULES = {"last_number": last_number}
 
 
 def position_of(kind: QuestionKind, answer: str) -> str:

@@ -8,6 +8,12 @@ Within a round each turn reads only earlier rounds, so a round's turns may run
 at the same time (`lanes` of them, each on a thread of its own); the record
 keeps them in panel order whatever order they finish in, so the transcript is
 the one a run of one turn at a time gives. The labels and the summary run alone.
+
+How it runs is the record's protocol (RunRecord.protocol, localtable/protocols.py;
+none: roundtable): a system prompt or none, what peers see, turns under the grammar
+or free text read by an answer rule, max_tokens per round, labels, a summary. In
+vote mode (RunRecord.vote) each seat's round-1 prompt is generated again with seeds
+of its own after the last round: samples, which no peer sees (run_samples).
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import queue
 import re
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import BackendDown, ChatMessage, TurnFailed, TurnRequest, TurnResult
 from localtable.debate import positions as pos
-from localtable.debate.answers import normalize_open, same_position, stance
+from localtable.debate.answers import ANSWER_RULES, normalize_open, same_position, stance
 from localtable.debate.claims import Facts, contradictions, record_facts
 from localtable.debate.consensus import compute_consensus
 from localtable.debate.parsing import (
@@ -48,6 +55,7 @@ from localtable.record import (
     PanelistRecord,
     ParsedTurn,
     PositionGroup,
+    ProtocolSettings,
     QuestionKind,
     RunRecord,
     SamplingRecord,
@@ -75,6 +83,8 @@ FALLBACK_GROUPING = "positions grouped by a leading yes/no, else by exact answer
 # The labels and the summary run on the summarizer's model in a conversation (KV
 # cache) of their own: in the summarizer's, they would evict its debate's prompt.
 MODERATOR = "moderator"
+# A record without a protocol ran localtable's own: ProtocolSettings' defaults.
+ROUNDTABLE = ProtocolSettings()
 
 # Applied in order until the prompt fits the model's context; each is recorded.
 SHORTENING_RULES = [
@@ -121,7 +131,7 @@ class Speaker(Protocol):
 
 class ProgressEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
-    stage: str  # "turn" | "labels" | "summary"
+    stage: str  # "turn" | "labels" | "summary" | "sample"
     round: int
     rounds: int
     panelist: str
@@ -143,16 +153,34 @@ class TextEvent(BaseModel):
     restart: bool = False
 
 
+@dataclass(frozen=True)
+class Sample:
+    """A vote mode sample: a round-1 turn that goes to RunRecord.samples."""
+
+    turn: TurnRecord
+
+    @property
+    def status(self) -> str:
+        return self.turn.status
+
+
 TurnSink = Callable[[RunRecord], None]
 ProgressSink = Callable[[ProgressEvent], None]
 TextSink = Callable[[TextEvent], None]
-# What a step settles into the record (Debate._settle): a turn, a round's labels, the summary.
-Outcome = TurnRecord | LabelingRecord | SummaryRecord
+# What a step settles into the record (Debate._settle): a turn, a round's labels, the
+# summary, a sample.
+Outcome = TurnRecord | LabelingRecord | SummaryRecord | Sample
 
 
 def derive_seed(run_seed: int, round_no: int, panelist_index: int) -> int:
     """A per-generation seed from (run seed, round, panelist), never 0 or -1."""
     digest = hashlib.sha256(f"{run_seed}/{round_no}/{panelist_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
+
+
+def sample_seed(run_seed: int, sample_no: int, panelist_index: int) -> int:
+    """The seed of a seat's vote mode sample 1, 2, ... (its round-1 turn is sample 0)."""
+    digest = hashlib.sha256(f"{run_seed}/sample{sample_no}/{panelist_index}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
 
 
@@ -207,7 +235,11 @@ class Debate:
         self.progress = progress
         self.lanes = max(1, lanes)  # turns of a round run at once, at most
         self.panel = record.panelists
-        self.total = len(self.panel) * record.rounds + 1
+        self.settings = record.protocol.settings if record.protocol else ROUNDTABLE
+        self.free = self.settings.output == "free"  # free text, read by the answer rule
+        self.samples_per_seat = max(0, record.vote // len(self.panel) - 1)
+        steps = len(self.panel) * (record.rounds + self.samples_per_seat)
+        self.total = steps + (1 if self.settings.summary else 0)
         # (round, panelist) of each generation under way; the summary is (rounds + 1, its
         # writer). What stop() keeps as interrupted.
         self.in_flight: set[tuple[int, str]] = set()
@@ -221,11 +253,22 @@ class Debate:
 
     # -- messages -------------------------------------------------------------
 
-    def _system(self, p: PanelistRecord) -> ChatMessage:
+    def _system(self, p: PanelistRecord) -> list[ChatMessage]:
+        """The system message, or none (a protocol without a system prompt)."""
+        if not self.settings.system_prompt:
+            return []
+        persona = p.persona if self.settings.personas else ""
         text = self.templates.render(
-            "system.j2", persona=p.persona, name=p.label, panel_size=len(self.panel)
+            "system.j2", persona=persona, name=p.label, panel_size=len(self.panel)
         )
-        return ChatMessage(role="system", content=text.strip())
+        return [ChatMessage(role="system", content=text.strip())]
+
+    def _sampling(self, p: PanelistRecord, round_no: int) -> SamplingRecord:
+        """The panelist's sampling, with the protocol's max_tokens for the round."""
+        max_tokens = self.settings.round_max_tokens(round_no)
+        if max_tokens is None:
+            return p.sampling
+        return p.sampling.model_copy(update={"max_tokens": max_tokens})
 
     def _latest_ok(self, name: str, before_round: int) -> TurnRecord | None:
         turns = [
@@ -235,31 +278,37 @@ class Debate:
         ]
         return max(turns, key=lambda t: t.round) if turns else None
 
+    def _peer_turn(self, name: str, round_no: int) -> TurnRecord | None:
+        """The turn of a peer that a turn of round_no reads: its latest valid one, or in
+        free text its reply of the round before, whatever its answer rule read."""
+        if not self.free:
+            turn = self._latest_ok(name, round_no)
+            return turn if turn is not None and turn.parsed is not None else None
+        turn = self.record.turn(round_no - 1, name)
+        return turn if turn is not None and turn.generation is not None else None
+
     def _peers_view(self, p: PanelistRecord, round_no: int, level: int) -> list[dict[str, str]]:
         view = []
         for other in self.panel:
-            if other.name == p.name:
-                continue
-            turn = self._latest_ok(other.name, round_no)
-            if turn is None or turn.parsed is None:
+            turn = self._peer_turn(other.name, round_no) if other.name != p.name else None
+            if turn is None:
                 continue
             # "reasoning" as prompts before issue #26 showed it (a record made with them
-            # replays byte for byte); "reasoning_shown" ends a cut one visibly (…)
-            reasoning, shown = turn.parsed.reasoning, turn.reasoning_shown
-            if level >= 2:
-                reasoning = shown = ""
+            # replays byte for byte); "reasoning_shown" ends a cut one visibly (…);
+            # "text" is the whole reply (free text)
+            texts = [turn.parsed.reasoning if turn.parsed else "", turn.reasoning_shown, turn.text]
+            if level >= 2 or self.settings.peer_view == "answer":
+                texts = ["", "", ""]
             elif level >= 1:
-                reasoning, shown = (
-                    text[:200].rstrip() + "..." if len(text) > 200 else text
-                    for text in (reasoning, shown)
-                )
+                texts = [text[:200].rstrip() + "..." if len(text) > 200 else text for text in texts]
             view.append(
                 {
                     "label": other.label,
-                    "answer": turn.parsed.answer,
+                    "answer": turn.parsed.answer if turn.parsed else "",
                     "answer_shown": turn.answer_shown,
-                    "reasoning": reasoning,
-                    "reasoning_shown": shown,
+                    "reasoning": texts[0],
+                    "reasoning_shown": texts[1],
+                    "text": texts[2],
                     "position": turn.position or "",
                 }
             )
@@ -267,6 +316,9 @@ class Debate:
 
     def _own_reply(self, p: PanelistRecord, round_no: int, level: int) -> str:
         turn = self.record.turn(round_no, p.name)
+        if self.free and turn is not None and turn.generation is not None:
+            answer = turn.parsed.answer if turn.parsed else "(no answer)"
+            return answer if level >= 3 else turn.text
         if turn is None or turn.generation is None or turn.parsed is None:
             return "Answer: (no valid answer)"
         if level >= 3:
@@ -285,7 +337,7 @@ class Debate:
             kind=self.record.question_kind,
             options=self.record.options,
         ).strip()
-        messages = [self._system(p), ChatMessage(role="user", content=question)]
+        messages = [*self._system(p), ChatMessage(role="user", content=question)]
         first_kept = round_no - 1 if level >= 4 else 2
         for r in range(2, round_no + 1):
             if r < first_kept:
@@ -334,6 +386,7 @@ class Debate:
     def _grammar(self, p: PanelistRecord, round_no: int, fields: list[str], held: str = "") -> str:
         peers = [o.label for o in self.panel if o.name != p.name]
         own = self._latest_ok(p.name, round_no) if round_no > 1 else None
+        max_tokens = self._sampling(p, round_no).max_tokens
         return self.templates.render(
             "turn.gbnf.j2",
             fields=fields,
@@ -343,8 +396,8 @@ class Debate:
             held=held,
             allow_new=self._allow_new(round_no),
             own_position=own.position if own is not None and own.position else "",
-            reasoning_max=reasoning_max_chars(p.sampling.max_tokens, self.record.question_kind),
-            answer_max=answer_max_chars(p.sampling.max_tokens),
+            reasoning_max=reasoning_max_chars(max_tokens, self.record.question_kind),
+            answer_max=answer_max_chars(max_tokens),
             multiline=multiline_reasoning(self.record.question_kind),
             kind=self.record.question_kind,
             options=self.record.options,
@@ -380,11 +433,12 @@ class Debate:
                 n = self.speaker.count_tokens(p.name, self.conversation(p, 1, 0))
             except TurnFailed as exc:  # e.g. a server that stopped answering since it opened
                 raise SpeakerFailed(f"{p.name} ({p.model}): {exc}") from None
-            if n + p.sampling.max_tokens > n_ctx:
+            max_tokens = self._sampling(p, 1).max_tokens
+            if n + max_tokens > n_ctx:
                 model = p.model
                 raise ConfigError(
                     f"the question is too long for {p.name} ({model}): its first prompt is {n} "
-                    f"tokens + {p.sampling.max_tokens} to answer > context {n_ctx}; shorten the "
+                    f"tokens + {max_tokens} to answer > context {n_ctx}; shorten the "
                     f"question or raise n_ctx for {model} in models.toml"
                 )
 
@@ -422,7 +476,10 @@ class Debate:
             prompt_sha256=result.prompt_sha256,
             shortened=[*shortened, *result.notes],
             batch=result.batch,
-            grammar_sha256=hashlib.sha256(request.grammar.encode("utf-8")).hexdigest(),
+            # free text has no grammar ("")
+            grammar_sha256=hashlib.sha256(request.grammar.encode("utf-8")).hexdigest()
+            if request.grammar
+            else None,
             prefill=request.prefill,
             raw_output=result.text,
             token_ids=result.token_ids,
@@ -458,6 +515,7 @@ class Debate:
 
     def _emit(self, stage: str, round_no: int, who: str, status: str) -> None:
         done = len([t for t in self.record.turns if t.status != "interrupted"])
+        done += len(self.record.samples)
         self.progress(
             ProgressEvent(
                 stage=stage,
@@ -485,6 +543,13 @@ class Debate:
 
     def _keep(self, outcome: Outcome) -> tuple[str, int, str]:
         """Put a step's outcome into the record; the step's stage, round and who."""
+        if isinstance(outcome, Sample):
+            # by seat (stable: a seat's samples are made in order), whatever order the
+            # seats ran in: the transcript hash reads them in list order
+            seat = {p.name: p.index for p in self.panel}
+            samples = [*self.record.samples, outcome.turn]
+            self.record.samples = sorted(samples, key=lambda t: seat.get(t.panelist, len(seat)))
+            return "sample", 1, outcome.turn.panelist
         if isinstance(outcome, TurnRecord):
             self.in_flight.discard((outcome.round, outcome.panelist))
             self._place(outcome)
@@ -568,6 +633,7 @@ class Debate:
         first: TurnRequest,
         cut: Generation,
         fields: list[str],
+        stage: str = "turn",
     ) -> Generation | None:
         """A turn that max_tokens cut off (a long reasoning) goes on after its whole
         fields: the model continues from them under the grammar of the fields left,
@@ -579,7 +645,7 @@ class Debate:
             return None
         budget = CONTINUATION_MAX_TOKENS
         if self.record.question_kind == "open":
-            budget += answer_max_chars(p.sampling.max_tokens) // 3
+            budget += answer_max_chars(self._sampling(p, round_no).max_tokens) // 3
         named = re.search(r"^Position: (\S+)$", kept, re.MULTILINE)
         request = first.model_copy(
             update={
@@ -588,11 +654,12 @@ class Debate:
                 "sampling": first.sampling.model_copy(update={"max_tokens": budget}),
             }
         )
-        return self.generate(request, cut.shortened, ("turn", round_no, True))
+        return self.generate(request, cut.shortened, (stage, round_no, True))
 
     def _reasoning_cut(
         self,
         p: PanelistRecord,
+        round_no: int,
         generation: Generation,
         continuation: Generation | None,
         text: str,
@@ -605,21 +672,23 @@ class Debate:
             generation.raw_output, fields, multiline=multiline
         ):
             return True
-        bound = reasoning_max_chars(p.sampling.max_tokens, self.record.question_kind)
+        max_tokens = self._sampling(p, round_no).max_tokens
+        bound = reasoning_max_chars(max_tokens, self.record.question_kind)
         return len(raw_reasoning(text, fields, multiline=multiline)) >= bound
 
     def _turn_request(
-        self, p: PanelistRecord, round_no: int, fields: list[str]
+        self, p: PanelistRecord, round_no: int, fields: list[str], seed: int
     ) -> tuple[TurnRequest, list[str]]:
-        """The turn's request, its conversation shortened until it fits, and the rules used."""
+        """The turn's request, its conversation shortened until it fits, and the rules
+        used. Free text has no grammar ("")."""
         messages, sampling, rules = self.fit(
-            p.name, lambda level: self.conversation(p, round_no, level), p.sampling
+            p.name, lambda level: self.conversation(p, round_no, level), self._sampling(p, round_no)
         )
         request = TurnRequest(
             panelist=p.name,
             messages=messages,
-            grammar=self._grammar(p, round_no, fields),
-            seed=derive_seed(self.record.seed, round_no, p.index),
+            grammar="" if self.free else self._grammar(p, round_no, fields),
+            seed=seed,
             sampling=sampling,
         )
         return request, rules
@@ -635,53 +704,82 @@ class Debate:
             stances=self._stances(round_no) or None,
         )
 
+    def _answer_changed(self, turn: TurnRecord, parsed: ParsedTurn) -> TurnRecord:
+        """A later round's turn, marked with whether its answer changed from its last."""
+        previous = self._latest_ok(turn.panelist, turn.round)
+        if previous is None or previous.parsed is None:
+            return turn
+        changed = not same_position(
+            self.record.question_kind, parsed.answer, previous.parsed.answer
+        )
+        return turn.model_copy(update={"answer_changed": changed})
+
     def _against_earlier(self, turn: TurnRecord, parsed: ParsedTurn) -> TurnRecord:
         """A later round's turn, marked with what it says and does against the turns
         before it: a change of mind stated, its answer changed, the position it holds."""
         turn = turn.model_copy(update={"changed_mind_stated": parsed.stance == "change"})
-        previous = self._latest_ok(turn.panelist, turn.round)
-        if previous is not None and previous.parsed is not None:
-            changed = not same_position(
-                self.record.question_kind, parsed.answer, previous.parsed.answer
-            )
-            turn = turn.model_copy(update={"answer_changed": changed})
+        turn = self._answer_changed(turn, parsed)
         claim = parsed.position_claim
         if claim is not None and claim != "new":
             turn = pos.placed(self.record, turn, claim)
         return turn
 
+    def _free_turn(self, p: PanelistRecord, round_no: int, generation: Generation) -> TurnRecord:
+        """A free text turn: its answer is what the protocol's answer rule reads in it
+        (none: the turn failed, its reply kept; later rounds still show it to peers)."""
+        rule = self.settings.answer_rule
+        answer = ANSWER_RULES[rule](generation.raw_output)
+        if answer is None:
+            why = f"unusable answer: the answer rule {rule} reads no number in the reply"
+            return TurnRecord(round=round_no, panelist=p.name, status="failed", error=why,
+                              generation=generation)  # fmt: skip
+        parsed = ParsedTurn(answer=answer, reasoning=generation.raw_output.strip())
+        turn = TurnRecord(
+            round=round_no, panelist=p.name, status="ok", generation=generation, parsed=parsed,
+            reasoning_cut=generation.finish_reason == "length",  # max_tokens cut it off
+        )  # fmt: skip
+        return self._answer_changed(turn, parsed) if round_no > 1 else turn
+
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
         self._begin(round_no, p.name)
+        seed = derive_seed(self.record.seed, round_no, p.index)
+        turn, down = self.make_turn(p, round_no, seed)
+        self._finish(turn)
+        if down is not None:
+            # The server could not answer: nothing is known of this turn. It is kept as
+            # interrupted (resume runs it again) and the run stops: later turns would read it.
+            raise down
+
+    def make_turn(
+        self, p: PanelistRecord, round_no: int, seed: int, stage: str = "turn"
+    ) -> tuple[TurnRecord, BackendDown | None]:
+        """A turn as the record keeps it (ok, failed; interrupted, with the BackendDown
+        that stopped it), generated with this seed (a round's, or a sample's)."""
         fields = self._fields(round_no)
-        limits = answer_max_chars(p.sampling.max_tokens)
+        limit = answer_max_chars(self._sampling(p, round_no).max_tokens)
+        limits = None if self.free else limit  # where the grammar ends the answer line
         generation: Generation | None = None
         continuation: Generation | None = None
         try:
-            request, rules = self._turn_request(p, round_no, fields)
-            generation = self.generate(request, rules, ("turn", round_no, False))
+            request, rules = self._turn_request(p, round_no, fields, seed)
+            generation = self.generate(request, rules, (stage, round_no, False))
+            if self.free:
+                return self._free_turn(p, round_no, generation), None
             text = generation.raw_output
             if generation.finish_reason == "length":
-                continuation = self.continue_turn(p, round_no, request, generation, fields)
+                continuation = self.continue_turn(p, round_no, request, generation, fields, stage)
                 if continuation is not None:
                     text = continuation.prefill + continuation.raw_output
             parsed = self._parse_turn(p, round_no, text)
-            cut = self._reasoning_cut(p, generation, continuation, text, fields)
+            cut = self._reasoning_cut(p, round_no, generation, continuation, text, fields)
         except BackendDown as exc:
-            # The server could not answer: nothing is known of this turn. Keep it as
-            # interrupted (resume runs it again) and stop: later turns would read it.
-            self._finish(
-                TurnRecord(round=round_no, panelist=p.name, status="interrupted",
-                           error=str(exc), answer_max_chars=limits)
-            )  # fmt: skip
-            raise
+            return TurnRecord(round=round_no, panelist=p.name, status="interrupted",
+                              error=str(exc), answer_max_chars=limits), exc  # fmt: skip
         except (TurnFailed, ParseFailure) as exc:
             reason = f"unusable answer: {exc}" if isinstance(exc, ParseFailure) else str(exc)
-            self._finish(
-                TurnRecord(round=round_no, panelist=p.name, status="failed", error=reason,
-                           generation=generation, continuation=continuation,
-                           answer_max_chars=limits)
-            )  # fmt: skip
-            return
+            return TurnRecord(round=round_no, panelist=p.name, status="failed", error=reason,
+                              generation=generation, continuation=continuation,
+                              answer_max_chars=limits), None  # fmt: skip
         turn = TurnRecord(
             round=round_no,
             panelist=p.name,
@@ -691,9 +789,38 @@ class Debate:
             parsed=parsed,
             answer_max_chars=limits,
             reasoning_cut=cut,
-            answer_cut=answer_line_cut(text, self.record.question_kind, limits),
+            answer_cut=answer_line_cut(text, self.record.question_kind, limit),
         )
-        self._finish(self._against_earlier(turn, parsed) if round_no > 1 else turn)
+        return (self._against_earlier(turn, parsed) if round_no > 1 else turn), None
+
+    # -- vote mode ----------------------------------------------------------------
+
+    def _samples_of(self, name: str) -> int:
+        return sum(s.panelist == name for s in self.record.samples)
+
+    def run_samples(self, then: str | None) -> None:
+        """Vote mode: each seat's round-1 prompt generated again, samples_per_seat times,
+        with seeds of its own (sample_seed); no peer ever sees them. Only the missing
+        ones run (resume), each seat's in order; one whose backend could not answer is
+        not kept, and the run stops as for a turn."""
+        if not self.samples_per_seat:
+            return
+        order = self.speaker.turn_order(1, self.panel, then)
+        seats = [p for p in order if self._samples_of(p.name) < self.samples_per_seat]
+        if self.lanes == 1 or len(seats) < 2:
+            for p in seats:
+                self.run_seat_samples(p)
+            return
+        self.run_lanes(seats, self.run_seat_samples, self.lanes, None, "sample")
+
+    def run_seat_samples(self, p: PanelistRecord) -> None:
+        for n in range(self._samples_of(p.name) + 1, self.samples_per_seat + 1):
+            with self._lock:
+                self._emit("sample", 1, p.name, "generating")
+            turn, down = self.make_turn(p, 1, sample_seed(self.record.seed, n, p.index), "sample")
+            if down is not None:
+                raise down
+            self._settle(Sample(turn))
 
     # -- labelled positions -----------------------------------------------------
 
@@ -982,7 +1109,8 @@ class Debate:
         )
 
     def run(self) -> RunRecord:
-        """Run every missing turn, round by round, then the summary."""
+        """Run every missing turn, round by round, then the samples and the summary
+        (as the protocol has them)."""
         rounds = range(1, self.record.rounds + 1)
         first_open = next(
             (r for r in rounds if any(self._missing(r, p.name) for p in self.panel)), None
@@ -990,11 +1118,12 @@ class Debate:
         if first_open is not None:  # labels and a summary made before a missing turn are stale
             pos.forget_labels_from(self.record, first_open)
             self.record.summary = None
+        summarizer = self.record.summarizer if self.settings.summary else None
         for round_no in rounds:
             # EngineSpeaker groups a round's turns by model when models are loaded one
             # at a time; the record stays in panel order (_place).
-            then = self.record.summarizer if round_no == self.record.rounds else None
-            order = self.speaker.turn_order(round_no, self.panel, then)
+            last = round_no == self.record.rounds and not self.samples_per_seat
+            order = self.speaker.turn_order(round_no, self.panel, summarizer if last else None)
             missing = [p for p in order if self._missing(round_no, p.name)]
             if missing and self._grouped(round_no):
                 # the text depends on the decode group: an interrupted round is redone
@@ -1004,9 +1133,11 @@ class Debate:
             self.run_round(round_no, missing)
             self.checking = set()
             done = self.record.labeling(round_no)
-            if done is None or done.status == "interrupted":
+            if self.settings.labels and (done is None or done.status == "interrupted"):
                 self.run_labeling(round_no)
-        if self.record.summary is None or self.record.summary.status == "interrupted":
+        self.run_samples(summarizer)
+        summary = self.record.summary
+        if self.settings.summary and (summary is None or summary.status == "interrupted"):
             self.run_summary()
         self.in_flight = set()
         return self.record
@@ -1026,11 +1157,25 @@ class Debate:
                 self.run_turn(p, round_no)
             return
         lanes = len(turns) if group is not None else self.lanes
+        self.run_lanes(
+            turns, lambda p: self.run_turn(p, round_no), lanes, group, f"turn-{round_no}"
+        )
+
+    def run_lanes(
+        self,
+        seats: list[PanelistRecord],
+        work: Callable[[PanelistRecord], None],
+        lanes: int,
+        group: Any,
+        name: str,
+    ) -> None:
+        """work(seat) for each seat, up to `lanes` at a time, each on a daemon thread
+        started in order (leaving the decode group, if any, when it ends)."""
         ended: queue.Queue[BaseException | None] = queue.Queue()
 
         def lane(p: PanelistRecord) -> None:
             try:
-                self.run_turn(p, round_no)
+                work(p)
             except BaseException as exc:  # the main thread raises it
                 ended.put(exc)
             else:
@@ -1039,15 +1184,15 @@ class Debate:
                 if group is not None:
                     group.leave(p.name)  # no more generations of this turn
 
-        waiting, running = list(turns), 0
+        waiting, running = list(seats), 0
         down: BackendDown | None = None
         try:
             while waiting or running:
                 while waiting and running < lanes and down is None:
                     p = waiting.pop(0)
                     # daemon: a turn abandoned by Ctrl-C must not hold the process open
-                    name = f"localtable-turn-{round_no}-{p.index}"
-                    threading.Thread(target=lane, args=(p,), name=name, daemon=True).start()
+                    thread_name = f"localtable-{name}-{p.index}"
+                    threading.Thread(target=lane, args=(p,), name=thread_name, daemon=True).start()
                     running += 1
                 if not running:
                     break

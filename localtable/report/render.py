@@ -322,6 +322,11 @@ def build_generations(record: RunRecord) -> list[GenerationRow]:
                 rows.append(generation_row(f"Labels {r}", x.labeller, "rejected", g))
             if x.generation is not None:
                 rows.append(generation_row(f"Labels {r}", x.labeller, x.status, x.generation))
+    for t in record.samples:  # vote mode: round-1 answers drawn again, seen by no peer
+        rows.append(generation_row("Sample of round 1", t.panelist, t.status, t.generation))
+        if t.continuation is not None:
+            stage = "Sample of round 1, continued"
+            rows.append(generation_row(stage, t.panelist, t.status, t.continuation))
     s = record.summary
     if s is not None:
         rows.append(generation_row("Summary", s.summarizer, s.status, s.generation))
@@ -362,6 +367,13 @@ def backend_facts(record: RunRecord) -> list[BackendFact]:
                     )
                     facts.append(BackendFact(label=f"{label} {k}", text=text))
     return facts
+
+
+def _no_summary(record: RunRecord) -> str:
+    """Why a record has no summary at all."""
+    if record.protocol is not None and not record.protocol.settings.summary:
+        return f"the protocol {record.protocol.name} has none"
+    return "the run ended before the summary"
 
 
 def build_view(record: RunRecord) -> RoundtableView:
@@ -416,7 +428,7 @@ def build_view(record: RunRecord) -> RoundtableView:
         counterpoint=counterpoint,
         summary=summary_text,
         summary_ok=summary_ok,
-        summary_error=(s.error or "") if s else "the run ended before the summary",
+        summary_error=(s.error or "") if s else _no_summary(record),
         positions=positions,
         finals=finals,
         earlier_rounds=rounds[:-1],

@@ -62,6 +62,7 @@ def run(spec: DebateSpec, emit: Emitter) -> int:
     from localtable.config import load_config
     from localtable.debate.protocol import ProgressEvent, TextEvent
     from localtable.errors import LocaltableError
+    from localtable.protocols import chosen_protocol
     from localtable.session.run import DebateRequest, RunFailed, RunInterrupted, run_debate
     from localtable.stopsignals import exit_status, stop_on_signals
     from localtable.templates import TemplateSet
@@ -80,6 +81,7 @@ def run(spec: DebateSpec, emit: Emitter) -> int:
                 question=spec.question, panel=spec.panel, rounds=spec.rounds, seed=spec.seed,
                 runs_dir=spec.runs_dir, run_id=spec.run_id, reuse_prefix=True,
                 parallel_turns=defaults.parallel_turns, decode=defaults.decode,
+                protocol=chosen_protocol(None, loaded),
             )  # fmt: skip
             _, record = run_debate(
                 req, loaded, TemplateSet(), progress, text=text,

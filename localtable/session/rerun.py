@@ -1,7 +1,8 @@
 """Run a stored record again: resume what is missing, or replay it all and compare.
 
-Both rebuild the run from its record alone (models found by sha256, prompts
-checked by template hash, the recorded parameters, seeds and template date),
+Both rebuild the run from its record alone (models found by sha256, the recorded
+protocol read again from where it was and its files and the prompts checked by
+hash, the recorded parameters, seeds and template date),
 never from today's models.toml, so what they produce is comparable byte for
 byte with the original. Where to connect and with which key is the exception:
 a record is shared, so a backend reaches a server only if today's models.toml
@@ -20,6 +21,7 @@ from localtable.backends.urls import plain_server_url, public_url
 from localtable.config import LoadedConfig
 from localtable.debate.protocol import ProgressSink, TextSink
 from localtable.errors import ConfigError
+from localtable.protocols import Protocol, check_recorded, recorded_protocol
 from localtable.record import RunRecord, read_record
 from localtable.runlock import hold
 from localtable.session.run import execute, new_run_id, open_run
@@ -50,14 +52,11 @@ class EngineChanged(ConfigError):
     """This engine build is not the one that made the record: refused (exit 2)."""
 
 
-def check_templates(record: RunRecord, templates: TemplateSet) -> None:
-    for name, recorded in sorted(record.templates.items()):
-        current = templates.sha256(name)
-        if current != recorded:
-            raise ConfigError(
-                f"prompt template {name} changed since run {record.run_id} (recorded sha256 "
-                f"{recorded[:12]}, now {current[:12]}); restore it to rerun this run"
-            )
+def check_templates(record: RunRecord, templates: TemplateSet) -> Protocol:
+    """The record's protocol, read again; refused when a file it recorded changed."""
+    protocol = recorded_protocol(record)
+    check_recorded(record, protocol, templates)
+    return protocol
 
 
 def _refuse_engine_change(record: RunRecord, session: Session, allow: bool) -> list[str]:
@@ -90,13 +89,14 @@ def resume_run(
         record = read_record(run_dir)
         if record.status == "complete":
             raise ConfigError(f"run {record.run_id} is already complete; nothing to resume")
-        check_templates(record, templates)
+        protocol = check_templates(record, templates)
         own = session is None
         session = session or Session(templates, loaded, allow_urls)
         try:
             _refuse_engine_change(record, session, allow_engine_change)
             lanes = parallel_turns(loaded)
-            return _resume(record, run_dir, session, templates, progress, lanes, text)
+            debate_templates = protocol.templates()
+            return _resume(record, run_dir, session, debate_templates, progress, lanes, text)
         finally:
             if own:
                 session.close()
@@ -106,7 +106,7 @@ def _resume(
     record: RunRecord,
     run_dir: Path,
     session: Session,
-    templates: TemplateSet,
+    templates: TemplateSet,  # the protocol's
     progress: ProgressSink,
     lanes: int,
     text: TextSink | None = None,
@@ -158,11 +158,16 @@ class ReplayReport(BaseModel):
 
 
 def _outputs(record: RunRecord) -> list[tuple[str, str, str]]:
-    """(key, label, raw output or status) for every turn and the summary, in order."""
+    """(key, label, raw output or status) for every turn, sample and the summary, in order."""
     out = []
     for t in sorted(record.turns, key=lambda t: (t.round, t.panelist)):
         text = t.generation.raw_output if t.generation else f"<{t.status}: {t.error}>"
         out.append((f"{t.round}/{t.panelist}", f"round {t.round}, {t.panelist}", text))
+    seen: dict[str, int] = {}
+    for t in record.samples:  # vote mode, a seat's in order
+        n = seen[t.panelist] = seen.get(t.panelist, 0) + 1
+        text = t.generation.raw_output if t.generation else f"<{t.status}: {t.error}>"
+        out.append((f"sample {n}/{t.panelist}", f"sample {n} of {t.panelist}", text))
     if record.summary is not None:
         s = record.summary
         text = s.generation.raw_output if s.generation else f"<{s.status}: {s.error}>"
@@ -208,7 +213,7 @@ def replay_run(
             f"run {original.run_id} is {original.status}; resume it first "
             f"(`localtable resume {original.run_id}`), then replay it"
         )
-    check_templates(original, templates)
+    protocol = check_templates(original, templates)
     with Session(templates, loaded, allow_urls) as session:
         diffs = _refuse_engine_change(original, session, allow_engine_change)
         now = datetime.now(UTC).replace(microsecond=0)
@@ -217,6 +222,7 @@ def replay_run(
         replay.created_at, replay.finished_at = now, None
         replay.status, replay.error = "running", None
         replay.turns, replay.summary, replay.transcript_sha256 = [], None, None
+        replay.samples = []  # vote mode: drawn again, with their recorded seeds
         # an open question's labels are generated too (after each round): kept, they
         # would skip the labelling and leave the replayed turns without positions
         replay.positions, replay.labelings = [], []
@@ -225,7 +231,7 @@ def replay_run(
         speaker = open_run(session, replay, describe=bool(diffs))
         with hold(replay_dir, f"run {replay.run_id}"):
             lanes = parallel_turns(loaded)
-            replay = execute(replay, replay_dir, speaker, templates, progress, lanes)
+            replay = execute(replay, replay_dir, speaker, protocol.templates(), progress, lanes)
         divergence = first_divergence(original, replay, speaker)
     return ReplayReport(original=original, replay=replay, replay_dir=replay_dir,
                         engine_differences=diffs, divergence=divergence)  # fmt: skip

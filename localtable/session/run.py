@@ -29,6 +29,7 @@ from localtable.debate.protocol import (
     anonymous_label,
 )
 from localtable.errors import ConfigError, LocaltableError
+from localtable.protocols import BACKEND_TEMPLATES, Protocol, builtin_protocol
 from localtable.record import (
     PanelistRecord,
     QuestionKind,
@@ -42,12 +43,6 @@ from localtable.session.session import Session, SessionSpeaker
 from localtable.stopsignals import stop_reason
 from localtable.templates import TemplateSet
 
-# every template a debate renders: their sha256 go into the record (a replay refuses
-# a changed one); tests/test_backends.py checks the list against a debate
-PROMPT_TEMPLATES = [
-    "system.j2", "round1.j2", "round_later.j2", "summarize.j2", "summary_system.j2",
-    "completion.j2", "turn.gbnf.j2", "summary.gbnf.j2", "label.j2", "label.gbnf.j2",
-]  # fmt: skip
 MAX_QUESTION_CHARS = 20_000
 
 
@@ -73,6 +68,10 @@ class DebateRequest(BaseModel):
     # a round's turns decoded together or one by one (RunRecord.decode); the CLI passes
     # --decode or models.toml's [debate] decode
     decode: Literal["sequential", "batched"] = "sequential"
+    # the debate protocol, read (protocols.load_protocol); None: roundtable
+    protocol: Protocol | None = None
+    # vote mode: k of SC@k, each seat answering round 1 k / seats times (RunRecord.vote)
+    vote: int = 0
 
 
 class RunInterrupted(LocaltableError):
@@ -132,6 +131,22 @@ def read_question(question: str | None, question_file: Path | None, default: str
     return check_question(text)
 
 
+def check_vote(vote: int, seats: int, rounds: int) -> None:
+    """--vote K: 0 (none), or SC@K's K answers drawn K / seats a seat, more than round 1 has."""
+    if vote and (vote % seats or vote <= seats):
+        raise ConfigError(
+            f"--vote {vote}: give a multiple of the panel's {seats} seats above {seats} (each "
+            f"seat answers round 1 K / {seats} times), e.g. --vote {seats * max(rounds, 2)} "
+            f"for SC@{seats * max(rounds, 2)}"
+        )
+
+
+def record_templates(protocol: Protocol, templates: TemplateSet) -> dict[str, str]:
+    """The sha256 of every file a debate renders: the protocol's, and the backend's prompt
+    layout for models without a chat template (a replay refuses a changed one)."""
+    return {**protocol.hashes(), **{n: templates.sha256(n) for n in BACKEND_TEMPLATES}}
+
+
 def prepare(
     req: DebateRequest,
     loaded: LoadedConfig,
@@ -140,9 +155,14 @@ def prepare(
     now: datetime,
     notice: Callable[[str], None] = lambda text: None,
 ) -> RunRecord:
-    """The record header of a new run: question, panel, and models as planned."""
+    """The record header of a new run: question, panel, protocol and models as planned."""
     panel = loaded.config.panel(req.panel)
     question = check_question(req.question)
+    protocol = req.protocol or builtin_protocol()
+    protocol.check_question(req.question_kind)
+    check_vote(req.vote, len(panel.panelists), req.rounds)
+    peers = protocol.settings.peers
+    anonymous = panel.anonymous if peers == "panel" else peers == "anonymous"
     planned = session.plan(
         panel, loaded, verify=req.verify, reuse_prefix=req.reuse_prefix,
         memory_budget=req.memory_budget,
@@ -153,7 +173,7 @@ def prepare(
         PanelistRecord(
             index=i,
             name=p.name,
-            label=anonymous_label(i) if panel.anonymous else p.name,
+            label=anonymous_label(i) if anonymous else p.name,
             model=p.model,
             persona=p.persona,
             sampling=SamplingRecord.model_validate(p.sampling.model_dump()),
@@ -171,7 +191,7 @@ def prepare(
         panel=req.panel,
         rounds=req.rounds,
         seed=req.seed,
-        anonymous=panel.anonymous,
+        anonymous=anonymous,
         template_date=now.date().isoformat(),
         reuse_prefix=req.reuse_prefix,
         decode=req.decode,
@@ -180,7 +200,9 @@ def prepare(
         models=planned.models,
         panelists=panelists,
         summarizer=panel.summarizer_spec().name,
-        templates={name: templates.sha256(name) for name in PROMPT_TEMPLATES},
+        protocol=protocol.record(),
+        templates=record_templates(protocol, templates),
+        vote=req.vote,
         memory=planned.memory,
     )
 
@@ -258,7 +280,9 @@ def execute_debate(debate: Debate, run_dir: Path) -> RunRecord:
     record.finished_at = datetime.now(UTC)
     record.transcript_sha256 = transcript_sha256(record)
     summary = record.summary
-    if summary is None or summary.status != "ok":
+    if record.protocol is not None and not record.protocol.settings.summary:
+        record.status = "complete"  # its turns are the result (a failed one says so)
+    elif summary is None or summary.status != "ok":
         record.status = "failed"
         record.error = summary.error if summary else "no summary"
     else:
@@ -270,7 +294,7 @@ def execute_debate(debate: Debate, run_dir: Path) -> RunRecord:
 def run_debate(
     req: DebateRequest,
     loaded: LoadedConfig,
-    templates: TemplateSet,
+    templates: TemplateSet,  # the backends' (completion.j2); the protocol has the debate's
     progress: ProgressSink,
     session: Session | None = None,  # default: a new one, closed at the end (batches pass theirs)
     notice: Callable[[str], None] = lambda text: None,  # e.g. models loaded one at a time
@@ -282,13 +306,15 @@ def run_debate(
     now = datetime.now(UTC).replace(microsecond=0)
     own = session is None
     session = session or Session(templates, loaded)
+    protocol = req.protocol or builtin_protocol()
     try:
         record = prepare(req, loaded, session, templates, now, notice)
-        templates.compile_soon(PROMPT_TEMPLATES)  # while models load
+        debate_templates = protocol.templates()
+        debate_templates.compile_soon(sorted(debate_templates.files or {}))  # while models load
         speaker = open_run(session, record, describe=True)
         run_dir = req.runs_dir / record.run_id
         debate = open_debate(
-            record, run_dir, speaker, templates, progress, req.parallel_turns, text
+            record, run_dir, speaker, debate_templates, progress, req.parallel_turns, text
         )
         try:
             debate.preflight()  # generates and saves nothing: the run folder waits for its lock

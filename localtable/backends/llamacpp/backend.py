@@ -230,7 +230,7 @@ class LlamaSeat:
             model_key=self.key,
             pieces=prompt.pieces,
             add_bos=prompt.add_bos,
-            grammar=request.grammar,
+            grammar=request.grammar or None,  # "": free text (a protocol's), no grammar
             seed=request.seed,
             sampling=request.sampling,
             stop=prompt.stop,
