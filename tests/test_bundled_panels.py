@@ -99,3 +99,15 @@ def test_the_summarizers_model_holds_one_more_conversation_for_labels_and_summar
     assert users(default, "qwen2.5-coder-0.5b") == 1
     assert tiny.summarizer_spec().model == "smollm2-135m"
     assert users(tiny, "smollm2-135m") == 3 and users(tiny, "gemma3-270m") == 1
+
+
+def test_the_du2023_panel_is_three_identical_seats_of_qwen_1_5b() -> None:
+    """Du et al.'s three copies of one model (issue #25): one model, no persona, one
+    sampling (the OpenAI API's defaults the paper ran with)."""
+    panel = load_config(MODELS_TOML).config.panel("du2023")
+    assert len(panel.panelists) == 3
+    assert {p.model for p in panel.panelists} == {"qwen2.5-coder-1.5b"}
+    assert {p.persona for p in panel.panelists} == {""}
+    (sampling,) = {p.sampling for p in panel.panelists}
+    assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p) == (1, 1, 0, 0)
+    assert sampling.repeat_penalty == 1.0
