@@ -6,7 +6,7 @@ choice: the answer is one of the options, compared exactly.
 number: the answer is a decimal number, compared by value (3, 3.0 and 3.00
 are the same position).
 
-The grammar (prompts/turn.gbnf.j2) makes a choice or number answer well
+The grammar (roundtable's turn.gbnf.j2) makes a choice or number answer well
 formed at decoding time; this module is what the parser, the protocol, the
 scoring and the comparison share, so they can never disagree on equality.
 """
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from localtable.record import PositionGroup, QuestionKind
 
-# Must match the `answer` rule of prompts/turn.gbnf.j2 for kind == "number".
+# Must match the `answer` rule of roundtable's turn.gbnf.j2 for kind == "number".
 NUMBER_INT_DIGITS = 15
 NUMBER_DECIMALS = 6
 NUMBER_PATTERN = re.compile(rf"^-?[0-9]{{1,{NUMBER_INT_DIGITS}}}(\.[0-9]{{1,{NUMBER_DECIMALS}}})?$")
@@ -62,12 +62,12 @@ GROUND_MIN_WORDS = 2
 
 def bare_answer(answer: str) -> bool:
     """Whether an open answer is a bare yes or no: a leading yes/no with fewer than
-    GROUND_MIN_WORDS words after it. prompts/turn.gbnf.j2 cannot write one."""
+    GROUND_MIN_WORDS words after it. roundtable's turn.gbnf.j2 cannot write one."""
     words = normalize_open(answer).split()
     return bool(words) and words[0] in ("yes", "no") and len(words) - 1 < GROUND_MIN_WORDS
 
 
-# prompts/turn.gbnf.j2 gives an open answer's `tail` (what follows its first word or
+# roundtable's turn.gbnf.j2 gives an open answer's `tail` (what follows its first word or
 # its yes/no and ground) `answer_max - ANSWER_TAIL_SLACK` units: a character, or "."
 # and the character after it. Must match the template.
 ANSWER_TAIL_SLACK = 40

@@ -43,7 +43,7 @@ class ParsedLabels(BaseModel):
     assigned: dict[str, str]  # panelist name -> letter
 
 
-# A turn's fields, as the grammar (prompts/turn.gbnf.j2) writes them, by key.
+# A turn's fields, as the grammar (roundtable's turn.gbnf.j2) writes them, by key.
 FIELD_NAMES = {
     "reasoning": "Reasoning",
     "influenced_by": "Influenced by",

@@ -2,7 +2,7 @@
 
 An open question has no options to compare, so after round 1 the summarizer's
 model gives each distinct answer a short label (a letter and a few words, under
-a grammar: prompts/label.gbnf.j2). From round 2 each panelist names the letter
+a grammar: roundtable's label.gbnf.j2). From round 2 each panelist names the letter
 it holds now, or `new`; new positions are labelled after their round the same
 way. Consensus, "changed mind" and the stance chart then come from the letters,
 round by round, never from a model's grouping. Choice and number questions

@@ -146,7 +146,7 @@ class TextEvent(BaseModel):
     continuation starts from the turn's whole fields; a summary or labels retried)."""
 
     model_config = ConfigDict(frozen=True)
-    stage: str  # "turn" | "labels" | "summary"
+    stage: str  # "turn" | "labels" | "summary" | "sample"
     round: int
     panelist: str
     text: str

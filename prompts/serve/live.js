@@ -18,7 +18,7 @@
       c.className = "turn generating";
       c.dataset.stage = e.stage;
       const h = document.createElement("h3");
-      const what = e.stage === "turn" ? "Round " + e.round : e.stage === "labels" ? "Labels of round " + e.round : "Summary";
+      const what = e.stage === "turn" ? "Round " + e.round : e.stage === "labels" ? "Labels of round " + e.round : e.stage === "sample" ? "Sample of round 1" : "Summary";
       h.textContent = what + " · " + e.panelist;
       const pre = document.createElement("pre");
       pre.className = "text";
