@@ -577,3 +577,38 @@ def test_recorded_protocol_names_what_is_not_here() -> None:
         ConfigError, match="ran the protocol 'du2099', which this localtable does not have"
     ):  # noqa: E501
         recorded_protocol(record)
+
+
+def test_the_settings_shape_what_a_turn_is_asked() -> None:
+    """peers' answers only, no personas, max_tokens per round, no labels or summary:
+    a roundtable copy whose protocol.toml says so."""
+    folder_protocol = builtin_protocol("roundtable")
+    settings = folder_protocol.settings.model_copy(
+        update={"peer_view": "answer", "personas": False, "max_tokens": [64, 96],
+                "summary": False, "labels": False}
+    )  # fmt: skip
+    record = make_record(["A1", "B2"], rounds=3)
+    record.panelists = [
+        p.model_copy(update={"persona": f"You are {p.name}."}) for p in record.panelists
+    ]
+    record.protocol = folder_protocol.record().model_copy(update={"settings": settings})
+    r2 = "Reasoning: secret {n}.\nInfluenced by: nobody\nDecision: maintained\nAnswer: Yes, it is."
+    speaker = FakeSpeaker({
+        name: [R1.format(a="Yes, it is.").replace("because", f"secret {name}"),
+               r2.format(n=name), r2.format(n=name)]
+        for name in ("A1", "B2")
+    })  # fmt: skip
+    done = Debate(
+        record, speaker, folder_protocol.templates(), lambda r: None, lambda e: None
+    ).run()
+    assert done.status == "running" and done.summary is None and done.labelings == []
+    assert [c.sampling.max_tokens for c in speaker.calls] == [64, 64, 96, 96, 96, 96]
+    for call in speaker.calls:
+        system = call.messages[0]
+        assert system.role == "system" and "You are A1." not in system.content
+        assert "You are a thoughtful expert." in system.content  # system.j2 without a persona
+        peer = "B2" if call.panelist == "A1" else "A1"
+        later = [m.content for m in call.messages if m.role == "user"][1:]
+        assert all(f"secret {peer}" not in text for text in later)  # its answer only
+        assert all("Answer: Yes, it is." in text for text in later)
+    assert sum(len(c.messages) > 2 for c in speaker.calls) == 4  # rounds 2 and 3 read peers
