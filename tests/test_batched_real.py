@@ -41,9 +41,11 @@ pytestmark = pytest.mark.slow
 QUESTION = "Should cities ban cars?"
 SEED = 42
 # The transcript of this debate (fast_config, 2 rounds, seed 42) run one turn at a time
-# by the tree before batched decoding existed (58f3649, the Makefile's portable CPU
-# build): sequential mode must keep it byte for byte.
-SEQUENTIAL_BEFORE = "3bc3bfd18f8374cda829800c56ef469b90c0dbe10e0006677d8af1df15c7c791"
+# (the Makefile's portable CPU build): sequential mode must keep it byte for byte. It was
+# 3bc3bfd1... from 58f3649 (before batched decoding) until issue #26's answer grammar
+# (answers end with a full stop, trust2) changed what the models may write; the seam,
+# the batch package and the protocols as data kept this one.
+SEQUENTIAL_BEFORE = "a005bdbf8d2cf004bfb56a7bb078cd27d50db0b036e8568e2a7df43d88f3cfde"
 
 
 class LoggingEngine(Engine):
