@@ -60,7 +60,8 @@ from localtable.backends.llamacpp.messages import (
 )
 from localtable.backends.server.backend import ServerBackend
 from localtable.backends.server.launch import LocalServer, cached_binary, declared_flags
-from localtable.config import Config, LoadedConfig, ModelSpec, ServerSource, load_config
+from localtable.backends.server.source import ServerSource
+from localtable.config import Config, LoadedConfig, ModelSpec, load_config
 from localtable.debate.protocol import ProgressEvent
 from localtable.models.files import resolve
 from localtable.record import RunRecord, SamplingRecord

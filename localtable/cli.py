@@ -148,8 +148,7 @@ def _config(path: Path | None) -> LoadedConfig:
 
 def _allowed_urls(urls: tuple[str, ...]) -> frozenset[str]:
     """--allow-url values, checked as models.toml's server URLs are, as records show them."""
-    from localtable.backends.server.client import public_url
-    from localtable.config import plain_server_url
+    from localtable.backends.urls import plain_server_url, public_url
 
     allowed = set()
     for url in urls:
@@ -547,11 +546,10 @@ def models(config_path: Path | None, verify: bool) -> None:
 
     Example: localtable models --verify
     """
-    from localtable.backends.server.backend import probe_status
-    from localtable.models.status import model_statuses
+    from localtable.backends.status import model_statuses
 
     loaded = _config(config_path)
-    rows = model_statuses(loaded, verify=verify, probe=probe_status)
+    rows = model_statuses(loaded, verify=verify)
     header = ("MODEL", "SOURCE", "REVISION", "SIZE", "SHA256", "STATE")
 
     def short(source: str) -> str:

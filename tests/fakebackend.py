@@ -1,8 +1,10 @@
 """A backend for tests, added the way any backend is: this module plus its registration.
 
 It runs no model: each seat answers in the shape the grammar asks for, and the
-backend counts how often each model was loaded. Tests register it for the
-`path` source kind (tests/test_backends.py), so a models.toml needs no change.
+backend counts how often each model was loaded. It runs models of its own source
+kind, `scripted` (`source = { kind = "scripted" }` in models.toml), which nothing
+in localtable/ knows of: importing this module registers it, as a plugin's entry
+point would (tests/test_seam.py).
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
+from localtable import backends
 from localtable.backends.base import (
+    Backend,
     ChatMessage,
     PanelModels,
     Prepared,
     TurnRequest,
     TurnResult,
 )
-from localtable.config import LoadedConfig
+from localtable.config import LoadedConfig, ModelSpec, Source
 from localtable.record import MemoryRecord, ModelRecord, PanelistRecord, RunRecord
 from localtable.templates import TemplateSet
 from tests.scripted import scripted_reply
@@ -46,14 +51,15 @@ def hold() -> None:
         time.sleep(0.01)
 
 
-def reply_for(request: TurnRequest) -> str:
-    return scripted_reply(request.grammar, f"{request.panelist} says yes")
+def reply_for(request: TurnRequest, voice: str) -> str:
+    return scripted_reply(request.grammar, f"{request.panelist} {voice}")
 
 
 class FakeSeat:
-    def __init__(self, backend: FakeBackend, n_ctx: int) -> None:
+    def __init__(self, backend: FakeBackend, n_ctx: int, voice: str) -> None:
         self.backend = backend
         self.n_ctx = n_ctx
+        self.voice = voice
 
     def context_size(self) -> int:
         return self.n_ctx
@@ -66,7 +72,7 @@ class FakeSeat:
 
     def generate(self, request: TurnRequest) -> TurnResult:
         hold()
-        text = reply_for(request)
+        text = reply_for(request, self.voice)
         n = self.count_tokens(request.messages)
         return TurnResult(
             prompt="\n".join(m.content for m in request.messages),
@@ -81,10 +87,26 @@ class FakeSeat:
         )
 
 
-class FakeBackend:
+class ScriptedSource(Source):
+    """A model that answers from a script (scripted.py): no file, no server."""
+
+    kind: Literal["scripted"]
+    voice: str = "says yes"  # how each answer goes on after the panelist's name
+
+    def label(self) -> str:
+        return f"scripted ({self.voice})"
+
+
+def voice_of(spec: ModelSpec) -> str:
+    assert isinstance(spec.source, ScriptedSource), spec.source  # the registry's promise
+    return spec.source.voice
+
+
+class FakeBackend(Backend):
     name = "fake"
 
     def __init__(self) -> None:
+        super().__init__()
         self.loaded: dict[str, ModelRecord] = {}
         self.panel: list[str] = []
 
@@ -93,10 +115,10 @@ class FakeBackend:
             ModelRecord(
                 name=name,
                 backend=self.name,
-                source="scripted replies",
+                source=spec.source.label(),
                 chat_mode="template",
                 n_ctx=spec.n_ctx,
-                settings={"n_ctx": spec.n_ctx},
+                settings={"n_ctx": spec.n_ctx, "voice": voice_of(spec)},
             )
             for name, spec in panel.specs.items()
         ]
@@ -122,7 +144,8 @@ class FakeBackend:
         return models
 
     def seat(self, model: str) -> FakeSeat:
-        return FakeSeat(self, self.loaded[model].n_ctx)
+        record = self.loaded[model]
+        return FakeSeat(self, record.n_ctx, str(record.settings.get("voice", "says yes")))
 
     def turn_order(
         self, round_no: int, panel: list[PanelistRecord], then: str | None
@@ -143,4 +166,12 @@ class FakeBackend:
         return []
 
     def close(self) -> None:
+        super().close()
         self.loaded.clear()
+
+
+backends.register(
+    "fake",
+    "tests.fakebackend:FakeBackend",
+    sources={"scripted": "tests.fakebackend:ScriptedSource"},
+)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from localtable import backends
+from localtable.backends.base import create
 from localtable.cli import cli
 from localtable.config import load_config
 from localtable.errors import ConfigError
@@ -24,9 +23,9 @@ panel = "duo"
 rounds = 2
 
 [models.alpha]
-source = { kind = "path", path = "alpha.gguf" }
+source = { kind = "scripted" }
 [models.beta]
-source = { kind = "path", path = "beta.gguf" }
+source = { kind = "scripted" }
 
 [panels.duo]
 panelists = [
@@ -38,23 +37,18 @@ panelists = [
 
 
 @pytest.fixture
-def fake_backend(tmp_path: Path) -> Iterator[Path]:
-    """Register the fake for `path` sources, as a backend module registers itself."""
-    before = dict(backends._SOURCE_KINDS)
-    backends.register("fake", "tests.fakebackend:FakeBackend", source_kinds=("path",))
+def fake_backend(tmp_path: Path) -> Path:
+    """A models.toml of `scripted` models: importing tests.fakebackend registered them."""
     fakebackend.LOADS.clear()
     fakebackend.OPENED_WITH.clear()
     config = tmp_path / "models.toml"
     config.write_text(CONFIG)
-    yield config
-    backends._SOURCE_KINDS.clear()
-    backends._SOURCE_KINDS.update(before)
-    backends._REGISTRY.pop("fake", None)
+    return config
 
 
 def test_unknown_backend_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="unknown backend 'nope'.*llamacpp"):
-        backends.create("nope")
+        create("nope")
 
 
 def test_a_registered_backend_runs_a_debate_end_to_end(fake_backend: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from localtable.backends.llamacpp.messages import GenerateRequest, GenerateResult
 from localtable.backends.promptpiece import PromptPiece
 from localtable.backends.server.launch import declared_flags
+from localtable.backends.server.source import ServerSource
 from localtable.bench import (
     BenchReport,
     ProcessUsage,
@@ -21,7 +22,7 @@ from localtable.bench import (
     served_config,
 )
 from localtable.bench import Call as BenchCall
-from localtable.config import ServerSource, load_config
+from localtable.config import load_config
 from localtable.debate.protocol import Debate
 from localtable.record import Consensus, Generation, RunRecord, SummaryRecord, TurnRecord
 from localtable.templates import builtin

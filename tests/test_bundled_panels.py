@@ -9,7 +9,8 @@ real-model tests run on.
 
 from __future__ import annotations
 
-from localtable.config import PackageSource, load_config
+from localtable.config import load_config
+from localtable.models.sources import PackageSource
 from localtable.session.session import users
 from tests.conftest import MODELS_TOML, REPO
 

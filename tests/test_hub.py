@@ -564,10 +564,10 @@ def test_shard_names() -> None:
 
 
 def _child(command: str, arg: str, config: str) -> object:
+    from localtable.backends.status import model_statuses
     from localtable.errors import LocaltableError
     from localtable.models import files as modelfiles
     from localtable.models import hub
-    from localtable.models import status as modelstatus
 
     loaded = load_config(Path(config))
     try:
@@ -577,7 +577,7 @@ def _child(command: str, arg: str, config: str) -> object:
             verify = command.endswith("verify")
             return modelfiles.resolve(arg, loaded, verify=verify).model_dump(mode="json")
         if command.startswith("status"):
-            rows = modelstatus.model_statuses(loaded, verify=command.endswith("verify"))
+            rows = model_statuses(loaded, verify=command.endswith("verify"))
             return [r.model_dump(mode="json") for r in rows]
     except LocaltableError as exc:
         return {"error": str(exc), "type": type(exc).__name__}

@@ -7,7 +7,9 @@ import re
 from pydantic import BaseModel
 
 from localtable import config
+from localtable.backends.server.source import ServerSource
 from localtable.cli import cli
+from localtable.models import sources
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
@@ -25,8 +27,8 @@ def keys(model: type[BaseModel]) -> set[str]:
 def test_every_models_toml_key_is_documented() -> None:
     tables: list[type[BaseModel]] = [
         config.DebateDefaults, config.ModelSpec, config.PanelSpec, config.PanelistSpec,
-        config.Sampling, config.PackageSource, config.PathSource, config.HubSource,
-        config.PackageFile, config.ServerSource,
+        config.Sampling, sources.PackageSource, sources.PathSource, sources.HubSource,
+        sources.PackageFile, ServerSource,
     ]  # fmt: skip
     for table in tables:
         for key in keys(table):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from localtable import backends
 from localtable.backends.server.backend import SAMPLER_ORDER
 from localtable.cli import cli
 from localtable.config import load_config
@@ -344,24 +343,17 @@ def test_a_server_with_the_wrong_model_or_context_is_refused_before_the_run(
 def test_a_mixed_panel_keeps_panel_order_and_each_backend(
     server: FakeLlamaServer, tmp_path: Path
 ) -> None:
-    """Models of two backends in one debate (the fake in-process one runs `path` models)."""
-    before = dict(backends._SOURCE_KINDS)
-    backends.register("fake", "tests.fakebackend:FakeBackend", source_kinds=("path",))
+    """Models of two backends in one debate (the fake one runs `scripted` models)."""
     fakebackend.LOADS.clear()
-    try:
-        text = config(server.url).replace(
-            "[panels.duo]\npanelists = [\n",
-            '[models.local]\nsource = { kind = "path", path = "local.gguf" }\n\n'
-            '[panels.duo]\nsummarizer = "Ada"\n'
-            'panelists = [\n  { name = "Cy", model = "local" },\n',
-        )
-        cfg = write_config(tmp_path, text)
-        result = debate(cfg, tmp_path / "runs")
-        assert result.exit_code == 0, result.output
-    finally:
-        backends._SOURCE_KINDS.clear()
-        backends._SOURCE_KINDS.update(before)
-        backends._REGISTRY.pop("fake", None)
+    text = config(server.url).replace(
+        "[panels.duo]\npanelists = [\n",
+        '[models.local]\nsource = { kind = "scripted" }\n\n'
+        '[panels.duo]\nsummarizer = "Ada"\n'
+        'panelists = [\n  { name = "Cy", model = "local" },\n',
+    )
+    cfg = write_config(tmp_path, text)
+    result = debate(cfg, tmp_path / "runs")
+    assert result.exit_code == 0, result.output
     _, record = only_run(tmp_path / "runs")
     assert [m.backend for m in record.models] == ["fake", "server"]
     assert set(record.backends) == {"fake", "server"}

@@ -10,13 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from localtable import backends
 from localtable.cli import cli
 from localtable.config import load_config
 from localtable.record import read_record
@@ -38,8 +36,7 @@ RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"
 # The CLI in a process of its own, with the fake backend registered as a plugin would.
 DRIVER = """
 import sys
-from localtable import backends
-backends.register("fake", "tests.fakebackend:FakeBackend", source_kinds=("path",))
+import tests.fakebackend  # registers the `scripted` source kind
 from localtable.cli import main
 sys.argv = ["localtable", *sys.argv[1:]]
 main()
@@ -47,18 +44,12 @@ main()
 
 
 @pytest.fixture
-def study(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    before = (dict(backends._REGISTRY), dict(backends._SOURCE_KINDS))
-    backends.register("fake", "tests.fakebackend:FakeBackend", source_kinds=("path",))
+def study(tmp_path: Path) -> tuple[Path, Path]:
     config = tmp_path / "models.toml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG)  # `scripted` models: tests.fakebackend registered the kind
     questions = tmp_path / "study.jsonl"
     questions.write_text(QUESTIONS)
-    yield config, questions
-    backends._REGISTRY.clear()
-    backends._REGISTRY.update(before[0])
-    backends._SOURCE_KINDS.clear()
-    backends._SOURCE_KINDS.update(before[1])
+    return config, questions
 
 
 def batch_args(config: Path, questions: Path, runs: Path, *more: str) -> list[str]:

@@ -6,19 +6,24 @@ recorded run might not replay identically on it. The debate protocol and the
 Session see only these types; which engine answered is the backend's business,
 and the record keeps each backend's own description without knowing its fields.
 
+A backend derives from `Backend` and writes what differs: `prepare`, `open`,
+`describe` and `replay_differences` are its own; the rest have defaults here.
 Backends are registered by name in localtable/backends/__init__.py and imported
-only when a panel uses them.
+only when a panel uses them (`create`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from localtable import backends
 from localtable.config import LoadedConfig, ModelSpec
-from localtable.errors import LocaltableError
+from localtable.errors import ConfigError, LocaltableError
+from localtable.models.status import ModelStatus
 from localtable.record import (
     DecodeBatch,
     MemoryRecord,
@@ -156,26 +161,32 @@ class Prepared(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-class Backend(Protocol):
+class Backend(ABC):
     """Something that runs panelists. One instance serves a Session (many debates).
 
-    Optional: `turn_lanes(requested: int) -> int`, how many of its turns of a round
-    may run at the same time, each on a thread of its own: `requested`, or for 0 as
-    many as it runs well; 1 when it cannot run two at once. A backend without it runs
-    its turns one at a time (session.SessionSpeaker.lanes).
+    A subclass writes `prepare`, `open`, `describe` and `replay_differences`, and puts
+    each opened model's Seat in `self.seats` (or overrides `seat`). The defaults: the
+    turns of a round one at a time (`turn_lanes`), in panel order (`turn_order`);
+    `close` forgets the seats; `status` says "unchecked" in `localtable models`.
 
-    Optional: `generate_group(turns: list[tuple[str, TurnRequest]]) -> list[TurnResult |
-    TurnFailed]`, (model name, request) pairs generated together (batched decoding,
-    `--decode batched`), the results in order, each naming in `decoded_with` the
-    panelists it was decoded with. A backend without it generates them one after
-    another."""
+    Optional, without a default: `generate_group(turns: list[tuple[str, TurnRequest]])
+    -> list[TurnResult | TurnFailed]`, (model name, request) pairs generated together
+    (batched decoding, `--decode batched`), the results in order, each naming in
+    `decoded_with` the panelists it was decoded with. A backend without it generates
+    them one after another (session/decodegroup.py)."""
 
     name: str
+    # model name -> its seat, once opened (a subclass keeps its own seats' type)
+    seats: Mapping[str, Seat]
 
+    def __init__(self) -> None:
+        self.seats = {}
+
+    @abstractmethod
     def prepare(self, panel: PanelModels) -> Prepared:
         """Resolve and plan the models of a new run, without loading them."""
-        ...
 
+    @abstractmethod
     def open(
         self,
         models: list[ModelRecord],
@@ -194,26 +205,55 @@ class Backend(Protocol):
         A record is untrusted: a backend that connects somewhere goes only where the
         user's own `loaded` config or `allow_urls` (--allow-url) says, with only the
         credentials `loaded` names, whatever the record says."""
-        ...
 
-    def seat(self, model: str) -> Seat: ...
-
-    def turn_order(
-        self, round_no: int, panel: list[PanelistRecord], then: str | None
-    ) -> list[PanelistRecord]:
-        """The order to run this backend's turns of a round in (any order gives the
-        same record); `then` speaks next, after the round."""
-        ...
-
+    @abstractmethod
     def describe(self) -> dict[str, object]:
         """This backend's build and settings, for RunRecord.backends."""
-        ...
 
+    @abstractmethod
     def replay_differences(
         self, record: RunRecord, *, loaded: LoadedConfig | None, allow_urls: frozenset[str]
     ) -> list[str]:
         """Why a recorded run may not replay identically here (build, files, settings);
         `loaded` and `allow_urls` as for open."""
-        ...
 
-    def close(self) -> None: ...
+    def seat(self, model: str) -> Seat:
+        """An opened model."""
+        return self.seats[model]
+
+    def turn_order(
+        self, round_no: int, panel: list[PanelistRecord], then: str | None
+    ) -> list[PanelistRecord]:
+        """The order to run this backend's turns of a round in (any order gives the
+        same record); `then` speaks next, after the round. Default: panel order."""
+        return panel
+
+    def turn_lanes(self, requested: int) -> int:
+        """How many of its turns of a round may run at the same time, each on a thread
+        of its own: `requested`, or for 0 as many as it runs well; 1 when it cannot run
+        two at once. Default: 1 (one at a time)."""
+        return 1
+
+    def status(
+        self, name: str, spec: ModelSpec, loaded: LoadedConfig, *, verify: bool
+    ) -> ModelStatus:
+        """A model's line of `localtable models` (no generation). Default: unchecked.
+        A registration may name a light function instead (backends/__init__.py)."""
+        return ModelStatus(name=name, kind=spec.source.kind, source=spec.source.label(),
+                           state="unchecked")  # fmt: skip
+
+    def close(self) -> None:
+        """Free everything."""
+        self.seats = {}
+
+
+def create(name: str) -> Backend:
+    """A new instance of the backend registered as `name` (its module imported now)."""
+    where = backends.registration(name).backend
+    cls = backends.load(where)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigError(
+            f"backend {name!r}: {where} does not derive from localtable.backends.base.Backend; "
+            "fix or uninstall the package that registers it"
+        )
+    return cls()

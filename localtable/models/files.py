@@ -16,17 +16,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.config import (
-    HubSource,
-    LoadedConfig,
-    ModelSpec,
-    PackageFile,
-    PathSource,
-    ServerSource,
-)
+from localtable.config import LoadedConfig, ModelSpec
 from localtable.errors import ConfigError, ModelFileError
 from localtable.models.gguf import read_gguf
 from localtable.models.local import CHUNK, LocatedFile, cache_dir, cached_sha256
+from localtable.models.sources import HubSource, PackageFile, PackageSource, PathSource
 
 
 class ResolvedModel(BaseModel):
@@ -108,8 +102,8 @@ def locate(name: str, spec: ModelSpec, loaded: LoadedConfig) -> LocatedFile:
         from localtable.models import hub  # the Hub client is only needed for Hub models
 
         return hub.locate_pulled(name, source, loaded)
-    if isinstance(source, ServerSource):
-        raise ModelFileError(f"model {name!r} runs on a llama-server ({source.url}): no file here")
+    if not isinstance(source, PackageSource):  # another backend's kind: not a file here
+        raise ModelFileError(f"model {name!r} ({source.label()}) has no file on this machine")
     pieces = source.pieces()
     paths = [_package_file(p) for p in pieces]
     label = "package " + ", ".join(sorted({p.package for p in pieces}))

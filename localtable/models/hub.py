@@ -40,10 +40,11 @@ from huggingface_hub.utils._http import default_client_factory
 from huggingface_hub.utils.tqdm import silent_tqdm
 from pydantic import BaseModel, ConfigDict
 
-from localtable.config import HubSource, LoadedConfig
+from localtable.config import LoadedConfig
 from localtable.errors import ConfigError, LocaltableError, ModelFileError
 from localtable.models.local import CHUNK, LocatedFile, cached_sha256
 from localtable.models.lock import LockedFile, LockedModel, lock_path, read_lock, record_pull
+from localtable.models.sources import HubSource
 
 # Split GGUFs: name-00001-of-00003.gguf, name-00002-of-00003.gguf, ...
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")

@@ -31,8 +31,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from localtable.config import HubSource, LoadedConfig
+from localtable.config import LoadedConfig
 from localtable.errors import ConfigError, ModelFileError
+from localtable.models.sources import HubSource
 from localtable.storage import StorageError, read_versioned, write_atomic
 
 LOCK_VERSION = 1

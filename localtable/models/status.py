@@ -1,34 +1,28 @@
-"""`localtable models`: where each model of models.toml is and whether it is intact.
+"""`localtable models` for the file sources (package, path, hf): where each model's
+file is and whether it is intact. The llama.cpp backend registers file_status for
+them (backends/__init__.py), so listing them never imports the engine; other
+kinds answer through their own backend (backends/status.py).
 
 States: missing (not installed, not pulled, or the file is gone), present (the
 file is there with the expected size), verified (re-hashed in full and it
 matches its pin; only with verify), mismatch (wrong size, wrong sha256 or a
-broken GGUF header; for a server, another model or build than models.toml
-expects). A model on a llama-server is up or down, as the probe the caller
-passes finds it (the server backend asks /health and /props), else unchecked.
-Nothing here touches the network.
+broken GGUF header). A backend's own kinds may add theirs (a server: up, down,
+or mismatch for another model or build than models.toml expects), or leave a
+model unchecked. Nothing here touches the network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from localtable.config import (
-    HubSource,
-    LoadedConfig,
-    ModelSpec,
-    PackageSource,
-    PathSource,
-    ServerSource,
-)
-from localtable.errors import ConfigError, ModelFileError
-from localtable.models import hub
+from localtable.config import LoadedConfig, ModelSpec
+from localtable.errors import ModelFileError
 from localtable.models.files import locate, resolve
 from localtable.models.local import LocatedFile
 from localtable.models.lock import read_lock
+from localtable.models.sources import HubSource
 
 State = Literal["missing", "present", "verified", "mismatch", "up", "down", "unchecked"]
 
@@ -38,72 +32,43 @@ class ModelStatus(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     name: str
-    kind: Literal["package", "path", "hf", "server"]
-    source: str  # "hf <repo> <file>", "path <path>", "package <name>[, ...]" or "server <url>"
+    kind: str  # the source kind
+    source: str  # Source.label(): "hf <repo> <file>", "path <path>", "server <url>", ...
     revision: str | None = None  # hf: the revision models.toml asks for
     commit: str | None = None  # hf: the commit models.lock pins
-    path: str | None = None  # the file llama.cpp loads, once located
+    path: str | None = None  # the file the backend loads, once located
     size: int | None = None
     sha256: str | None = None  # first 12 hex digits
     state: State
     detail: str = ""
 
 
-def _base(name: str, loaded: LoadedConfig) -> ModelStatus:
-    if name not in loaded.config.models:
-        raise ConfigError(
-            f"unknown model {name!r}: {loaded.path} defines "
-            f"{', '.join(sorted(loaded.config.models))}"
-        )
-    spec = loaded.config.models[name]
+def _base(name: str, spec: ModelSpec, loaded: LoadedConfig) -> ModelStatus:
     source = spec.source
     short = spec.sha256[:12] if spec.sha256 else None
-    if isinstance(source, HubSource):
-        entry = read_lock(loaded).get(name)
-        pinned = entry is not None and entry.matches(source)
-        return ModelStatus(
-            name=name, kind="hf", source=f"hf {source.repo} {source.file}",
-            revision=source.revision, commit=entry.commit if entry and pinned else None,
-            size=entry.size if entry and pinned else None,
-            sha256=entry.sha256[:12] if entry and pinned else None, state="missing",
-        )  # fmt: skip
-    if isinstance(source, PathSource):
-        return ModelStatus(name=name, kind="path", source=f"path {source.path}", size=spec.size,
-                           sha256=short, state="missing")  # fmt: skip
-    assert isinstance(source, PackageSource)
-    packages = ", ".join(sorted({p.package for p in source.pieces()}))
-    return ModelStatus(name=name, kind="package", source=f"package {packages}", size=spec.size,
-                       sha256=short, state="missing")  # fmt: skip
+    status = ModelStatus(name=name, kind=source.kind, source=source.label(), size=spec.size,
+                         sha256=short, state="missing")  # fmt: skip
+    if not isinstance(source, HubSource):
+        return status
+    entry = read_lock(loaded).get(name)
+    if entry is None or not entry.matches(source):  # not pulled: nothing known yet
+        return status.model_copy(update={"revision": source.revision, "size": None,
+                                         "sha256": None})  # fmt: skip
+    return status.model_copy(update={"revision": source.revision, "commit": entry.commit,
+                                     "size": entry.size, "sha256": entry.sha256[:12]})  # fmt: skip
 
 
 def _update(status: ModelStatus, state: State, detail: str, **fields: object) -> ModelStatus:
     return status.model_copy(update={"state": state, "detail": detail, **fields})
 
 
-ServerProbe = Callable[[str, ModelSpec], ModelStatus]
-
-
-def model_status(
-    name: str, loaded: LoadedConfig, *, verify: bool = False, probe: ServerProbe | None = None
-) -> ModelStatus:
-    """Locate one model and check it: sizes only, or every byte with verify."""
-    spec = loaded.config.models.get(name)
-    if spec is not None and isinstance(spec.source, ServerSource):
-        if probe is not None:
-            return probe(name, spec)
-        return ModelStatus(name=name, kind="server", source=f"server {spec.source.url}",
-                           state="unchecked")  # fmt: skip
-    status = _base(name, loaded)
-    spec = loaded.config.models[name]
+def file_status(name: str, spec: ModelSpec, loaded: LoadedConfig, *, verify: bool) -> ModelStatus:
+    """Locate one model's file and check it: sizes only, or every byte with verify."""
+    status = _base(name, spec, loaded)
     try:
-        if isinstance(spec.source, HubSource):
-            found: LocatedFile = hub.locate_pulled(name, spec.source, loaded, verify=verify)
-        else:
-            found = locate(name, spec, loaded)
-    except hub.PulledFileMismatch as exc:
-        return _update(status, "mismatch", str(exc))
+        found = _locate(name, spec, loaded, verify=verify)
     except ModelFileError as exc:
-        return _update(status, "missing", str(exc))
+        return _update(status, "mismatch" if _pulled_but_changed(exc) else "missing", str(exc))
     path = found.path
     status = status.model_copy(update={"path": str(path)})
     if not path.is_file():
@@ -127,8 +92,16 @@ def model_status(
                    size=resolved.size, sha256=resolved.sha256[:12])  # fmt: skip
 
 
-def model_statuses(
-    loaded: LoadedConfig, *, verify: bool = False, probe: ServerProbe | None = None
-) -> list[ModelStatus]:
-    """model_status for every model of models.toml, in file order."""
-    return [model_status(name, loaded, verify=verify, probe=probe) for name in loaded.config.models]
+def _locate(name: str, spec: ModelSpec, loaded: LoadedConfig, *, verify: bool) -> LocatedFile:
+    if isinstance(spec.source, HubSource):
+        from localtable.models import hub  # the Hub client only for Hub models
+
+        return hub.locate_pulled(name, spec.source, loaded, verify=verify)
+    return locate(name, spec, loaded)
+
+
+def _pulled_but_changed(exc: ModelFileError) -> bool:
+    """A pulled file that is not what models.lock pins (hub.PulledFileMismatch)."""
+    from localtable.models import hub
+
+    return isinstance(exc, hub.PulledFileMismatch)

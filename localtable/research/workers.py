@@ -30,7 +30,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from localtable.config import LoadedConfig
 from localtable.debate.protocol import ProgressEvent, ProgressSink
@@ -175,6 +175,15 @@ class WorkerSpec(BaseModel):
     reuse_prefix: bool = False
     memory_budget: int | None = None
     registry: BackendRegistry = BackendRegistry()  # the coordinator's, plugins included
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registry_first(cls, data: object) -> object:
+        """A spec read from JSON (a Ray actor) registers the coordinator's backends
+        before its config is validated: a source kind may be a plugin's."""
+        if isinstance(data, dict) and "registry" in data:
+            BackendRegistry.model_validate(data["registry"]).restore()
+        return data
 
 
 def with_threads(loaded: LoadedConfig, threads: int | None) -> LoadedConfig:

@@ -4,9 +4,9 @@ Both rebuild the run from its record alone (models found by sha256, prompts
 checked by template hash, the recorded parameters, seeds and template date),
 never from today's models.toml, so what they produce is comparable byte for
 byte with the original. Where to connect and with which key is the exception:
-a record is shared, so a server is reached only if today's models.toml has it
-or the user allowed its URL (`allow_urls`, --allow-url), and a key is sent only
-if models.toml names one for it (backends/server/backend.trusted_client).
+a record is shared, so a backend reaches a server only if today's models.toml
+has it or the user allowed its URL (`allow_urls`, --allow-url), and sends a key
+only if models.toml names one for it (Backend.open).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class ReplayReport(BaseModel):
             return "the engine changed: " + "; ".join(self.engine_differences)
         return (
             "nothing the record holds changed (build, model, settings); something it cannot "
-            "see did: e.g. a llama-server started with other flags than models.toml declares "
+            "see did: e.g. a server started with other flags than models.toml declares "
             "(batch sizes, flash attention), or one whose slots other clients share"
         )
 

@@ -23,6 +23,7 @@ from localtable.backends.base import (
     Seat,
     TurnRequest,
     TurnResult,
+    create,
 )
 from localtable.config import LoadedConfig, PanelSpec
 from localtable.record import MachineRecord, MemoryRecord, ModelRecord, PanelistRecord, RunRecord
@@ -50,15 +51,14 @@ class BackendRegistry(BaseModel):
     """The backends registered in this process, for a batch worker process to restore
     (a backend registered by a plugin or a test, not only the built-in ones)."""
 
-    backends: dict[str, str] = Field(default_factory=dict)  # name -> "module:Class"
-    source_kinds: dict[str, str] = Field(default_factory=dict)  # source kind -> name
+    entries: list[backends.Registration] = Field(default_factory=list)
 
     @classmethod
     def here(cls) -> BackendRegistry:
-        return cls(backends=backends.registry(), source_kinds=backends.source_kinds())
+        return cls(entries=backends.registrations())
 
     def restore(self) -> None:
-        backends.restore(self.backends, self.source_kinds)
+        backends.restore(self.entries)
 
 
 class PlannedModels(BaseModel):
@@ -115,12 +115,11 @@ class SessionSpeaker:
 
     def lanes(self, requested: int) -> int:
         """How many turns of a round to run at once: `requested` (0: as many as the
-        backends run well), at most what each backend of the panel allows (one that
-        does not say runs its turns one at a time), at most the panel's size."""
+        backends run well), at most what each backend of the panel allows
+        (Backend.turn_lanes: one at a time unless it says more), at most the panel's size."""
         lanes = len(self.record.panelists)
         for name in dict.fromkeys(self.backend_of.values()):
-            turn_lanes = getattr(self.session.backend(name), "turn_lanes", None)
-            lanes = min(lanes, turn_lanes(requested) if turn_lanes is not None else 1)
+            lanes = min(lanes, self.session.backend(name).turn_lanes(requested))
         return max(1, lanes)
 
     def decode_together(self, members: list[str]) -> DecodeGroup | None:
@@ -163,7 +162,7 @@ class Session:
 
     def backend(self, name: str) -> Backend:
         if name not in self._backends:
-            self._backends[name] = backends.create(name)
+            self._backends[name] = create(name)
         return self._backends[name]
 
     def add_backend(self, backend: Backend) -> None:

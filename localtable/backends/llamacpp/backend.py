@@ -21,6 +21,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import (
+    Backend,
     BackendCrashed,
     BackendUnavailable,
     ChatMessage,
@@ -299,12 +300,13 @@ def turn_result(
     )
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(Backend):
     """Models in one engine worker process; one instance per Session."""
 
     name = "llamacpp"
 
     def __init__(self, engine: Engine | None = None) -> None:
+        super().__init__()
         self.engine = engine or Engine()  # the benchmark passes one that records
         self.seats: dict[str, LlamaSeat] = {}
         self.reuse_prefix = False
@@ -523,5 +525,5 @@ class LlamaCppBackend:
         return diffs
 
     def close(self) -> None:
-        self.seats.clear()
+        super().close()
         self.engine.close()

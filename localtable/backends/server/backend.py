@@ -38,12 +38,12 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from localtable.backends.base import (
+    Backend,
     BackendDown,
     BackendUnavailable,
     ChatMessage,
     PanelModels,
     Prepared,
-    Seat,
     TurnFailed,
     TurnRequest,
     TurnResult,
@@ -59,15 +59,15 @@ from localtable.backends.server.client import (
     ServerError,
     ServerRefused,
     ServerRejected,
-    is_loopback,
-    public_url,
 )
-from localtable.config import LoadedConfig, ModelSpec, ServerSource
+from localtable.backends.server.source import ServerSource
+from localtable.backends.urls import is_loopback, public_url
+from localtable.config import LoadedConfig, ModelSpec
 from localtable.errors import ConfigError, LocaltableError, ModelFileError
 from localtable.models.gguf import read_gguf
 from localtable.models.local import cached_sha256
 from localtable.models.status import ModelStatus
-from localtable.record import MemoryRecord, ModelRecord, PanelistRecord, RunRecord
+from localtable.record import MemoryRecord, ModelRecord, RunRecord
 from localtable.templates import TemplateSet
 
 # The in-process engine's sampler order after its grammar step (llama-cpp-python
@@ -555,12 +555,13 @@ def planned_record(name: str, spec: ModelSpec, props: Props) -> ModelRecord:
     )
 
 
-class ServerBackend:
+class ServerBackend(Backend):
     """Models on llama-servers; one instance per Session."""
 
     name = "server"
 
     def __init__(self) -> None:
+        super().__init__()
         self.seats: dict[str, ServerSeat] = {}
         self.templates = TemplateSet()
         self.today = date_of("2000-01-01")
@@ -639,14 +640,6 @@ class ServerBackend:
             opened.append(record)
         return opened
 
-    def seat(self, model: str) -> Seat:
-        return self.seats[model]
-
-    def turn_order(
-        self, round_no: int, panel: list[PanelistRecord], then: str | None
-    ) -> list[PanelistRecord]:
-        return panel
-
     def generate_group(self, turns: list[tuple[str, TurnRequest]]) -> list[TurnResult | TurnFailed]:
         """A decode group (`--decode batched`): each server gets its requests at once, as
         many at a time as it has slots (-np N: it decodes them as one batch); servers
@@ -685,6 +678,35 @@ class ServerBackend:
         runs one generation at a time, ServerSeat.generate)."""
         return requested or max(1, len({seat.client.url for seat in self.seats.values()}))
 
+    def status(
+        self, name: str, spec: ModelSpec, loaded: LoadedConfig, *, verify: bool
+    ) -> ModelStatus:
+        """A server model's line of `localtable models`: up (build, model) or why not,
+        from /health and /props only (nothing is generated)."""
+        source = spec.source
+        assert isinstance(source, ServerSource)
+        base = ModelStatus(name=name, kind="server", source=source.label(), state="down")
+        try:
+            client = _client(source, name)
+            client.health()
+            props = client.props()
+        except (ServerError, LocaltableError) as exc:  # down, or a key that cannot be sent
+            return base.model_copy(update={"detail": str(exc)})
+        slots = f"{props.total_slots} slot{'s' if props.total_slots != 1 else ''}"
+        detail = f"build {props.build_info}, model {props.model_path}, n_ctx {props.n_ctx}, {slots}"
+        update: dict[str, object] = {"state": "up", "detail": detail, "path": props.model_path}
+        if source.model is not None and not _model_matches(source.model, props.model_path):
+            update = {
+                "state": "mismatch",
+                "detail": f"{detail}; models.toml expects {source.model}",
+            }
+        elif source.build is not None and props.build_info != source.build:
+            update = {
+                "state": "mismatch",
+                "detail": f"{detail}; models.toml expects build {source.build}",
+            }
+        return base.model_copy(update=update)
+
     def describe(self) -> dict[str, object]:
         servers: dict[str, object] = {}
         for seat in self.seats.values():
@@ -713,9 +735,6 @@ class ServerBackend:
             props = _reach(client, model.name, key_env)
             diffs += [f"{settings.url} {change}" for change in identity_changes(settings, props)]
         return diffs
-
-    def close(self) -> None:
-        self.seats.clear()
 
 
 def date_of(text: str) -> date:
@@ -756,32 +775,3 @@ def in_vocabulary(url: str, endpoint: str, tokens: list[int], n_vocab: int) -> l
             f"(0-{n_vocab - 1})"
         )
     return tokens
-
-
-# -- `localtable models` -------------------------------------------------------------
-
-
-def probe_status(name: str, spec: ModelSpec) -> ModelStatus:
-    """A server model's line of `localtable models`: up (build, model) or why not,
-    from /health and /props only (nothing is generated)."""
-    source = spec.source
-    assert isinstance(source, ServerSource)
-    url = public_url(source.url)
-    base = ModelStatus(name=name, kind="server", source=f"server {url}", state="down")
-    try:
-        client = _client(source, name)
-        client.health()
-        props = client.props()
-    except (ServerError, LocaltableError) as exc:  # down, or a key that cannot be sent
-        return base.model_copy(update={"detail": str(exc)})
-    slots = f"{props.total_slots} slot{'s' if props.total_slots != 1 else ''}"
-    detail = f"build {props.build_info}, model {props.model_path}, n_ctx {props.n_ctx}, {slots}"
-    update: dict[str, object] = {"state": "up", "detail": detail, "path": props.model_path}
-    if source.model is not None and not _model_matches(source.model, props.model_path):
-        update = {"state": "mismatch", "detail": f"{detail}; models.toml expects {source.model}"}
-    elif source.build is not None and props.build_info != source.build:
-        update = {
-            "state": "mismatch",
-            "detail": f"{detail}; models.toml expects build {source.build}",
-        }
-    return base.model_copy(update=update)

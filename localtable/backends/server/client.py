@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from localtable.backends.urls import public_url
+
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection
 QUICK_TIMEOUT = 30.0  # seconds for /health, /props, /tokenize, /detokenize
 MAX_BODY = 64 << 20  # bytes of an answer, at most
@@ -157,22 +159,6 @@ class Completion(Answer):
     truncated: bool
     timings: Timings
     generation_settings: dict[str, Any]
-
-
-def public_url(url: str) -> str:
-    """The URL as the record and messages show it: scheme, host, port and path only."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
-
-
-def is_loopback(url: str) -> bool:
-    """A server on this machine (so the model file it names may be here too)."""
-    host = urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _error_message(body: bytes, reason: str) -> str:
