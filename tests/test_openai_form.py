@@ -19,7 +19,16 @@ import pytest
 
 from localtable.backends.openai import form as formmod
 from localtable.backends.openai.form import Form, FormError, form_of
-from localtable.backends.openai.gbnf import Alt, Chars, GrammarError, Lit, Node, Ref, Rep, Seq, parse
+from localtable.backends.openai.gbnf import (
+    Alt,
+    Chars,
+    GrammarError,
+    Lit,
+    Node,
+    Ref,
+    Seq,
+    parse,
+)
 from localtable.backends.openai.jsonlines import JsonLines
 from localtable.debate.parsing import parse_labels, parse_summary, parse_turn
 from localtable.templates import builtin
@@ -55,7 +64,11 @@ def whole_regex(rules: dict[str, Node], node: Node) -> str:
             re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
             for a, b in node.ranges
         )
-        return f"[{'^' if node.negated else ''}{body}]" if body else ("[\\s\\S]" if node.negated else "(?!)")
+        return (
+            f"[{'^' if node.negated else ''}{body}]"
+            if body
+            else ("[\\s\\S]" if node.negated else "(?!)")
+        )
     if isinstance(node, Ref):
         return f"(?:{whole_regex(rules, rules[node.name])})"
     if isinstance(node, Seq):
@@ -81,7 +94,9 @@ def sample(field: formmod.FieldForm, stance: str) -> str:
         if "[0-9]{1,15}" in (field.pattern or ""):
             return ANSWERS["number"]
         return ANSWERS[stance]
-    return "Yes, they should. " if field.key and field.key.startswith("Position") else "Trams first."
+    return (
+        "Yes, they should. " if field.key and field.key.startswith("Position") else "Trams first."
+    )
 
 
 def stance_of(strand: list[formmod.FieldForm]) -> list[str]:
@@ -118,7 +133,9 @@ TURNS = [
 
 
 @pytest.mark.parametrize("values", TURNS, ids=[str(i) for i in range(len(TURNS))])
-def test_every_answer_a_turn_schema_takes_is_a_turn_its_grammar_allows(values: dict[str, Any]) -> None:
+def test_every_answer_a_turn_schema_takes_is_a_turn_its_grammar_allows(
+    values: dict[str, Any],
+) -> None:
     grammar = turn_grammar(**values)
     form = form_of(grammar)
     answers = answers_of(form)
@@ -128,12 +145,11 @@ def test_every_answer_a_turn_schema_takes_is_a_turn_its_grammar_allows(values: d
         text = form.text(json.dumps(answer))
         assert allowed_by(grammar, text), text
         if fields[0] == "reasoning":  # a whole turn: the parser reads it
-            letters = values.get("letters") or None
+            stances = {k: v or None for k, v in values.get("stances", {}).items()}
             parsed = parse_turn(
                 text, later_round=len(fields) > 2, peers={p: p for p in PEERS},
                 kind=values.get("kind", "open"), options=values.get("options"),
-                letters=letters, stances={k: v or None for k, v in values.get("stances", {}).items()}
-                or None,
+                letters=values.get("letters") or None, stances=stances or None,
             )  # fmt: skip
             assert parsed.answer == answer["Answer"]
 
@@ -143,11 +159,13 @@ def test_a_decision_that_fixes_the_position_and_the_answer_stays_coupled() -> No
     (a "Yes" position) must open with Yes. Each choice is an object of its own."""
     form = form_of(turn_grammar(fields=LABELLED, letters=["A", "B"],
                                 stances={"A": "yes", "B": "no"}, own_position="B"))  # fmt: skip
-    schema = form.schema()
+    schema = form.json_schema()
     assert len(schema["anyOf"]) == 3  # maintained B, changed A, changed new
     head = {"Reasoning": REASONING, "Influenced by": "nobody"}
     keep = {**head, "Decision": "maintained", "Position": "B", "Answer": ANSWERS["no"]}
-    assert form.text(json.dumps(keep)).endswith("Decision: maintained\nPosition: B\nAnswer: No, since many people need a car to work.")
+    assert form.text(json.dumps(keep)).endswith(
+        "Decision: maintained\nPosition: B\nAnswer: No, since many people need a car to work."
+    )
     for wrong in ({**keep, "Answer": ANSWERS["yes"]}, {**keep, "Position": "A"},
                   {**keep, "Decision": "changed"}):  # fmt: skip
         with pytest.raises(FormError):
@@ -155,20 +173,20 @@ def test_a_decision_that_fixes_the_position_and_the_answer_stays_coupled() -> No
 
 
 def test_the_schema_keeps_the_grammars_order_reasoning_first() -> None:
-    schema = form_of(turn_grammar(fields=LATER)).schema()
+    schema = form_of(turn_grammar(fields=LATER)).json_schema()
     assert list(schema["properties"]) == ["Reasoning", "Influenced by", "Decision", "Answer"]
     assert schema["required"] == list(schema["properties"])
     assert schema["additionalProperties"] is False
 
 
 def test_peers_and_options_are_enums_even_with_quotes() -> None:
-    schema = form_of(turn_grammar(fields=LATER)).schema()
+    schema = form_of(turn_grammar(fields=LATER)).json_schema()
     influenced = schema["properties"]["Influenced by"]["enum"]
     assert "nobody" in influenced and 'Bob, Cy "Q" Lee, Dee' in influenced
     assert "Dee, Bob" not in influenced  # each peer once, in panel order
     assert len(influenced) == 2 ** len(PEERS)
     choice = form_of(turn_grammar(kind="choice", options=['B) "buses"', "C) cars"], multiline=True))
-    assert choice.schema()["properties"]["Answer"]["enum"] == ['B) "buses"', "C) cars"]
+    assert choice.json_schema()["properties"]["Answer"]["enum"] == ['B) "buses"', "C) cars"]
 
 
 @pytest.mark.parametrize(
@@ -219,10 +237,11 @@ def test_summary_labels_and_stance_grammars_have_schemas_the_parsers_read() -> N
                                    "Ada": "A", "Bob": "B"}))  # fmt: skip
     assert allowed_by(labels_grammar, text)
     assert parse_labels(text, members={"Ada": "Ada", "Bob": "Bob"}, existing=[]).assigned == {
-        "Ada": "A", "Bob": "B"
+        "Ada": "A",
+        "Bob": "B",
     }
     stance = form_of(TEMPLATES.render("stance.gbnf.j2"))
-    assert stance.schema()["properties"]["text"]["enum"] == ["Neither", "No", "Yes"]
+    assert stance.json_schema()["properties"]["text"]["enum"] == ["Neither", "No", "Yes"]
     assert stance.text('{"text": "Neither"}') == "Neither"
 
 

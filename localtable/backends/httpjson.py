@@ -100,7 +100,7 @@ class Deadline:
         self._timer.cancel()
 
 
-def error_message(body: bytes, reason: str) -> str:
+def error_message(body: bytes, reason: str, api: str = "the server's") -> str:
     """The server's own error message, one line: {"error": {"message": ...}} (llama-server,
     OpenAI), {"error": "..."} (Ollama), {"message": ...} (vLLM) or {"detail": "..."};
     else the HTTP reason."""
@@ -116,7 +116,7 @@ def error_message(body: bytes, reason: str) -> str:
         candidates = (error, answer.get("message"), answer.get("detail"))
         message = next((m for m in candidates if isinstance(m, str) and m.strip()), None)
     if message is None:
-        return f"{reason} (no error message of a known form)"
+        return f"{reason} (not {api} error format)"
     line = " ".join(message.split())
     return line[:200] + ("..." if len(line) > 200 else "")
 
@@ -134,8 +134,9 @@ def retry_after(value: str | None) -> float | None:
 
 class JsonClient:
     """JSON requests to one server. Stateless (a connection per request): safe to
-    share between threads. `api` names the API in messages ("llama-server's")."""
+    share between threads. `server` and `api` name it in messages."""
 
+    server = "the server"
     api = "the server's"
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
@@ -159,7 +160,7 @@ class JsonClient:
         try:
             conn.connect()
         except ConnectionRefusedError:
-            raise ServerDown(self.fail("connection refused (is the server running?)")) from None
+            raise ServerDown(self.fail(f"connection refused (is {self.server} running?)")) from None
         except TimeoutError:
             raise ServerDown(self.fail(f"no connection within {CONNECT_TIMEOUT:g} s")) from None
         except ssl.SSLError as exc:
@@ -259,7 +260,7 @@ class JsonClient:
                 return json.loads(raw)
             except ValueError:
                 raise ServerBadAnswer(self.fail("the answer is not JSON")) from None
-        message = error_message(raw, reason)
+        message = error_message(raw, reason, self.api)
         if status in (401, 403):
             raise ServerRefused(self.fail(f"HTTP {status} {message}"))
         if status == 503:

@@ -150,12 +150,6 @@ class OpenAIBackend(Backend):
         )  # fmt: skip
         return OpenAIClient(settings.url, api_key(key_env, model), timeout)
 
-    def _now(self, model: str, settings: OpenAISettings, client: OpenAIClient) -> found.Identity:
-        key_env = settings.api_key_env
-        entry = found.entry_for(found.reach(client, model, key_env), settings.model,
-                                settings.url, model)  # fmt: skip
-        return found.identify(client, entry, settings.server, model)
-
     def open(
         self,
         models: list[ModelRecord],
@@ -169,20 +163,23 @@ class OpenAIBackend(Backend):
     ) -> list[ModelRecord]:
         self.templates = templates
         self.today = date.fromisoformat(today)
+        opened = []
         for model in models:
-            settings = OpenAISettings.model_validate(model.settings)
-            client = self._trusted(model.name, settings, loaded, allow_urls)
-            now = self._now(model.name, settings, client)
-            if settings.server == "llama-server" and (
-                now.model_path != settings.model_path or (now.n_ctx or 0) < settings.n_ctx
+            recorded = OpenAISettings.model_validate(model.settings)
+            client = self._trusted(model.name, recorded, loaded, allow_urls)
+            now = found.identity_now(client, recorded, model.name)
+            if recorded.server == "llama-server" and (
+                now.model_path != recorded.model_path or (now.n_ctx or 0) < recorded.n_ctx
             ):
                 raise BackendUnavailable(
-                    f"model {model.name!r}: {settings.url} now runs {now.model_path} with a "
-                    f"context of {now.n_ctx}; the record has {settings.model_path} with "
-                    f"{settings.n_ctx}: start that server again"
+                    f"model {model.name!r}: {recorded.url} now runs {now.model_path} with a "
+                    f"context of {now.n_ctx}; the record has {recorded.model_path} with "
+                    f"{recorded.n_ctx}: start that server again"
                 )
+            settings = now.settle(recorded)
             self.seats[model.name] = OpenAISeat(self, model.name, settings, client)
-        return models
+            opened.append(model.model_copy(update={"settings": settings.model_dump(mode="json")}))
+        return opened
 
     def turn_lanes(self, requested: int) -> int:
         """Turns of a round to run at once: `requested`, or for 0 one per server (each
@@ -213,7 +210,7 @@ class OpenAIBackend(Backend):
                 continue
             settings = OpenAISettings.model_validate(model.settings)
             client = self._trusted(model.name, settings, loaded, allow_urls)
-            now = self._now(model.name, settings, client)
+            now = found.identity_now(client, settings, model.name)
             diffs += [f"{settings.url} {change}" for change in now.changes(settings)]
             if not settings.deterministic:
                 diffs.append(f"{settings.url} promises no determinism: {settings.determinism}")

@@ -158,7 +158,8 @@ def _notify(on_text: TextListener | None, piece: str) -> None:
 class OpenAIClient(JsonClient):
     """Requests to one server, at its root (a URL given with /v1 loses it here)."""
 
-    api = "the OpenAI"
+    server = "the server"
+    api = "an OpenAI-compatible server's"
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
         root = url.rstrip("/")
@@ -236,12 +237,12 @@ class OpenAIClient(JsonClient):
                     final[key] = chunk[key]
             choices = chunk.get("choices") or []
             if not isinstance(choices, list):
-                raise ServerBadAnswer(self.fail(f"{path} streamed outside the OpenAI API"))
+                raise ServerBadAnswer(self.fail(f"{path} streamed outside {self.api} API"))
             for choice in choices[:1]:
                 delta = choice.get("delta") if isinstance(choice, dict) else None
                 piece = delta.get("content") if isinstance(delta, dict) else None
                 if piece is not None and not isinstance(piece, str):
-                    raise ServerBadAnswer(self.fail(f"{path} streamed outside the OpenAI API"))
+                    raise ServerBadAnswer(self.fail(f"{path} streamed outside {self.api} API"))
                 if piece:
                     pieces.append(piece)
                     _notify(on_text, piece)

@@ -144,7 +144,8 @@ def request_body(
     turn's structure in the form the server takes."""
     fields = sampling_fields(kind, sampling)
     if structure == "ollama_format":
-        options = {**dict(fixed.get("options") or {}), **fields, "seed": seed}  # type: ignore[call-overload]
+        base = fixed.get("options")
+        options = {**(base if isinstance(base, dict) else {}), **fields, "seed": seed}
         body: dict[str, Any] = {"model": model, "messages": messages, "options": options}
         if schema is not None:
             body["format"] = schema

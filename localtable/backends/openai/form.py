@@ -35,7 +35,6 @@ from localtable.backends.openai.gbnf import (
     Lit,
     Node,
     Ref,
-    Rep,
     Seq,
     parse,
 )
@@ -69,7 +68,7 @@ class FieldForm(BaseModel):
     def prop(self) -> str:
         return self.key if self.key is not None else TEXT_KEY
 
-    def schema(self) -> dict[str, Any]:
+    def json_schema(self) -> dict[str, Any]:
         if self.values is not None:
             return {"type": "string", "enum": list(self.values)}
         return {"type": "string", "pattern": self.pattern}
@@ -93,13 +92,15 @@ class Form(BaseModel):
     model_config = ConfigDict(frozen=True)
     strands: list[list[FieldForm]]
 
-    def schema(self) -> dict[str, Any]:
+    def json_schema(self) -> dict[str, Any]:
         objects = [_object(strand) for strand in self.strands]
         return objects[0] if len(objects) == 1 else {"anyOf": objects}
 
     def labels(self) -> dict[str, str]:
         """Property name -> what starts its line in the text ("Reasoning: ", or "")."""
-        return {f.prop: (f"{f.key}: " if f.key is not None else "") for s in self.strands for f in s}
+        return {
+            f.prop: (f"{f.key}: " if f.key is not None else "") for s in self.strands for f in s
+        }
 
     def text(self, answer: str) -> str:
         """The text of a JSON answer that matches the schema (FormError otherwise)."""
@@ -127,7 +128,7 @@ class Form(BaseModel):
 def _object(strand: list[FieldForm]) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {f.prop: f.schema() for f in strand},
+        "properties": {f.prop: f.json_schema() for f in strand},
         "required": [f.prop for f in strand],
         "additionalProperties": False,
     }
@@ -348,8 +349,10 @@ def _regex(rules: _Rules, node: Node) -> str:
 
 
 def _is_atom(node: Node, regex: str) -> bool:
-    return isinstance(node, Chars) or (isinstance(node, Lit) and len(node.text) == 1) or (
-        regex.startswith("(") and regex.endswith(")") and _balanced_group(regex)
+    return (
+        isinstance(node, Chars)
+        or (isinstance(node, Lit) and len(node.text) == 1)
+        or (regex.startswith("(") and regex.endswith(")") and _balanced_group(regex))
     )
 
 
@@ -401,7 +404,10 @@ def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list
         pieces = [(a, b)]
         for c, d in cut:
             pieces = [
-                p for x, y in pieces for p in ((x, min(y, c - 1)), (max(x, d + 1), y)) if p[0] <= p[1]
+                p
+                for x, y in pieces
+                for p in ((x, min(y, c - 1)), (max(x, d + 1), y))
+                if p[0] <= p[1]
             ]
         out += pieces
     return _merge(out)

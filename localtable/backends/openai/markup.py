@@ -46,7 +46,9 @@ def plain(text: str) -> tuple[str, list[str]]:
     return MARKUP.sub(breaks, text), found
 
 
-def plain_messages(messages: list[ChatMessage], prefill: str) -> tuple[list[dict[str, str]], list[str]]:
+def plain_messages(
+    messages: list[ChatMessage], prefill: str
+) -> tuple[list[dict[str, str]], list[str]]:
     """The conversation as the chat API takes it (the reply's start as the last,
     assistant message), control-token text broken, and the notes that say what was."""
     sent: list[dict[str, str]] = []

@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from localtable.backends.base import (
     BackendDown,
@@ -41,8 +41,10 @@ from localtable.backends.openai.client import OpenAIClient, Reply
 from localtable.backends.openai.form import Form, FormError, form_of
 from localtable.backends.openai.jsonlines import JsonLines
 from localtable.backends.openai.markup import plain_messages
-from localtable.backends.openai.settings import OpenAISettings
+from localtable.backends.openai.settings import OpenAISettings, identity_now
+from localtable.errors import LocaltableError
 
+T = TypeVar("T")
 RETRIES = 2  # repeats of a request the server dropped or was too busy for
 BUSY_WAIT_MAX = 60.0  # seconds: a 429 asking for a longer wait stops the run instead
 PER_MESSAGE = 16  # tokens a chat template adds per message, at most (bytes counting)
@@ -128,7 +130,7 @@ class OpenAISeat:
 
     # -- requests ------------------------------------------------------------------
 
-    def _call(self, call: Callable[[], Any]) -> Any:
+    def _call(self, call: Callable[[], T]) -> T:
         try:
             return call()
         except ServerRejected as exc:
@@ -136,19 +138,13 @@ class OpenAISeat:
         except ServerError as exc:
             raise BackendDown(str(exc)) from None
 
-    def same_server(self) -> bool:
-        """Whether the server answers and still runs the recorded model (and build)."""
+    def changed_server(self) -> list[str] | None:
+        """What changed on the server since the record (its version, model, fingerprint);
+        None when it does not answer."""
         try:
-            if self.settings.model not in {e.id for e in self.client.models()}:
-                return False
-            if self.settings.server == "llama-server":
-                props = self.client.llama_props()
-                return (props.build_info, props.model_path) == (
-                    self.settings.server_version, self.settings.model_path
-                )
-        except ServerError:
-            return False
-        return True
+            return identity_now(self.client, self.settings, self.name).changes(self.settings)
+        except (LocaltableError, ServerError):
+            return None
 
     def _send(self, body: dict[str, Any], on_text: Callable[[str], None] | None) -> Reply:
         send = self.client.ollama_chat if self.settings.structure == "ollama_format" else (
@@ -160,13 +156,19 @@ class OpenAISeat:
                 return send(body, on_text)
             except ServerBusy as exc:
                 wait = 1.0 if exc.retry_after is None else exc.retry_after
-                if last or wait > BUSY_WAIT_MAX:
-                    raise BackendDown(f"{exc}; asked {attempt + 1} times") from None
+                if wait > BUSY_WAIT_MAX:
+                    raise BackendDown(f"{exc}, longer than localtable waits") from None
+                if last:
+                    raise BackendDown(f"{exc}, {attempt + 1} times") from None
                 time.sleep(wait)
             except ServerDown as exc:
                 # sent again only to the same server and model: the same request
-                if last or not self.same_server():
+                changed = None if last else self.changed_server()
+                if changed is None:  # down, or asked enough
                     raise BackendDown(str(exc)) from None
+                if changed:
+                    why = f"the server changed ({'; '.join(changed)})"
+                    raise BackendDown(f"{exc}; not sent again: {why}") from None
             except ServerRejected as exc:
                 raise TurnFailed(str(exc)) from None
             except ServerError as exc:
@@ -202,7 +204,7 @@ class OpenAISeat:
         body = dialects.request_body(
             kind=self.api, structure=s.structure, model=s.model, fixed=s.request,
             messages=messages, seed=request.seed, sampling=request.sampling,
-            schema=form.schema() if form is not None else None,
+            schema=form.json_schema() if form is not None else None,
             continues=bool(request.prefill),
         )  # fmt: skip
         lines = JsonLines(form.labels()) if form is not None else None
@@ -222,7 +224,8 @@ class OpenAISeat:
             finish_reason="length" if reply.finish_reason == "length" else "stop",
             completion_tokens=reply.completion_tokens,
             prompt_eval_tokens=(
-                reply.prompt_eval_tokens if reply.prompt_eval_tokens is not None
+                reply.prompt_eval_tokens
+                if reply.prompt_eval_tokens is not None
                 else reply.prompt_tokens
             ),  # fmt: skip
             seconds=seconds,
@@ -235,7 +238,9 @@ class OpenAISeat:
         says which parameters it used (llama-server), from the request as sent."""
         s, url = self.settings, self.client.url
         if reply.finish_reason not in ("stop", "length"):
-            raise BackendDown(f"{url}: the generation stopped ({reply.finish_reason or 'no reason'})")
+            raise BackendDown(
+                f"{url}: the generation stopped ({reply.finish_reason or 'no reason'})"
+            )
         if reply.model and reply.model not in (s.model, s.model.removesuffix(":latest")):
             raise BackendDown(f"{url}: answered with model {reply.model!r}, not {s.model!r}")
         fp = reply.system_fingerprint

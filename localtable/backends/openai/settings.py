@@ -73,10 +73,24 @@ class Identity(BaseModel):
             ("model file", settings.model_path, self.model_path),
             ("model digest", settings.model_digest, self.digest),
             ("slots", settings.total_slots, self.slots),
+            ("system_fingerprint", settings.system_fingerprint, self.fingerprint),
         ]
         if settings.server == "llama-server":
             pairs.append(("context", settings.n_ctx, self.n_ctx))
-        return [f"{what} {old} -> {new}" for what, old, new in pairs if old and old != new]
+        return [f"{what} {old} -> {new}" for what, old, new in pairs if old and new and old != new]
+
+    def settle(self, settings: OpenAISettings) -> OpenAISettings:
+        """The record's settings with what the server says now (a replay on another
+        build describes that build)."""
+        deterministic, determinism = dialects.promise(self.server, self.slots)
+        return settings.model_copy(
+            update={
+                "server_version": self.version, "model_path": self.model_path,
+                "model_digest": self.digest, "total_slots": self.slots,
+                "system_fingerprint": self.fingerprint or settings.system_fingerprint,
+                "deterministic": deterministic, "determinism": determinism,
+            }
+        )  # fmt: skip
 
 
 def reach(client: OpenAIClient, model: str, key_env: str | None) -> list[ModelEntry]:
@@ -106,9 +120,7 @@ def entry_for(entries: list[ModelEntry], wanted: str, url: str, name: str) -> Mo
     )
 
 
-def identify(
-    client: OpenAIClient, entry: ModelEntry, declared: str, name: str
-) -> Identity:
+def identify(client: OpenAIClient, entry: ModelEntry, declared: str, name: str) -> Identity:
     """Which server this is and what it runs (`declared`: models.toml's `server`)."""
     kind: ServerKind = dialects.detect(client, entry) if declared == "auto" else declared  # type: ignore[assignment]
     try:
@@ -189,7 +201,7 @@ def settings_of(
     structure = dialects.structure_for(kind) if source.structure == "auto" else source.structure
     if structure == "ollama_format" and kind != "ollama":
         raise BackendUnavailable(
-            f"{url} is {kind}, not Ollama: structure = \"ollama_format\" needs Ollama's own "
+            f'{url} is {kind}, not Ollama: structure = "ollama_format" needs Ollama\'s own '
             'API; use structure = "response_format" or "text"'
         )
     api = dialects.api_of(kind, structure)
@@ -201,3 +213,14 @@ def settings_of(
         deterministic=deterministic, determinism=determinism, ignored=dialects.ignored(api),
         timeout=source.timeout, request=dialects.fixed_request(api, n_ctx),
     )  # fmt: skip
+
+
+def identity_now(client: OpenAIClient, settings: OpenAISettings, name: str) -> Identity:
+    """What the server of a recorded model says now (its fingerprint asked for with a
+    one-token answer where the record has one and the server shows it no other way)."""
+    entries = reach(client, name, settings.api_key_env)
+    now = identify(client, entry_for(entries, settings.model, settings.url, name),
+                   settings.server, name)  # fmt: skip
+    if now.fingerprint is None and settings.system_fingerprint is not None:
+        now = now.model_copy(update={"fingerprint": fingerprint(client, settings.model, name)})
+    return now
