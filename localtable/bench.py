@@ -21,7 +21,9 @@ of its own on 127.0.0.1, started with the flags of backends/server/launch.py
 before the timed debates (their start time is printed apart). Its wall time
 is given over each in-process side's (issue #14's target: within 1.15x). Its
 texts are not expected to equal the in-process ones: llama-server applies the
-grammar and the repeat penalty another way (docs/benchmarks.md).
+grammar and the repeat penalty another way (docs/benchmarks.md). A fifth, on the
+same servers: the OpenAI-compatible backend on their /v1 (benchopenai.py), its
+wall time over the fourth's (issue #31's target: within 1.15x).
 
 Usage: python -m localtable.bench [--panel tiny] [--rounds 3] [--seed 42] [--repeat 3]
        [--no-server] [--json out.json]
@@ -615,6 +617,8 @@ def server_lines(report: BenchReport, repeats: list[list[Side]]) -> list[str]:
 
 
 def render(report: BenchReport) -> str:
+    from localtable import benchopenai  # the OpenAI-compatible column (it imports this module)
+
     on, off, bare = report.sides[:3]
     server = report.sides[3] if len(report.sides) > 3 else None
     repeats = report.repeats or [report.sides]
@@ -695,6 +699,7 @@ def render(report: BenchReport) -> str:
         lines.append("bare texts identical to localtable's: yes")
     if server is not None:
         lines += server_lines(report, [r for r in repeats if len(r) > 3])
+        lines += benchopenai.openai_lines(repeats, 3, 4)
     elif report.server_note:
         lines.append(f"no llama-server column: {report.server_note}")
     return "\n".join(lines)
@@ -717,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-server", action="store_true", help="no llama-server column")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    from localtable import benchopenai  # the OpenAI-compatible column (it imports this module)
+
     loaded = load_config(args.config)
     binary = None if args.no_server else cached_binary()
     server_note = "--no-server" if args.no_server else "not built (make llama-server)"
@@ -753,6 +760,14 @@ def main(argv: list[str] | None = None) -> int:
                         served, args.panel, args.rounds, args.seed, runs, servers.pids()
                     )
                     sides.append(server)
+                    print(f"{rep}/{args.repeat}: {benchopenai.LABEL}", file=sys.stderr)
+                    on_v1 = benchopenai.openai_config(
+                        loaded, {name: s.url for name, s in servers.servers.items()}
+                    )
+                    v1, _ = benchopenai.run_openai(
+                        on_v1, args.panel, args.rounds, args.seed, runs, servers.pids()
+                    )
+                    sides.append(v1)
                 repeats.append(sides)
         finally:
             if servers is not None:
