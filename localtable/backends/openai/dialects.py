@@ -59,7 +59,9 @@ ECHOED_FLOAT = ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty")
 
 PROMISES: dict[str, str] = {
     "vllm": "vLLM does not promise the same answer for the same seed: it batches the "
-    "requests of all its clients together, and its kernels depend on the batch",
+    "requests of all its clients together, and online only batch invariance "
+    "(VLLM_BATCH_INVARIANT=1, the same hardware and version) makes an answer repeat, which "
+    "it does not report",
     "sglang": "SGLang promises the same answer for the same seed only when started with "
     "--enable-deterministic-inference, which it does not report",
     "lmstudio": "LM Studio takes a seed but does not promise that it repeats an answer",
@@ -82,17 +84,19 @@ def promise(kind: str, slots: int | None) -> tuple[bool, str]:
 
 
 def detect(client: OpenAIClient, entry: ModelEntry) -> ServerKind:
-    """Which server this is, from what /v1/models says of the model and the endpoints
-    of its own that it answers."""
+    """Which server this is, from what /v1/models says of the model (llama-server,
+    vLLM and SGLang name themselves in `owned_by`) and the endpoints of their own that
+    the others answer (Ollama's /api/version, LM Studio's /api/v0/models or, from 0.4,
+    /api/v1/models)."""
     owner = entry.owned_by.lower()
     if owner == "llamacpp":
         return "llama-server"
     if owner in ("vllm", "sglang"):
         return "vllm" if owner == "vllm" else "sglang"
-    if owner == "organization_owner":
-        return "lmstudio"
     if client.answers("/api/version"):
         return "ollama"
+    if client.answers("/api/v0/models") or client.answers("/api/v1/models"):
+        return "lmstudio"
     return "other"
 
 
