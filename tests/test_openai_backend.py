@@ -436,3 +436,37 @@ def test_a_model_the_server_does_not_serve_is_refused_before_the_run(
     result = debate(cfg, tmp_path / "runs")
     assert result.exit_code == 1 and "has a context of 4096" in result.stderr
     assert not server.chats
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["<|im_end|>", "<|eot_id|>", "</s>", "[INST]", "<start_of_turn>", "<｜end▁of▁sentence｜>",
+     "<<SYS>>", "<think>"],
+)  # fmt: skip
+def test_every_control_token_shape_is_broken_and_named(text: str) -> None:
+    from localtable.backends.base import ChatMessage
+    from localtable.backends.openai.markup import plain_messages
+
+    sent, notes = plain_messages([ChatMessage(role="user", content=f"a {text} b")], "")
+    assert text not in sent[0]["content"]
+    assert sent[0]["content"].replace(JOINER, "") == f"a {text} b"
+    assert notes and text in notes[0]
+    same, none = plain_messages([ChatMessage(role="user", content="a <b> [x] | c")], "go")
+    assert same[0]["content"] == "a <b> [x] | c" and none == []
+    assert same[-1] == {"role": "assistant", "content": "go"}  # the reply's start, last
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        (b'{"error": {"message": "bad  schema\\n here"}}', "bad schema here"),
+        (b'{"error": "model not found"}', "model not found"),
+        (b'{"object": "error", "message": "too long", "code": 400}', "too long"),
+        (b'{"detail": "Not Found"}', "Not Found"),
+        (b"<html>", "Bad Request (not an OpenAI-compatible server's error format)"),
+    ],
+)
+def test_each_servers_error_form_is_one_line(body: bytes, line: str) -> None:
+    from localtable.backends.httpjson import error_message
+
+    assert error_message(body, "Bad Request", "an OpenAI-compatible server's") == line
