@@ -310,7 +310,7 @@ def test_bare_calls_replay_every_generation_of_an_open_debate() -> None:
 
 
 def test_an_openai_column_gives_its_wall_time_over_the_native_server_column() -> None:
-    from localtable.benchopenai import LABEL
+    from localtable.bench import OPENAI_LABEL as LABEL
 
     rep = report(["x"])
     rep.repeats = [
@@ -335,7 +335,8 @@ def test_an_openai_column_gives_its_wall_time_over_the_native_server_column() ->
 def test_the_openai_side_measures_every_generation_on_the_servers_v1(tmp_path: Path) -> None:
     """Through the stand-in's llama-server /v1: each turn, the labels and the summary."""
     from localtable.backends.openai.source import OpenAISource
-    from localtable.benchopenai import LABEL, openai_config, run_openai
+    from localtable.bench import OPENAI_LABEL as LABEL
+    from localtable.bench import RecordingOpenAIBackend, openai_config
     from tests.fakeopenai import FakeOpenAIServer
 
     with FakeOpenAIServer() as server:
@@ -358,7 +359,8 @@ panelists = [{ name = "Ada", model = "big" }, { name = "Bob", model = "big" }]
         source = served.config.models["big"].source
         assert isinstance(source, OpenAISource)
         assert (source.url, source.model) == (f"{server.url}/v1", "fake-7b")
-        side_, record = run_openai(served, "p", 2, 7, tmp_path / "runs", [os.getpid()])
+        side_, record = run_server(served, "p", 2, 7, tmp_path / "runs", [os.getpid()],
+                                   RecordingOpenAIBackend(), LABEL)  # fmt: skip
     assert record.status == "complete" and side_.name == LABEL
     assert len(server.chats) == len(side_.texts) == 6
     assert side_.transcript_sha256 == record.transcript_sha256 and side_.retries == 0
