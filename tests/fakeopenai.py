@@ -235,8 +235,11 @@ class FakeOpenAIServer:
                 if mode == "done":
                     return
                 content = server.reply(body)
+                finish = "stop"
                 if mode == "off-schema":
                     content = "I would rather not answer in JSON."
+                elif mode == "cut":  # max_tokens ends it inside its last field
+                    content, finish = content[: content.rindex('"') - 3], "length"
                 verbose = None
                 if server.dialect == "llama-server":
                     applied = {
@@ -273,7 +276,7 @@ class FakeOpenAIServer:
                         "choices": [
                             {
                                 "index": 0,
-                                "finish_reason": "stop",
+                                "finish_reason": finish,
                                 "message": {"role": "assistant", "content": content},
                             }
                         ],
@@ -304,7 +307,7 @@ class FakeOpenAIServer:
                     return
                 last: dict[str, Any] = {
                     **head,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
                 }
                 if verbose is not None:
                     last["__verbose"] = verbose

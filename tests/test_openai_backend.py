@@ -470,3 +470,28 @@ def test_each_servers_error_form_is_one_line(body: bytes, line: str) -> None:
     from localtable.backends.httpjson import error_message
 
     assert error_message(body, "Bad Request", "an OpenAI-compatible server's") == line
+
+
+def test_a_turn_max_tokens_cut_goes_on_after_its_whole_fields(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The cut JSON gives the lines it got to; the protocol keeps the whole ones and asks
+    for the rest: the reply's start as the last (assistant) message, the schema of the
+    fields left."""
+    server.fail = ["cut"]
+    cfg = write_config(tmp_path, config(server.url, rounds=1))
+    assert debate(cfg, tmp_path / "runs").exit_code == 0
+    _, record = only_run(tmp_path / "runs")
+    first = record.turns[0]
+    assert first.status == "ok" and first.generation is not None
+    assert first.generation.finish_reason == "length"
+    assert first.continuation is not None
+    assert first.continuation.prefill.startswith("Reasoning: ") and "Answer" not in (
+        first.continuation.prefill
+    )
+    again = server.chats[1]
+    assert again["messages"][-1] == {"role": "assistant", "content": first.continuation.prefill}
+    assert again["continue_final_message"] is True and again["add_generation_prompt"] is False
+    schema = again["response_format"]["json_schema"]["schema"]
+    assert list(schema["properties"]) == ["Answer"]
+    assert first.parsed is not None and first.parsed.answer.startswith("Yes, seed")

@@ -160,7 +160,7 @@ def request_body(
             "type": "json_schema",
             "json_schema": {"name": "turn", "strict": True, "schema": schema},
         }
-    if continues and kind in ("vllm", "sglang"):  # llama-server continues a last reply itself
+    if continues and kind in ("llama-server", "vllm", "sglang"):  # the others do it unasked
         body.update(continue_final_message=True, add_generation_prompt=False)
     return body
 

@@ -213,6 +213,11 @@ class OpenAISeat:
         reply = self._send(body, listener)
         seconds = time.monotonic() - started
         self._check_reply(reply, body)
+        if request.prefill and reply.content.startswith(messages[-1]["content"]):
+            # a server that echoes the reply's start before what it generated
+            reply = reply.model_copy(
+                update={"content": reply.content[len(messages[-1]["content"]) :]}
+            )
         text = self._text(reply, form)
         prompt = request_text(body)
         return TurnResult(
