@@ -476,8 +476,10 @@ def test_a_turn_max_tokens_cut_goes_on_after_its_whole_fields(
     server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     """The cut JSON gives the lines it got to; the protocol keeps the whole ones and asks
-    for the rest: the reply's start as the last (assistant) message, the schema of the
-    fields left."""
+    for the rest. A server that applies a schema from the start of its reply cannot go on
+    from lines, so the kept lines are asked for again as fixed fields (an enum of one
+    value each) before the fields left, with max_tokens grown by what they take, and only
+    what follows them is the continuation."""
     server.fail = ["cut"]
     cfg = write_config(tmp_path, config(server.url, rounds=1))
     assert debate(cfg, tmp_path / "runs").exit_code == 0
@@ -485,13 +487,46 @@ def test_a_turn_max_tokens_cut_goes_on_after_its_whole_fields(
     first = record.turns[0]
     assert first.status == "ok" and first.generation is not None
     assert first.generation.finish_reason == "length"
-    assert first.continuation is not None
-    assert first.continuation.prefill.startswith("Reasoning: ") and "Answer" not in (
-        first.continuation.prefill
-    )
+    cont = first.continuation
+    assert cont is not None and cont.prefill.startswith("Reasoning: ")
+    assert "Answer" not in cont.prefill and cont.raw_output.startswith("Answer: ")
     again = server.chats[1]
-    assert again["messages"][-1] == {"role": "assistant", "content": first.continuation.prefill}
-    assert again["continue_final_message"] is True and again["add_generation_prompt"] is False
+    assert again["messages"][-1]["role"] == "user" and "continue_final_message" not in again
     schema = again["response_format"]["json_schema"]["schema"]
-    assert list(schema["properties"]) == ["Answer"]
+    kept = cont.prefill.removeprefix("Reasoning: ").removesuffix("\n")
+    assert schema["properties"]["Reasoning"] == {"type": "string", "enum": [kept]}
+    assert list(schema["properties"]) == ["Reasoning", "Answer"]
+    assert again["max_tokens"] > cont.sampling.max_tokens
     assert first.parsed is not None and first.parsed.answer.startswith("Yes, seed")
+
+
+def test_a_text_server_goes_on_from_the_replys_start(tmp_path: Path) -> None:
+    from localtable.backends.base import ChatMessage, PanelModels, TurnRequest
+    from localtable.backends.openai.backend import OpenAIBackend
+    from localtable.config import load_config
+    from localtable.record import ModelRecord
+    from localtable.templates import TemplateSet
+    from tests.fakes import sampling
+
+    with FakeOpenAIServer(dialect="vllm") as server:
+        cfg = write_config(tmp_path, config(server.url, source=', structure = "text"'))
+        loaded = load_config(cfg)
+        backend = OpenAIBackend()
+        prepared = backend.prepare(
+            PanelModels(specs={"big": loaded.config.models["big"]}, users={"big": 2},
+                        loaded=loaded)
+        )  # fmt: skip
+        (model,) = backend.open(prepared.models, None, reuse_prefix=False,
+                                templates=TemplateSet(), today="2026-12-01", loaded=loaded,
+                                allow_urls=frozenset())  # fmt: skip
+        assert isinstance(model, ModelRecord)
+        seat = backend.seat("big")
+        result = seat.generate(TurnRequest(
+            panelist="Ada", messages=[ChatMessage(role="user", content="Q?")],
+            grammar='root ::= "Answer: " [a-z]+', seed=3, sampling=sampling(),
+            prefill="Reasoning: kept.\n",
+        ))  # fmt: skip
+    body = server.chats[-1]
+    assert body["messages"][-1] == {"role": "assistant", "content": "Reasoning: kept.\n"}
+    assert body["continue_final_message"] is True and "response_format" not in body
+    assert result.text.startswith("Reasoning: seed")  # what the server wrote after it

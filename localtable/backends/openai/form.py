@@ -96,6 +96,28 @@ class Form(BaseModel):
         objects = [_object(strand) for strand in self.strands]
         return objects[0] if len(objects) == 1 else {"anyOf": objects}
 
+    def after(self, prefill: str) -> Form:
+        """The form of a whole reply whose start, `prefill` (whole `Name: value` lines,
+        as the protocol keeps them after a cut), is already written: each kept line a
+        field of that one value, then this form's fields. A server that applies a schema
+        from the start of its reply cannot continue a reply's start in another form, so
+        the kept lines are asked for again, as they are."""
+        lines = prefill.split("\n")
+        if lines[-1] != "":
+            raise FormError("the reply's start does not end with a whole line")
+        kept = []
+        for line in lines[:-1]:
+            key, sep, value = line.partition(": ")
+            if not sep or not key:
+                raise FormError(f"the reply's start has a line without a name: {line[:40]!r}")
+            kept.append(FieldForm(key=key, values=[value]))
+        strands = [[*kept, *strand] for strand in self.strands]
+        for strand in strands:
+            props = [f.prop for f in strand]
+            if len(set(props)) != len(props):
+                raise FormError(f"the reply's start names a field again ({', '.join(props)})")
+        return Form(strands=strands)
+
     def labels(self) -> dict[str, str]:
         """Property name -> what starts its line in the text ("Reasoning: ", or "")."""
         return {

@@ -176,11 +176,14 @@ class OpenAISeat:
             self.backend.count_retry()
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _form(self, grammar: str) -> Form | None:
+    def _form(self, grammar: str, prefill: str) -> Form | None:
+        """The turn's JSON form (None: no structure asked for); after a cut, that of the
+        whole reply, its kept lines fixed (Form.after)."""
         if self.settings.structure == "text":
             return None
         try:
-            return form_of(grammar)
+            form = form_of(grammar)
+            return form.after(prefill) if prefill else form
         except FormError as exc:
             raise TurnFailed(f"the turn's grammar has no JSON schema: {exc}") from None
 
@@ -192,33 +195,50 @@ class OpenAISeat:
 
     def _generate(self, request: TurnRequest) -> TurnResult:
         s = self.settings
-        messages, notes = plain_messages(request.messages, request.prefill)
+        form = self._form(request.grammar, request.prefill)
+        # A reply's start goes as the last (assistant) message for the server to go on
+        # from, as text; asked for as JSON, it is written again as fixed fields instead
+        # (max_tokens grown by what they take), and cut off the text below.
+        sampling, again = request.sampling, ""
+        if request.prefill and form is not None:
+            again = request.prefill
+            grown = self.count_text_tokens(again) + 8 * again.count("\n") + 8
+            sampling = sampling.model_copy(update={"max_tokens": sampling.max_tokens + grown})
+        messages, notes = plain_messages(request.messages, "" if again else request.prefill)
         self._check_plain(messages)
         counted = self._count(messages)
-        if counted + request.sampling.max_tokens > s.n_ctx:
+        if counted + sampling.max_tokens > s.n_ctx:
             raise TurnFailed(
-                f"prompt of {counted} tokens + {request.sampling.max_tokens} to generate "
+                f"prompt of {counted} tokens + {sampling.max_tokens} to generate "
                 f"exceeds the context of {s.n_ctx}"
             )
-        form = self._form(request.grammar)
         body = dialects.request_body(
             kind=self.api, structure=s.structure, model=s.model, fixed=s.request,
-            messages=messages, seed=request.seed, sampling=request.sampling,
+            messages=messages, seed=request.seed, sampling=sampling,
             schema=form.json_schema() if form is not None else None,
-            continues=bool(request.prefill),
+            continues=bool(request.prefill) and not again,
         )  # fmt: skip
         lines = JsonLines(form.labels()) if form is not None else None
-        listener = _listener(request.on_text, lines)
+        listener = _listener(request.on_text, lines, skip=len(again))
         started = time.monotonic()
         reply = self._send(body, listener)
         seconds = time.monotonic() - started
         self._check_reply(reply, body)
-        if request.prefill and reply.content.startswith(messages[-1]["content"]):
+        if request.prefill and not again and reply.content.startswith(messages[-1]["content"]):
             # a server that echoes the reply's start before what it generated
             reply = reply.model_copy(
                 update={"content": reply.content[len(messages[-1]["content"]) :]}
             )
         text = self._text(reply, form)
+        if again:
+            if again.startswith(text):  # max_tokens came inside the fixed fields
+                text = again
+            if not text.startswith(again):
+                raise BackendDown(
+                    f"{self.client.url}: the answer does not repeat the fixed fields of the "
+                    "turn's JSON schema"
+                )
+            text = text[len(again) :]
         prompt = request_text(body)
         return TurnResult(
             prompt=prompt,
@@ -288,16 +308,20 @@ class OpenAISeat:
 
 
 def _listener(
-    on_text: Callable[[str], None] | None, lines: JsonLines | None
+    on_text: Callable[[str], None] | None, lines: JsonLines | None, skip: int = 0
 ) -> Callable[[str], None] | None:
     """What receives the answer's pieces: the watcher itself, or through the JSON reader
-    that turns them into the turn's lines."""
+    that turns them into the turn's lines (the first `skip` characters not shown: the
+    reply's start, which the watcher has seen)."""
     if on_text is None or lines is None:
         return on_text
 
     def piece(text: str) -> None:
+        before = len(lines.text)
         new = lines.feed(text)
-        if new:
-            on_text(new)
+        if len(lines.text) > skip:
+            new = new[max(0, skip - before) :]
+            if new:
+                on_text(new)
 
     return piece
