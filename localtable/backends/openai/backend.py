@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from datetime import date
+from pathlib import Path
 
 from localtable.backends.base import (
     Backend,
@@ -55,8 +56,6 @@ def _file_sha256(url: str, model_path: str, name: str, expected: str | None) -> 
     machine names a file that is here to hash."""
     if expected is None:
         return None
-    from pathlib import Path
-
     path = Path(model_path)
     if not model_path or not is_loopback(url) or not path.is_file():
         raise BackendUnavailable(

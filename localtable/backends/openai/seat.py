@@ -7,6 +7,14 @@ takes. The answer's JSON comes back as the turn's lines, so the debate reads it
 as it reads any backend's text. The record keeps the request (without the
 streaming fields) as the generation's prompt and its sha256 as the prompt's hash.
 
+A turn that max_tokens cut goes on after its whole lines (TurnRequest.prefill). A
+server that applies a schema from the start of its reply cannot go on from lines
+(llama-server primes the schema's grammar with the reply's start and refuses one
+that is not JSON: "Failed to initialize samplers"), so the kept lines are asked for
+again as fields of one allowed value each (form.Form.after), max_tokens grown by
+what they take, and cut off the text; a server asked for text goes on from the
+reply's start as the last, assistant message.
+
 Failures: a 400 fails the turn (the same request would be refused again);
 anything else is BackendDown (the run stops, `localtable resume` runs the turn
 again). A request the server dropped is sent again, at most twice, when the
