@@ -110,7 +110,13 @@ class FakeOpenAIServer:
             if any('"Counterpoint:"' in m["content"] for m in body["messages"]):
                 return f"Summary: seed {n} sums up.\nCounterpoint: none.\nAnswer: Seed {n} agrees."
             return f"Reasoning: seed {n} says so.\nAnswer: Seed {n} says so."
-        return json.dumps(answer_for(fmt, seed + len(self.variant)))
+        whole = json.dumps(answer_for(fmt, seed + len(self.variant)), ensure_ascii=False)
+        last = body["messages"][-1]
+        if body.get("continue_final_message") and last["role"] == "assistant":
+            # as llama-server: the reply's start primes the schema's grammar, and the
+            # answer is what follows it
+            return whole.removeprefix(last["content"])
+        return whole
 
     def start(self) -> FakeOpenAIServer:
         server = self
@@ -231,7 +237,8 @@ class FakeOpenAIServer:
                 return mode
 
             def _chat(self, body: dict[str, Any]) -> None:
-                mode = self._failure()
+                # a one-token probe (the backend asking for a fingerprint) fails nothing
+                mode = self._failure() if body.get("max_tokens") != 1 else ""
                 if mode == "done":
                     return
                 content = server.reply(body)

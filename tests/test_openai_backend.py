@@ -472,17 +472,17 @@ def test_each_servers_error_form_is_one_line(body: bytes, line: str) -> None:
     assert error_message(body, "Bad Request", "an OpenAI-compatible server's") == line
 
 
-def test_a_turn_max_tokens_cut_goes_on_after_its_whole_fields(
-    server: FakeOpenAIServer, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("dialect", ["llama-server", "vllm"])
+def test_a_turn_max_tokens_cut_goes_on_after_its_whole_fields(dialect: str, tmp_path: Path) -> None:
     """The cut JSON gives the lines it got to; the protocol keeps the whole ones and asks
-    for the rest. A server that applies a schema from the start of its reply cannot go on
-    from lines, so the kept lines are asked for again as fixed fields (an enum of one
-    value each) before the fields left, with max_tokens grown by what they take, and only
-    what follows them is the continuation."""
-    server.fail = ["cut"]
-    cfg = write_config(tmp_path, config(server.url, rounds=1))
-    assert debate(cfg, tmp_path / "runs").exit_code == 0
+    for the rest. A server asked for JSON cannot go on from lines, so the schema is that
+    of the whole reply, the kept lines fields of one allowed value each: llama-server gets
+    them as the start of the JSON object to go on from, the others write them again
+    (max_tokens grown by what they take). Only what follows them is the continuation."""
+    with FakeOpenAIServer(dialect=dialect) as server:
+        server.fail = ["cut"]
+        cfg = write_config(tmp_path, config(server.url, rounds=1))
+        assert debate(cfg, tmp_path / "runs").exit_code == 0
     _, record = only_run(tmp_path / "runs")
     first = record.turns[0]
     assert first.status == "ok" and first.generation is not None
@@ -490,13 +490,20 @@ def test_a_turn_max_tokens_cut_goes_on_after_its_whole_fields(
     cont = first.continuation
     assert cont is not None and cont.prefill.startswith("Reasoning: ")
     assert "Answer" not in cont.prefill and cont.raw_output.startswith("Answer: ")
-    again = server.chats[1]
-    assert again["messages"][-1]["role"] == "user" and "continue_final_message" not in again
+    turns = [c for c in server.chats if c["max_tokens"] != 1]  # not the fingerprint's probe
+    again = turns[1]
     schema = again["response_format"]["json_schema"]["schema"]
     kept = cont.prefill.removeprefix("Reasoning: ").removesuffix("\n")
     assert schema["properties"]["Reasoning"] == {"type": "string", "enum": [kept]}
     assert list(schema["properties"]) == ["Reasoning", "Answer"]
-    assert again["max_tokens"] > cont.sampling.max_tokens
+    if dialect == "llama-server":
+        start = "{" + f'"Reasoning": {json.dumps(kept, ensure_ascii=False)}, '
+        assert again["messages"][-1] == {"role": "assistant", "content": start}
+        assert again["continue_final_message"] is True
+        assert again["max_tokens"] == cont.sampling.max_tokens
+    else:
+        assert again["messages"][-1]["role"] == "user" and "continue_final_message" not in again
+        assert again["max_tokens"] > cont.sampling.max_tokens
     assert first.parsed is not None and first.parsed.answer.startswith("Yes, seed")
 
 

@@ -99,18 +99,8 @@ class Form(BaseModel):
     def after(self, prefill: str) -> Form:
         """The form of a whole reply whose start, `prefill` (whole `Name: value` lines,
         as the protocol keeps them after a cut), is already written: each kept line a
-        field of that one value, then this form's fields. A server that applies a schema
-        from the start of its reply cannot continue a reply's start in another form, so
-        the kept lines are asked for again, as they are."""
-        lines = prefill.split("\n")
-        if lines[-1] != "":
-            raise FormError("the reply's start does not end with a whole line")
-        kept = []
-        for line in lines[:-1]:
-            key, sep, value = line.partition(": ")
-            if not sep or not key:
-                raise FormError(f"the reply's start has a line without a name: {line[:40]!r}")
-            kept.append(FieldForm(key=key, values=[value]))
+        field of that one value, then this form's fields."""
+        kept = [FieldForm(key=key, values=[value]) for key, value in kept_lines(prefill)]
         strands = [[*kept, *strand] for strand in self.strands]
         for strand in strands:
             props = [f.prop for f in strand]
@@ -145,6 +135,28 @@ class Form(BaseModel):
             raise mismatch
         expected = " or ".join(dict.fromkeys(", ".join(f.prop for f in s) for s in self.strands))
         raise FormError(f"the answer's fields ({', '.join(keys)[:80]}) are not {expected}")
+
+
+def kept_lines(prefill: str) -> list[tuple[str, str]]:
+    """The (name, value) of each whole line of a reply's start."""
+    lines = prefill.split("\n")
+    if lines[-1] != "":
+        raise FormError("the reply's start does not end with a whole line")
+    kept = []
+    for line in lines[:-1]:
+        key, sep, value = line.partition(": ")
+        if not sep or not key:
+            raise FormError(f"the reply's start has a line without a name: {line[:40]!r}")
+        kept.append((key, value))
+    return kept
+
+
+def json_start(prefill: str) -> str:
+    """A reply's start as the start of its JSON object, as llama.cpp's schema grammar
+    writes it (`{"Reasoning": "...", `): what that grammar can go on from."""
+    fields = [f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
+              for k, v in kept_lines(prefill)]  # fmt: skip
+    return "{" + ", ".join(fields) + ", "
 
 
 def _object(strand: list[FieldForm]) -> dict[str, Any]:

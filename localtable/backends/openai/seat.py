@@ -8,12 +8,14 @@ as it reads any backend's text. The record keeps the request (without the
 streaming fields) as the generation's prompt and its sha256 as the prompt's hash.
 
 A turn that max_tokens cut goes on after its whole lines (TurnRequest.prefill). A
-server that applies a schema from the start of its reply cannot go on from lines
-(llama-server primes the schema's grammar with the reply's start and refuses one
-that is not JSON: "Failed to initialize samplers"), so the kept lines are asked for
-again as fields of one allowed value each (form.Form.after), max_tokens grown by
-what they take, and cut off the text; a server asked for text goes on from the
-reply's start as the last, assistant message.
+server asked for text goes on from them as the last, assistant message. Asked for
+JSON, a server cannot go on from lines: llama-server primes the schema's grammar
+with the reply's start and refuses one that is not JSON ("Failed to initialize
+samplers"), others apply the schema to what they generate only. So the schema is
+that of the whole reply, its kept lines fields of one allowed value each
+(form.Form.after); llama-server gets them as the start of the JSON object
+(form.json_start), which it goes on from; the others write them again, with
+max_tokens grown by what they take. Either way the text is cut after them.
 
 Failures: a 400 fails the turn (the same request would be refused again);
 anything else is BackendDown (the run stops, `localtable resume` runs the turn
@@ -46,9 +48,9 @@ from localtable.backends.httpjson import (
 )
 from localtable.backends.openai import dialects
 from localtable.backends.openai.client import OpenAIClient, Reply
-from localtable.backends.openai.form import Form, FormError, form_of
+from localtable.backends.openai.form import Form, FormError, form_of, json_start
 from localtable.backends.openai.jsonlines import JsonLines
-from localtable.backends.openai.markup import plain_messages
+from localtable.backends.openai.markup import plain, plain_messages
 from localtable.backends.openai.settings import OpenAISettings, identity_now
 from localtable.errors import LocaltableError
 
@@ -204,15 +206,17 @@ class OpenAISeat:
     def _generate(self, request: TurnRequest) -> TurnResult:
         s = self.settings
         form = self._form(request.grammar, request.prefill)
-        # A reply's start goes as the last (assistant) message for the server to go on
-        # from, as text; asked for as JSON, it is written again as fixed fields instead
-        # (max_tokens grown by what they take), and cut off the text below.
-        sampling, again = request.sampling, ""
-        if request.prefill and form is not None:
-            again = request.prefill
-            grown = self.count_text_tokens(again) + 8 * again.count("\n") + 8
-            sampling = sampling.model_copy(update={"max_tokens": sampling.max_tokens + grown})
-        messages, notes = plain_messages(request.messages, "" if again else request.prefill)
+        sampling, prefill, again, start = request.sampling, request.prefill, "", ""
+        if prefill and form is not None:
+            # the reply's start asked for as JSON (the module's docstring says how)
+            prefill, again = "", request.prefill
+            if s.server == "llama-server":
+                start = json_start(again)
+            if not start or plain(start)[1]:
+                start = ""
+                grown = self.count_text_tokens(again) + 8 * again.count("\n") + 8
+                sampling = sampling.model_copy(update={"max_tokens": sampling.max_tokens + grown})
+        messages, notes = plain_messages(request.messages, prefill or start)
         self._check_plain(messages)
         counted = self._count(messages)
         if counted + sampling.max_tokens > s.n_ctx:
@@ -224,19 +228,21 @@ class OpenAISeat:
             kind=self.api, structure=s.structure, model=s.model, fixed=s.request,
             messages=messages, seed=request.seed, sampling=sampling,
             schema=form.json_schema() if form is not None else None,
-            continues=bool(request.prefill) and not again,
+            continues=bool(prefill or start),
         )  # fmt: skip
         lines = JsonLines(form.labels()) if form is not None else None
+        if lines is not None and start:
+            lines.feed(start)
         listener = _listener(request.on_text, lines, skip=len(again))
         started = time.monotonic()
         reply = self._send(body, listener)
         seconds = time.monotonic() - started
         self._check_reply(reply, body)
-        if request.prefill and not again and reply.content.startswith(messages[-1]["content"]):
-            # a server that echoes the reply's start before what it generated
-            reply = reply.model_copy(
-                update={"content": reply.content[len(messages[-1]["content"]) :]}
-            )
+        sent = prefill or start
+        content = reply.content
+        if sent and content.startswith(sent):  # a server that echoes the reply's start
+            content = content[len(sent) :]
+        reply = reply.model_copy(update={"content": start + content})
         text = self._text(reply, form)
         if again:
             if again.startswith(text):  # max_tokens came inside the fixed fields
