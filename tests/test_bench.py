@@ -307,3 +307,60 @@ def test_bare_calls_replay_every_generation_of_an_open_debate() -> None:
     )  # fmt: skip
     record.turns[0] = turn.model_copy(update={"continuation": cont})
     assert new_tokens(record) == base + labels.prompt_tokens + 5
+
+
+def test_an_openai_column_gives_its_wall_time_over_the_native_server_column() -> None:
+    from localtable.bench import OPENAI_LABEL as LABEL
+
+    rep = report(["x"])
+    rep.repeats = [
+        [side("on", 50, ["x"], 400), side("off", 60, ["x"], 1000), side("bare", 80, ["x"], 1000)]
+        for _ in range(2)
+    ]
+    rep = with_server(rep, [50, 60])
+    v1 = side(LABEL, 55, ["j"], 1000).model_copy(update={"completion_tokens": 250})
+    rep.repeats = [[*r, v1.model_copy(update={"wall_seconds": w})] for r, w in
+                   zip(rep.repeats, [55, 63], strict=True)]  # fmt: skip
+    rep.sides = rep.repeats[0]
+    rep.memory_target_bytes[LABEL] = 900_000_000
+    text = render(rep)
+    assert text.splitlines()[0].rstrip().endswith(LABEL)
+    # /v1 over native per repetition: 1.10, 1.05: their median and range
+    line = next(x for x in text.splitlines() if x.startswith("llama-server /v1"))
+    assert line.startswith("llama-server /v1 (OpenAI-compatible) / native llama-server wall")
+    assert line.endswith("x (1.05-1.10) (target: within 1.15x)")
+    assert "/v1 generated 250 tokens, native 230" in text
+
+
+def test_the_openai_side_measures_every_generation_on_the_servers_v1(tmp_path: Path) -> None:
+    """Through the stand-in's llama-server /v1: each turn, the labels and the summary."""
+    from localtable.backends.openai.source import OpenAISource
+    from localtable.bench import OPENAI_LABEL as LABEL
+    from localtable.bench import RecordingOpenAIBackend, openai_config
+    from tests.fakeopenai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        cfg = tmp_path / "models.toml"
+        cfg.write_text(
+            """
+[debate]
+panel = "p"
+question = "Should cities ban cars?"
+
+[models.big]
+source = { kind = "path", path = "big.gguf" }
+chat = "template"
+
+[panels.p]
+panelists = [{ name = "Ada", model = "big" }, { name = "Bob", model = "big" }]
+"""
+        )
+        served = openai_config(load_config(cfg), {"big": server.url})
+        source = served.config.models["big"].source
+        assert isinstance(source, OpenAISource)
+        assert (source.url, source.model) == (f"{server.url}/v1", "fake-7b")
+        side_, record = run_server(served, "p", 2, 7, tmp_path / "runs", [os.getpid()],
+                                   RecordingOpenAIBackend(), LABEL)  # fmt: skip
+    assert record.status == "complete" and side_.name == LABEL
+    assert len(server.chats) == len(side_.texts) == 6
+    assert side_.transcript_sha256 == record.transcript_sha256 and side_.retries == 0

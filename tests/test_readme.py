@@ -10,6 +10,7 @@ import click
 from pydantic import BaseModel
 
 from localtable import config
+from localtable.backends.openai.source import OpenAISource
 from localtable.backends.server.source import ServerSource
 from localtable.cli import cli
 from localtable.models import sources
@@ -90,7 +91,7 @@ def test_every_models_toml_key_is_documented() -> None:
     tables: list[type[BaseModel]] = [
         config.DebateDefaults, config.ModelSpec, config.PanelSpec, config.PanelistSpec,
         config.Sampling, sources.PackageSource, sources.PathSource, sources.HubSource,
-        sources.PackageFile, ServerSource,
+        sources.PackageFile, ServerSource, OpenAISource,
     ]  # fmt: skip
     for table in tables:
         for key in keys(table):

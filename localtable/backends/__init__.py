@@ -196,3 +196,8 @@ register(
     "localtable.backends.server.backend:ServerBackend",
     sources={"server": "localtable.backends.server.source:ServerSource"},
 )
+register(
+    "openai",
+    "localtable.backends.openai.backend:OpenAIBackend",
+    sources={"openai": "localtable.backends.openai.source:OpenAISource"},
+)

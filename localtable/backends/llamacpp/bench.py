@@ -26,7 +26,10 @@ of its own on 127.0.0.1, started with the flags of backends/server/launch.py
 before the timed debates (their start time is printed apart). Its wall time
 is given over each in-process side's (issue #14's target: within 1.15x). Its
 texts are not expected to equal the in-process ones: llama-server applies the
-grammar and the repeat penalty another way (docs/benchmarks.md).
+grammar and the repeat penalty another way (docs/benchmarks.md). A fifth, on the
+same servers: the OpenAI-compatible backend on their /v1, its wall time over the
+fourth's (issue #31's target: within 1.15x); its texts differ from the fourth's
+(the turn's fields asked for as a JSON schema, the prompt rendered by the server).
 
 Usage: python -m localtable.backends.llamacpp.bench [--panel tiny] [--rounds 3] [--seed 42]
        [--repeat 3] [--no-server] [--json out.json]
@@ -62,6 +65,9 @@ from localtable.backends.llamacpp.messages import (
     LoadRequest,
     ModelInfo,
 )
+from localtable.backends.openai.backend import OpenAIBackend
+from localtable.backends.openai.client import OpenAIClient
+from localtable.backends.openai.source import OpenAISource
 from localtable.backends.server.backend import ServerBackend
 from localtable.backends.server.launch import LocalServer, cached_binary, declared_flags
 from localtable.backends.server.source import ServerSource
@@ -76,6 +82,8 @@ from localtable.templates import TemplateSet
 
 MEMORY_MARGIN = 300 << 20  # the target: model files + KV caches + 300 MB
 SERVER_TARGET = 1.15  # llama-server's wall time over in-process (issue #14)
+OPENAI_TARGET = 1.15  # the OpenAI-compatible column's wall time over the native one's (#31)
+OPENAI_LABEL = "localtable -> llama-server /v1"
 
 
 class ProcessUsage(BaseModel):
@@ -408,6 +416,17 @@ class RecordingServerBackend(ServerBackend):
         return RecordingSeat(super().seat(model), self.results)
 
 
+class RecordingOpenAIBackend(OpenAIBackend):
+    """An OpenAIBackend whose seats keep every TurnResult, summary attempts included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: list[TurnResult] = []
+
+    def seat(self, model: str) -> Seat:
+        return RecordingSeat(super().seat(model), self.results)
+
+
 def served_config(loaded: LoadedConfig, served: dict[str, tuple[str, Path]]) -> LoadedConfig:
     """models.toml with each served model (name -> (url, the file it serves)) on its
     server: models.toml's context, chat mode and sha256 (checked: the server is on this
@@ -421,6 +440,21 @@ def served_config(loaded: LoadedConfig, served: dict[str, tuple[str, Path]]) -> 
     config = loaded.config
     served_models = Config(debate=config.debate, models=models, panels=config.panels)
     return LoadedConfig(path=loaded.path, config=served_models)
+
+
+def openai_config(loaded: LoadedConfig, urls: dict[str, str]) -> LoadedConfig:
+    """models.toml with each served model (name -> its llama-server's URL) asked for on
+    that server's /v1 (the OpenAI-compatible backend), by the model id the server
+    reports; everything else as it is."""
+    models = dict(loaded.config.models)
+    for name, url in urls.items():
+        entry = OpenAIClient(url).models()[0]
+        source = OpenAISource(kind="openai", url=f"{url}/v1", model=entry.id)
+        kept = models[name].model_dump(exclude_unset=True, exclude={"source", "chat"})
+        models[name] = ModelSpec.model_validate({**kept, "source": source})
+    config = loaded.config
+    served = Config(debate=config.debate, models=models, panels=config.panels)
+    return LoadedConfig(path=loaded.path, config=served)
 
 
 class LocalServers:
@@ -466,17 +500,24 @@ def servers_usage(pids: list[int]) -> ProcessUsage:
 
 
 def run_server(
-    served: LoadedConfig, panel: str, rounds: int, seed: int, runs_dir: Path, pids: list[int]
+    served: LoadedConfig,
+    panel: str,
+    rounds: int,
+    seed: int,
+    runs_dir: Path,
+    pids: list[int],
+    backend: RecordingServerBackend | RecordingOpenAIBackend | None = None,
+    label: str = "localtable -> llama-server",
 ) -> tuple[Side, RunRecord]:
-    """The debate through the server backend, with `served` pointing the panel's models at
-    running servers (process ids `pids`): their CPU time during the debate is the side's."""
+    """The debate through the server backend (or the OpenAI-compatible one: `backend`),
+    with `served` pointing the panel's models at running servers (process ids `pids`):
+    their CPU time during the debate is the side's."""
     req = DebateRequest(
         question=served.config.debate.question, panel=panel, rounds=rounds, seed=seed,
         runs_dir=runs_dir,
     )  # fmt: skip
-    backend = RecordingServerBackend()
+    backend = backend or RecordingServerBackend()
     templates = TemplateSet()
-    label = "localtable -> llama-server"
     before = servers_usage(pids)
     started = time.monotonic()
     with Session(templates, served) as session:
@@ -609,6 +650,26 @@ def server_lines(report: BenchReport, repeats: list[list[Side]]) -> list[str]:
     return lines
 
 
+def openai_lines(repeats: list[list[Side]], native: int, openai: int) -> list[str]:
+    """The OpenAI-compatible column against the native server column: wall time per
+    repetition (issue #31's target: within 1.15x), and how the work compares."""
+    pairs = [r for r in repeats if len(r) > max(native, openai)]
+    if not pairs:
+        return []
+    ratios = [r[openai].wall_seconds / r[native].wall_seconds for r in pairs]
+    first = pairs[0]
+    lines = [
+        f"llama-server /v1 (OpenAI-compatible) / native llama-server wall time: "
+        f"{spread(ratios, 'x', 2)} (target: within {OPENAI_TARGET:.2f}x)",
+        f"  /v1 generated {first[openai].completion_tokens:,} tokens, native "
+        f"{first[native].completion_tokens:,} (JSON fields, not localtable's grammar: "
+        "the texts differ)",
+    ]
+    if first[openai].retries:
+        lines.append(f"llama-server /v1 requests sent again: {first[openai].retries}")
+    return lines
+
+
 def render(report: BenchReport) -> str:
     on, off, bare = report.sides[:3]
     server = report.sides[3] if len(report.sides) > 3 else None
@@ -690,6 +751,7 @@ def render(report: BenchReport) -> str:
         lines.append("bare texts identical to localtable's: yes")
     if server is not None:
         lines += server_lines(report, [r for r in repeats if len(r) > 3])
+        lines += openai_lines(repeats, 3, 4)
     elif report.server_note:
         lines.append(f"no llama-server column: {report.server_note}")
     return "\n".join(lines)
@@ -750,6 +812,13 @@ def main(argv: list[str] | None = None) -> int:
                         served, args.panel, args.rounds, args.seed, runs, servers.pids()
                     )
                     sides.append(server)
+                    print(f"{rep}/{args.repeat}: {OPENAI_LABEL}", file=sys.stderr)
+                    on_v1 = openai_config(loaded, {n: s.url for n, s in servers.servers.items()})
+                    v1, _ = run_server(
+                        on_v1, args.panel, args.rounds, args.seed, runs, servers.pids(),
+                        RecordingOpenAIBackend(), OPENAI_LABEL,
+                    )  # fmt: skip
+                    sides.append(v1)
                 repeats.append(sides)
         finally:
             if servers is not None:

@@ -27,7 +27,6 @@ reports the recorded build, model and context: the repeat is then identical
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from localtable.backends.base import (
     TurnResult,
 )
 from localtable.backends.chatformat import FormattedPrompt, format_prompt
+from localtable.backends.credentials import api_key, trusted_connection
 from localtable.backends.promptpiece import PromptPiece
 from localtable.backends.server.client import (
     Completion,
@@ -144,33 +144,6 @@ class ServerModelInfo(BaseModel):
     n_vocab: int
 
 
-class UntrustedServer(ConfigError):
-    """A record names a server that the user's own config does not (exit 2)."""
-
-
-def api_key(env: str | None, model: str) -> str | None:
-    """The key in the environment variable `env`; one that cannot go in an HTTP header
-    is refused naming the variable, never showing the key."""
-    if env is None:
-        return None
-    key = os.environ.get(env)
-    if not key:
-        raise BackendUnavailable(
-            f"model {model!r}: the environment variable {env} (its api_key_env) is not set"
-        )
-    if "\r" in key or "\n" in key:
-        raise ConfigError(
-            f"model {model!r}: the API key in {env} holds a line break (a .env file saved "
-            f"with Windows line ends?); set {env} to the key alone"
-        )
-    if not all(" " <= c <= "~" for c in key):
-        raise ConfigError(
-            f"model {model!r}: the API key in {env} holds a control character or one "
-            f"outside ASCII, which cannot go in an HTTP header; set {env} to the key alone"
-        )
-    return key
-
-
 def trusted_client(
     model: str,
     settings: ServerSettings,
@@ -178,32 +151,18 @@ def trusted_client(
     allow_urls: frozenset[str],
 ) -> tuple[ServerClient, str | None]:
     """A client for a recorded server model, and the variable its key comes from: on
-    the user's word only. A record is shared and untrusted, so its URL is reached only
-    when the user's models.toml has a server there or --allow-url names it, and a key is
-    sent only when models.toml names one for that URL (the record's api_key_env is
-    ignored: it would let a record send any variable anywhere)."""
+    the user's word only (backends/credentials.py: its URL is reached only when the
+    user's models.toml has a server there or --allow-url names it, and a key is sent
+    only when models.toml names one for that URL)."""
     sources = [
         spec.source
         for spec in (loaded.config.models.values() if loaded is not None else [])
         if isinstance(spec.source, ServerSource) and public_url(spec.source.url) == settings.url
     ]
-    if not sources and settings.url not in allow_urls:
-        where = f"a server of {loaded.path}" if loaded is not None else "in models.toml"
-        raise UntrustedServer(
-            f"model {model!r} of this run is on {settings.url}, which is not {where}; a "
-            "record does not choose where localtable connects: add the server to "
-            f"models.toml, or pass --allow-url {settings.url} if you trust it"
-        )
-    envs = sorted({s.api_key_env for s in sources if s.api_key_env is not None})
-    if len(envs) > 1 and settings.api_key_env not in envs:
-        raise ConfigError(
-            f"model {model!r}: models.toml names several API key variables for "
-            f"{settings.url} ({', '.join(envs)}); give its models one api_key_env"
-        )
-    key_env = settings.api_key_env if settings.api_key_env in envs else next(iter(envs), None)
-    # models.toml's timeout; for an --allow-url server the record's, if in models.toml's range
-    recorded = settings.timeout if 0 < settings.timeout <= 86400 else 600.0
-    timeout = sources[0].timeout if sources else recorded
+    key_env, timeout = trusted_connection(
+        model, settings.url, recorded_key_env=settings.api_key_env,
+        recorded_timeout=settings.timeout, sources=sources, loaded=loaded, allow_urls=allow_urls,
+    )  # fmt: skip
     return ServerClient(settings.url, api_key(key_env, model), timeout), key_env
 
 

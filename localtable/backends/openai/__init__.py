@@ -1,0 +1,1 @@
+"""Panelists on OpenAI-compatible servers: Ollama, vLLM, SGLang, LM Studio, llama-server's /v1."""
