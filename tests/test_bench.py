@@ -310,7 +310,7 @@ def test_bare_calls_replay_every_generation_of_an_open_debate() -> None:
 
 
 def test_an_openai_column_gives_its_wall_time_over_the_native_server_column() -> None:
-    from localtable.bench import OPENAI_LABEL as LABEL
+    from localtable.backends.llamacpp.bench import OPENAI_LABEL as LABEL
 
     rep = report(["x"])
     rep.repeats = [
@@ -334,9 +334,8 @@ def test_an_openai_column_gives_its_wall_time_over_the_native_server_column() ->
 
 def test_the_openai_side_measures_every_generation_on_the_servers_v1(tmp_path: Path) -> None:
     """Through the stand-in's llama-server /v1: each turn, the labels and the summary."""
-    from localtable.bench import OPENAI_LABEL as LABEL
-    from localtable.bench import RecordingOpenAIBackend, openai_config
-
+    from localtable.backends.llamacpp.bench import OPENAI_LABEL as LABEL
+    from localtable.backends.llamacpp.bench import RecordingOpenAIBackend, openai_config
     from localtable.backends.openai.source import OpenAISource
     from tests.fakeopenai import FakeOpenAIServer
 
