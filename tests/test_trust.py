@@ -417,7 +417,19 @@ def test_a_summary_claiming_a_false_held_position_is_refused_and_a_later_one_kep
         ("Qwen 0.5B holds a different view from the others.", [("Qwen 0.5B", [])]),
         ("Qwen 1.5B Skeptic was the lone dissenter.", [("Qwen 1.5B Skeptic", [])]),
         ("Qwen 0.5B dissents on cost.", [("Qwen 0.5B", [])]),
+        # opposing "this argument": against the panelists the clause before names (the
+        # summary of a demo at 0270f06, where both held the same position)
+        (
+            "Qwen 1.5B argues that banning cars could add to congestion, air pollution, and "
+            "degradation. Qwen 0.5B is skeptical of this argument, arguing that it does not "
+            "outweigh the benefits.",
+            [("Qwen 0.5B", ["Qwen 1.5B"])],
+        ),
+        ("Qwen 1.5B argues for it. Qwen 1.5B Skeptic counters this view.",
+         [("Qwen 1.5B Skeptic", ["Qwen 1.5B"])]),
         # not a claim about the panel, or not one it can read
+        ("Qwen 1.5B argues for it. Qwen 0.5B is skeptical of the cost.", []),
+        ("Qwen 1.5B Skeptic is skeptical of the release.", []),
         ("Qwen 1.5B Skeptic opposes the release.", []),  # maybe the panel's own position
         ("Qwen 1.5B argues against it on cost, while Qwen 0.5B argues against it on risk.", []),
         ("Qwen 1.5B Skeptic disagrees with the release.", []),

@@ -27,10 +27,12 @@ A panelist is said to hold another position than some others (`dissents`) when
 it "disagrees", "dissents", "holds a different view", "stands alone" ... (apart
 from the panelists named after "with" or "from", else from those the clause
 before names, else from the panel), or "argues against", "opposes", "objects",
-"counters" ... set against others: a clause after "but", "while", "however" ...
-whose clause before names other panelists who do not oppose as well, or "unlike
-X". Alone, "X opposes the ban" may well be the panel's own position, so it is
-not read; in a counterpoint when all agreed it is a dissent.
+"counters", "is skeptical of" ... set against others: a clause after "but",
+"while", "however" ... whose clause before names other panelists who do not
+oppose as well, "unlike X", or "this argument" (what the clause before said, so
+against the panelists it names). Alone, "X opposes the ban" may well be the
+panel's own position, so it is not read; in a counterpoint when all agreed it is
+a dissent.
 """
 
 from __future__ import annotations
@@ -107,7 +109,16 @@ _APART = re.compile(
 _AGAINST = re.compile(
     rf"{_NOT_A_NOUN}\b(?:argu(?:es|ed|ing|e) (?:against|otherwise|the opposite)|"
     r"oppos(?:es|ed|ing|e)|object(?:s|ed|ing)?|reject(?:s|ed|ing)?|counter(?:s|ed|ing)?|"
-    r"push(?:es|ed|ing)? back|disput(?:es|ed|ing|e))\b",
+    r"push(?:es|ed|ing)? back|disput(?:es|ed|ing|e)|"
+    r"(?:is|was|are|were|remains?|remained|seems?|seemed)\s+(?:skeptical|sceptical|doubtful|"
+    r"unconvinced|critical)\s+(?:of|about))\b",
+    re.IGNORECASE,
+)
+# ... of what the clause before said: "Z counters this argument" sets Z against the
+# panelists that clause names ("Y argues that ...; Z is skeptical of this argument")
+_THAT_ARGUMENT = re.compile(
+    r"^\s+(?:this|that|these|those|their|his|her|its|such)\s+(?:argument|view|position|"
+    r"claim|point|reasoning|idea|stance|answer|conclusion|proposal)s?\b",
     re.IGNORECASE,
 )
 # After "disagrees with" / "differs from": the panel, not a named panelist
@@ -247,12 +258,13 @@ def _apart_from(clause: str, mentions: list[tuple[int, int, str]], end: int) -> 
 
 def _set_apart_from(
     clause: str, contrasted: bool, prev: str, verb: re.Match[str], who: list[str],
-    labels: list[str], against_panel: bool,
+    labels: list[str], against_panel: bool, last_named: str,
 ) -> list[str] | None:  # fmt: skip
     """Whom the panelists `who` are set apart from by `verb` (see the module's
     docstring): the names before it in a "While X ..." clause, after "unlike", in a
-    contrasted clause before, or after "disagrees with"; [] for the panel; None
-    when the clause sets them against nobody it can read."""
+    contrasted clause before, after "disagrees with", or in `last_named` (the last
+    clause before that names a panelist) for "this argument"; [] for the panel;
+    None when the clause sets them against nobody it can read."""
     mentions = _mentions(clause, labels)
     earlier = [x for x in mentions if x[1] <= verb.start()]
     within = [label for label in _named(clause, earlier) if label not in who]
@@ -264,6 +276,9 @@ def _set_apart_from(
         return unlike
     if contrasted and before and not _AGAINST.search(prev):
         return before
+    if verb.re is _AGAINST and _THAT_ARGUMENT.match(clause[verb.end() :]):
+        argued = [label for label in _named(last_named, _mentions(last_named, labels))]
+        return [label for label in argued if label not in who] or None
     if verb.re is _APART:
         named = _apart_from(clause, mentions, verb.end())
         return named if named != [] else before
@@ -278,8 +293,11 @@ def dissents(
     `against_panel` (a counterpoint when all agreed) a verb of opposing alone counts."""
     out: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     clauses = _clauses(text)
+    last_named = ""
     for i, (clause, contrasted) in enumerate(clauses):
         prev = clauses[i - 1][0] if i else ""
+        if prev and _mentions(prev, labels):
+            last_named = prev
         mentions = _mentions(clause, labels)
         for verb in [*_APART.finditer(clause), *_AGAINST.finditer(clause)]:
             lead = clause[: verb.start()]
@@ -288,7 +306,9 @@ def dissents(
             who = _subjects(clause, mentions, verb.start())
             if not who:
                 continue
-            others = _set_apart_from(clause, contrasted, prev, verb, who, labels, against_panel)
+            others = _set_apart_from(
+                clause, contrasted, prev, verb, who, labels, against_panel, last_named
+            )
             if others is not None:
                 for label in who:
                     out[(label, tuple(others))] = others
