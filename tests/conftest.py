@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,11 @@ def subprocess_env(cache: Path) -> dict[str, str]:
     env["LOCALTABLE_CACHE"] = str(cache)
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+def default_sighup() -> None:
+    """Popen's preexec_fn for a test that sends SIGHUP: a suite started under nohup
+    passes SIGHUP ignored on to every process it starts, and localtable keeps an
+    ignored SIGHUP ignored, as nohup asks (stopsignals.py). The child starts with
+    the default, so the test sees what a terminal's hangup does to localtable."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
