@@ -325,17 +325,16 @@ def reasoning_cut(record: RunRecord, turn: TurnRecord) -> bool:
     return len(raw_reasoning(turn.text, order, multiline=multiline)) >= bound
 
 
-def _shown_unmarked(record: RunRecord, turn: TurnRecord) -> bool:
-    """A cut reasoning shown without "…": in the layouts (reasoning_shown where the
-    record knows the cut, the reasoning as kept before), or in a later round's prompt
-    as the record keeps it (the peers' view: "Reasoning: <it>" then the next line)."""
-    reasoning = turn.parsed.reasoning if turn.parsed else ""
-    shown = turn.reasoning_shown if turn.reasoning_cut is not None else reasoning
+def _shown_unmarked(record: RunRecord, turn: TurnRecord, field: str, kept: str, shown: str) -> bool:
+    """A cut `field` ("Reasoning", "Answer") shown without "…": in the layouts (`shown`:
+    what they print where the record knows the cut, else `kept`, the text as parsed),
+    or in a later round's prompt as the record keeps it (the peers' view: "Field: <it>"
+    then the next line)."""
     if not shown.rstrip().endswith("…"):
         return True
-    if reasoning.rstrip().endswith("…"):
+    if kept.rstrip().endswith("…"):
         return False
-    seen = f"Reasoning: {reasoning}\n"
+    seen = f"{field}: {kept}\n"
     return any(
         t.generation is not None and seen in t.generation.prompt
         for t in record.turns
@@ -352,8 +351,10 @@ def unmarked_cuts(records: list[RunRecord]) -> tuple[int, list[Example]]:
         if not reasoning_cut(r, t):
             continue
         cut += 1
-        if _shown_unmarked(r, t):
-            tail = t.parsed.reasoning[-60:] if t.parsed else ""
+        reasoning = t.parsed.reasoning if t.parsed else ""
+        shown = t.reasoning_shown if t.reasoning_cut is not None else reasoning
+        if _shown_unmarked(r, t, "Reasoning", reasoning, shown):
+            tail = reasoning[-60:]
             out.append(Example(run_id=r.run_id, round=t.round, panelist=t.panelist, text=tail))
     return cut, out
 
@@ -372,34 +373,17 @@ def answer_cut(record: RunRecord, turn: TurnRecord) -> bool:
     return len(turn.parsed.answer) >= turn.answer_max_chars - 1
 
 
-def _answer_unmarked(record: RunRecord, turn: TurnRecord) -> bool:
-    """A cut answer shown without "…": in the layouts (answer_shown where the record
-    knows the cut, the answer as kept before), or in a later round's prompt as the
-    record keeps it (the peers' view: "Answer: <it>" then the next line)."""
-    answer = turn.parsed.answer if turn.parsed else ""
-    shown = turn.answer_shown if turn.answer_cut is not None else answer
-    if not shown.rstrip().endswith("…"):
-        return True
-    if answer.rstrip().endswith("…"):
-        return False
-    seen = f"Answer: {answer}\n"
-    return any(
-        t.generation is not None and seen in t.generation.prompt
-        for t in record.turns
-        if t.round == turn.round + 1 and t.panelist != turn.panelist
-    )
-
-
 def unmarked_answers(records: list[RunRecord]) -> tuple[int, list[Example]]:
     """(ok turns whose answer the grammar's bound stopped (answer_cut()), those of them
-    shown without a closing "…" (_answer_unmarked), with the answer's last words)."""
+    shown without a closing "…" (_shown_unmarked), with the answer's last words)."""
     cut = 0
     out = []
     for r, t, answer in ok_turns(records):
         if not answer_cut(r, t):
             continue
         cut += 1
-        if _answer_unmarked(r, t):
+        shown = t.answer_shown if t.answer_cut is not None else answer
+        if _shown_unmarked(r, t, "Answer", answer, shown):
             out.append(Example(run_id=r.run_id, round=t.round, panelist=t.panelist,
                                text=answer[-60:]))  # fmt: skip
     return cut, out
