@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
+from localtable.backends.base import BackendDown, TurnFailed
 from localtable.backends.urls import public_url
 
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection
@@ -31,6 +32,7 @@ MAX_BODY = 64 << 20  # bytes of an answer, at most
 RETRY_AFTER_MAX = 3600.0  # seconds: a longer Retry-After is read as this
 
 T = TypeVar("T", bound=BaseModel)
+Result = TypeVar("Result")
 
 
 class ServerError(Exception):
@@ -282,3 +284,15 @@ class JsonClient:
             raise ServerBadAnswer(
                 self.fail(f"{endpoint} answered outside {self.api} API ({where}: {first['msg']})")
             ) from None
+
+
+def turn_request(call: Callable[[], Result]) -> Result:
+    """A request whose failure is the turn's: a 400 fails the turn (the same request
+    would be refused again), anything else stops the run (BackendDown: resume goes on
+    once the server is back)."""
+    try:
+        return call()
+    except ServerRejected as exc:
+        raise TurnFailed(str(exc)) from None
+    except ServerError as exc:
+        raise BackendDown(str(exc)) from None

@@ -31,7 +31,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from localtable.backends.base import (
     BackendDown,
@@ -45,6 +45,7 @@ from localtable.backends.httpjson import (
     ServerDown,
     ServerError,
     ServerRejected,
+    turn_request,
 )
 from localtable.backends.openai import dialects
 from localtable.backends.openai.client import OpenAIClient, Reply
@@ -54,7 +55,6 @@ from localtable.backends.openai.markup import plain, plain_messages
 from localtable.backends.openai.settings import OpenAISettings, identity_now
 from localtable.errors import LocaltableError
 
-T = TypeVar("T")
 RETRIES = 2  # repeats of a request the server dropped or was too busy for
 BUSY_WAIT_MAX = 60.0  # seconds: a 429 asking for a longer wait stops the run instead
 PER_MESSAGE = 16  # tokens a chat template adds per message, at most (bytes counting)
@@ -100,8 +100,8 @@ class OpenAISeat:
             text = sum(len(m["content"].encode("utf-8")) for m in messages)
             return text + PER_MESSAGE * (len(messages) + 1)
         if self.settings.server == "llama-server":
-            return self._call(lambda: self.client.llama_count(messages))
-        return self._call(lambda: self.client.vllm_count(self.settings.model, messages))
+            return turn_request(lambda: self.client.llama_count(messages))
+        return turn_request(lambda: self.client.vllm_count(self.settings.model, messages))
 
     def count_tokens(self, messages: list[ChatMessage]) -> int:
         return self._count(plain_messages(messages, "")[0])
@@ -110,8 +110,8 @@ class OpenAISeat:
         if self.settings.counting == "bytes":
             return len(text.encode("utf-8"))
         if self.settings.server == "llama-server":
-            return len(self._call(lambda: self.client.llama_tokenize(text, special=False)))
-        return self._call(lambda: self.client.vllm_count(self.settings.model, None, text))
+            return len(turn_request(lambda: self.client.llama_tokenize(text, special=False)))
+        return turn_request(lambda: self.client.vllm_count(self.settings.model, None, text))
 
     def _check_plain(self, messages: list[dict[str, str]]) -> None:
         """llama-server: no text sent may hold a control token (with control tokens
@@ -123,8 +123,8 @@ class OpenAISeat:
             with self._lock:
                 known = self._plain.get(text)
             if known is None:
-                special = self._call(lambda t=text: self.client.llama_tokenize(t, special=True))  # type: ignore[misc]
-                known = special == self._call(
+                special = turn_request(lambda t=text: self.client.llama_tokenize(t, special=True))  # type: ignore[misc]
+                known = special == turn_request(
                     lambda t=text: self.client.llama_tokenize(t, special=False)  # type: ignore[misc]
                 )
                 with self._lock:
@@ -139,14 +139,6 @@ class OpenAISeat:
                 )
 
     # -- requests ------------------------------------------------------------------
-
-    def _call(self, call: Callable[[], T]) -> T:
-        try:
-            return call()
-        except ServerRejected as exc:
-            raise TurnFailed(str(exc)) from None
-        except ServerError as exc:
-            raise BackendDown(str(exc)) from None
 
     def changed_server(self) -> list[str] | None:
         """What changed on the server since the record (its version, model, fingerprint);

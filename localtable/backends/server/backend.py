@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
@@ -49,6 +49,7 @@ from localtable.backends.base import (
 )
 from localtable.backends.chatformat import FormattedPrompt, format_prompt
 from localtable.backends.credentials import api_key, trusted_connection
+from localtable.backends.httpjson import turn_request
 from localtable.backends.promptpiece import PromptPiece
 from localtable.backends.server.client import (
     Completion,
@@ -77,7 +78,6 @@ REPEAT_LAST_N = 64  # llama-cpp-python's last_n_tokens_size: the in-process pena
 RETRIES = 2  # repeats of a request the server dropped, when a repeat is identical
 TOKEN_CACHE = 4096  # tokenized prompt pieces kept per server
 
-T = TypeVar("T")
 
 # llama.cpp's CHATML_TEMPLATE_SRC (common/chat.cpp): what /props shows for a model
 # without a chat template of its own. It is not the model's: "auto" then means
@@ -246,7 +246,7 @@ class ServerSeat:
             cached = self._tokens.get(key)
         if cached is not None:
             return cached
-        tokens = self._call(
+        tokens = turn_request(
             lambda: in_vocabulary(
                 self.client.url,
                 "/tokenize",
@@ -278,16 +278,6 @@ class ServerSeat:
         return len(self._piece_tokens(PromptPiece(text=text, special=False)))
 
     # -- requests ------------------------------------------------------------------
-
-    def _call(self, call: Callable[[], T]) -> T:
-        """A request whose failure is the turn's: a 400 fails the turn (the same request
-        would be refused again), anything else stops the run (BackendDown)."""
-        try:
-            return call()
-        except ServerRejected as exc:
-            raise TurnFailed(str(exc)) from None
-        except ServerError as exc:
-            raise BackendDown(str(exc)) from None
 
     def changed_server(self) -> list[str] | None:
         """What changed on the server since the record (build, model, context, slots);
