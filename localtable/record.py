@@ -324,6 +324,10 @@ class MemoryRecord(Frozen):
 QuestionKind = Literal["open", "choice", "number"]
 
 
+# Free text's answer rules, by name (debate/answers.py's ANSWER_RULES reads them).
+AnswerRuleName = Literal["last_number", "boxed_or_last_number"]
+
+
 class ProtocolSettings(Frozen):
     """How a debate runs: a protocol's protocol.toml (localtable/protocols.py reads and
     checks it; docs/protocol.md). The defaults are the roundtable protocol's, which a
@@ -344,7 +348,7 @@ class ProtocolSettings(Frozen):
         default="structured", description="a turn under the grammar (turn.gbnf.j2), or "
         "free text whose answer the answer rule reads",
     )  # fmt: skip
-    answer_rule: Literal["", "last_number"] = Field(
+    answer_rule: Literal[""] | AnswerRuleName = Field(
         default="", description="free text: how its answer is read (debate/answers.py)"
     )
     max_tokens: list[int] = Field(

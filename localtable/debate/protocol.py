@@ -30,9 +30,10 @@ from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import BackendDown, ChatMessage, TurnFailed, TurnRequest, TurnResult
 from localtable.debate import positions as pos
-from localtable.debate.answers import ANSWER_RULES, normalize_open, same_position, stance
+from localtable.debate.answers import normalize_open, same_position, stance
 from localtable.debate.claims import Facts, contradictions, record_facts
 from localtable.debate.consensus import compute_consensus
+from localtable.debate.freetext import free_turn
 from localtable.debate.parsing import (
     ParsedLabels,
     ParsedSummary,
@@ -727,18 +728,10 @@ class Debate:
     def _free_turn(self, p: PanelistRecord, round_no: int, generation: Generation) -> TurnRecord:
         """A free text turn: its answer is what the protocol's answer rule reads in it
         (none: the turn failed, its reply kept; later rounds still show it to peers)."""
-        rule = self.settings.answer_rule
-        answer = ANSWER_RULES[rule](generation.raw_output)
-        if answer is None:
-            why = f"unusable answer: the answer rule {rule} reads no number in the reply"
-            return TurnRecord(round=round_no, panelist=p.name, status="failed", error=why,
-                              generation=generation)  # fmt: skip
-        parsed = ParsedTurn(answer=answer, reasoning=generation.raw_output.strip())
-        turn = TurnRecord(
-            round=round_no, panelist=p.name, status="ok", generation=generation, parsed=parsed,
-            reasoning_cut=generation.finish_reason == "length",  # max_tokens cut it off
-        )  # fmt: skip
-        return self._answer_changed(turn, parsed) if round_no > 1 else turn
+        turn = free_turn(round_no, p.name, generation, self.settings.answer_rule)
+        if turn.parsed is None or round_no == 1:
+            return turn
+        return self._answer_changed(turn, turn.parsed)
 
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
         self._begin(round_no, p.name)
