@@ -37,6 +37,8 @@ from localtable.storage import StorageError, read_versioned, remove_stale_temps,
 SCHEMA_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 RECORD_FILE = "record.json"
+# A study's shipped copy of a finished record: gzip, deterministic (research/studypack.py).
+PACKED_RECORD_FILE = "record.json.gz"
 # A run id names the run's folder: one path component (`replay` writes <id>-replay-...
 # next to the runs it reads, and records are shared, so a record must not name "../x").
 RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
@@ -617,15 +619,19 @@ READERS: dict[int, Callable[[dict[str, Any]], RunRecord]] = {
 assert TARGET_VERSION == SCHEMA_VERSION and set(READERS) == set(READABLE_VERSIONS)
 
 
-def read_record(run_dir: Path) -> RunRecord:
+def read_record(run_dir: Path, *, follow_links: bool = True, packed: bool = False) -> RunRecord:
+    """The run's record.json; packed: its shipped copy, record.json.gz (bounded once
+    decompressed too). follow_links=False refuses a record file that is a link."""
     try:
         return read_versioned(
-            record_path(run_dir),
+            run_dir / PACKED_RECORD_FILE if packed else record_path(run_dir),
             what="run record",
             version_key="schema_version",
             label="schema version",
             limit=RECORD_MAX_BYTES,
             readers=READERS,
+            follow_links=follow_links,
+            gzipped=packed,
         )
     except StorageError as exc:
         raise RecordError(str(exc)) from None
