@@ -196,12 +196,12 @@ def record_facts(record: RunRecord) -> Facts:
     majority = groups[0].members if unique and not all_agreed else []
     minority = [m for g in groups[1:] for m in g.members] if majority else []
     changed = dict.fromkeys(name for name, _, _ in pos.changes(record))
-    finals = {t.panelist: t.parsed.answer for t in record.final_turns() if t.status == "ok"
-              if t.parsed is not None}  # fmt: skip
+    # the leading yes/no of each valid final answer (an open question's)
     stances = {
-        name: said
-        for name, answer in finals.items()
-        if record.question_kind == "open" and (said := stance(answer)) is not None
+        t.panelist: said
+        for t in record.final_turns()
+        if record.question_kind == "open" and t.status == "ok" and t.parsed is not None
+        if (said := stance(t.parsed.answer)) is not None
     }
     return Facts(
         labels=[p.label for p in record.panelists],
