@@ -283,6 +283,10 @@ class Consensus(Frozen):
     line: str
 
 
+# A summary's lines, as the record names them
+SummaryLine = Literal["summary", "counterpoint", "headline"]
+
+
 class SummaryRecord(Frozen):
     status: TurnStatus
     summarizer: str
@@ -306,6 +310,29 @@ class SummaryRecord(Frozen):
         le=MAX_TEXT,
         description="where the grammar ended a summary line (for display)",
     )
+    cut: list[SummaryLine] | None = Field(
+        default=None,
+        description="the lines the grammar's bound stopped mid-sentence (debate/parsing.py "
+        "line_cut); None in records before it was kept",
+    )
+
+    def line_cut(self, line: SummaryLine) -> bool:
+        """Whether a length cap stopped a line: `cut` where the record keeps it; before
+        it, a headline or counterpoint at the grammar's line bound, or a summary that
+        max_tokens ended."""
+        if self.cut is not None:
+            return line in self.cut
+        if line == "summary":
+            return bool(self.generation and self.generation.finish_reason == "length")
+        limit = self.line_max_chars
+        return limit is not None and len(getattr(self, line)) >= limit - 1
+
+    def shown(self, line: SummaryLine) -> str:
+        """A line as layouts show it: one a length cap stopped ends at its last full
+        sentence, or mid-sentence, and with "…" either way (mark_cut), as a cut answer
+        does. The record keeps the line as generated."""
+        text: str = getattr(self, line)
+        return mark_cut(text) if text and self.line_cut(line) else text
 
 
 RunStatus = Literal["running", "complete", "failed", "interrupted"]

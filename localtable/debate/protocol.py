@@ -985,6 +985,7 @@ class Debate:
                 summary=parsed.summary,
                 consensus=consensus,
                 line_max_chars=SUMMARY_LINE_MAX_CHARS,
+                cut=parsed.cut,
             )
         )
 
@@ -1039,6 +1040,7 @@ class Debate:
             changes=changes_view if finals_view else [],
             minority=facts.minority if finals_view else [],
             agreed=facts.all_agreed,
+            stance=(facts.stance or "") if finals_view else "",
         ).strip()
 
     def _write_summary(
@@ -1054,7 +1056,7 @@ class Debate:
         system = self.templates.render("summary_system.j2").strip()
         grammar = self.templates.render(
             "summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS, summary_max=SUMMARY_MAX_CHARS,
-            minority=facts.minority,
+            minority=facts.minority, kind=self.record.question_kind, stance=facts.stance or "",
         )  # fmt: skip
         messages, sampling, rules = self.fit(
             summarizer.name,
@@ -1081,7 +1083,7 @@ class Debate:
                 question=self.record.question,
                 instructions=instructions,
             )
-            false = contradictions(parsed.summary, parsed.counterpoint, facts)
+            false = contradictions(parsed.summary, parsed.counterpoint, facts, parsed.headline)
             if false:
                 raise ContradictsRecord("; ".join(false))
             return parsed
