@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from localtable.errors import RecordError, RecordWriteError
-from localtable.record_upgrade import TARGET_VERSION, upgrade_v2, upgrade_v3
+from localtable.record_upgrade import TARGET_VERSION, upgrade_v2, upgrade_v3, upgrade_v4
 from localtable.runlock import lock_holder
 from localtable.storage import StorageError, read_versioned, remove_stale_temps, write_atomic
 
@@ -33,9 +33,13 @@ from localtable.storage import StorageError, read_versioned, remove_stale_temps,
 # whether it changed, and the order each turn's fields were generated in (reasoning
 # first since 4; versions up to 3 generated the answer first). Fields added to 4 later
 # are optional with an empty default (`decode`, `Generation.batch`, `reasoning_cut`,
-# `samples`), so a record written before them reads unchanged, with no upgrade step.
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# `samples`, ...), so a record written before them reads unchanged, with no upgrade
+# step; in 5 they are fields like any other. 5 derives every seed from the question
+# too (`seed_scheme` "question", debate/seeds.py): up to 4 a seat drew the same seeds
+# on every question of a batch. Version 4 reads as 5 with `seed_scheme` "run", the
+# seeds it was run with, so its resume and replay stay byte-identical.
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 RECORD_FILE = "record.json"
 # A study's shipped copy of a finished record: gzip, deterministic (research/studypack.py).
 PACKED_RECORD_FILE = "record.json.gz"
@@ -351,6 +355,9 @@ class MemoryRecord(Frozen):
 
 
 QuestionKind = Literal["open", "choice", "number"]
+# How each generation's seed derives from the run seed (debate/seeds.py): "question",
+# from the question too (version 5); "run", the same on every question (versions 1-4).
+SeedScheme = Literal["question", "run"]
 
 
 # Free text's answer rules, by name (debate/answers.py's ANSWER_RULES reads them).
@@ -407,7 +414,7 @@ class ProtocolRecord(Frozen):
 
 
 class RunRecord(Frozen):
-    schema_version: Literal[4] = 4  # SCHEMA_VERSION
+    schema_version: Literal[5] = 5  # SCHEMA_VERSION
     run_id: str = Field(pattern=RUN_ID)
     created_at: datetime
     finished_at: datetime | None = None
@@ -422,6 +429,12 @@ class RunRecord(Frozen):
     panel: str
     rounds: int = Field(ge=1, le=MAX_ROUNDS)
     seed: int
+    seed_scheme: SeedScheme = Field(
+        default="question",
+        description="how each generation's seed derives from `seed` (debate/seeds.py): "
+        "'question', from the question's sha256 too (version 5); 'run', from the run seed, "
+        "step and seat alone, the same on every question (records up to version 4)",
+    )
     anonymous: bool
     template_date: str = Field(description="the date chat templates see (pinned)")
     reuse_prefix: bool = Field(default=False, description="KV prefix reuse (same output)")
@@ -630,18 +643,23 @@ def find_run(run: str, runs_dir: Path) -> Path:
 
 
 def _read_v2(raw: dict[str, Any]) -> RunRecord:
-    return RunRecord.model_validate(upgrade_v3(upgrade_v2(raw)))
+    return RunRecord.model_validate(upgrade_v4(upgrade_v3(upgrade_v2(raw))))
 
 
 def _read_v3(raw: dict[str, Any]) -> RunRecord:
-    return RunRecord.model_validate(upgrade_v3(raw))
+    return RunRecord.model_validate(upgrade_v4(upgrade_v3(raw)))
+
+
+def _read_v4(raw: dict[str, Any]) -> RunRecord:
+    return RunRecord.model_validate(upgrade_v4(raw))
 
 
 READERS: dict[int, Callable[[dict[str, Any]], RunRecord]] = {
     1: _read_v2,  # version 1 is version 2 without two optional fields
     2: _read_v2,
     3: _read_v3,
-    4: RunRecord.model_validate,
+    4: _read_v4,
+    5: RunRecord.model_validate,
 }
 assert TARGET_VERSION == SCHEMA_VERSION and set(READERS) == set(READABLE_VERSIONS)
 

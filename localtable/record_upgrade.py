@@ -6,13 +6,15 @@ their models carried llama.cpp's load settings as fields, the record had one
 Each upgrade below maps an old record, as raw JSON, onto the next version without
 loss, so old records still render, resume and replay (record.py reads them).
 Version 3 generated every turn answer first; version 4 records the order.
+Up to version 4 the seeds did not depend on the question; version 5 names the
+scheme its seeds were derived by, and a version 4 record reads as the old one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-TARGET_VERSION = 4  # record.SCHEMA_VERSION, which reads through this module
+TARGET_VERSION = 5  # record.SCHEMA_VERSION, which reads through this module
 
 # What versions 1 and 2 computed in code when they rendered (answers: about half
 # the token budget, at most 400 characters; summary lines: 160 characters).
@@ -42,11 +44,18 @@ V3_ROUND1_ORDER = ["answer", "reasoning"]
 V3_LATER_ORDER = ["decision", "answer", "influenced_by", "reasoning"]
 
 
+def upgrade_v4(raw: dict[str, Any]) -> dict[str, Any]:
+    """A version 4 record (or an older one upgraded to 4) as version 5: its seeds were
+    derived from the run seed, step and seat alone (seed_scheme "run"), and resume and
+    replay derive them the same way. Version 5 holds every field of 4 as it was."""
+    return {**raw, "schema_version": TARGET_VERSION, "seed_scheme": "run"}
+
+
 def upgrade_v3(raw: dict[str, Any]) -> dict[str, Any]:
     """A version 3 record as version 4: each parsed turn gets the order its fields
     were generated in (answer first); open positions were not labelled then."""
     out = dict(raw)
-    out["schema_version"] = TARGET_VERSION
+    out["schema_version"] = 4
     turns = []
     for t in raw.get("turns", []):
         if isinstance(t.get("parsed"), dict):

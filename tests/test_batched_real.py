@@ -47,8 +47,10 @@ SEED = 42
 # the batch package and the protocols as data kept this one. It was a005bdbf... until
 # issue #26's summary grammar (each line ends at a sentence end, trust3): the turns and
 # labels are the same, the headline no longer stops without one ("... carry electric
-# vehicles (B)").
-SEQUENTIAL_BEFORE = "2d4326b16ebabf6176a34dc34f9ccce97c7fe76812c250b947a4e01ccb313045"
+# vehicles (B)"). It was 2d4326b1... until version 5's seeds, which depend on the
+# question; the seeds of records up to version 4 (seed_scheme "run") still give that
+# one (checked by hand), so the seeds are all that changed it.
+SEQUENTIAL_BEFORE = "ecdd44d6bc1ae171537b6a9ae45ed4e61443444c21a7ec9011340515752e9886"
 
 
 class LoggingEngine(Engine):

@@ -7,7 +7,8 @@ import pytest
 
 from localtable.debate import positions as pos
 from localtable.debate.parsing import ParsedLabels
-from localtable.debate.protocol import Debate, stage_seed
+from localtable.debate.protocol import Debate
+from localtable.debate.seeds import Seeds
 from localtable.record import ParsedTurn, RunRecord, TurnRecord
 from localtable.report.render import build_view
 from localtable.templates import builtin
@@ -57,7 +58,7 @@ def test_round_one_labels_give_every_valid_turn_its_position() -> None:
     )
     assert label_calls(speaker) == [3]  # after the round, before the summary
     call = speaker.calls[3]
-    assert call.panelist == "A1" and call.seed == stage_seed(7, "labels1", 0)
+    assert call.panelist == "A1" and call.seed == Seeds.of(record).stage("labels1", 0)
     assert "A1: Ban them.\nB2: Keep them.\nC3: Yes, ban cars." in call.messages[-1].content
     assert "Positions already labelled" not in call.messages[-1].content
     assert [(p.letter, p.label, p.round) for p in record.positions] == [
@@ -111,7 +112,7 @@ def test_a_new_position_is_labelled_after_its_round_with_only_that_panelist() ->
     assert "Positions already labelled:\nPosition A: Ban\nPosition B: Keep" in prompt
     assert "C3: Charge tolls." in prompt and "Ban them." not in prompt
     assert "(new letters start at C)" in prompt
-    assert later.seed == stage_seed(7, "labels2", 0)
+    assert later.seed == Seeds.of(record).stage("labels2", 0)
     c3 = record.turn(2, "C3")
     assert c3 and c3.parsed and c3.parsed.position_claim == "new"
     assert c3.position == "C" and c3.position_changed is True
@@ -195,7 +196,7 @@ def test_labels_that_fail_three_times_fall_back_to_exact_answer_text() -> None:
         rounds=1,
     )
     assert len(label_calls(speaker)) == 3
-    seeds = [stage_seed(7, "labels1", attempt) for attempt in range(3)]
+    seeds = [Seeds.of(record).stage("labels1", attempt) for attempt in range(3)]
     assert [speaker.calls[i].seed for i in label_calls(speaker)] == seeds
     (labelling,) = record.labelings
     assert labelling.status == "failed" and labelling.generation is None
@@ -237,7 +238,7 @@ def test_labels_that_put_a_yes_and_a_no_in_one_position_are_refused() -> None:
     (labelling,) = record.labelings
     assert labelling.status == "ok" and labelling.generation is not None
     assert labelling.rejected == [
-        f"seed {stage_seed(7, 'labels1', 0)}: position A puts A1's 'yes' with B2's 'no'"
+        f"seed {Seeds.of(record).stage('labels1', 0)}: position A puts A1's 'yes' with B2's 'no'"
     ]
     assert [g.raw_output for g in labelling.rejected_generations] == [lumped]
     assert [t.position for t in record.turns] == ["A", "B", "A"]

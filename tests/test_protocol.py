@@ -14,10 +14,9 @@ from localtable.debate.protocol import (
     SHORTENING_RULES,
     Debate,
     answer_max_chars,
-    derive_seed,
     reasoning_max_chars,
-    stage_seed,
 )
+from localtable.debate.seeds import Seeds
 from localtable.record import RunRecord, read_record, transcript_sha256
 from localtable.session.run import RunInterrupted, execute
 from localtable.templates import builtin
@@ -103,8 +102,9 @@ def test_two_round_debate_records_everything() -> None:
     # seeds: explicit, per (round, panelist) or per step, recorded, all different
     seeds = [c.seed for c in speaker.calls]
     assert len(set(seeds)) == 8
-    assert record.turns[0].generation and record.turns[0].generation.seed == derive_seed(7, 1, 0)
-    assert labelling.generation and labelling.generation.seed == stage_seed(7, "labels1", 0)
+    seeds_of = Seeds.of(record)
+    assert record.turns[0].generation and record.turns[0].generation.seed == seeds_of.turn(1, 0)
+    assert labelling.generation and labelling.generation.seed == seeds_of.stage("labels1", 0)
 
 
 def test_round_two_sees_others_latest_answers_and_positions_not_own() -> None:
@@ -298,7 +298,7 @@ def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
     assert record.summary is not None and record.summary.status == "ok"
     assert record.summary.headline == "Yes, open source wins."
-    seeds = [derive_seed(7, 2 + attempt, 0) for attempt in range(3)]
+    seeds = [Seeds.of(record).turn(2 + attempt, 0) for attempt in range(3)]
     assert [c.seed for c in speaker.calls[-3:]] == seeds
     assert record.summary.generation and record.summary.generation.seed == seeds[2]
     assert record.summary.rejected == [
@@ -360,7 +360,7 @@ def test_a_headline_restating_the_question_is_retried_then_fails_but_consensus_s
     assert summary.error == "unusable summary: the headline restates the question: " + repr(
         "Open source is good"
     )
-    seeds = [derive_seed(7, 2 + attempt, 0) for attempt in range(3)]
+    seeds = [Seeds.of(record).turn(2 + attempt, 0) for attempt in range(3)]
     assert [r.split(":")[0] for r in summary.rejected] == [f"seed {s}" for s in seeds]
     assert all("restates the question" in r for r in summary.rejected)
     assert summary.headline == ""  # no headline shown from a refused summary

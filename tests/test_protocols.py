@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from localtable.cli import cli
-from localtable.debate.protocol import Debate, derive_seed, sample_seed
+from localtable.debate.protocol import Debate
+from localtable.debate.seeds import Seeds
 from localtable.errors import ConfigError
 from localtable.protocols import (
     BUILT_IN,
@@ -28,7 +29,13 @@ from localtable.protocols import (
     load_protocol,
     recorded_protocol,
 )
-from localtable.record import RunRecord, read_record, transcript_sha256, write_record
+from localtable.record import (
+    RunRecord,
+    SeedScheme,
+    read_record,
+    transcript_sha256,
+    write_record,
+)
 from localtable.templates import TemplateSet
 from tests import fakebackend
 from tests.fakes import FakeSpeaker, Reply, make_record
@@ -46,23 +53,35 @@ SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Yes, open
 # end at a sentence end, the headline opens with the largest position's yes or no)
 # and the summary prompt's "starts with Yes" changed every request hash; the open
 # debate's summary now answers "Yes, ..." as its all-yes panel did (main gives its
-# transcript hash with that headline too).
+# transcript hash with that headline too). Those seeds are the "run" scheme's, which
+# records up to version 4 keep; version 5's seeds depend on the question too
+# ("question"), and change nothing else: the same debates, computed when it came.
 GOLDEN = {
-    "open": (
+    ("open", "run"): (
         "2af1fbe62aedacb631f131e78b1607d5a64ea7077c8a14b0e69e4b813cab7108",
         "e4f7ea868c48a599a4e70bfe5fbd0b2dc60a8926d2012598519399eda4935420",
     ),
-    "number": (
+    ("number", "run"): (
         "072f184a9481d76a73e15cd997f036cd8bf73d3dac5ac52d1dea5bc3ed0cd2e6",
         "999924dc14dae0139aa67ddc375b9a014c4d838d9e8bc0aa9039208709b32f7d",
+    ),
+    ("open", "question"): (
+        "3c45b71e699a9643a2883afaceb3dc9542a27b2f7311643bc96f07591509b0ff",
+        "877fa2e81b07e9dcdde488992974a08c9309a048ed71a8500a998d63a937bfe9",
+    ),
+    ("number", "question"): (
+        "b3532a718d7551fbf0bc2278d23279f037a45770db12ce8e589c0edd1f14621b",
+        "d1487af799875a34149fa11abc9b3920cef30d0bfb0e8ca8b664daf11deb2596",
     ),
 }
 # The same for `localtable debate` on the scripted panel below (seed 5): the
 # transcript's sha256, and that of every generation's prompt, grammar and seed (the
-# summary's grammar changed with issue #26; the transcript did not).
+# summary's grammar changed with issue #26; the transcript did not). Until version 5's
+# seeds (which depend on the question) it was f8a6cc8c... and 0cbcac4e..., which the
+# "run" scheme still gives: the seeds are all that changed.
 GOLDEN_CLI = (
-    "f8a6cc8c6d5d665a19cc56c6954075adfe55bdd6d17ace93ed0afdcc59f08f09",
-    "0cbcac4e96688751552af9e2bbdb3f86a7585913c5e866ef3e4e989ad5080181",
+    "e1cb3a2356c9bcc4c755ed139202b5a3310d86fb77886020bb35042016df082e",
+    "3772dc13c60e76805bb8f4eb60c06edcffc8d65c693ea745a29ebaa3e7f44bd6",
 )
 
 
@@ -102,12 +121,15 @@ def calls_sha(speaker: FakeSpeaker) -> str:
 
 @pytest.mark.parametrize("name", ["open", "number"])
 @pytest.mark.parametrize("recorded", [False, True])
+@pytest.mark.parametrize("scheme", ["run", "question"])
 def test_roundtable_keeps_the_transcripts_and_prompts_of_the_tree_before_protocols(
-    name: str, recorded: bool
+    name: str, recorded: bool, scheme: SeedScheme
 ) -> None:
     """As a new run records it (the protocol in the record, its templates from the
-    protocol's files) and as an older record reads (no protocol: roundtable)."""
+    protocol's files) and as an older record reads (no protocol: roundtable), under
+    either seed scheme."""
     record, speaker = {"open": open_debate, "number": number_debate}[name]()
+    record = record.model_copy(update={"seed_scheme": scheme})
     protocol = builtin_protocol("roundtable")
     if recorded:
         record = record.model_copy(update={"protocol": protocol.record()})
@@ -115,7 +137,7 @@ def test_roundtable_keeps_the_transcripts_and_prompts_of_the_tree_before_protoco
     done = Debate(record, speaker, templates, lambda r: None, lambda e: None).run()
     assert done.summary is not None and done.summary.status == "ok"
     assert all(t.status == "ok" for t in done.turns)
-    assert (transcript_sha256(done), calls_sha(speaker)) == GOLDEN[name]
+    assert (transcript_sha256(done), calls_sha(speaker)) == GOLDEN[name, scheme]
 
 
 TRIO = """
@@ -516,12 +538,14 @@ def test_vote_samples_are_drawn_recorded_hidden_resumed_and_replayed(
     # 2 samples a seat, in seat order, each with a seed of its own
     seeds = {p.name: p.index for p in record.panelists}
     assert [(s.panelist, s.generation.seed if s.generation else None) for s in record.samples] == [
-        (name, sample_seed(5, n, seeds[name])) for name in ("Ada", "Bob", "Cy") for n in (1, 2)
+        (name, Seeds.of(record).sample(n, seeds[name]))
+        for name in ("Ada", "Bob", "Cy")
+        for n in (1, 2)
     ]
     assert all(s.round == 1 and s.status == "ok" for s in record.samples)
     assert {s.parsed.answer for s in record.samples if s.parsed} == {"7", "8"}
     round1 = record.turn(1, "Ada")
-    assert round1 and round1.generation and round1.generation.seed == derive_seed(5, 1, 0)
+    assert round1 and round1.generation and round1.generation.seed == Seeds.of(record).turn(1, 0)
     first = record.samples[0].generation
     assert first is not None and first.prompt == round1.generation.prompt  # the same prompt
     # no peer sees a sample: round 2 shows each peer's round-1 turn only

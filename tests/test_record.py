@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from localtable.debate.seeds import Seeds
 from localtable.errors import RecordError
 from localtable.record import list_runs, read_record, transcript_sha256, write_record
 from localtable.report.render import render
@@ -38,13 +39,18 @@ def test_unknown_schema_version_fails_clearly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_stored_records_of_older_versions_read_as_version_4(tmp_path: Path, version: int) -> None:
+def test_stored_records_of_older_versions_read_as_version_5(tmp_path: Path, version: int) -> None:
     """Real records written by localtable at d1000e0 (version 2, and the same run as
     version 1 wrote it: no memory plan, no rejected summaries)."""
     stored = json.loads((DATA / f"record-v{version}-real.json").read_text(encoding="utf-8"))
     (tmp_path / "record.json").write_text(json.dumps(stored))
     record = read_record(tmp_path)
-    assert record.schema_version == 4
+    assert record.schema_version == 5 and record.seed_scheme == "run"
+    seeds = Seeds.of(record)  # the seeds they were run with, which resume derives again
+    index = {p.name: p.index for p in record.panelists}
+    assert [t.generation.seed for t in record.turns if t.generation] == [
+        seeds.turn(t.round, index[t.panelist]) for t in record.turns if t.generation
+    ]
     assert all(
         t.parsed.order[0] == ("answer" if t.round == 1 else "decision")
         for t in record.turns
@@ -64,20 +70,21 @@ def test_stored_records_of_older_versions_read_as_version_4(tmp_path: Path, vers
     for turn in record.turns:
         assert turn.answer_max_chars == max(40, min(400, 2 * max_tokens[turn.panelist]))
     assert record.summary is not None and record.summary.line_max_chars == 160
-    # and a record read back from version 3 is the same record
+    # written as version 5 (seed_scheme "run" kept), it reads back as the same record
     write_record(tmp_path, record)
     assert read_record(tmp_path) == record
     text = render(record, "text", builtin())  # renderers need only the record
     assert record.question in text and all(p.name in text for p in record.panelists)
 
 
-def test_a_version_3_record_reads_as_version_4_with_its_transcript_hash() -> None:
+def test_a_version_3_record_reads_as_version_5_with_its_transcript_hash() -> None:
     """tests/data/record.json was written as version 3: turns answer first, open
     positions grouped by the summarizer, no labels."""
     stored = json.loads((DATA / "record.json").read_text(encoding="utf-8"))
     assert stored["schema_version"] == 3
     record = read_record(DATA)
-    assert record.schema_version == 4 and record.positions == [] and record.labelings == []
+    assert record.schema_version == 5 and record.seed_scheme == "run"
+    assert record.positions == [] and record.labelings == []
     assert all(
         t.parsed.order == (["answer", "reasoning"] if t.round == 1 else
                            ["decision", "answer", "influenced_by", "reasoning"])

@@ -19,7 +19,8 @@ from localtable.backends.base import TurnRequest, TurnResult
 from localtable.debate.answers import answer_cut, answer_tail_max
 from localtable.debate.claims import Facts, claims, contradictions, dissents, misnamed, said
 from localtable.debate.parsing import ParseFailure, parse_turn
-from localtable.debate.protocol import Debate, derive_seed, reasoning_max_chars
+from localtable.debate.protocol import Debate, reasoning_max_chars
+from localtable.debate.seeds import Seeds
 from localtable.record import RunRecord, TurnRecord, mark_cut
 from localtable.report.render import render
 from localtable.templates import builtin
@@ -224,10 +225,10 @@ def test_a_summary_claiming_a_change_that_did_not_happen_is_refused_and_a_later_
     ]
     s = record.summary
     assert s and s.status == "ok" and s.summary.startswith("A1 argued that open code")
-    first = derive_seed(record.seed, record.rounds + 1, 0)
+    first = Seeds.of(record).turn(record.rounds + 1, 0)
     assert s.rejected == [f"seed {first}: it says B2 changed position, but B2 never did"]
     assert len(s.rejected_generations) == 1 and s.rejected_generations[0].raw_output == false
-    assert s.generation and s.generation.seed == derive_seed(record.seed, record.rounds + 2, 0)
+    assert s.generation and s.generation.seed == Seeds.of(record).turn(record.rounds + 2, 0)
     # the summary prompt said nobody changed, and asked for no change of mind
     prompt = next(c for c in speaker.calls if c.grammar.startswith('root ::= "Summary'))
     asked = prompt.messages[-1].content
@@ -391,7 +392,7 @@ def kept_after_refusal(answers: list[str], labels: str, *summaries: str) -> tupl
     record, _ = qwen_round(answers, labels, *summaries)
     s = record.summary
     assert s and s.status == "ok" and s.generation and s.rejected
-    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    seed = Seeds.of(record).turn(record.rounds + 1, 0)
     assert s.rejected[0].startswith(f"seed {seed}: ")
     return s.generation.raw_output, s.rejected[0].removeprefix(f"seed {seed}: ")
 
@@ -409,7 +410,7 @@ def test_a_summary_claiming_a_false_held_position_is_refused_and_a_later_one_kep
     record, _ = qwen_round([OPEN, OPEN, OPEN], labels, false, true)
     s = record.summary
     assert s and s.status == "ok" and s.summary.endswith("and so does Qwen 1.5B Skeptic.")
-    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    seed = Seeds.of(record).turn(record.rounds + 1, 0)
     assert s.rejected == [
         f"seed {seed}: it says Qwen 1.5B Skeptic holds another position, but all 3 agreed"
     ]
@@ -561,7 +562,7 @@ def test_when_all_agreed_the_counterpoint_is_free_but_has_nobody_dissent() -> No
     assert '"\\nCounterpoint: " line "\\nAnswer: "' in summary_call(speaker)
     s = record.summary
     assert s and s.status == "ok" and s.counterpoint.startswith("Qwen 1.5B Skeptic warns")
-    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    seed = Seeds.of(record).turn(record.rounds + 1, 0)
     assert s.rejected == [
         f"seed {seed}: the counterpoint has Qwen 1.5B Skeptic dissent, but all 3 agreed"
     ]
@@ -693,7 +694,7 @@ def test_a_headline_against_the_majoritys_stance_is_refused_and_a_later_one_kept
     assert 'starts with its conclusion, "No", the answer of the largest position' in asked
     s = record.summary
     assert s and s.status == "ok" and s.headline == "No, unless it is audited first."
-    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    seed = Seeds.of(record).turn(record.rounds + 1, 0)
     assert s.rejected == [
         f"seed {seed}: the headline does not open with No, the stance of the largest "
         "position (2 of 3)"

@@ -48,6 +48,7 @@ from localtable.debate.parsing import (
     reasoning_finished,
     turn_fields,
 )
+from localtable.debate.seeds import Seeds
 from localtable.debate.tries import Tries
 from localtable.errors import ConfigError, LocaltableError
 from localtable.record import (
@@ -173,24 +174,6 @@ TextSink = Callable[[TextEvent], None]
 Outcome = TurnRecord | LabelingRecord | SummaryRecord | Sample
 
 
-def derive_seed(run_seed: int, round_no: int, panelist_index: int) -> int:
-    """A per-generation seed from (run seed, round, panelist), never 0 or -1."""
-    digest = hashlib.sha256(f"{run_seed}/{round_no}/{panelist_index}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
-
-
-def sample_seed(run_seed: int, sample_no: int, panelist_index: int) -> int:
-    """The seed of a seat's vote mode sample 1, 2, ... (its round-1 turn is sample 0)."""
-    digest = hashlib.sha256(f"{run_seed}/sample{sample_no}/{panelist_index}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
-
-
-def stage_seed(run_seed: int, stage: str, attempt: int) -> int:
-    """A seed for a step that is not a panelist's turn (labels after a round)."""
-    digest = hashlib.sha256(f"{run_seed}/{stage}/{attempt}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31 - 2) + 1
-
-
 def answer_max_chars(max_tokens: int) -> int:
     """The answer line may use about half the token budget (~4 characters a token)."""
     return max(40, min(ANSWER_MAX_CHARS, 2 * max_tokens))
@@ -239,6 +222,7 @@ class Debate:
         self.settings = record.protocol.settings if record.protocol else ROUNDTABLE
         self.free = self.settings.output == "free"  # free text, read by the answer rule
         self.samples_per_seat = max(0, record.vote // len(self.panel) - 1)
+        self.seeds = Seeds.of(record)  # by the record's scheme: resume and replay keep it
         steps = len(self.panel) * (record.rounds + self.samples_per_seat)
         self.total = steps + (1 if self.settings.summary else 0)
         # (round, panelist) of each generation under way; the summary is (rounds + 1, its
@@ -735,7 +719,7 @@ class Debate:
 
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
         self._begin(round_no, p.name)
-        seed = derive_seed(self.record.seed, round_no, p.index)
+        seed = self.seeds.turn(round_no, p.index)
         turn, down = self.make_turn(p, round_no, seed)
         self._finish(turn)
         if down is not None:
@@ -793,7 +777,7 @@ class Debate:
 
     def run_samples(self, then: str | None) -> None:
         """Vote mode: each seat's round-1 prompt generated again, samples_per_seat times,
-        with seeds of its own (sample_seed); no peer ever sees them. Only the missing
+        with seeds of its own (Seeds.sample); no peer ever sees them. Only the missing
         ones run (resume), each seat's in order; one whose backend could not answer is
         not kept, and the run stops as for a turn."""
         if not self.samples_per_seat:
@@ -810,7 +794,7 @@ class Debate:
         for n in range(self._samples_of(p.name) + 1, self.samples_per_seat + 1):
             with self._lock:
                 self._emit("sample", 1, p.name, "generating")
-            turn, down = self.make_turn(p, 1, sample_seed(self.record.seed, n, p.index), "sample")
+            turn, down = self.make_turn(p, 1, self.seeds.sample(n, p.index), "sample")
             if down is not None:
                 raise down
             self._settle(Sample(turn))
@@ -900,7 +884,7 @@ class Debate:
         instructions = "\n".join([system, prompt([])])
 
         def attempt(n: int) -> Generation:
-            seed = stage_seed(self.record.seed, f"labels{round_no}", n)
+            seed = self.seeds.stage(f"labels{round_no}", n)
             where = ("labels", round_no, n > 0)
             return self.moderate(labeller, messages, grammar, seed, sampling, rules, where)
 
@@ -1072,7 +1056,7 @@ class Debate:
 
         def attempt(n: int) -> Generation:
             # attempt 0 has the summary's own seed; retries take the rounds after it
-            seed = derive_seed(self.record.seed, step + n, summarizer.index)
+            seed = self.seeds.turn(step + n, summarizer.index)
             where = ("summary", step, n > 0)
             return self.moderate(summarizer, messages, grammar, seed, sampling, rules, where)
 

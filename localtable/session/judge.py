@@ -5,7 +5,7 @@ reasoning concludes (Qwen 0.5B: "Yes, because cities should not ban private
 cars ..."). `localtable quality --judge-reasoning` asks each run's summarizer
 model, the one that labels its positions, which answer a turn's reasoning
 concludes, shown without the answer, under a grammar (Yes, No or Neither;
-prompts/stance*.j2), greedily and with a seed derived from the run's, for every
+prompts/stance*.j2), greedily and with a seed derived from the run's (debate/seeds.py), for every
 ok turn whose answer opens with yes or no; research/quality.py counts the
 verdicts. The rest of `localtable quality` reads records only: this module loads
 that model (from the record, as resume does), so only the flag imports it.
@@ -18,7 +18,8 @@ from typing import Literal
 
 from localtable.backends.base import ChatMessage, TurnFailed, TurnRequest
 from localtable.debate.answers import ReasoningVerdict, stance
-from localtable.debate.protocol import MODERATOR, stage_seed
+from localtable.debate.protocol import MODERATOR
+from localtable.debate.seeds import Seeds
 from localtable.record import RunRecord
 from localtable.session.session import Session
 from localtable.templates import TemplateSet
@@ -55,6 +56,7 @@ def _judge_record(
     sampling = judge.sampling.model_copy(
         update={"max_tokens": JUDGE_MAX_TOKENS, "temperature": 0.0}
     )
+    seeds = Seeds.of(record)
     out = []
     for t in turns:
         assert t.parsed is not None
@@ -69,7 +71,7 @@ def _judge_record(
                 ChatMessage(role="user", content=question),
             ],
             grammar=grammar,
-            seed=stage_seed(record.seed, f"judge{t.round}/{t.panelist}", 0),
+            seed=seeds.stage(f"judge{t.round}/{t.panelist}", 0),
             sampling=sampling,
         )
         concluded: Literal["yes", "no", "neither"] | None = None
