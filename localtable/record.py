@@ -317,6 +317,11 @@ class MemoryRecord(Frozen):
         default_factory=dict, description="model -> file + its KV caches + compute buffers"
     )
     kv_caches: dict[str, int] = Field(default_factory=dict, description="model -> KV caches")
+    batched_bytes: dict[str, int] = Field(
+        default_factory=dict,
+        description="model -> the context a batched step makes on it (--decode batched: its "
+        "turns' KV cache and compute buffer), counted in estimated_bytes",
+    )
     loading: Literal["together", "one at a time"] = "together"
     note: str = ""
 

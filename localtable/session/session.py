@@ -78,6 +78,12 @@ def users(panel: PanelSpec, model: str) -> int:
     return seats + (1 if panel.summarizer_spec().model == model else 0)
 
 
+def batched_turns(panel: PanelSpec, model: str, debates: int) -> int:
+    """The turns a batched step decodes together on a model: a round's turns on it, of
+    each debate decoded together (a batch's --group); labels and summaries run alone."""
+    return sum(p.model == model for p in panel.panelists) * debates
+
+
 class SessionSpeaker:
     """The debate protocol's Speaker over the seats of one opened run."""
 
@@ -177,8 +183,12 @@ class Session:
         verify: bool,
         reuse_prefix: bool,
         memory_budget: int | None,
+        decode: str = "sequential",
+        debates: int = 1,
     ) -> PlannedModels:
-        """Each backend resolves and plans its models of the panel, in panel order."""
+        """Each backend resolves and plans its models of the panel, in panel order.
+        decode "batched": the memory a batched step's context needs counts too, with
+        the turns of `debates` debates in it (a batch's --group)."""
         needed = list(dict.fromkeys(p.model for p in panel.panelists))
         by_backend: dict[str, list[str]] = {}
         for name in needed:
@@ -196,6 +206,9 @@ class Session:
                     verify=verify,
                     reuse_prefix=reuse_prefix,
                     memory_budget=memory_budget,
+                    batched={n: batched_turns(panel, n, debates) for n in names}
+                    if decode == "batched"
+                    else {},
                 )
             )
             planned.update({m.name: m for m in prepared.models})
