@@ -33,7 +33,8 @@ from localtable.storage import StorageError, read_versioned, remove_stale_temps,
 # whether it changed, and the order each turn's fields were generated in (reasoning
 # first since 4; versions up to 3 generated the answer first). Fields added to 4 later
 # are optional with an empty default (`decode`, `Generation.batch`, `reasoning_cut`,
-# `samples`), so a record written before them reads unchanged, with no upgrade step.
+# `samples`, `decode_group`, `memory.batched_bytes`), so a record written before them
+# reads unchanged, with no upgrade step.
 SCHEMA_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 RECORD_FILE = "record.json"
@@ -51,6 +52,7 @@ MAX_TURNS = 2 * MAX_ROUNDS * MAX_PANELISTS  # interrupted turns are kept beside 
 MAX_TEXT = 4_000_000  # characters of one prompt or output: 262,144 tokens of context and more
 MAX_TOKENS = 1_000_000  # token ids of one generation
 MAX_NAME = 1_000
+MAX_GROUP = 64  # debates decoded together (batch --group)
 
 
 class Frozen(BaseModel):
@@ -401,6 +403,13 @@ class RunRecord(Frozen):
         default="sequential",
         description="a round's turns generated one by one, or decoded together in groups "
         "(Generation.batch); the text depends on it",
+    )
+    decode_group: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_GROUP,
+        description="a batch's --group: the debates (run ids, this one among them) whose "
+        "rounds were decoded together with this one's; their text depends on each other, "
+        "so it resumes and replays only with them (`localtable batch`); empty: alone",
     )
     memory: MemoryRecord | None = None  # absent in older records
     localtable_version: str

@@ -198,6 +198,7 @@ def prepare(
         template_date=now.date().isoformat(),
         reuse_prefix=req.reuse_prefix,
         decode=req.decode,
+        decode_group=list(req.decode_group),
         localtable_version=__version__,
         config_path=str(loaded.path),
         models=planned.models,

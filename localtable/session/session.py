@@ -27,7 +27,7 @@ from localtable.backends.base import (
 )
 from localtable.config import LoadedConfig, PanelSpec
 from localtable.record import MachineRecord, MemoryRecord, ModelRecord, PanelistRecord, RunRecord
-from localtable.session.decodegroup import DecodeGroup, Member
+from localtable.session.decodegroup import DebateGroup, DebateView, DecodeGroup, Member
 from localtable.templates import TemplateSet
 
 
@@ -92,7 +92,9 @@ class SessionSpeaker:
         self.record = record
         self.seats = seats  # panelist name -> seat
         self.backend_of = {m.name: m.backend for m in record.models}
-        self.group: DecodeGroup | None = None  # the batched round under way
+        self.group: DecodeGroup | DebateView | None = None  # the batched round under way
+        # a batch's --group: the debates whose rounds are decoded with this one's
+        self.debates: DebateGroup | None = None
 
     def count_tokens(self, panelist: str, messages: list[ChatMessage]) -> int:
         return self.seats[panelist].count_tokens(messages)
@@ -128,19 +130,26 @@ class SessionSpeaker:
             lanes = min(lanes, self.session.backend(name).turn_lanes(requested))
         return max(1, lanes)
 
-    def decode_together(self, members: list[str]) -> DecodeGroup | None:
+    def decode_together(
+        self, members: list[str], round_no: int = 0
+    ) -> DecodeGroup | DebateView | None:
         """From now on, these panelists' generations are decoded in groups (a batched
-        round, Debate.run_round), until each leaves the group; None when none of their
-        backends decodes together (`generate_group`): their turns run as before."""
+        round, Debate.run_round), until each leaves the group; None when there is no
+        one to decode them with, or none of their backends decodes together
+        (`generate_group`): their turns run as before. In a debate group (a batch's
+        --group) the round waits for the group's other debates, and always joins."""
         model_of = {p.name: p.model for p in self.record.panelists}
-        backends = {self.session.backend(self.backend_of[model_of[m]]) for m in members}
-        if not any(hasattr(b, "generate_group") for b in backends):
-            return None
 
         def where(panelist: str) -> Member:
             model = model_of[panelist]
             return Member(model=model, backend=self.session.backend(self.backend_of[model]))
 
+        if self.debates is not None:
+            self.group = self.debates.join(self.record.run_id, round_no, members, where)
+            return self.group
+        backends = {self.session.backend(self.backend_of[model_of[m]]) for m in members}
+        if len(members) < 2 or not any(hasattr(b, "generate_group") for b in backends):
+            return None
         group = DecodeGroup(members, where)
         self.group = group
         return group
