@@ -165,15 +165,16 @@ def test_sequential_transcripts_do_not_change_with_the_group_code(
 
 
 def interrupt(batch_dir: Path, partly: str, finished: str) -> None:
-    """Leave a group as a batch killed mid-round 2 leaves it: `partly` saved Ada's
-    round-2 turn only, `finished` all its turns and labels but not its summary."""
-    for run, keep in ((partly, {(1, "Ada"), (1, "Bob"), (1, "Cy"), (2, "Ada")}),
-                      (finished, None)):  # fmt: skip
+    """Leave a group as a batch killed mid-round 2 leaves it: `partly` saved its first
+    panelist's round-2 turn only, `finished` all its turns and labels but not its
+    summary."""
+    for run in (partly, finished):
         work = batch_dir / ".work" / run
         shutil.move(batch_dir / run, work)
         record = read_record(work)
-        if keep is not None:
-            record.turns = [t for t in record.turns if (t.round, t.panelist) in keep]
+        if run == partly:
+            first = record.panelists[0].name
+            record.turns = [t for t in record.turns if t.round == 1 or t.panelist == first]
             record.labelings = [lab for lab in record.labelings if lab.round < 2]
         record.summary, record.transcript_sha256 = None, None
         record.status, record.finished_at = "interrupted", None
