@@ -8,8 +8,10 @@ group refused alone by `resume` and `replay`."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -18,10 +20,15 @@ import pytest
 from click.testing import CliRunner
 
 from localtable.backends.base import TurnRequest
+from localtable.batch.run import BatchEvent, BatchRequest, run_batch
+from localtable.batch.workers import LocalPool, SessionRunner, WorkerSpec
 from localtable.cli import cli
+from localtable.config import load_config
 from localtable.record import RunRecord, read_record, write_record
 from localtable.research.batchindex import read_index
+from localtable.research.questions import load_questions
 from localtable.session.decodegroup import DebateGroup, Member
+from localtable.templates import TemplateSet
 from tests import fakebackend
 from tests.test_backends import CONFIG
 from tests.test_decodegroup import GroupingBackend, request
@@ -258,3 +265,43 @@ def test_group_needs_batched_decoding_and_local_workers(
     assert plain.exit_code == 2 and "it needs --decode batched" in plain.output
     ray = CliRunner().invoke(cli, [*base, *GROUPED, "--ray", "auto"], catch_exceptions=False)
     assert ray.exit_code == 2 and "not on Ray actors" in ray.output
+
+
+def test_a_worker_killed_mid_group_gives_the_whole_group_back(
+    study: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, questions = study
+    loaded = load_config(config)
+    req = BatchRequest(questions=load_questions(questions), seeds=[1, 2], panel="duo",
+                       rounds=2, runs_dir=tmp_path / "a", decode="batched", group=2)  # fmt: skip
+    with SessionRunner(loaded, TemplateSet(), lambda e: None) as runner:
+        expected = hashes(run_batch(req, runner, lambda e: None).batch_dir)
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    monkeypatch.setenv(fakebackend.HOLD, str(hold))  # each worker waits in its 2nd generation
+    events: list[BatchEvent] = []
+    pool = LocalPool(WorkerSpec(loaded=loaded, panel="duo", threads=1), 2)
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = run_batch(
+                req.model_copy(update={"runs_dir": tmp_path / "b"}), pool, events.append
+            )
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while len(list(hold.iterdir())) < 2 and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.01)
+    os.kill(int(sorted(hold.iterdir())[0].name), signal.SIGKILL)
+    while not any(e.action == "requeue" for e in events) and thread.is_alive():
+        time.sleep(0.01)
+    (hold / "go").touch()
+    thread.join(timeout=120)
+    assert "error" not in outcome, outcome
+    requeued = [(e.question_id, e.seed) for e in events if e.action == "requeue"]
+    assert len(requeued) == 2 and requeued[0][0] == requeued[1][0]  # both of its group
+    assert hashes(tmp_path / "b" / "study") == expected
