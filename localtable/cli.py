@@ -110,13 +110,11 @@ vote_option = click.option("--vote", type=click.IntRange(0, 128), default=0, met
     help="Vote mode: K independent round-1 answers in all, K/seats a seat (its round-1 turn, "
     "then samples with seeds of their own that no peer sees), for score's SC@K (0: none)."
 )  # fmt: skip
-format_option = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True
-)
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
+                             show_default=True)  # fmt: skip
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
-output_file_option = click.option(
-    "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file."
-)
+output_file_option = click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
+                                  help="Write to a file.")  # fmt: skip
 
 
 def _config(path: Path | None) -> LoadedConfig:
@@ -235,9 +233,8 @@ def debate(
 @runs_dir_option
 @template_option
 @user_errors
-def render_cmd(
-    run: str, fmt: str, output: Path | None, runs_dir: Path, template_path: Path | None
-) -> None:
+def render_cmd(run: str, fmt: str, output: Path | None, runs_dir: Path,
+               template_path: Path | None) -> None:  # fmt: skip
     """Re-render a stored run (an id, a run folder or its record.json) without re-running it.
 
     Example: localtable render 20261126-101500-a1b2c3 --format md
@@ -525,16 +522,20 @@ def batch(
               show_default=True)  # fmt: skip
 @output_file_option
 @runs_dir_option
+@click.option("--answer-rule", metavar="RULE", help="Read each free-text reply again by this "
+              "answer rule: last_number or boxed_or_last_number (default: as run).")  # fmt: skip
 @user_errors
-def score(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: Path) -> None:
+def score(targets: tuple[str, ...], fmt: str, output: Path | None, runs_dir: Path,
+          answer_rule: str | None) -> None:  # fmt: skip
     """Accuracy of scored runs: single panelists, self-consistency and the debate, with
-    three tie rules, paired tests (McNemar) and flips.
+    three tie rules, paired tests (McNemar) and flips; free text's parse rates.
 
     TARGETS are batch folders, run folders or run ids. Example: localtable score runs/arithmetic
     """
     from localtable.research.reports import score_report
 
-    _write_output(score_report(list(targets), runs_dir, fmt), output)  # type: ignore[arg-type]
+    text = score_report(list(targets), runs_dir, fmt, answer_rule)  # type: ignore[arg-type]
+    _write_output(text, output)
 
 
 @cli.command()

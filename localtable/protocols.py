@@ -85,11 +85,11 @@ def required_templates(settings: ProtocolSettings) -> list[str]:
     if settings.system_prompt:
         names.insert(0, "system.j2")
     if settings.output == "structured":
-        names.append("turn.gbnf.j2")
+        names += ["turn.gbnf.j2", "sentence.gbnf.j2"]
     if settings.labels:
         names += ["label.j2", "label.gbnf.j2", "summary_system.j2"]
     if settings.summary:
-        names += ["summarize.j2", "summary_system.j2", "summary.gbnf.j2"]
+        names += ["summarize.j2", "summary_system.j2", "summary.gbnf.j2", "sentence.gbnf.j2"]
     return list(dict.fromkeys(names))
 
 

@@ -38,6 +38,8 @@ from localtable.storage import StorageError, read_versioned, remove_stale_temps,
 SCHEMA_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 RECORD_FILE = "record.json"
+# A study's shipped copy of a finished record: gzip, deterministic (research/studypack.py).
+PACKED_RECORD_FILE = "record.json.gz"
 # A run id names the run's folder: one path component (`replay` writes <id>-replay-...
 # next to the runs it reads, and records are shared, so a record must not name "../x").
 RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
@@ -283,6 +285,10 @@ class Consensus(Frozen):
     line: str
 
 
+# A summary's lines, as the record names them
+SummaryLine = Literal["summary", "counterpoint", "headline"]
+
+
 class SummaryRecord(Frozen):
     status: TurnStatus
     summarizer: str
@@ -306,6 +312,29 @@ class SummaryRecord(Frozen):
         le=MAX_TEXT,
         description="where the grammar ended a summary line (for display)",
     )
+    cut: list[SummaryLine] | None = Field(
+        default=None,
+        description="the lines the grammar's bound stopped mid-sentence (debate/parsing.py "
+        "line_cut); None in records before it was kept",
+    )
+
+    def line_cut(self, line: SummaryLine) -> bool:
+        """Whether a length cap stopped a line: `cut` where the record keeps it; before
+        it, a headline or counterpoint at the grammar's line bound, or a summary that
+        max_tokens ended."""
+        if self.cut is not None:
+            return line in self.cut
+        if line == "summary":
+            return bool(self.generation and self.generation.finish_reason == "length")
+        limit = self.line_max_chars
+        return limit is not None and len(getattr(self, line)) >= limit - 1
+
+    def shown(self, line: SummaryLine) -> str:
+        """A line as layouts show it: one a length cap stopped ends at its last full
+        sentence, or mid-sentence, and with "…" either way (mark_cut), as a cut answer
+        does. The record keeps the line as generated."""
+        text: str = getattr(self, line)
+        return mark_cut(text) if text and self.line_cut(line) else text
 
 
 RunStatus = Literal["running", "complete", "failed", "interrupted"]
@@ -331,6 +360,10 @@ class MemoryRecord(Frozen):
 QuestionKind = Literal["open", "choice", "number"]
 
 
+# Free text's answer rules, by name (debate/answers.py's ANSWER_RULES reads them).
+AnswerRuleName = Literal["last_number", "boxed_or_last_number"]
+
+
 class ProtocolSettings(Frozen):
     """How a debate runs: a protocol's protocol.toml (localtable/protocols.py reads and
     checks it; docs/protocol.md). The defaults are the roundtable protocol's, which a
@@ -351,7 +384,7 @@ class ProtocolSettings(Frozen):
         default="structured", description="a turn under the grammar (turn.gbnf.j2), or "
         "free text whose answer the answer rule reads",
     )  # fmt: skip
-    answer_rule: Literal["", "last_number"] = Field(
+    answer_rule: Literal[""] | AnswerRuleName = Field(
         default="", description="free text: how its answer is read (debate/answers.py)"
     )
     max_tokens: list[int] = Field(
@@ -627,15 +660,19 @@ READERS: dict[int, Callable[[dict[str, Any]], RunRecord]] = {
 assert TARGET_VERSION == SCHEMA_VERSION and set(READERS) == set(READABLE_VERSIONS)
 
 
-def read_record(run_dir: Path) -> RunRecord:
+def read_record(run_dir: Path, *, follow_links: bool = True, packed: bool = False) -> RunRecord:
+    """The run's record.json; packed: its shipped copy, record.json.gz (bounded once
+    decompressed too). follow_links=False refuses a record file that is a link."""
     try:
         return read_versioned(
-            record_path(run_dir),
+            run_dir / PACKED_RECORD_FILE if packed else record_path(run_dir),
             what="run record",
             version_key="schema_version",
             label="schema version",
             limit=RECORD_MAX_BYTES,
             readers=READERS,
+            follow_links=follow_links,
+            gzipped=packed,
         )
     except StorageError as exc:
         raise RecordError(str(exc)) from None

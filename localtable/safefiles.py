@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import stat
+import zlib
 from itertools import accumulate
 from pathlib import Path
 
@@ -59,9 +60,10 @@ def kind_of(mode: int) -> str:
 
 def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
     """An fd on `path` if it is a regular file (a link to one is followed: reading through
-    it changes nothing). Never blocks on a FIFO; raises FileRefused for anything else,
-    OSError as open() does."""
-    mode = os.stat(path).st_mode  # before opening: some devices act when opened
+    it changes nothing; with O_NOFOLLOW in `flags` a link is refused). Never blocks on a
+    FIFO; raises FileRefused for anything else, OSError as open() does."""
+    # before opening: some devices act when opened
+    mode = (os.lstat if flags & os.O_NOFOLLOW else os.stat)(path).st_mode
     if not stat.S_ISREG(mode):
         raise FileRefused(f"is {kind_of(mode)}, not a regular file")
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -76,10 +78,11 @@ def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
     return fd
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
+def read_bounded(path: Path, limit: int, *, follow_links: bool = True) -> bytes:
     """The bytes of a regular file of at most `limit` bytes. Raises FileRefused (not a
-    regular file, too big) or OSError (missing, no permission, a link loop)."""
-    fd = open_regular(path)
+    regular file, too big; a symbolic link, with follow_links=False) or OSError
+    (missing, no permission, a link loop)."""
+    fd = open_regular(path, os.O_RDONLY if follow_links else os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as fh:
         if os.fstat(fd).st_size > limit:
             raise FileRefused(f"is larger than {_size(limit)}, the most localtable reads")
@@ -87,6 +90,22 @@ def read_bounded(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise FileRefused(f"is larger than {_size(limit)}, the most localtable reads")
     return data
+
+
+def gunzip_bounded(data: bytes, limit: int) -> bytes:
+    """The content of one gzip member of at most `limit` bytes (decompressed no further
+    than that: a small file that would inflate to gigabytes stops there). Raises
+    FileRefused (too big, not gzip, cut short, or more after it)."""
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # a gzip header and trailer
+    try:
+        out = inflate.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise FileRefused(f"is not gzip data ({exc})") from None
+    if len(out) > limit or inflate.unconsumed_tail:
+        raise FileRefused(f"decompresses to more than {_size(limit)}, the most localtable reads")
+    if not inflate.eof or inflate.unused_data:
+        raise FileRefused("is not one whole gzip member (cut short, or more data after it)")
+    return out
 
 
 def _size(n: int) -> str:

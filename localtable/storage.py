@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from localtable.errors import describe_write_error, disk_full
-from localtable.safefiles import FileRefused, check_depth, read_bounded, refuse_special_target
+from localtable.safefiles import (
+    FileRefused,
+    check_depth,
+    gunzip_bounded,
+    read_bounded,
+    refuse_special_target,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -89,10 +95,12 @@ def remove_stale_temps(path: Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
-def read_json(path: Path, limit: int) -> Any:
-    """A JSON file of at most `limit` bytes, nested at most MAX_DEPTH levels. Raises
-    FileRefused, OSError, or ValueError (not UTF-8, not JSON)."""
-    text = read_bounded(path, limit).decode("utf-8")
+def read_json(path: Path, limit: int, *, follow_links: bool = True, gzipped: bool = False) -> Any:
+    """A JSON file of at most `limit` bytes (gzipped: that much once decompressed), nested
+    at most MAX_DEPTH levels. Raises FileRefused, OSError, or ValueError (not UTF-8, not
+    JSON)."""
+    data = read_bounded(path, limit, follow_links=follow_links)
+    text = (gunzip_bounded(data, limit) if gzipped else data).decode("utf-8")
     check_depth(text)
     return json.loads(text)
 
@@ -105,12 +113,14 @@ def read_versioned(
     label: str | None = None,
     limit: int,
     readers: dict[int, Callable[[dict[str, object]], M]],
+    follow_links: bool = True,
+    gzipped: bool = False,
 ) -> M:
     """Read a JSON file of at most `limit` bytes whose `version_key` picks the reader
     (each turns its version into the current model). Raises StorageError with one line
     naming the problem."""
     try:
-        raw = read_json(path, limit)
+        raw = read_json(path, limit, follow_links=follow_links, gzipped=gzipped)
     except FileNotFoundError:
         raise StorageError(f"{path}: no {what} here") from None
     except FileRefused as exc:

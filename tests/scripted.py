@@ -22,11 +22,16 @@ def scripted_reply(grammar: str, answer: str, letter: str | None = None) -> str:
         opener = re.search(r'^counterpoint ::= ("(?:[^"\\]|\\.)*")', grammar, re.MULTILINE)
         verb = re.search(r'^voice1 ::= ("(?:[^"\\]|\\.)*")', grammar, re.MULTILINE)
         counterpoint = "none was raised."
+        # the largest position's yes or no opens the headline (summary.gbnf.j2)
+        stance = re.search(r'^headline ::= "(Yes|No)"', grammar, re.MULTILINE)
+        headline = "The panel agreed on one view."
+        if stance:
+            headline = f"{stance.group(1)}, the panel agreed."
         if opener and verb:
             counterpoint = f"{json.loads(opener.group(1))}{json.loads(verb.group(1))}that it costs."
         return (
             f"Summary: everyone said the same thing.\nCounterpoint: {counterpoint}\n"
-            "Answer: The panel agreed on one view."
+            f"Answer: {headline}"
         )
     if root.startswith("root ::= new"):
         first = next(x for x in grammar.splitlines() if re.match(r"new\d+ ::=", x))

@@ -216,7 +216,7 @@ TURN_REPLY = (
 SUMMARY = TemplateSet().render("summary.gbnf.j2", line_max=200, summary_max=600)
 SUMMARY_REPLY = (
     "Summary: Most held that cars should leave the centre — some said only at rush hour.\n"
-    "Counterpoint: Deliveries and disabled drivers need access.\nAnswer: Yes, with exceptions"
+    "Counterpoint: Deliveries and disabled drivers need access.\nAnswer: Yes, with exceptions."
 )
 NUMBER_TURN = TemplateSet().render(
     "turn.gbnf.j2", fields=["reasoning", "answer"], peers=[], letters=None, allow_new=False,

@@ -30,7 +30,7 @@ WAIT = 30  # seconds: far beyond what any step takes; reached only when a test f
 R1 = "Reasoning: because {a}\nAnswer: {a}"
 LABELS = "Position A: Yes\nPosition B: No\nA1: A\nB2: B\nC3: A"
 R2 = "Reasoning: again.\nInfluenced by: nobody\nDecision: maintained\nPosition: {p}\nAnswer: {a}"
-SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Mostly yes."
+SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Yes, mostly."
 
 
 def replies(rounds: int = 2) -> dict[str, list[Any]]:

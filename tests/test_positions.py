@@ -15,7 +15,7 @@ from tests.fakes import FakeSpeaker, make_record
 
 R1 = "Reasoning: because {a}\nAnswer: {a}"
 R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
-SUMMARY = "Summary: Talked.\nCounterpoint: Shops lose.\nAnswer: Cities should phase it in."
+SUMMARY = "Summary: Talked.\nCounterpoint: Shops lose.\nAnswer: Yes, cities should phase it in."
 NAMES = ["A1", "B2", "C3"]
 
 

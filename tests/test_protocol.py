@@ -27,7 +27,7 @@ from tests.fakes import FakeSpeaker, Reply, TurnFailed, crash, make_record
 R1 = "Reasoning: because {a}\nAnswer: {a}"
 # a later round of an open question, once its round-1 positions are labelled
 R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
-SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Open source wins."
+SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Yes, open source wins."
 
 
 def labels(positions: list[str], **assigned: str) -> str:
@@ -275,7 +275,7 @@ def test_resume_runs_only_missing_turns_and_labels() -> None:
 
 
 def with_headline(headline: str) -> str:
-    return SUMMARY.replace("Open source wins.", headline)
+    return SUMMARY.replace("Yes, open source wins.", headline)
 
 
 def one_round(*summaries: str) -> FakeSpeaker:
@@ -297,7 +297,7 @@ def test_an_unusable_summary_is_retried_with_recorded_seeds() -> None:
     )
     record, _ = run(speaker, make_record(["A1", "B2"], rounds=1))
     assert record.summary is not None and record.summary.status == "ok"
-    assert record.summary.headline == "Open source wins."
+    assert record.summary.headline == "Yes, open source wins."
     seeds = [derive_seed(7, 2 + attempt, 0) for attempt in range(3)]
     assert [c.seed for c in speaker.calls[-3:]] == seeds
     assert record.summary.generation and record.summary.generation.seed == seeds[2]
@@ -551,7 +551,11 @@ def test_a_cut_off_round_one_turn_is_continued_and_read_back_whole() -> None:
 def test_a_cut_off_turn_with_nothing_to_keep_fails_without_a_continuation() -> None:
     speaker = FakeSpeaker(
         {
-            "A1": [Reply("Reaso", finish_reason="length"), labels(["No"], B2="A"), SUMMARY],
+            "A1": [
+                Reply("Reaso", finish_reason="length"),
+                labels(["No"], B2="A"),
+                with_headline("No, it harms."),
+            ],
             "B2": [R1.format(a="No, it harms.")],
         }
     )

@@ -38,26 +38,31 @@ from tests.fakes import FakeSpeaker, Reply, make_record
 R1 = "Reasoning: because {a}\nAnswer: {a}"
 R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
 R2N = "Reasoning: I checked.\nInfluenced by: {i}\nDecision: {d}\nAnswer: {a}"
-SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Open source wins."
+SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Yes, open source wins."
 
 # Computed on main before protocols existed (4e0ccd0), with the debates below: the
 # transcript's sha256, and the sha256 of every request the speaker got (messages,
-# grammar, seed, sampling, prefill, conversation).
+# grammar, seed, sampling, prefill, conversation). Issue #26's summary grammar (lines
+# end at a sentence end, the headline opens with the largest position's yes or no)
+# and the summary prompt's "starts with Yes" changed every request hash; the open
+# debate's summary now answers "Yes, ..." as its all-yes panel did (main gives its
+# transcript hash with that headline too).
 GOLDEN = {
     "open": (
-        "3d195eda579263313fef7babda65ddfe9a01dfaa218c4ef446347b2da6d6b803",
-        "d243aef1ecacfb12bec3c0dbac475c3acacfa16efe8fb4d773cb89f3d2076f6c",
+        "2af1fbe62aedacb631f131e78b1607d5a64ea7077c8a14b0e69e4b813cab7108",
+        "e4f7ea868c48a599a4e70bfe5fbd0b2dc60a8926d2012598519399eda4935420",
     ),
     "number": (
         "072f184a9481d76a73e15cd997f036cd8bf73d3dac5ac52d1dea5bc3ed0cd2e6",
-        "8e3fa1d7b71e37170f38fc9403cd900a2b441191a1a0bcbd99681632c310d5b1",
+        "999924dc14dae0139aa67ddc375b9a014c4d838d9e8bc0aa9039208709b32f7d",
     ),
 }
 # The same for `localtable debate` on the scripted panel below (seed 5): the
-# transcript's sha256, and that of every generation's prompt, grammar and seed.
+# transcript's sha256, and that of every generation's prompt, grammar and seed (the
+# summary's grammar changed with issue #26; the transcript did not).
 GOLDEN_CLI = (
     "f8a6cc8c6d5d665a19cc56c6954075adfe55bdd6d17ace93ed0afdcc59f08f09",
-    "78feb6d04ce3e3e38f28b0504d2038f5394cf87ac19aaff25d9ad7b740363d94",
+    "0cbcac4e96688751552af9e2bbdb3f86a7585913c5e866ef3e4e989ad5080181",
 )
 
 

@@ -398,7 +398,7 @@ def test_a_false_statement_of_a_held_position_is_a_claim_the_record_contradicts(
     r.positions = [PositionLabel(letter="A", label="Yes, phased in", round=1)]
     assert r.summary is not None
     false = "A1 and B2 back a phased ban, while C3 argues against it."
-    r.summary = r.summary.model_copy(update={"summary": false})
+    r.summary = r.summary.model_copy(update={"summary": false, "headline": "Yes, phased in."})
     p = quality([r]).panels[0]
     assert [e.text for e in p.false_claims] == [
         "it says C3 holds another position, but all 3 agreed"
@@ -518,3 +518,37 @@ def test_reasoning_verdicts_are_counted_per_panel() -> None:
         if line.startswith("Answers against their own reasoning")
     )
     assert "1 of 3 yes/no answers (1 neither, 1 not asked)" in row
+
+
+def test_summary_lines_cut_by_the_grammars_bound_count_among_the_cuts() -> None:
+    stopped = "Qwen 1.5B Skeptic warns that releasing training code could let bad actors copy"
+    newer = debate("n-s1")
+    assert newer.summary is not None
+    newer.summary = newer.summary.model_copy(
+        update={"counterpoint": stopped, "cut": ["counterpoint"], "line_max_chars": 200}
+    )
+    # an older record (no flag): a line at the grammar's bound was stopped there
+    older = debate("o-s1")
+    assert older.summary is not None
+    at_bound = ("Cities gain clean air, " * 10)[:199]
+    older.summary = older.summary.model_copy(update={"headline": at_bound, "line_max_chars": 200})
+    p = quality([newer, older]).panels[0]
+    assert p.cut_reasonings == 2  # the reasoning row counts the summaries' lines too
+    assert p.unmarked_cuts == [] and p.verdicts.unmarked_cuts is True  # shown with "…"
+    assert newer.summary.shown("counterpoint") == stopped + "…"
+    assert older.summary.shown("headline").endswith("…")
+    row = next(
+        line
+        for line in render_quality(quality([newer]), "text", TemplateSet(), "Q").splitlines()
+        if line.startswith("Reasoning or summary lines cut without a mark")
+    )
+    assert "0 of 1 cut" in row
+
+
+def test_a_headline_against_the_largest_positions_stance_is_a_false_claim() -> None:
+    turns = [ok(i, n).model_copy(update={"position": "A"}) for i in (1, 2) for n in NAMES]
+    r = debate("h-s1", turns=turns, headline="No, only congestion pricing.")
+    r.positions = [PositionLabel(letter="A", label="Yes, phased in", round=1)]
+    assert [e.text for e in quality([r]).panels[0].false_claims] == [
+        "the headline does not open with Yes, the stance of the largest position (3 of 3)"
+    ]

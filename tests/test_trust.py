@@ -17,7 +17,7 @@ import pytest
 
 from localtable.backends.base import TurnRequest, TurnResult
 from localtable.debate.answers import answer_cut, answer_tail_max
-from localtable.debate.claims import Facts, claims, contradictions, dissents, misnamed
+from localtable.debate.claims import Facts, claims, contradictions, dissents, misnamed, said
 from localtable.debate.parsing import ParseFailure, parse_turn
 from localtable.debate.protocol import Debate, derive_seed, reasoning_max_chars
 from localtable.record import RunRecord, TurnRecord, mark_cut
@@ -33,7 +33,7 @@ YES = "Yes, open code can be checked."
 GOOD = (
     "Summary: A1 argued that open code can be checked; B2 argued it helps attackers. "
     "The panel ended split.\nCounterpoint: B2 warned that attackers read code too.\n"
-    "Answer: It depends on how the code is released."
+    "Answer: Yes, if the code is released with care."
 )
 
 
@@ -382,6 +382,20 @@ def summary_call(speaker: FakeSpeaker) -> str:
     return next(c.grammar for c in speaker.calls if c.grammar.startswith('root ::= "Summary'))
 
 
+AGREED = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
+
+
+def kept_after_refusal(answers: list[str], labels: str, *summaries: str) -> tuple[str, str]:
+    """qwen_round's summary, which must be ok: (its raw output, the first refusal
+    without its seed's "seed N: ")."""
+    record, _ = qwen_round(answers, labels, *summaries)
+    s = record.summary
+    assert s and s.status == "ok" and s.generation and s.rejected
+    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    assert s.rejected[0].startswith(f"seed {seed}: ")
+    return s.generation.raw_output, s.rejected[0].removeprefix(f"seed {seed}: ")
+
+
 def test_a_summary_claiming_a_false_held_position_is_refused_and_a_later_one_kept() -> None:
     # the demo of 16ec3f6 (seed 1), over "All 3 models agreed"
     labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
@@ -447,18 +461,14 @@ def test_the_panelists_a_summary_sets_apart(text: str, read: list[tuple[str, lis
 def test_a_name_that_runs_on_into_another_panelists_is_refused_and_a_later_one_kept() -> None:
     # the default panel at this branch (seed 1): all agreed, and the counterpoint's
     # reservation came from "Qwen 0.5B Skeptic", who is not on the panel
-    labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
     misnamed_summary = (
         "Summary: The three panelists agree that open code can be checked.\n"
         "Counterpoint: Qwen 0.5B Skeptic argued that the code could be too complex to "
         "maintain.\nAnswer: Yes, with clear documentation."
     )
     named = misnamed_summary.replace("Qwen 0.5B Skeptic", "Qwen 1.5B Skeptic")
-    record, _ = qwen_round([OPEN, OPEN, OPEN], labels, misnamed_summary, named)
-    s = record.summary
-    assert s and s.status == "ok" and s.counterpoint.startswith("Qwen 1.5B Skeptic argued")
-    seed = derive_seed(record.seed, record.rounds + 1, 0)
-    assert s.rejected == [f"seed {seed}: it names Qwen 0.5B Skeptic, who is not on the panel"]
+    kept, why = kept_after_refusal([OPEN, OPEN, OPEN], AGREED, misnamed_summary, named)
+    assert kept == named and why == "it names Qwen 0.5B Skeptic, who is not on the panel"
     assert misnamed("Qwen 1.5B Skeptic and Qwen 1.5B, not Qwen 0.5B, argued.", QWEN) == []
     # a persona's word only: not a size ("Qwen 1.5B 0.5B") nor a letter ("Panelist A a")
     assert misnamed("Qwen 1.5B 0.5B", QWEN) == []
@@ -516,8 +526,11 @@ def test_the_counterpoint_opens_with_the_minoritys_exact_name_and_a_verb() -> No
     )
     verbs = re.findall(r'^voice\d ::= "([a-z ]+) " ', grammar, re.MULTILINE)
     assert verbs == ["argues", "counters", "warns", "contends", "maintains", "points out"]
-    # the whole line keeps the bound of any other line (SUMMARY_LINE_MAX_CHARS, 200)
-    assert 'voice1 ::= "argues " [^\\x00-\\x20<] [^\\x00-\\x1f]{0,182}' in grammar
+    # the whole line keeps the bound of any other line (SUMMARY_LINE_MAX_CHARS, 200),
+    # with the longest verb: "Qwen 1.5B points out " and 178 characters after it
+    assert 'voice1 ::= "argues " [^\\x00-\\x20<] voice-tail\n' in grammar
+    assert "voice-tail ::= voice-unit{0,142} [.!?] | voice-unit{143} voice-close\n" in grammar
+    assert "voice-close ::= voice-close-char{0,34} [.!?] | voice-close-char{35}\n" in grammar
     asked = next(c for c in speaker.calls if c.grammar == grammar).messages[-1].content
     assert 'opens with Qwen 1.5B and a verb, e.g. "Qwen 1.5B argues that ..."' in asked
     s = record.summary
@@ -619,3 +632,171 @@ def test_an_answer_stopped_by_the_grammars_bound_is_marked_everywhere() -> None:
         page = render(record, fmt, builtin())
         assert "with the big o…" in page, fmt
         assert page.count("with the big o") == page.count("with the big o…"), fmt
+
+
+# -- summary lines end at a sentence, the headline keeps the majority's stance ----------
+
+NO_LABELS = f"Position A: No, unless it is audited\nPosition B: Yes, open it\n{QWEN[0]}: A\n" \
+            f"{QWEN[1]}: B\n{QWEN[2]}: A"  # fmt: skip
+
+
+def test_the_summary_grammar_ends_each_line_at_a_sentence_end_or_at_its_bound() -> None:
+    grammar = builtin().render("summary.gbnf.j2", line_max=200, summary_max=600)
+    # the same rule as an answer's tail (sentence.gbnf.j2): ". ! ?" ends a line before
+    # its bound, and its last fifth begins no clause and holds no sentence end
+    assert "line-tail ::= line-unit{0,159} [.!?] | line-unit{160} line-close\n" in grammar
+    assert "line-close ::= line-close-char{0,38} [.!?] | line-close-char{39}\n" in grammar
+    assert "line-close-char ::= [^\\x00-\\x1f.?,;:!]\n" in grammar
+    assert "summary-tail ::= summary-unit{0,479} [.!?] | summary-unit{480} summary-close\n" \
+        in grammar  # fmt: skip
+    assert "headline ::= line\n" in grammar  # no largest position's stance: free
+    # a number's headline may be the answer alone ("3.9"): as free as before
+    number = builtin().render("summary.gbnf.j2", line_max=200, summary_max=600, kind="number")
+    assert "headline ::= [^\\x00-\\x20<] [^\\x00-\\x1f]{1,199}" in number
+
+
+def test_a_summary_line_stopped_by_the_grammars_bound_is_marked_everywhere() -> None:
+    # the counterpoint of a 24-debate `make quality` run, stopped mid-sentence
+    stopped = "Qwen 1.5B Skeptic warns that releasing training code could let bad actors " \
+              "copy the models and strip out their safeguards before anyone could"  # fmt: skip
+    summary = (
+        "Summary: All three held that open code can be checked.\n"
+        f"Counterpoint: {stopped}\nAnswer: Yes, open it."
+    )
+    labels = f"Position A: Yes, open it\n{QWEN[0]}: A\n{QWEN[1]}: A\n{QWEN[2]}: A"
+    record, _ = qwen_round([OPEN, OPEN, OPEN], labels, summary)
+    s = record.summary
+    assert s and s.status == "ok" and s.cut == ["counterpoint"]
+    # the record keeps the line as generated; it is shown marked
+    assert s.counterpoint == stopped and s.shown("counterpoint") == stopped + "…"
+    assert s.shown("summary") == s.summary and s.shown("headline") == "Yes, open it."
+    for fmt in ("text", "md", "html"):
+        page = render(record, fmt, builtin())
+        assert "before anyone could…" in page, fmt
+        assert page.count("before anyone could") == page.count("before anyone could…"), fmt
+
+
+def test_a_headline_against_the_majoritys_stance_is_refused_and_a_later_one_kept() -> None:
+    # `make quality`: "Yes, but only if ..." over a majority (2 of 3) of "No, unless ..."
+    flipped = (
+        "Summary: Two held that the code must be audited first; Qwen 0.5B held it should "
+        "be opened.\nCounterpoint: Qwen 0.5B argues that open code can be checked.\n"
+        "Answer: Yes, but only if it is audited first."
+    )
+    kept = flipped.replace("Answer: Yes, but only if", "Answer: No, unless")
+    record, speaker = qwen_round([SHUT, OPEN, SHUT], NO_LABELS, flipped, kept)
+    grammar = summary_call(speaker)
+    # the grammar opens the headline with the largest position's stance, and asks it
+    assert 'headline ::= "No" ("," | ";" | ":" | " -")? " " [^\\x00-\\x20<] headline-tail' \
+        in grammar  # fmt: skip
+    asked = next(c for c in speaker.calls if c.grammar == grammar).messages[-1].content
+    assert 'starts with its conclusion, "No", the answer of the largest position' in asked
+    s = record.summary
+    assert s and s.status == "ok" and s.headline == "No, unless it is audited first."
+    seed = derive_seed(record.seed, record.rounds + 1, 0)
+    assert s.rejected == [
+        f"seed {seed}: the headline does not open with No, the stance of the largest "
+        "position (2 of 3)"
+    ]
+    assert s.rejected_generations[0].raw_output == flipped
+
+
+def test_the_headlines_stance_comes_from_the_label_or_else_the_answers() -> None:
+    base = Facts(labels=QWEN, changed=[], majority=QWEN[:2], minority=[QWEN[2]],
+                 all_agreed=False, groups=[QWEN[:2], [QWEN[2]]])  # fmt: skip
+    assert contradictions("", "", base.model_copy(update={"stance": "no"}), "No, never.") == []
+    assert contradictions("", "", base, "Yes, but slowly.") == []  # no stance: free
+    # a label without one ("Audit it first"): the stance its members' answers share
+    labels = f"Position A: Audit it first\nPosition B: Open it\n{QWEN[0]}: A\n{QWEN[1]}: B\n" \
+             f"{QWEN[2]}: A"  # fmt: skip
+    record, speaker = qwen_round([SHUT, OPEN, SHUT], labels, GOOD_NO)
+    assert '\nheadline ::= "No" ' in summary_call(speaker)
+    assert record.summary and record.summary.status == "ok" and not record.summary.rejected
+    # members split between yes and no, or an even split: free
+    free = GOOD_NO.replace("Qwen 0.5B argues", "Qwen 1.5B argues").replace("No, unless", "Only if")
+    record, speaker = qwen_round([SHUT, OPEN, OPEN.replace("Yes", "Perhaps")], labels.replace(
+        f"{QWEN[2]}: A", f"{QWEN[2]}: B"), free)  # fmt: skip
+    assert "\nheadline ::= line\n" in summary_call(speaker)
+    assert record.summary and record.summary.headline == "Only if it is audited first."
+
+
+GOOD_NO = (
+    "Summary: Two held that the code must be audited first; Qwen 0.5B held it should be "
+    "opened.\nCounterpoint: Qwen 0.5B argues that open code can be checked.\n"
+    "Answer: No, unless it is audited first."
+)
+
+
+def test_a_reply_with_nobody_to_reply_to_is_refused_and_a_later_one_kept() -> None:
+    # `make quality`: the Skeptic "counters" in the Summary line when all three agreed
+    countered = (
+        "Summary: Qwen 1.5B and Qwen 0.5B hold that open code can be checked; Qwen 1.5B "
+        "Skeptic counters by stating that audits catch more.\n"
+        "Counterpoint: Qwen 1.5B Skeptic warns about cost.\nAnswer: Yes, open it."
+    )
+    added = countered.replace("counters by stating", "adds")
+    kept, why = kept_after_refusal([OPEN, OPEN, OPEN], AGREED, countered, added)
+    assert kept == added
+    assert why == "it says Qwen 1.5B Skeptic holds another position, but all 3 agreed"
+
+
+@pytest.mark.parametrize(
+    "text,read",
+    [
+        ("Qwen 1.5B Skeptic counters by stating that audits catch more.",
+         [("Qwen 1.5B Skeptic", ["*someone*"])]),
+        ("Qwen 1.5B pushes back.", [("Qwen 1.5B", ["*someone*"])]),
+        ("Qwen 0.5B rebuts, citing the cost.", [("Qwen 0.5B", ["*someone*"])]),
+        ("Qwen 0.5B retorts that it costs.", [("Qwen 0.5B", ["*someone*"])]),
+        ("Qwen 0.5B counters with the point that it costs.", [("Qwen 0.5B", ["*someone*"])]),
+        ("Qwen 1.5B begs to differ.", [("Qwen 1.5B", ["*someone*"])]),
+        # an object of its own: about that, perhaps the panel's own view
+        ("Qwen 0.5B counters the ban.", []),
+        ("Qwen 0.5B takes issue with the ban.", []),
+        ("Qwen 0.5B objects that it costs.", []),
+    ],
+)  # fmt: skip
+def test_a_reply_without_an_object_is_a_dissent(
+    text: str, read: list[tuple[str, list[str]]]
+) -> None:
+    assert dissents(text, QWEN) == read
+
+
+def test_a_reply_is_refused_only_when_nobody_holds_another_position() -> None:
+    split = Facts(labels=QWEN, changed=[], majority=QWEN[:2], minority=[QWEN[2]],
+                  all_agreed=False, groups=[QWEN[:2], [QWEN[2]]])  # fmt: skip
+    # a majority panelist replying to the minority: true
+    assert contradictions("Qwen 1.5B counters by citing the cost.", "", split) == []
+    agreed = split.model_copy(update={"majority": [], "minority": [], "all_agreed": True,
+                                      "groups": [QWEN]})  # fmt: skip
+    assert contradictions("Qwen 1.5B counters by citing the cost.", "", agreed) == [
+        "it says Qwen 1.5B holds another position, but all 3 agreed"
+    ]
+    # Qwen 1.5B Skeptic without a valid answer, the others of one position
+    alone = split.model_copy(update={"minority": [], "groups": [QWEN[:2]]})
+    assert contradictions("Qwen 1.5B counters by citing the cost.", "", alone) == [
+        "it says Qwen 1.5B replies to another position, but no panelist holds one"
+    ]
+
+
+def test_a_plain_yes_or_no_said_of_a_panelist_is_checked_against_its_answer() -> None:
+    assert said("Qwen 0.5B says yes, because it helps.", QWEN) == [("Qwen 0.5B", "yes")]
+    assert said("Qwen 1.5B and Qwen 1.5B Skeptic answer no.", QWEN) == [
+        ("Qwen 1.5B", "no"),
+        ("Qwen 1.5B Skeptic", "no"),
+    ]
+    assert said("Qwen 0.5B answered: No.", QWEN) == [("Qwen 0.5B", "no")]
+    # not a plain yes or no, or not said of the panelist: not read
+    assert said("Qwen 0.5B says no one changed.", QWEN) == []
+    assert said("Qwen 0.5B believes it is a good idea to ban them.", QWEN) == []
+    assert said("Agreeing with Qwen 0.5B, the panel says yes.", QWEN) == []
+    wrong = (
+        "Summary: Two held that the code must be audited first; Qwen 0.5B says no, "
+        "because open code helps attackers.\n"
+        "Counterpoint: Qwen 0.5B argues that open code can be checked.\n"
+        "Answer: No, unless it is audited first."
+    )
+    kept, why = kept_after_refusal([SHUT, OPEN, SHUT], NO_LABELS, wrong, GOOD_NO)
+    assert (
+        kept == GOOD_NO and why == "it says Qwen 0.5B answered no, but Qwen 0.5B's answer was yes"
+    )

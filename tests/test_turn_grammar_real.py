@@ -127,3 +127,22 @@ def test_the_counterpoint_opens_with_the_minoritys_name_and_a_verb(model: Any) -
     after = allowed(model, SUMMARY, head + "Qwen 1.5B ")
     assert after and all(any(v.startswith(p) or p.startswith(v) for v in VERBS) for p in after)
     assert not [p for p in after if p.lower().startswith("sk")]
+
+
+# the largest position answered "No, unless ...": the headline opens with its "No"
+STANCED = builtin().render("summary.gbnf.j2", line_max=200, summary_max=600, stance="no")
+
+
+def test_a_summary_line_ends_only_at_a_sentence_end_and_the_headline_keeps_the_stance(
+    model: Any,
+) -> None:
+    head = "Summary: Two of three said no."
+    # mid-sentence: the line goes on, it cannot end there; after ". ! ?" it may
+    assert not [p for p in allowed(model, STANCED, head[:-1]) if p.startswith("\n")]
+    assert any(p.startswith("\n") for p in allowed(model, STANCED, head))
+    headline = head + "\nCounterpoint: Qwen 0.5B warns about cost.\nAnswer: "
+    first = allowed(model, STANCED, headline)
+    # "No" and nothing else ("Yes" is refused), and no word that opens with it ("Nobody")
+    assert first and all("No".startswith(p) or p.startswith("No") for p in first), first[:20]
+    after = allowed(model, STANCED, headline + "No")
+    assert after and not [p for p in after if p[:1].isalnum()], after[:20]

@@ -32,7 +32,17 @@ before names, else from the panel), or "argues against", "opposes", "objects",
 oppose as well, "unlike X", or "this argument" (what the clause before said, so
 against the panelists it names). Alone, "X opposes the ban" may well be the
 panel's own position, so it is not read; in a counterpoint when all agreed it is
-a dissent.
+a dissent. A reply without an object of its own ("X counters by stating ...",
+"X pushes back.", "X rebuts with ...") sets X against someone: refused when no
+panelist holds another position than X's ("Qwen 1.5B Skeptic counters" over "All 3
+models agreed").
+
+It reads a yes or no said of a panelist only when it is plain ("X says yes", "X and
+Y answer no"), against the leading yes or no of the panelist's final answer; a
+stance in a free clause ("X believes it is a good idea to ban them", "X supports
+the ban") means yes or no only by what it says, which words cannot tell reliably,
+so it is not read. The headline must open with the largest position's stance
+(Facts.stance), which the summary grammar also opens it with.
 """
 
 from __future__ import annotations
@@ -42,8 +52,9 @@ import re
 from pydantic import BaseModel, ConfigDict
 
 from localtable.debate import positions as pos
+from localtable.debate.answers import stance
 from localtable.debate.consensus import compute_consensus
-from localtable.record import RunRecord
+from localtable.record import PositionGroup, RunRecord
 
 _STANCE_NOUN = (
     r"(?:positions?|minds?|views?|stances?|answers?|opinions?|sides?|conclusions?|votes?)"
@@ -109,7 +120,8 @@ _APART = re.compile(
 _AGAINST = re.compile(
     rf"{_NOT_A_NOUN}\b(?:argu(?:es|ed|ing|e) (?:against|otherwise|the opposite)|"
     r"oppos(?:es|ed|ing|e)|object(?:s|ed|ing)?|reject(?:s|ed|ing)?|counter(?:s|ed|ing)?|"
-    r"push(?:es|ed|ing)? back|disput(?:es|ed|ing|e)|"
+    r"push(?:es|ed|ing)? back|disput(?:es|ed|ing|e)|rebut(?:s|ted|ting)?|retort(?:s|ed|ing)?|"
+    r"demur(?:s|red|ring)?|takes? issue|took issue|begs? to differ|"
     r"(?:is|was|are|were|remains?|remained|seems?|seemed)\s+(?:skeptical|sceptical|doubtful|"
     r"unconvinced|critical)\s+(?:of|about))\b",
     re.IGNORECASE,
@@ -119,6 +131,28 @@ _AGAINST = re.compile(
 _THAT_ARGUMENT = re.compile(
     r"^\s+(?:this|that|these|those|their|his|her|its|such)\s+(?:argument|view|position|"
     r"claim|point|reasoning|idea|stance|answer|conclusion|proposal)s?\b",
+    re.IGNORECASE,
+)
+# A reply to someone: a dissent whatever it answers when it has no object of its own
+# ("X counters by stating that ...", "X pushes back.", "X rebuts with ..."): X holds
+# another position than some panelist ("X counters the ban" is about the ban: not
+# read). "X disagrees" is _APART's; "X disagrees that P" and "X objects to P" may
+# well be the panel's own view of P, so they are not read as a reply.
+_REPLY = re.compile(
+    r"(?:counter|rebut|retort|push|demur|beg)\w*(?: (?:back|to differ))?",
+    re.IGNORECASE,
+)
+_NO_OBJECT = re.compile(r"\s*(?:[.;:,!]|$|(?:by|that|with)\b)", re.IGNORECASE)
+# ... which others: some panelist, not one it names (dissents() returns it as the others)
+SOMEONE = "*someone*"
+# "X says yes", "X answers no": a yes/no stance attributed to a panelist. Only a plain
+# yes or no right after a verb of saying is read; "X believes it is a good idea" is a
+# free clause this module cannot read reliably, so it is not read.
+_SAYS = re.compile(
+    r"^,?\s+(?:(?:clearly|firmly|simply|still|also|ultimately)\s+)?"
+    r"(?:says?|said|answer(?:s|ed)?|vote(?:s|d)?|repl(?:ies|ied|y)|conclude(?:s|d)?|"
+    r"respond(?:s|ed)?)\s*[:,]?\s+(?:with\s+)?(?:a\s+)?[\"'“]?(yes|no)"
+    r"(?=[\"'”]*(?:[.,;:!)]|\s*$)|\s+(?:because|since|to|on|as|for)\b)",
     re.IGNORECASE,
 )
 # After "disagrees with" / "differs from": the panel, not a named panelist
@@ -143,6 +177,11 @@ class Facts(BaseModel):
     all_agreed: bool
     # labels of each final position's holders, largest group first ([]: not known)
     groups: list[list[str]] = []
+    # "yes" or "no": the leading stance of the unique largest position (its label, else
+    # its panelists' answers, when they share one); None: no such group or no stance
+    stance: str | None = None
+    # label -> the leading stance ("yes" or "no") of its valid final answer, where it has one
+    stances: dict[str, str] = {}
 
 
 def record_facts(record: RunRecord) -> Facts:
@@ -157,6 +196,13 @@ def record_facts(record: RunRecord) -> Facts:
     majority = groups[0].members if unique and not all_agreed else []
     minority = [m for g in groups[1:] for m in g.members] if majority else []
     changed = dict.fromkeys(name for name, _, _ in pos.changes(record))
+    # the leading yes/no of each valid final answer (an open question's)
+    stances = {
+        t.panelist: said
+        for t in record.final_turns()
+        if record.question_kind == "open" and t.status == "ok" and t.parsed is not None
+        if (said := stance(t.parsed.answer)) is not None
+    }
     return Facts(
         labels=[p.label for p in record.panelists],
         changed=[label_of[name] for name in changed if name in label_of],
@@ -164,7 +210,17 @@ def record_facts(record: RunRecord) -> Facts:
         minority=[label_of[m] for m in minority if m in label_of],
         all_agreed=all_agreed,
         groups=[[label_of[m] for m in g.members if m in label_of] for g in groups],
-    )
+        stance=_group_stance(groups[0], stances) if unique and record.question_kind == "open"
+        else None,
+        stances={label_of[name]: said for name, said in stances.items() if name in label_of},
+    )  # fmt: skip
+
+
+def _group_stance(group: PositionGroup, stances: dict[str, str]) -> str | None:
+    """The leading yes/no of a position: its label's ("No, unless ..."), else the one
+    every member's answer opens with; None when neither has one."""
+    said = {stances.get(m) for m in group.members}
+    return stance(group.position) or (said.pop() if len(said) == 1 else None)
 
 
 def _mentions(text: str, labels: list[str]) -> list[tuple[int, int, str]]:
@@ -279,9 +335,11 @@ def _set_apart_from(
     if verb.re is _AGAINST and _THAT_ARGUMENT.match(clause[verb.end() :]):
         argued = [label for label in _named(last_named, _mentions(last_named, labels))]
         return [label for label in argued if label not in who] or None
-    if verb.re is _APART:
+    if verb.re is _APART:  # "X disagrees." already sets X apart from the panel
         named = _apart_from(clause, mentions, verb.end())
         return named if named != [] else before
+    if _REPLY.fullmatch(verb.group()) and _NO_OBJECT.match(clause[verb.end() :]):
+        return [SOMEONE]
     return [] if against_panel else None  # "X opposes it" alone: perhaps the panel's view
 
 
@@ -324,6 +382,10 @@ def _false_dissent(who: str, others: list[str], facts: Facts, where: str) -> str
         return f"it says {who} holds another position, but all {len(facts.labels)} agreed"
     groups = facts.groups or [facts.majority]
     group_of = {label: i for i, g in enumerate(groups) for label in g}
+    if others == [SOMEONE]:  # another position than some panelist's
+        if who in group_of and len(groups) == 1:
+            return f"it says {who} replies to another position, but no panelist holds one"
+        return None
     same = [o for o in others if who in group_of and group_of.get(o) == group_of[who]]
     if same:
         return (
@@ -364,6 +426,20 @@ def claims(text: str, labels: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def said(text: str, labels: list[str]) -> list[tuple[str, str]]:
+    """(label, "yes" or "no") for each panelist the text says answered yes or no in
+    plain words ("X says yes", "X and Y answer no"); see _SAYS."""
+    out: list[tuple[str, str]] = []
+    for clause in _CLAUSE.split(text):
+        mentions = _mentions(clause or "", labels)
+        for start, end, _ in mentions:
+            m = _SAYS.match(clause[end:])
+            if m is None or _NOT_SUBJECT.search(clause[:start]):
+                continue
+            out += [(label, m.group(1).lower()) for label in _subjects(clause, mentions, end)]
+    return list(dict.fromkeys(out))
+
+
 def misnamed(text: str, labels: list[str]) -> list[str]:
     """Names that run a panelist's label on into the last word of another's: "Qwen
     0.5B Skeptic" on a panel of "Qwen 0.5B" and "Qwen 1.5B Skeptic" (a 1.5B
@@ -384,13 +460,28 @@ def misnamed(text: str, labels: list[str]) -> list[str]:
     return out
 
 
-def contradictions(summary: str, counterpoint: str, facts: Facts) -> list[str]:
-    """The claims of a summary that the record contradicts, each in a few words."""
+def contradictions(
+    summary: str, counterpoint: str, facts: Facts, headline: str | None = None
+) -> list[str]:
+    """The claims of a summary that the record contradicts, each in a few words; the
+    headline (when given) must open with the majority's stance (Facts.stance)."""
     problems = [
         f"it names {name}, who is not on the panel"
         for text in (summary, counterpoint)
         for name in misnamed(text, facts.labels)
     ]
+    if headline is not None and facts.stance and stance(headline) != facts.stance:
+        size = len(facts.groups[0]) if facts.groups else len(facts.majority)
+        problems.append(
+            f"the headline does not open with {facts.stance.capitalize()}, the stance of the "
+            f"largest position ({size} of {len(facts.labels)})"
+        )
+    for text in (summary, counterpoint):
+        for who, what in said(text, facts.labels):
+            if facts.stances.get(who, what) != what:
+                problems.append(
+                    f"it says {who} answered {what}, but {who}'s answer was {facts.stances[who]}"
+                )
     changed = set(facts.changed)
     for who, what in claims(summary, facts.labels):
         if who == "*nobody*" and changed:

@@ -15,7 +15,7 @@ import re
 from pydantic import BaseModel, ConfigDict
 
 from localtable.debate.answers import answer_cut, answer_problem, bare_answer, stance
-from localtable.record import ParsedTurn, QuestionKind
+from localtable.record import ParsedTurn, QuestionKind, SummaryLine
 
 # An answer says something when it has a letter or a digit: "4", "2+1" and "A" are
 # answers; "...", "-" and "?" are not.
@@ -33,6 +33,7 @@ class ParsedSummary(BaseModel):
     headline: str
     counterpoint: str
     summary: str
+    cut: list[SummaryLine] = []  # the lines the grammar's bound stopped (line_cut)
 
 
 class ParsedLabels(BaseModel):
@@ -128,6 +129,13 @@ def answer_line_cut(text: str, kind: QuestionKind, answer_max: int) -> bool:
     as the grammar writes it."""
     _, found, line = text.rpartition(f"\n{FIELD_NAMES['answer']}: ")
     return kind == "open" and bool(found) and answer_cut(line, answer_max)
+
+
+def line_cut(line: str) -> bool:
+    """Whether the grammar's bound stopped a summary line (summary.gbnf.j2 under
+    sentence.gbnf.j2): the model may end one only with ". ! ?", and the characters that
+    close a line at its bound are never one, so a line without that end was stopped."""
+    return not line.rstrip().endswith((".", "!", "?"))
 
 
 def _fields(text: str, names: list[str], last: str) -> dict[str, str]:
@@ -299,7 +307,12 @@ def parse_summary(
     summary = _own_reasoning(f["Summary"])
     # a counterpoint ran on with "Question: <the question> Answer: ..." (2b64b94)
     counterpoint = _own_reasoning(f["Counterpoint"])
-    return ParsedSummary(headline=headline, counterpoint=counterpoint, summary=summary)
+    # a choice or number headline is free (its answer alone is complete)
+    lines: dict[SummaryLine, str] = {"summary": f["Summary"], "counterpoint": f["Counterpoint"]}
+    if kind == "open":
+        lines["headline"] = f["Answer"]
+    cut = [line for line, raw in lines.items() if line_cut(raw)]
+    return ParsedSummary(headline=headline, counterpoint=counterpoint, summary=summary, cut=cut)
 
 
 def parse_labels(

@@ -30,9 +30,10 @@ from pydantic import BaseModel, ConfigDict
 
 from localtable.backends.base import BackendDown, ChatMessage, TurnFailed, TurnRequest, TurnResult
 from localtable.debate import positions as pos
-from localtable.debate.answers import ANSWER_RULES, normalize_open, same_position, stance
+from localtable.debate.answers import normalize_open, same_position, stance
 from localtable.debate.claims import Facts, contradictions, record_facts
 from localtable.debate.consensus import compute_consensus
+from localtable.debate.freetext import free_turn
 from localtable.debate.parsing import (
     ParsedLabels,
     ParsedSummary,
@@ -730,18 +731,10 @@ class Debate:
     def _free_turn(self, p: PanelistRecord, round_no: int, generation: Generation) -> TurnRecord:
         """A free text turn: its answer is what the protocol's answer rule reads in it
         (none: the turn failed, its reply kept; later rounds still show it to peers)."""
-        rule = self.settings.answer_rule
-        answer = ANSWER_RULES[rule](generation.raw_output)
-        if answer is None:
-            why = f"unusable answer: the answer rule {rule} reads no number in the reply"
-            return TurnRecord(round=round_no, panelist=p.name, status="failed", error=why,
-                              generation=generation)  # fmt: skip
-        parsed = ParsedTurn(answer=answer, reasoning=generation.raw_output.strip())
-        turn = TurnRecord(
-            round=round_no, panelist=p.name, status="ok", generation=generation, parsed=parsed,
-            reasoning_cut=generation.finish_reason == "length",  # max_tokens cut it off
-        )  # fmt: skip
-        return self._answer_changed(turn, parsed) if round_no > 1 else turn
+        turn = free_turn(round_no, p.name, generation, self.settings.answer_rule)
+        if turn.parsed is None or round_no == 1:
+            return turn
+        return self._answer_changed(turn, turn.parsed)
 
     def run_turn(self, p: PanelistRecord, round_no: int) -> None:
         self._begin(round_no, p.name)
@@ -995,6 +988,7 @@ class Debate:
                 summary=parsed.summary,
                 consensus=consensus,
                 line_max_chars=SUMMARY_LINE_MAX_CHARS,
+                cut=parsed.cut,
             )
         )
 
@@ -1049,6 +1043,7 @@ class Debate:
             changes=changes_view if finals_view else [],
             minority=facts.minority if finals_view else [],
             agreed=facts.all_agreed,
+            stance=(facts.stance or "") if finals_view else "",
         ).strip()
 
     def _write_summary(
@@ -1064,7 +1059,7 @@ class Debate:
         system = self.templates.render("summary_system.j2").strip()
         grammar = self.templates.render(
             "summary.gbnf.j2", line_max=SUMMARY_LINE_MAX_CHARS, summary_max=SUMMARY_MAX_CHARS,
-            minority=facts.minority,
+            minority=facts.minority, kind=self.record.question_kind, stance=facts.stance or "",
         )  # fmt: skip
         messages, sampling, rules = self.fit(
             summarizer.name,
@@ -1091,7 +1086,7 @@ class Debate:
                 question=self.record.question,
                 instructions=instructions,
             )
-            false = contradictions(parsed.summary, parsed.counterpoint, facts)
+            false = contradictions(parsed.summary, parsed.counterpoint, facts, parsed.headline)
             if false:
                 raise ContradictsRecord("; ".join(false))
             return parsed

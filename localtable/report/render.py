@@ -413,16 +413,16 @@ def build_view(record: RunRecord) -> RoundtableView:
         ]
     counterpoint = summary_text = ""
     if s is not None:
-        # free text in any kind of question: cut where the grammar ends a line, or
-        # where max_tokens ended the summary
-        counterpoint = whole_sentences(s.counterpoint, at_limit(s.counterpoint, line_max))
-        ended = bool(s.generation and s.generation.finish_reason == "length")
-        summary_text = whole_sentences(s.summary, ended)
+        # free text in any kind of question: a line a length cap stopped is marked "…"
+        counterpoint, summary_text = s.shown("counterpoint"), s.shown("summary")
     generations = build_generations(record)
     return RoundtableView(
         record=record,
         title=f"AI Roundtable Open Debate · {len(record.panelists)} models",
-        headline=summary_line(s.headline) if s and summary_ok else "",
+        # a choice or a number is complete as it is
+        headline=(s.shown("headline") if record.question_kind == "open" else s.headline)
+        if s and summary_ok
+        else "",
         consensus=s.consensus.line if s else "No consensus",
         consensus_kind=s.consensus.kind if s else "none",
         counterpoint=counterpoint,

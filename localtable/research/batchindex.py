@@ -7,6 +7,7 @@ this module; running one is the batch package (localtable/batch/), which imports
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +16,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from localtable.errors import RecordError, RecordWriteError
-from localtable.record import MAX_ROUNDS, RECORD_FILE, RUN_ID, RunRecord, read_record
+from localtable.record import (
+    MAX_ROUNDS,
+    PACKED_RECORD_FILE,
+    RECORD_FILE,
+    RUN_ID,
+    RunRecord,
+    read_record,
+)
 from localtable.research.questions import Question
 from localtable.storage import StorageError, read_versioned, write_atomic
 
@@ -79,7 +87,7 @@ def is_batch(path: Path) -> bool:
     return index_path(path).is_file()
 
 
-def read_index(batch_dir: Path) -> BatchIndex:
+def read_index(batch_dir: Path, *, follow_links: bool = True) -> BatchIndex:
     try:
         return read_versioned(
             index_path(batch_dir),
@@ -87,6 +95,7 @@ def read_index(batch_dir: Path) -> BatchIndex:
             version_key="version",
             limit=INDEX_MAX_BYTES,
             readers=READERS,
+            follow_links=follow_links,
         )
     except StorageError as exc:
         raise RecordError(str(exc)) from None
@@ -100,12 +109,18 @@ def write_index(batch_dir: Path, index: BatchIndex) -> None:
         raise RecordWriteError(str(exc)) from None
 
 
+def entry_record(batch_dir: Path, entry: BatchEntry) -> RunRecord | None:
+    """An entry's run record: its record.json, else a study's shipped record.json.gz
+    (research/studypack.py), read without following a link; None when it has neither."""
+    run_dir = batch_dir / entry.run_dir
+    if (run_dir / RECORD_FILE).is_file():
+        return read_record(run_dir)
+    if os.path.lexists(run_dir / PACKED_RECORD_FILE):
+        return read_record(run_dir, follow_links=False, packed=True)
+    return None
+
+
 def batch_records(batch_dir: Path) -> list[tuple[BatchEntry, RunRecord | None]]:
     """Every entry of a batch with its run record (None when it has none yet)."""
     index = read_index(batch_dir)
-    out = []
-    for entry in index.entries:
-        run_dir = batch_dir / entry.run_dir
-        record = read_record(run_dir) if (run_dir / RECORD_FILE).is_file() else None
-        out.append((entry, record))
-    return out
+    return [(entry, entry_record(batch_dir, entry)) for entry in index.entries]

@@ -37,7 +37,7 @@ from localtable.debate.parsing import (
 )
 from localtable.debate.protocol import reasoning_max_chars
 from localtable.errors import ConfigError
-from localtable.record import Generation, RunRecord, TurnRecord
+from localtable.record import Generation, RunRecord, SummaryLine, TurnRecord
 
 FINISHED = ("complete", "failed")
 RESTATE_OVERLAP = RESTATES_OVERLAP  # 0.8: a headline this close to the question restates it
@@ -47,7 +47,7 @@ MAX_FAILED_TURNS_PCT = 2.0  # failed turns, percent of all turns
 MIN_AGREEMENT = 0.9  # stated "changed mind" agreeing with a change of position
 # issue #26: what the reader is told is what the record shows
 MAX_FALSE_CLAIMS = 0  # summary claims the record contradicts
-MAX_UNMARKED_CUTS = 0  # reasoning a length cap stopped, shown without "…"
+MAX_UNMARKED_CUTS = 0  # reasoning or summary lines a length cap stopped, shown without "…"
 MAX_UNMARKED_ANSWERS = 0  # answers the grammar's bound stopped, shown without "…"
 MAX_LABEL_CONTRADICTIONS = 0  # a "No" answer on a "Yes" position, or the other way
 MAX_BARE = 0  # a bare "Yes" or "No"
@@ -144,7 +144,7 @@ class PanelQuality(Quality):
     false_claims: list[Example] = Field(
         default_factory=list, description="claims of ok summaries the record contradicts"
     )
-    cut_reasonings: int = 0
+    cut_reasonings: int = 0  # and cut summary lines (unmarked_cuts)
     unmarked_cuts: list[Example] = Field(default_factory=list)
     cut_answers: int = 0
     unmarked_answers: list[Example] = Field(default_factory=list)
@@ -298,7 +298,7 @@ def false_claims(records: list[RunRecord]) -> list[Example]:
         s = r.summary
         if s is None or s.status != "ok":
             continue
-        for problem in contradictions(s.summary, s.counterpoint, record_facts(r)):
+        for problem in contradictions(s.summary, s.counterpoint, record_facts(r), s.headline):
             out.append(Example(run_id=r.run_id, round=None, panelist=s.summarizer, text=problem))
     return out
 
@@ -343,10 +343,26 @@ def _shown_unmarked(record: RunRecord, turn: TurnRecord, field: str, kept: str, 
 
 
 def unmarked_cuts(records: list[RunRecord]) -> tuple[int, list[Example]]:
-    """(ok turns whose reasoning a length cap stopped (reasoning_cut()), those of them
-    shown without a closing "…" (_shown_unmarked), with the reasoning's last words)."""
+    """(ok turns whose reasoning a length cap stopped (reasoning_cut()) and ok summaries'
+    lines that one stopped (SummaryRecord.line_cut: a choice or number headline is
+    complete as it is), those of them shown without a closing "…" (_shown_unmarked;
+    a summary's line as the layouts show it), with the text's last words)."""
     cut = 0
     out = []
+    for r in records:
+        s = r.summary
+        if s is None or s.status != "ok":
+            continue
+        lines: list[SummaryLine] = ["summary", "counterpoint"]
+        if r.question_kind == "open":
+            lines.append("headline")
+        for line in lines:
+            if not s.line_cut(line):
+                continue
+            cut += 1
+            if not s.shown(line).rstrip().endswith("…"):
+                text = f"{line}: {getattr(s, line)[-60:]}"
+                out.append(Example(run_id=r.run_id, round=None, panelist=s.summarizer, text=text))
     for r, t, _ in ok_turns(records):
         if not reasoning_cut(r, t):
             continue

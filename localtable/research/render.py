@@ -253,7 +253,7 @@ def quality_table(p: q.PanelQuality) -> Table:
         ["Summary claims contradicted by the record",
          f"{len(p.false_claims)} in {p.summaries_ok} summaries", str(q.MAX_FALSE_CLAIMS),
          _met(v.false_claims)],
-        ["Reasoning cut without a mark",
+        ["Reasoning or summary lines cut without a mark",
          f"{len(p.unmarked_cuts)} of {p.cut_reasonings} cut", str(q.MAX_UNMARKED_CUTS),
          _met(v.unmarked_cuts)],
         ["Answers cut without a mark",
@@ -321,11 +321,15 @@ def quality_notes(r: q.QualityReport) -> list[str]:
         "Summary claims: a panelist the summary says changed or kept its position against "
         "the counted positions, 'nobody changed' when someone did, a majority panelist named "
         "as the counterpoint's source while there is a minority, a dissent when all agreed, "
-        "a panelist set apart from others who hold its position, a name that is nobody's "
-        "('Qwen 0.5B Skeptic') (debate/claims.py). Over ok summaries.",
+        "a panelist set apart from others who hold its position or replying ('X counters "
+        "by ...') where nobody holds another, a plain yes or no a panelist's answer does not "
+        "give ('X says yes'), a headline that does not open with the largest position's yes "
+        "or no, a name that is nobody's ('Qwen 0.5B Skeptic') (debate/claims.py). Over ok "
+        "summaries.",
         "Cut: a reasoning that the grammar's character bound or max_tokens stopped, an open "
-        "answer that the grammar's bound stopped; without a mark: shown (layouts, or the "
-        "peers' view in the next round's recorded prompts) without a closing '…'.",
+        "answer or a summary's line (its summary, counterpoint, an open question's headline) "
+        "that the grammar's bound stopped; without a mark: shown (layouts, or the peers' view "
+        "in the next round's recorded prompts) without a closing '…'.",
         "Against the label: an answer opening with yes (no) on a position whose label opens "
         "with no (yes). Bare: an open answer whose leading yes or no has fewer than two words "
         "after it.",

@@ -18,6 +18,7 @@ from localtable.research.render import (
     render_comparison,
     render_quality,
 )
+from localtable.research.rereading import check_rule
 from localtable.research.scoreview import ScoreFormat, render_score
 from localtable.research.scoring import score
 from localtable.templates import TemplateSet
@@ -31,10 +32,16 @@ def title(what: str, targets: list[str]) -> str:
     return f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
 
 
-def score_report(targets: list[str], runs_dir: Path, fmt: ScoreFormat) -> str:
-    """The accuracy table (scoring.NothingToScore when no run has an answer key)."""
+def score_report(
+    targets: list[str], runs_dir: Path, fmt: ScoreFormat, answer_rule: str | None = None
+) -> str:
+    """The accuracy table (scoring.NothingToScore when no run has an answer key); with an
+    answer rule, free-text replies read again by it (`score --answer-rule`)."""
+    if answer_rule is not None:
+        check_rule(answer_rule)  # before any record is read
     records, _ = collect(targets, runs_dir)
-    return render_score(score(records), fmt, TemplateSet(), title("Accuracy", targets))
+    scores = score(records, answer_rule=answer_rule)
+    return render_score(scores, fmt, TemplateSet(), title("Accuracy", targets))
 
 
 def comparison_report(targets: list[str], runs_dir: Path, fmt: CompareFormat) -> str:

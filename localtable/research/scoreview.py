@@ -129,6 +129,30 @@ def rounds_table(s: BatchScore) -> Table:
     )
 
 
+def reading_lines(s: BatchScore) -> list[str]:
+    """Under the title: which answer rule read the free-text replies, whether that is
+    the rule the runs recorded, and each rule's parse rate; none for structured turns."""
+    a = s.answers
+    if a is None:
+        return []
+    recorded = ", ".join(a.recorded)
+    if a.chosen is None:
+        said = f"Answers read by the rule the runs recorded: {recorded}."
+    elif a.differs:
+        said = (
+            f"Answers read again by the rule {a.chosen} (--answer-rule), not the one the runs "
+            f"recorded ({recorded}): every free-text reply re-read."
+        )
+    else:
+        said = f"Answers read by the rule {a.chosen} (--answer-rule), the one the runs recorded."
+    rates = " · ".join(
+        f"{r.rule} {r.read} of {r.replies}"
+        + (f" ({100 * r.read / r.replies:.1f}%)" if r.replies else "")
+        for r in a.rates
+    )
+    return [said, f"Parse rate (replies in which the rule reads a number): {rates}"]
+
+
 def score_notes(s: BatchScore) -> list[str]:
     seats, k = len(s.panelists), s.sc_k
     notes = [
@@ -214,6 +238,10 @@ def score_csv(s: BatchScore) -> str:
         w.writerow({"table": "flips", "label": f.seat, "round": s.rounds,
                     "right_to_wrong": f.right_to_wrong, "wrong_to_right": f.wrong_to_right,
                     "p_value": f"{f.p_value:.6g}"})  # fmt: skip
+    for rate in s.answers.rates if s.answers else []:
+        share = f"{rate.read / rate.replies:.4f}" if rate.replies else None
+        w.writerow({"table": "parse_rate", "label": rate.rule, "correct": rate.read,
+                    "total": rate.replies, "answers": rate.replies, "accuracy": share})  # fmt: skip
     for rs in s.per_round:
         w.writerow({"table": "round", "label": f"round {rs.round}", "round": rs.round,
                     "calls": len(s.panelists) * rs.round, "correct": rs.individual.correct,
@@ -239,5 +267,6 @@ def render_score(s: BatchScore, fmt: ScoreFormat, templates: TemplateSet, title:
         tests=tests_table(s),
         flips=flips_table(s),
         rounds=rounds_table(s),
+        reading=reading_lines(s),
         notes=score_notes(s),
     )

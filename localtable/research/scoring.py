@@ -13,6 +13,10 @@ finished runs (complete or failed). Each row is a way of answering a question
   show SC@k as not run, with the reason: it is never made up;
 - debate after round r: the round-r majority (N*r generations).
 
+Free text (a protocol's `output = "free"`) is read by the answer rule each run
+recorded, or, with `answer_rule`, every reply read again by that rule
+(rereading.py); the score says which, with every rule's parse rate.
+
 Unparsed and failed answers are wrong, never vote, and are counted. Accuracy p
 over n debates has the standard error sqrt(p(1-p)/n), as Du et al.'s
 np.std(scores)/sqrt(n); the mean over seats has the standard error of the
@@ -39,6 +43,7 @@ from localtable.debate.answers import is_correct, position_of
 from localtable.errors import ConfigError
 from localtable.record import RunRecord, TurnRecord
 from localtable.research import stats
+from localtable.research.rereading import AnswerReading, check_rule, reading, reread
 from localtable.research.votes import (
     TIE_RULES,
     TIE_SEED,
@@ -148,6 +153,10 @@ class BatchScore(Score):
     unfinished: int = Field(description="runs still running or interrupted")
     tie_rules: list[TieRule] = list(TIE_RULES)
     tie_seed: int = Field(description="the seed of the random tie rule")
+    answers: AnswerReading | None = Field(
+        default=None, description="free text: the answer rule read by and the parse rates; "
+        "None: structured turns, read under their grammar",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -359,14 +368,22 @@ class NothingToScore(ConfigError):
     """No finished run of a choice or number question with an answer key."""
 
 
-def score(records: list[RunRecord], tie_seed: int = TIE_SEED) -> BatchScore:
-    """The accuracy table of a set of runs of one panel (see the module docstring)."""
+def score(
+    records: list[RunRecord], tie_seed: int = TIE_SEED, answer_rule: str | None = None
+) -> BatchScore:
+    """The accuracy table of a set of runs of one panel (see the module docstring); with
+    an answer rule, their free-text replies read again by it (rereading.py)."""
+    if answer_rule is not None:
+        check_rule(answer_rule)
     finished = [r for r in records if r.status in ("complete", "failed")]
     scored = [r for r in finished if scorable(r)]
     if not scored:
         raise NothingToScore(
             "nothing to score: no finished run of a choice or number question with an answer key"
         )
+    answers = reading(scored, answer_rule)
+    if answer_rule is not None:
+        scored = [reread(r, answer_rule) for r in scored]
     names, rounds = _check_alike(scored)
     n_seats, k = len(names), len(names) * rounds
     singles = [_single(scored, name, i) for i, name in enumerate(names, start=1)]
@@ -413,4 +430,5 @@ def score(records: list[RunRecord], tie_seed: int = TIE_SEED) -> BatchScore:
         not_scored=len(finished) - len(scored),
         unfinished=len(records) - len(finished),
         tie_seed=tie_seed,
+        answers=answers,
     )
