@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
@@ -401,11 +402,15 @@ def _serve(conn: Connection, spec: WorkerSpec, scratch: Path, worker: int) -> No
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     where = f"{this_host()} (pid {os.getpid()})"
+    # a --group's debates report their turns from threads of their own: one message at
+    # a time, or their bytes interleave on the pipe
+    sending = threading.Lock()
 
     def send(report: Report) -> None:
         if os.getppid() != parent:  # the coordinator is gone: nobody reads this
             raise SystemExit(0)
-        conn.send(report.model_dump_json())
+        with sending:
+            conn.send(report.model_dump_json())
 
     core = WorkerCore(spec, scratch)
     try:
