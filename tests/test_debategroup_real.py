@@ -1,7 +1,8 @@
 """A batch's --group on real llama.cpp (issue #28, item 3): two debates of the tiny
 panel whose rounds are decoded together, their four SmolLM2 turns as sequences of
 one context. The group is in each record; a second batch gives the same records (the
-group's replay); a group interrupted mid-round resumes as the same group."""
+group's replay, here by a worker process); a group interrupted mid-round resumes as
+the same group."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def test_the_group_is_recorded_and_decoded_as_one_context(grouped: Path) -> None
 def test_a_second_batch_gives_the_same_records(
     setup: tuple[Path, Path, dict[str, str]], grouped: Path, tmp_path: Path
 ) -> None:
-    run_batch(setup, tmp_path)
+    """Run again, by a worker process this time (its turns reported over its pipe)."""
+    run_batch(setup, tmp_path, "--workers", "2")
     again, first = records(tmp_path / "pair"), records(grouped)
     assert {k: r.transcript_sha256 for k, r in again.items()} == {
         k: r.transcript_sha256 for k, r in first.items()
