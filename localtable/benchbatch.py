@@ -1,4 +1,4 @@
-"""`make bench-batch`: the same batch four ways, side by side.
+"""`make bench-batch`: the same batch five ways, side by side.
 
 A fixed batch (arithmetic questions on a panel, by default models.toml's tiny
 panel, the one docs/benchmarks.md's figures were measured on; one seed) runs
@@ -10,16 +10,22 @@ panel, the one docs/benchmarks.md's figures were measured on; one seed) runs
 (d) through this tree with `--ray ADDRESS --workers 2`, on a Ray cluster
     that the benchmark starts on 127.0.0.1 before the first batch (its start
     is not counted) and stops at the end (skipped when Ray is not installed),
-interleaved (a, b, c, d, a, b, ...) so that a change of load on a shared
-machine hits all alike. It prints the wall time per batch (median and
-range), debates per hour, peak memory of the batch's processes, and whether
-every debate gave the same transcript sha256 every way. Each side runs as
-the CLI, in a process of its own. Peak memory is the largest process the CLI
+(e) through this tree with `--decode batched --group N` (issue #28: one
+    worker decoding the rounds of N debates together, as sequences of one
+    llama.cpp context per model), against (c), the best on 2 cores before it,
+interleaved (a, b, c, d, e, a, b, ...) so that a change of load on a shared
+machine hits all alike (`--sides c,e` runs only those). It prints the wall
+time per batch (median and range), debates per hour, peak memory of the
+batch's processes, and whether every debate gave the same transcript sha256
+every way ((e)'s text differs by design, llama.cpp not being batch-invariant:
+it is compared across its own repetitions). Each side runs as the CLI, in a
+process of its own. Peak memory is the largest process the CLI
 waited for (itself, its engine, its workers); Ray's actors are the raylet's
 children, so (d) reports the driver alone.
 
 Usage: python -m localtable.benchbatch [--before d1000e0] [--limit 8] [--rounds 2]
-           [--repeat 2] [--panel tiny] [--workers 2] [--no-ray] [--json out.json]
+           [--repeat 2] [--panel tiny] [--workers 2] [--group 2] [--sides a,b,c,d,e]
+           [--no-ray] [--json out.json]
 """
 
 from __future__ import annotations
@@ -138,17 +144,33 @@ def render(runs: list[BatchRun], args: argparse.Namespace, cores: int) -> str:
             f"peak RSS {peak:,.0f} MB"
         )
     first = {s: next(r for r in runs if r.side == s) for s in sides}
-    base = statistics.median(r.seconds for r in runs if r.side == sides[0])
+
+    def median(side: str) -> float:
+        return statistics.median(r.seconds for r in runs if r.side == side)
+
     for side in sides[1:]:
-        now = statistics.median(r.seconds for r in runs if r.side == side)
-        lines.append(f"  {side} / {sides[0]}: {now / base:.2f}x wall time (medians)")
-    if len(sides) >= 4:
-        c, d = (statistics.median(r.seconds for r in runs if r.side == s) for s in sides[2:4])
-        lines.append(f"  {sides[3]} / {sides[2]}: {d / c:.2f}x wall time (medians)")
-    same = all(first[s].transcripts == first[sides[0]].transcripts for s in sides)
+        lines.append(f"  {side} / {sides[0]}: {median(side) / median(sides[0]):.2f}x wall time "
+                     "(medians)")  # fmt: skip
+    by_letter = {side[1]: side for side in sides}
+    if "c" in by_letter and "d" in by_letter:
+        c, d = by_letter["c"], by_letter["d"]
+        lines.append(f"  {d} / {c}: {median(d) / median(c):.2f}x wall time (medians)")
+    if "c" in by_letter and "e" in by_letter:
+        c, e = by_letter["c"], by_letter["e"]
+        lines.append(f"  {e} against {c}: {median(c) / median(e):.2f}x the debates per hour "
+                     "(medians)")  # fmt: skip
+    plain = [s for s in sides if s[1] != "e"]  # (e) decodes in groups: other text
+    same = all(first[s].transcripts == first[plain[0]].transcripts for s in plain)
     complete = {s: sum(v == "complete" for v in first[s].statuses.values()) for s in sides}
     lines.append(f"debates complete: {complete}")
-    lines.append(f"transcript sha256 identical per debate across sides: {'yes' if same else 'NO'}")
+    named = ", ".join(s[:3] for s in plain)
+    lines.append(f"transcript sha256 identical per debate across sides {named}: "
+                 f"{'yes' if same else 'NO'}")  # fmt: skip
+    for side in (s for s in sides if s[1] == "e"):
+        texts = [r.transcripts for r in runs if r.side == side]
+        steady = all(t == texts[0] for t in texts)
+        lines.append(f"{side[:3]}: transcripts identical across its repetitions: "
+                     f"{'yes' if steady else 'NO'}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -164,15 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="workers of sides (c) and (d)")
+    parser.add_argument("--group", type=int, default=2, help="debates decoded together in (e)")
+    parser.add_argument("--sides", default="abcde", help="the sides to run, e.g. c,e")
     parser.add_argument("--no-ray", action="store_true", help="leave out side (d)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
     runs: list[BatchRun] = []
-    cluster = None if args.no_ray else ray_cluster(available_cores())
+    chosen = set(args.sides.replace(",", ""))
+    cluster = None if args.no_ray or "d" not in chosen else ray_cluster(available_cores())
     n = str(args.workers)
     with tempfile.TemporaryDirectory(prefix="localtable-bench-batch-") as tmp:
-        old_tree = checkout(args.before, Path(tmp) / "before")
+        old_tree = checkout(args.before, Path(tmp) / "before") if "a" in chosen else REPO
         sides = [
             (f"(a) before ({args.before})", old_tree, []),
             ("(b) now, 1 worker", REPO, []),
@@ -181,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         if cluster is not None:
             sides.append((f"(d) now, Ray, {n} workers", REPO,
                           ["--ray", cluster.address, "--workers", n]))  # fmt: skip
+        group = str(args.group)
+        sides.append((f"(e) now, --decode batched --group {group}", REPO,
+                      ["--decode", "batched", "--group", group]))  # fmt: skip
+        sides = [side for side in sides if side[0][1] in chosen]
         try:
             for rep in range(1, args.repeat + 1):
                 for side, tree, extra in sides:
@@ -188,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                     out = Path(tmp) / f"runs-{len(runs)}"
                     runs.append(run_batch_cli(side, tree, args, out, extra))
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                            str(old_tree)], capture_output=True)  # fmt: skip
+            if old_tree != REPO:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                                str(old_tree)], capture_output=True)  # fmt: skip
             if cluster is not None:
                 cluster.shutdown()
     print(render(runs, args, available_cores()))

@@ -455,11 +455,11 @@ def serve(
     help="Run the workers as Ray actors on the cluster at ADDRESS (host:port), or 'auto' for "
     "a private Ray instance on this machine. Needs localtable[ray].",
 )  # fmt: skip
-@click.option(
-    "--quiet", "-q", is_flag=True,
-    help="No progress on stderr; a worker that refuses or dies and a debate that errs still "
-    "show.",
-)  # fmt: skip
+@click.option("--group", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="With --decode batched: one worker decodes the rounds of N debates together "
+              "(throughput; each record resumes and replays only with its group).")  # fmt: skip
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr; a worker that refuses "
+              "or dies and a debate that errs still show.")  # fmt: skip
 @user_errors
 def batch(
     questions_file: Path | None, task: str | None, limit: int | None, seeds: str | None,
@@ -467,7 +467,7 @@ def batch(
     runs_dir: Path, fmt: str, verify: bool, reuse: bool,
     decode: Literal["sequential", "batched"] | None, protocol_spec: str | None, vote: int,
     memory_budget: str | None, allow_engine_change: bool, workers: int,
-    ray_address: str | None, quiet: bool,
+    ray_address: str | None, quiet: bool, group: int,
 ) -> None:  # fmt: skip
     """Run every question of a JSONL or TOML file (or a built-in task) over seeds.
 
@@ -496,7 +496,7 @@ def batch(
         name=name, verify=verify, reuse_prefix=reuse, decode=decode or defaults.decode,
         memory_budget=parse_size(memory_budget) if memory_budget is not None else None,
         parallel_turns=defaults.parallel_turns, protocol=chosen_protocol(protocol_spec, loaded),
-        vote=vote,
+        vote=vote, group=group,
     )  # fmt: skip
     loaded.config.panel(req.panel)  # an unknown panel fails before anything is written
     printer = BatchPrinter(quiet, _stderr)

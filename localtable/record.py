@@ -33,7 +33,7 @@ from localtable.storage import StorageError, read_versioned, remove_stale_temps,
 # whether it changed, and the order each turn's fields were generated in (reasoning
 # first since 4; versions up to 3 generated the answer first). Fields added to 4 later
 # are optional with an empty default (`decode`, `Generation.batch`, `reasoning_cut`,
-# `samples`, ...), so a record written before them reads unchanged, with no upgrade
+# `samples`, `decode_group`, `memory.batched_bytes`, ...), so a record written before them reads unchanged, with no upgrade
 # step; in 5 they are fields like any other. 5 derives every seed from the question
 # too (`seed_scheme` "question", debate/seeds.py): up to 4 a seat drew the same seeds
 # on every question of a batch. Version 4 reads as 5 with `seed_scheme` "run", the
@@ -57,6 +57,7 @@ MAX_TURNS = 2 * MAX_ROUNDS * MAX_PANELISTS  # interrupted turns are kept beside 
 MAX_TEXT = 4_000_000  # characters of one prompt or output: 262,144 tokens of context and more
 MAX_TOKENS = 1_000_000  # token ids of one generation
 MAX_NAME = 1_000
+MAX_GROUP = 64  # debates decoded together (batch --group)
 
 
 class Frozen(BaseModel):
@@ -350,6 +351,11 @@ class MemoryRecord(Frozen):
         default_factory=dict, description="model -> file + its KV caches + compute buffers"
     )
     kv_caches: dict[str, int] = Field(default_factory=dict, description="model -> KV caches")
+    batched_bytes: dict[str, int] = Field(
+        default_factory=dict,
+        description="model -> the context a batched step makes on it (--decode batched: its "
+        "turns' KV cache and compute buffer), counted in estimated_bytes",
+    )
     loading: Literal["together", "one at a time"] = "together"
     note: str = ""
 
@@ -442,6 +448,13 @@ class RunRecord(Frozen):
         default="sequential",
         description="a round's turns generated one by one, or decoded together in groups "
         "(Generation.batch); the text depends on it",
+    )
+    decode_group: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_GROUP,
+        description="a batch's --group: the debates (run ids, this one among them) whose "
+        "rounds were decoded together with this one's; their text depends on each other, "
+        "so it resumes and replays only with them (`localtable batch`); empty: alone",
     )
     memory: MemoryRecord | None = None  # absent in older records
     localtable_version: str

@@ -36,6 +36,7 @@ OPENED_WITH: list[MemoryRecord | None] = []
 # `go` appears (or its parent is gone), so that a test can kill a worker mid-debate.
 HOLD = "LOCALTABLE_FAKE_HOLD"
 CALLS: Counter[int] = Counter()  # pid -> generations
+GROUPS: list[list[str]] = []  # each batched group of one model, as generate_group got it
 
 
 def hold() -> None:
@@ -152,6 +153,28 @@ class FakeBackend(Backend):
     ) -> list[PanelistRecord]:
         self.panel = [p.name for p in panel]
         return panel
+
+    def generate_group(self, turns: list[tuple[str, TurnRequest]]) -> list[TurnResult]:
+        """--decode batched: a step's requests on one model decoded together, as the
+        llama.cpp backend does. As there, the text depends on the group: each answer
+        names how many sequences it shared its model's step with."""
+        by_model: dict[str, list[str]] = {}
+        for model, request in turns:
+            by_model.setdefault(model, []).append(request.panelist)
+        GROUPS.extend(names for names in by_model.values() if len(names) > 1)
+        out = []
+        for model, request in turns:
+            names = by_model[model]
+            result = self.seat(model).generate(request)
+            if len(names) > 1:
+                voice = f"{self.seat(model).voice} in {len(names)}"
+                text = reply_for(request, voice)
+                result = result.model_copy(
+                    update={"text": text, "token_ids": [ord(c) for c in text],
+                            "decoded_with": names}
+                )  # fmt: skip
+            out.append(result)
+        return out
 
     def describe(self) -> dict[str, object]:
         return {"version": "fake-1"}

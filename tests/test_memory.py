@@ -12,7 +12,7 @@ from localtable.backends.llamacpp.memory import ModelNeed, estimate, plan_memory
 from localtable.debate.protocol import Debate
 from localtable.errors import ConfigError
 from localtable.machine import available_cores, cgroup_cpu_quota, mem_available, parse_size
-from localtable.record import PanelistRecord, RunRecord, transcript_sha256
+from localtable.record import MemoryRecord, PanelistRecord, RunRecord, transcript_sha256
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, make_record
 from tests.realmodels import smollm2_path
@@ -84,6 +84,70 @@ def test_plan_in_turn_when_the_models_do_not_fit_together() -> None:
     tiny = plan_memory(needs, budget=200 * MIB)
     assert tiny.in_turn and tiny.kv_slots == {"a": 1, "b": 1}
     assert "b alone needs" in tiny.note and "over the budget" in tiny.note
+
+
+def test_a_batched_group_is_counted_as_a_context_of_its_own() -> None:
+    # SmolLM2-135M at n_ctx 4096: three turns decoded together need a context of up to
+    # 3 x 4096 cells besides the model's own KV caches (batchdecode.py)
+    alone = estimate("smollm2", smollm2_path(), n_ctx=4000, kv_slots=2, n_ubatch=128)
+    grouped = estimate(
+        "smollm2", smollm2_path(), n_ctx=4000, kv_slots=2, n_ubatch=128, group_sequences=3
+    )
+    assert alone.group_bytes == 0 and grouped.group_sequences == 3
+    assert grouped.group_bytes > 3 * alone.kv_bytes  # its KV cache and its compute buffer
+    assert grouped.total() == alone.total() + grouped.group_bytes
+    assert grouped.total(1) == alone.total(1) + grouped.group_bytes  # also when in turn
+    one = estimate("smollm2", smollm2_path(), n_ctx=4000, kv_slots=2, n_ubatch=128,
+                   group_sequences=1)  # fmt: skip
+    assert one.group_bytes == 0  # a lone turn generates the usual way
+
+
+def test_the_plan_says_when_the_batched_group_is_what_does_not_fit() -> None:
+    plain = need("a", 100, 90, 1)
+    grouped = plain.model_copy(update={"group_sequences": 3, "group_bytes": 300 * MIB})
+    assert plan_memory([plain], budget=300 * MIB).note == ""  # 200 MiB without the group
+    plan = plan_memory([grouped], budget=300 * MIB)  # 500 MiB with it
+    assert plan.in_turn and "a, 3 turns, ~0.29 GiB" in plan.note and "over the budget" in plan.note
+    assert "--decode sequential" in plan.note  # the fix, since without the group it fits
+    worse = plan_memory([grouped], budget=150 * MIB)  # over the budget even without it
+    assert "over the budget" in worse.note and "--decode sequential" not in worse.note
+    # two models: the group of one is what puts them over, and the note names it
+    two = plan_memory([grouped, need("b", 50, 10, 1)], budget=550 * MIB)  # 570 MiB
+    assert two.in_turn and "batched decode groups' contexts: a, 3 turns" in two.note
+
+
+def test_a_batched_plan_records_the_group_context(tmp_path: Path) -> None:
+    from localtable.backends.llamacpp.backend import LlamaCppBackend
+    from localtable.config import load_config
+    from localtable.session.session import Session
+    from tests.realmodels import fast_config
+
+    @dataclass
+    class NoEngine:  # prepare starts the engine early; the plan needs none
+        one_at_a_time: bool = False
+
+        def start(self) -> None:
+            pass
+
+    loaded = load_config(fast_config(tmp_path))
+    panel = loaded.config.panel("fast")  # two SmolLM2 seats, one Gemma seat
+    session = Session(builtin(), loaded)  # not closed: NoEngine has nothing to close
+    session.add_backend(LlamaCppBackend(NoEngine()))  # type: ignore[arg-type]
+
+    def plan(decode: str, debates: int = 1) -> MemoryRecord:
+        planned = session.plan(panel, loaded, verify=False, reuse_prefix=True,
+                               memory_budget=None, decode=decode, debates=debates)  # fmt: skip
+        assert planned.memory is not None
+        return planned.memory
+
+    sequential, batched, grouped = plan("sequential"), plan("batched"), plan("batched", 3)
+    assert sequential.batched_bytes == {}
+    assert set(batched.batched_bytes) == {"smollm2-135m"}  # Gemma's lone turn: no group
+    assert set(grouped.batched_bytes) == {"smollm2-135m", "gemma3-270m"}  # 6 and 3 turns
+    assert grouped.batched_bytes["smollm2-135m"] > 2 * batched.batched_bytes["smollm2-135m"]
+    for memory in (batched, grouped):
+        for name, extra in memory.batched_bytes.items():
+            assert memory.estimated_bytes[name] == sequential.estimated_bytes[name] + extra
 
 
 @dataclass

@@ -149,6 +149,11 @@ class PanelModels(BaseModel):
     verify: bool = False
     reuse_prefix: bool = False
     memory_budget: int | None = None
+    batched: dict[str, int] = Field(
+        default_factory=dict,
+        description="model name -> turns a batched step decodes together on it (--decode "
+        "batched, times a batch's --group); absent: none",
+    )
 
 
 class Prepared(BaseModel):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from localtable.batch.run import BatchRequest, BatchResult, BatchSink, run_batch
 from localtable.batch.workers import LocalPool, SessionRunner, WorkerSpec
 from localtable.config import LoadedConfig
+from localtable.errors import ConfigError
 from localtable.session.run import check_vote
 from localtable.templates import TemplateSet
 
@@ -39,6 +40,11 @@ def run_on_workers(
         verify=req.verify, reuse_prefix=req.reuse_prefix, memory_budget=req.memory_budget,
     )  # fmt: skip
     if ray_address is not None:
+        if req.group > 1:
+            raise ConfigError(
+                f"--group {req.group} runs on this machine's workers, not on Ray actors; "
+                "leave out --ray, or --group"
+            )
         from localtable.batch.raycluster import RayPool
 
         with RayPool(spec, workers, ray_address) as ray_pool:

@@ -34,7 +34,9 @@ from typing import Any
 from localtable.batch.workers import (
     MAX_RESTARTS,
     Job,
+    JobGroup,
     Report,
+    Work,
     WorkerCore,
     WorkerSpec,
     error_report,
@@ -252,7 +254,9 @@ class RayPool:
         self.actors[worker] = actor
         self.checks[worker] = (actor.check.remote(), time.monotonic() + self.place_timeout)
 
-    def submit(self, worker: int, job: Job) -> None:
+    def submit(self, worker: int, job: Work) -> None:
+        if isinstance(job, JobGroup):  # pools.run_on_workers refuses --group with --ray
+            raise ConfigError("--group runs on this machine's workers, not on Ray actors")
         self.jobs[worker] = job.run_id
         run = self.actors[worker].run.options(num_returns="streaming")
         self.streams[worker] = run.remote(job.model_dump_json())

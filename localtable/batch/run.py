@@ -34,6 +34,7 @@ from localtable.batch.workers import (
     DebateRunner,
     InProcessPool,
     Job,
+    JobGroup,
     Report,
     SessionRunner,
     WorkerPool,
@@ -76,6 +77,8 @@ class BatchRequest(BaseModel):
     memory_budget: int | None = None  # bytes; default: most of MemAvailable (memory.py)
     parallel_turns: int = 1  # turns of a round at once in each debate; 0: as runs well
     decode: Literal["sequential", "batched"] = "sequential"  # each debate's (RunRecord.decode)
+    # debates whose rounds one worker decodes together (RunRecord.decode_group); 1: alone
+    group: int = 1
     protocol: Protocol | None = None  # each debate's (RunRecord.protocol); None: roundtable
     vote: int = 0  # each debate's vote mode (RunRecord.vote)
 
@@ -353,9 +356,10 @@ class BatchStalled(LocaltableError):
 
 
 def _debate_request(
-    req: BatchRequest, q: Question, entry: BatchEntry, batch_dir: Path
+    req: BatchRequest, q: Question, entry: BatchEntry, batch_dir: Path, group: list[str]
 ) -> DebateRequest:
     return DebateRequest(
+        decode_group=group if len(group) > 1 else [],
         question=q.question,
         panel=req.panel,
         rounds=req.rounds,
@@ -397,6 +401,7 @@ class Coordinator:
         )
         self.workers = [WorkerState(worker=i + 1) for i in range(pool.size)]
         self.running: dict[str, int] = {}  # run id -> worker
+        self.held: dict[int, list[str]] = {}  # worker -> the run ids it runs (a --group's)
         self.started: dict[str, float] = {}
         self.attempts: dict[str, list[str]] = {}  # run id -> why its workers died
         self.durations: list[float] = []
@@ -416,6 +421,8 @@ class Coordinator:
                 self.pool.start(self.work_dir)
             while self.queue or self.running:
                 self._dispatch()
+                if not (self.queue or self.running):
+                    break  # what was left was refused (a group this batch does not hold)
                 if not self.running and not self._may_work():
                     raise self._stalled()
                 self._handle(self.pool.next())
@@ -456,32 +463,92 @@ class Coordinator:
             f"no worker is left to run the {len(self.queue)} debates still to run ({why}); {again}"
         )
 
+    def _partial(self, run_id: str) -> RunRecord | None:
+        work = self.work_dir / run_id
+        return read_record(work) if (work / RECORD_FILE).is_file() else None
+
+    def _next_group(self) -> tuple[list[str], list[str]]:
+        """The next debates for a worker, taken from the queue: the unfinished ones of
+        a recorded group (resumed together, in its order), else up to --group debates
+        not begun yet, else one; and the group their requests name. A recorded group
+        this batch does not hold entirely is that debate's error (one line), and the
+        next is taken."""
+        while self.queue:
+            first = self.queue.popleft()
+            partial = self._partial(first)
+            recorded = partial.decode_group if partial is not None else []
+            if recorded:
+                stranger = [r for r in recorded if r not in self.position]
+                if stranger:
+                    self._refuse_group(first, stranger)
+                    continue
+                group = [r for r in recorded if r == first or r in self.queue]
+                for r in group:
+                    if r != first:
+                        self.queue.remove(r)
+                return group, recorded
+            group = [first]
+            while partial is None and self.queue and len(group) < self.req.group:
+                if self._partial(self.queue[0]) is not None:
+                    break  # one begun alone goes on alone
+                group.append(self.queue.popleft())
+            return group, group
+        return [], []
+
+    def _refuse_group(self, run_id: str, stranger: list[str]) -> None:
+        i = self.position[run_id]
+        message = (
+            f"it was decoded together with {', '.join(stranger)}, which this batch does not "
+            "hold (--group): run the batch with the questions, seeds and --limit it was "
+            "started with"
+        )
+        self._save(i, self.index.entries[i].model_copy(
+            update={"status": "error", "error": message}))  # fmt: skip
+        self._event(i, "error", "error", error=message)
+
     def _dispatch(self) -> None:
         for state in self.workers:
             if not self.queue:
                 return
             if state.state != "idle":
                 continue
-            run_id = self.queue.popleft()
-            i = self.position[run_id]
-            entry = self.index.entries[i]
-            work = self.work_dir / run_id
-            partial = read_record(work) if (work / RECORD_FILE).is_file() else None
-            job = Job(
-                run_id=run_id,
-                request=_debate_request(
-                    self.req, self.by_id[entry.question_id], entry, self.batch_dir
-                ),
-                partial=partial,
-            )
-            turns = len([t for t in partial.turns if t.status != "interrupted"]) if partial else 0
-            state.state, state.run_id, state.turns = "busy", run_id, turns
-            self.running[run_id] = state.worker
-            self.started[run_id] = time.monotonic()
-            self._save(i, entry.model_copy(update={"status": "running", "error": None}))
-            action = "resume" if partial is not None else "run"
-            self._event(i, action, "running", worker=state)
-            self.pool.submit(state.worker - 1, job)
+            group, recorded = self._next_group()
+            if not group:
+                return
+            jobs = [self._job(run_id, recorded, state) for run_id in group]
+            self.held[state.worker] = list(group)
+            state.state, state.run_id = "busy", group[0]
+            work: Job | JobGroup = jobs[0] if len(jobs) == 1 else JobGroup(jobs=jobs)
+            self.pool.submit(state.worker - 1, work)
+
+    def _job(self, run_id: str, group: list[str], state: WorkerState) -> Job:
+        """A debate handed to a worker (alone or in its group): running from now on."""
+        i = self.position[run_id]
+        entry = self.index.entries[i]
+        partial = self._partial(run_id)
+        q = self.by_id[entry.question_id]
+        job = Job(
+            run_id=run_id,
+            request=_debate_request(self.req, q, entry, self.batch_dir, group),
+            partial=partial,
+        )
+        turns = len([t for t in partial.turns if t.status != "interrupted"]) if partial else 0
+        state.turns = turns
+        self.running[run_id] = state.worker
+        self.started[run_id] = time.monotonic()
+        self._save(i, entry.model_copy(update={"status": "running", "error": None}))
+        action = "resume" if partial is not None else "run"
+        self._event(i, action, "running", worker=state)
+        return job
+
+    def _release(self, state: WorkerState, run_id: str) -> None:
+        """A debate of the worker's ended: the worker is idle once all of its have."""
+        held = [r for r in self.held.pop(state.worker, []) if r != run_id]
+        if held:
+            self.held[state.worker] = held
+            state.state, state.run_id = "busy", held[0]
+        else:
+            state.state, state.run_id, state.turns = "idle", None, 0
 
     def _handle(self, report: Report) -> None:
         state = self.workers[report.worker]
@@ -529,13 +596,19 @@ class Coordinator:
         state.state = "starting" if report.restarting else "gone"
         state.message = report.message
         state.run_id, state.turns = None, 0
-        run_id = report.run_id
-        if run_id is None or self.running.get(run_id) != state.worker:
+        held = self.held.pop(state.worker, [])
+        if not held:
             self._worker_event("lost", state, report.message)
             return
+        for run_id in reversed(held):  # back to the queue's front in their order
+            self._hand_back(state, run_id, report.message)
+
+    def _hand_back(self, state: WorkerState, run_id: str, message: str) -> None:
+        """A debate whose worker died goes back to the queue, or is an error after
+        MAX_ATTEMPTS deaths."""
         del self.running[run_id]
         why = self.attempts.setdefault(run_id, [])
-        why.append(report.message)
+        why.append(message)
         i = self.position[run_id]
         if len(why) >= MAX_ATTEMPTS:
             message = f"{len(why)} workers died running it ({'; '.join(why)})"
@@ -546,7 +619,7 @@ class Coordinator:
         self.queue.appendleft(run_id)
         self.requeued += 1
         self._save(i, self.index.entries[i].model_copy(update={"status": "interrupted"}))
-        self._event(i, "requeue", "interrupted", worker=state, error=report.message)
+        self._event(i, "requeue", "interrupted", worker=state, error=message)
 
     def _finish(self, state: WorkerState, run_id: str, record: RunRecord) -> None:
         work, final = self.work_dir / run_id, self.batch_dir / run_id
@@ -558,7 +631,7 @@ class Coordinator:
         seconds = time.monotonic() - self.started.pop(run_id)
         self.durations.append(seconds)
         self.finished_here += 1
-        state.state, state.run_id, state.turns = "idle", None, 0
+        self._release(state, run_id)
         state.finished += 1
         i = self.position[run_id]
         entry = _entry_from_record(self.index.entries[i], record)
@@ -569,13 +642,14 @@ class Coordinator:
         """The worker can run no debate (a model file went missing since it started):
         the debate goes back to the queue as it was, the worker is retired, and with no
         worker left the batch stops with this one line, not one error per debate."""
-        del self.running[run_id]
-        self.started.pop(run_id, None)
-        self.queue.appendleft(run_id)
-        i = self.position[run_id]
-        unfinished = (self.work_dir / run_id / RECORD_FILE).is_file()
-        status: EntryStatus = "interrupted" if unfinished else "pending"
-        self._save(i, self.index.entries[i].model_copy(update={"status": status}))
+        for held in reversed(self.held.pop(state.worker, [run_id])):  # its group's too
+            del self.running[held]
+            self.started.pop(held, None)
+            self.queue.appendleft(held)
+            i = self.position[held]
+            unfinished = (self.work_dir / held / RECORD_FILE).is_file()
+            status: EntryStatus = "interrupted" if unfinished else "pending"
+            self._save(i, self.index.entries[i].model_copy(update={"status": status}))
         state.state, state.run_id, state.turns, state.message = "refused", None, 0, message
         self.pool.retire(state.worker - 1)
         self._worker_event("refused", state, message)
@@ -583,7 +657,7 @@ class Coordinator:
     def _error(self, state: WorkerState, run_id: str, message: str) -> None:
         del self.running[run_id]
         self.started.pop(run_id, None)
-        state.state, state.run_id, state.turns = "idle", None, 0
+        self._release(state, run_id)
         i = self.position[run_id]
         self._save(i, self.index.entries[i].model_copy(
             update={"status": "error", "error": message}))  # fmt: skip
@@ -680,6 +754,11 @@ def run_batch(
     `localtable batch` on the same folder is refused (localtable/runlock.py)."""
     if not req.seeds:
         raise ConfigError("a batch needs at least one seed")
+    if req.group > 1 and req.decode != "batched":
+        raise ConfigError(
+            f"--group {req.group} decodes the rounds of {req.group} debates together: it "
+            "needs --decode batched"
+        )
     pool = cast(WorkerPool, runner) if hasattr(runner, "submit") else None
     if pool is None and isinstance(runner, SessionRunner):
         # the panel's model files once, before the first debate, as a worker process

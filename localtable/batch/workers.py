@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
@@ -30,13 +31,14 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, TypeAdapter, model_validator
 
 from localtable.config import LoadedConfig
 from localtable.debate.protocol import ProgressEvent, ProgressSink
 from localtable.errors import LocaltableError, ModelFileError
 from localtable.record import RunRecord, read_record, write_record
 from localtable.safefiles import FileRefused, remove_tree
+from localtable.session.grouprun import GroupWork
 from localtable.session.run import DebateRequest, RunInterrupted
 from localtable.session.session import BackendRegistry
 from localtable.templates import TemplateSet
@@ -100,6 +102,18 @@ class SessionRunner:
             session=self.session,
         )
 
+    def run_group(
+        self, work: list[GroupWork], progress_of: Callable[[str], ProgressSink]
+    ) -> dict[str, RunRecord | LocaltableError]:
+        """The debates of a --group together (session/grouprun.py), in group order."""
+        from localtable.session.grouprun import run_group
+        from localtable.session.rerun import parallel_turns
+
+        return run_group(
+            work, self.loaded, self.templates, self.session, progress_of,
+            allow_engine_change=self.allow_engine_change, lanes=parallel_turns(self.loaded),
+        )  # fmt: skip
+
     def close(self) -> None:
         self.session.close()
 
@@ -118,6 +132,23 @@ class Job(BaseModel):
     request: DebateRequest  # runs_dir is replaced by the worker's scratch folder
     partial: RunRecord | None = None
 
+
+class JobGroup(BaseModel):
+    """Debates for one worker to run together, their rounds decoded in one batch
+    (a batch's --group), in group order."""
+
+    model_config = ConfigDict(frozen=True)
+    jobs: list[Job]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [job.run_id for job in self.jobs]
+
+
+Work = Job | JobGroup
+
+
+WORK: TypeAdapter[Work] = TypeAdapter(Work)  # what a worker process receives
 
 ReportKind = Literal["ready", "refused", "turn", "done", "error", "lost"]
 
@@ -150,7 +181,9 @@ class WorkerPool(Protocol):
         """Start the workers; each reports ready (or refused) through next()."""
         ...
 
-    def submit(self, worker: int, job: Job) -> None: ...
+    def submit(self, worker: int, job: Work) -> None:
+        """A debate, or a group of debates to run together (--group)."""
+        ...
 
     def retire(self, worker: int) -> None:
         """Stop a worker the coordinator will not use (e.g. it has other model files)."""
@@ -236,6 +269,18 @@ class WorkerCore:
         finally:
             self._run_dir = None
 
+    def run_group(
+        self, group: JobGroup, on_turn: Callable[[str, RunRecord], None]
+    ) -> dict[str, RunRecord | LocaltableError]:
+        def progress_of(run_id: str) -> ProgressSink:
+            def progress(event: ProgressEvent) -> None:
+                if event.status in ("ok", "failed"):
+                    on_turn(run_id, read_record(self.scratch / run_id))
+
+            return progress
+
+        return run_group_job(self.runner, self.scratch, group, progress_of)
+
     def close(self) -> None:
         self.runner.close()
 
@@ -262,6 +307,39 @@ def run_job(runner: DebateRunner, scratch: Path, job: Job) -> RunRecord:
     return runner.run(job.request.model_copy(update={"runs_dir": scratch}))
 
 
+def run_group_job(
+    runner: SessionRunner,
+    scratch: Path,
+    group: JobGroup,
+    progress_of: Callable[[str], ProgressSink] = lambda run_id: lambda event: None,
+) -> dict[str, RunRecord | LocaltableError]:
+    """Run a group's debates together in scratch/<run id>, each from its partial
+    record or anew; run id -> its record or its error."""
+    work: list[GroupWork] = []
+    for job in group.jobs:
+        run_dir = scratch / job.run_id
+        if job.partial is not None:
+            write_record(run_dir, job.partial)
+            work.append(run_dir)
+            continue
+        try:
+            remove_tree(run_dir, scratch, "the run folder")  # never through a link
+        except FileRefused as exc:
+            raise LocaltableError(f"batch folder: {exc}") from None
+        work.append(job.request.model_copy(update={"runs_dir": scratch}))
+    return runner.run_group(work, progress_of)
+
+
+def group_reports(worker: int, outcomes: dict[str, RunRecord | LocaltableError]) -> list[Report]:
+    """A group's outcomes as the reports of its debates, in group order."""
+    return [
+        error_report(worker, run_id, outcome)
+        if isinstance(outcome, LocaltableError)
+        else Report(worker=worker, kind="done", run_id=run_id, record=outcome)
+        for run_id, outcome in outcomes.items()
+    ]
+
+
 class InProcessPool:
     """One worker: the coordinator's process, running in the batch's .work folder.
     check: what a worker process checks before it says ready (WorkerCore.check), so
@@ -275,7 +353,7 @@ class InProcessPool:
         self.expected_models: dict[str, str | None] = {}
         self.work_dir: Path | None = None
         self.reports: deque[Report] = deque()
-        self.job: Job | None = None
+        self.job: Work | None = None
 
     def start(self, work_dir: Path) -> None:
         self.work_dir = work_dir
@@ -286,7 +364,7 @@ class InProcessPool:
             return
         self.reports.append(Report(worker=0, kind="ready", where=this_host()))
 
-    def submit(self, worker: int, job: Job) -> None:
+    def submit(self, worker: int, job: Work) -> None:
         self.job = job
 
     def retire(self, worker: int) -> None:
@@ -297,6 +375,12 @@ class InProcessPool:
             return self.reports.popleft()
         job, self.job = self.job, None
         assert job is not None and self.work_dir is not None
+        if isinstance(job, JobGroup):
+            if not isinstance(self.runner, SessionRunner):
+                raise LocaltableError("--group needs the batch's own Session runner")
+            outcomes = run_group_job(self.runner, self.work_dir, job)
+            self.reports.extend(group_reports(0, {r: outcomes[r] for r in job.run_ids}))
+            return self.reports.popleft()
         try:
             record = run_job(self.runner, self.work_dir, job)
         except (RunInterrupted, KeyboardInterrupt):
@@ -318,11 +402,15 @@ def _serve(conn: Connection, spec: WorkerSpec, scratch: Path, worker: int) -> No
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     where = f"{this_host()} (pid {os.getpid()})"
+    # a --group's debates report their turns from threads of their own: one message at
+    # a time, or their bytes interleave on the pipe
+    sending = threading.Lock()
 
     def send(report: Report) -> None:
         if os.getppid() != parent:  # the coordinator is gone: nobody reads this
             raise SystemExit(0)
-        conn.send(report.model_dump_json())
+        with sending:
+            conn.send(report.model_dump_json())
 
     core = WorkerCore(spec, scratch)
     try:
@@ -334,9 +422,18 @@ def _serve(conn: Connection, spec: WorkerSpec, scratch: Path, worker: int) -> No
         send(Report(worker=worker, kind="ready", where=where, models=models))
         while True:
             try:
-                job = Job.model_validate_json(conn.recv())
+                job = WORK.validate_json(conn.recv())
             except EOFError:
                 return
+            if isinstance(job, JobGroup):
+
+                def group_turn(run_id: str, record: RunRecord) -> None:
+                    send(Report(worker=worker, kind="turn", run_id=run_id, record=record))
+
+                outcomes = core.run_group(job, group_turn)
+                for report in group_reports(worker, {r: outcomes[r] for r in job.run_ids}):
+                    send(report)
+                continue
 
             def turn(record: RunRecord, run_id: str = job.run_id) -> None:
                 send(Report(worker=worker, kind="turn", run_id=run_id, record=record))
@@ -364,7 +461,7 @@ class LocalPool:
         self.work_dir: Path | None = None
         self.procs: dict[int, BaseProcess] = {}
         self.conns: dict[int, Connection] = {}
-        self.jobs: dict[int, str] = {}  # worker -> run id it is running
+        self.jobs: dict[int, list[str]] = {}  # worker -> run ids it is running
         self.restarts: dict[int, int] = {}
         self.reports: deque[Report] = deque()
 
@@ -391,8 +488,8 @@ class LocalPool:
         child.close()
         self.procs[worker], self.conns[worker] = proc, parent
 
-    def submit(self, worker: int, job: Job) -> None:
-        self.jobs[worker] = job.run_id
+    def submit(self, worker: int, job: Work) -> None:
+        self.jobs[worker] = job.run_ids if isinstance(job, JobGroup) else [job.run_id]
         self.conns[worker].send(job.model_dump_json())
 
     def _lost(self, worker: int) -> Report:
@@ -401,7 +498,8 @@ class LocalPool:
         proc.join(timeout=10)
         code = proc.exitcode
         how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit {code}"
-        run_id = self.jobs.pop(worker, None)
+        held = self.jobs.pop(worker, [])
+        run_id = held[0] if held else None  # a group's first: the coordinator knows the rest
         self.restarts[worker] = self.restarts.get(worker, 0) + 1
         restarting = self.restarts[worker] <= MAX_RESTARTS
         if restarting:
@@ -430,7 +528,9 @@ class LocalPool:
                 except (EOFError, OSError):
                     report = self._lost(worker)
                 if report.kind in ("done", "error"):
-                    self.jobs.pop(worker, None)
+                    left = [r for r in self.jobs.pop(worker, []) if r != report.run_id]
+                    if left:
+                        self.jobs[worker] = left
                 if report.kind == "refused":
                     self.retire(worker)
                 self.reports.append(report)

@@ -231,6 +231,9 @@ class Debate:
         # Finished turns redone only to rebuild their decode group (a batched round
         # resumed): checked against the record, never stored again.
         self.checking: set[tuple[int, str]] = set()
+        # A debate group's round (batch --group) that another debate of the group must
+        # redo: this debate redoes it too, even finished, to rebuild the round's groups.
+        self.redo_round: int | None = None
         # Turns finishing on several threads: one at a time changes the record, saves it
         # and reports progress. After stop() none does.
         self._lock = threading.Lock()
@@ -1104,7 +1107,8 @@ class Debate:
             last = round_no == self.record.rounds and not self.samples_per_seat
             order = self.speaker.turn_order(round_no, self.panel, summarizer if last else None)
             missing = [p for p in order if self._missing(round_no, p.name)]
-            if missing and self._grouped(round_no):
+            redo = round_no == self.redo_round  # a debate group's interrupted round
+            if (missing or redo) and self._grouped(round_no):
                 # the text depends on the decode group: an interrupted round is redone
                 # as the same group, its finished turns checked against the record
                 self.checking = {(round_no, p.name) for p in order if p not in missing}
@@ -1129,8 +1133,9 @@ class Debate:
         their generations into groups (session.DecodeGroup)."""
         together = getattr(self.speaker, "decode_together", None)
         group = None
-        if self.record.decode == "batched" and together is not None and len(turns) > 1:
-            group = together([p.name for p in turns])  # None: no backend decodes together
+        if self.record.decode == "batched" and together is not None and turns:
+            # None: nothing to decode with (one turn), or no backend decodes together
+            group = together([p.name for p in turns], round_no)
         if group is None and (self.lanes == 1 or len(turns) < 2):
             for p in turns:
                 self.run_turn(p, round_no)

@@ -13,6 +13,12 @@ first, so the same record gives the same groups: replay and resume rebuild them
 A backend with `generate_group` decodes its part of a step together (the
 llama.cpp backend: the requests on one model as sequences of one context); one
 without it generates its part one request after another.
+
+A batch's `--group N` decodes the rounds of N debates together (DebateGroup):
+each round waits until every debate of the group has reached it or ended, then
+their turns form one DecodeGroup whose members are `<run id>/<panelist>`, the
+debates in group order. Which debates join a round depends only on their
+records, so the same records give the same groups.
 """
 
 from __future__ import annotations
@@ -52,10 +58,16 @@ class DecodeGroup:
         self.step = 0
         self._lock = threading.Lock()
 
-    def generate(self, request: TurnRequest) -> TurnResult:
+    def generate(self, request: TurnRequest, who: str = "") -> TurnResult:
+        """who: the member asking (a debate group's `<run id>/<panelist>`); by default
+        the request's panelist. The backend sees it as the request's panelist, so that
+        it names the members it decoded together."""
+        who = who or request.panelist
+        if who != request.panelist:
+            request = request.model_copy(update={"panelist": who})
         asked = _Asked(request)
         with self._lock:
-            self.asked[request.panelist] = asked
+            self.asked[who] = asked
             ready = self._ready()
         if ready is not None:
             self._run(*ready)
@@ -120,3 +132,74 @@ class DecodeGroup:
                     update={"batch": DecodeBatch(step=step, members=members)}
                 )
             a.done.set()
+
+
+class DebateView:
+    """One debate's side of a round of a DebateGroup: its panelists' generations go to
+    the round's DecodeGroup as `<run id>/<panelist>` (what SessionSpeaker calls)."""
+
+    def __init__(self, group: DecodeGroup, run_id: str) -> None:
+        self.group = group
+        self.prefix = f"{run_id}/"
+
+    @property
+    def running(self) -> set[str]:
+        n = len(self.prefix)
+        return {who[n:] for who in self.group.running if who.startswith(self.prefix)}
+
+    def generate(self, request: TurnRequest) -> TurnResult:
+        return self.group.generate(request, self.prefix + request.panelist)
+
+    def leave(self, panelist: str) -> None:
+        self.group.leave(self.prefix + panelist)
+
+
+class DebateGroup:
+    """The debates of a batch's --group, whose rounds are decoded together.
+
+    Each debate joins each round it runs turns in (`join`, from its own thread); the
+    round's DecodeGroup is made once every debate of the group has joined that round
+    or a later one, or ended (`end`): so a debate that has nothing to run in a round
+    (resumed past it) or that stopped holds no one up, and which debates share a
+    round depends only on their records."""
+
+    def __init__(self, runs: list[str]) -> None:
+        self.runs = runs
+        self.at = dict.fromkeys(runs, 0)  # the last round each debate joined
+        self.ended: set[str] = set()
+        self.joined: dict[int, dict[str, tuple[list[str], Callable[[str], Member]]]] = {}
+        self.rounds: dict[int, DecodeGroup] = {}
+        self._changed = threading.Condition()
+
+    def join(
+        self, run_id: str, round_no: int, members: list[str], where: Callable[[str], Member]
+    ) -> DebateView:
+        """Wait for the round's other debates; then this debate's view of its group."""
+        with self._changed:
+            self.at[run_id] = round_no
+            self.joined.setdefault(round_no, {})[run_id] = (members, where)
+            self._changed.notify_all()
+            while round_no not in self.rounds:
+                if all(r in self.ended or self.at[r] >= round_no for r in self.runs):
+                    self.rounds[round_no] = self._round(round_no)
+                    self._changed.notify_all()
+                else:
+                    self._changed.wait()
+            return DebateView(self.rounds[round_no], run_id)
+
+    def end(self, run_id: str) -> None:
+        """The debate asks for no more rounds (finished, failed or stopped)."""
+        with self._changed:
+            self.ended.add(run_id)
+            self._changed.notify_all()
+
+    def _round(self, round_no: int) -> DecodeGroup:
+        joined = self.joined[round_no]
+        where_of = {r: where for r, (_, where) in joined.items()}
+        members = [f"{r}/{p}" for r in self.runs if r in joined for p in joined[r][0]]
+
+        def where(who: str) -> Member:
+            run_id, panelist = who.split("/", 1)  # a run id holds no "/" (record.RUN_ID)
+            return where_of[run_id](panelist)
+
+        return DecodeGroup(members, where)

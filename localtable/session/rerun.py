@@ -59,7 +59,7 @@ def check_templates(record: RunRecord, templates: TemplateSet) -> Protocol:
     return protocol
 
 
-def _refuse_engine_change(record: RunRecord, session: Session, allow: bool) -> list[str]:
+def refuse_engine_change(record: RunRecord, session: Session, allow: bool) -> list[str]:
     diffs = session.replay_differences(record)
     if diffs and not allow:
         raise EngineChanged(
@@ -89,11 +89,12 @@ def resume_run(
         record = read_record(run_dir)
         if record.status == "complete":
             raise ConfigError(f"run {record.run_id} is already complete; nothing to resume")
+        refuse_alone(record, "resumed")
         protocol = check_templates(record, templates)
         own = session is None
         session = session or Session(templates, loaded, allow_urls)
         try:
-            _refuse_engine_change(record, session, allow_engine_change)
+            refuse_engine_change(record, session, allow_engine_change)
             lanes = parallel_turns(loaded)
             debate_templates = protocol.templates()
             return _resume(record, run_dir, session, debate_templates, progress, lanes, text)
@@ -111,13 +112,32 @@ def _resume(
     lanes: int,
     text: TextSink | None = None,
 ) -> RunRecord:
+    unfinished(record)
+    speaker = open_run(session, record, describe=False)  # as recorded: settings, memory plan
+    return execute(record, run_dir, speaker, templates, progress, lanes, text)
+
+
+def unfinished(record: RunRecord) -> None:
+    """A record made ready to resume: what was interrupted dropped (it runs again), the
+    run running again."""
     record.turns = [t for t in record.turns if t.status != "interrupted"]
     if record.summary is not None and record.summary.status == "interrupted":
         record.summary = None
     record.status, record.error, record.finished_at = "running", None, None
     record.transcript_sha256 = None
-    speaker = open_run(session, record, describe=False)  # as recorded: settings, memory plan
-    return execute(record, run_dir, speaker, templates, progress, lanes, text)
+
+
+def refuse_alone(record: RunRecord, what: str) -> None:
+    """A debate of a batch's --group decodes with its group: not alone (grouprun.py)."""
+    if len(record.decode_group) > 1:
+        others = [r for r in record.decode_group if r != record.run_id]
+        raise ConfigError(
+            f"run {record.run_id} was decoded together with {len(others)} other debates of "
+            f"its batch ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; "
+            f"--group), and its text depends on theirs: it cannot be {what} alone; run the "
+            "same `localtable batch` command again, which resumes its group together (or "
+            "into another --name, which runs the group anew)"
+        )
 
 
 class Divergence(BaseModel):
@@ -213,9 +233,10 @@ def replay_run(
             f"run {original.run_id} is {original.status}; resume it first "
             f"(`localtable resume {original.run_id}`), then replay it"
         )
+    refuse_alone(original, "replayed")
     protocol = check_templates(original, templates)
     with Session(templates, loaded, allow_urls) as session:
-        diffs = _refuse_engine_change(original, session, allow_engine_change)
+        diffs = refuse_engine_change(original, session, allow_engine_change)
         now = datetime.now(UTC).replace(microsecond=0)
         replay = original.model_copy(deep=True)
         replay.run_id = f"{original.run_id}-replay-{new_run_id(now)}"

@@ -68,6 +68,9 @@ class DebateRequest(BaseModel):
     # a round's turns decoded together or one by one (RunRecord.decode); the CLI passes
     # --decode or models.toml's [debate] decode
     decode: Literal["sequential", "batched"] = "sequential"
+    # a batch's --group: the debates (run ids, this one among them) whose rounds decode
+    # together with this one's (RunRecord.decode_group); empty: this debate alone
+    decode_group: list[str] = []
     # the debate protocol, read (protocols.load_protocol); None: roundtable
     protocol: Protocol | None = None
     # vote mode: k of SC@k, each seat answering round 1 k / seats times (RunRecord.vote)
@@ -165,7 +168,7 @@ def prepare(
     anonymous = panel.anonymous if peers == "panel" else peers == "anonymous"
     planned = session.plan(
         panel, loaded, verify=req.verify, reuse_prefix=req.reuse_prefix,
-        memory_budget=req.memory_budget,
+        memory_budget=req.memory_budget, decode=req.decode, debates=max(1, len(req.decode_group)),
     )  # fmt: skip
     for note in planned.notes:
         notice(note)
@@ -195,6 +198,7 @@ def prepare(
         template_date=now.date().isoformat(),
         reuse_prefix=req.reuse_prefix,
         decode=req.decode,
+        decode_group=list(req.decode_group),
         localtable_version=__version__,
         config_path=str(loaded.path),
         models=planned.models,

@@ -27,7 +27,7 @@ from localtable.backends.base import (
 )
 from localtable.config import LoadedConfig, PanelSpec
 from localtable.record import MachineRecord, MemoryRecord, ModelRecord, PanelistRecord, RunRecord
-from localtable.session.decodegroup import DecodeGroup, Member
+from localtable.session.decodegroup import DebateGroup, DebateView, DecodeGroup, Member
 from localtable.templates import TemplateSet
 
 
@@ -78,6 +78,12 @@ def users(panel: PanelSpec, model: str) -> int:
     return seats + (1 if panel.summarizer_spec().model == model else 0)
 
 
+def batched_turns(panel: PanelSpec, model: str, debates: int) -> int:
+    """The turns a batched step decodes together on a model: a round's turns on it, of
+    each debate decoded together (a batch's --group); labels and summaries run alone."""
+    return sum(p.model == model for p in panel.panelists) * debates
+
+
 class SessionSpeaker:
     """The debate protocol's Speaker over the seats of one opened run."""
 
@@ -86,7 +92,9 @@ class SessionSpeaker:
         self.record = record
         self.seats = seats  # panelist name -> seat
         self.backend_of = {m.name: m.backend for m in record.models}
-        self.group: DecodeGroup | None = None  # the batched round under way
+        self.group: DecodeGroup | DebateView | None = None  # the batched round under way
+        # a batch's --group: the debates whose rounds are decoded with this one's
+        self.debates: DebateGroup | None = None
 
     def count_tokens(self, panelist: str, messages: list[ChatMessage]) -> int:
         return self.seats[panelist].count_tokens(messages)
@@ -122,19 +130,26 @@ class SessionSpeaker:
             lanes = min(lanes, self.session.backend(name).turn_lanes(requested))
         return max(1, lanes)
 
-    def decode_together(self, members: list[str]) -> DecodeGroup | None:
+    def decode_together(
+        self, members: list[str], round_no: int = 0
+    ) -> DecodeGroup | DebateView | None:
         """From now on, these panelists' generations are decoded in groups (a batched
-        round, Debate.run_round), until each leaves the group; None when none of their
-        backends decodes together (`generate_group`): their turns run as before."""
+        round, Debate.run_round), until each leaves the group; None when there is no
+        one to decode them with, or none of their backends decodes together
+        (`generate_group`): their turns run as before. In a debate group (a batch's
+        --group) the round waits for the group's other debates, and always joins."""
         model_of = {p.name: p.model for p in self.record.panelists}
-        backends = {self.session.backend(self.backend_of[model_of[m]]) for m in members}
-        if not any(hasattr(b, "generate_group") for b in backends):
-            return None
 
         def where(panelist: str) -> Member:
             model = model_of[panelist]
             return Member(model=model, backend=self.session.backend(self.backend_of[model]))
 
+        if self.debates is not None:
+            self.group = self.debates.join(self.record.run_id, round_no, members, where)
+            return self.group
+        backends = {self.session.backend(self.backend_of[model_of[m]]) for m in members}
+        if len(members) < 2 or not any(hasattr(b, "generate_group") for b in backends):
+            return None
         group = DecodeGroup(members, where)
         self.group = group
         return group
@@ -177,8 +192,12 @@ class Session:
         verify: bool,
         reuse_prefix: bool,
         memory_budget: int | None,
+        decode: str = "sequential",
+        debates: int = 1,
     ) -> PlannedModels:
-        """Each backend resolves and plans its models of the panel, in panel order."""
+        """Each backend resolves and plans its models of the panel, in panel order.
+        decode "batched": the memory a batched step's context needs counts too, with
+        the turns of `debates` debates in it (a batch's --group)."""
         needed = list(dict.fromkeys(p.model for p in panel.panelists))
         by_backend: dict[str, list[str]] = {}
         for name in needed:
@@ -196,6 +215,9 @@ class Session:
                     verify=verify,
                     reuse_prefix=reuse_prefix,
                     memory_budget=memory_budget,
+                    batched={n: batched_turns(panel, n, debates) for n in names}
+                    if decode == "batched"
+                    else {},
                 )
             )
             planned.update({m.name: m for m in prepared.models})

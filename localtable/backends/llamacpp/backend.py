@@ -299,6 +299,7 @@ class LlamaCppBackend(Backend):
                 panel.specs[name].n_ctx,
                 kv_slots=panel.users[name] if panel.reuse_prefix else 1,
                 n_ubatch=N_UBATCH,
+                group_sequences=panel.batched.get(name, 0),
             )
             for name, model in resolved.items()
         ]
@@ -308,6 +309,7 @@ class LlamaCppBackend(Backend):
             budget_bytes=plan.budget_bytes,
             estimated_bytes={n.name: n.total(plan.kv_slots[n.name]) for n in plan.needs},
             kv_caches=plan.kv_slots,
+            batched_bytes={n.name: n.group_bytes for n in plan.needs if n.group_bytes},
             loading="one at a time" if plan.in_turn else "together",
             note=plan.note,
         )
