@@ -33,11 +33,12 @@ from localtable.storage import StorageError, read_versioned, remove_stale_temps,
 # whether it changed, and the order each turn's fields were generated in (reasoning
 # first since 4; versions up to 3 generated the answer first). Fields added to 4 later
 # are optional with an empty default (`decode`, `Generation.batch`, `reasoning_cut`,
-# `samples`, `decode_group`, `memory.batched_bytes`, ...), so a record written before them reads unchanged, with no upgrade
-# step; in 5 they are fields like any other. 5 derives every seed from the question
-# too (`seed_scheme` "question", debate/seeds.py): up to 4 a seat drew the same seeds
-# on every question of a batch. Version 4 reads as 5 with `seed_scheme` "run", the
-# seeds it was run with, so its resume and replay stay byte-identical.
+# `samples`, `decode_group`, `memory.batched_bytes`, ...), so a record written before
+# them reads unchanged, with no upgrade step; in 5 they are fields like any other.
+# 5 derives every seed from the question too (`seed_scheme` "question",
+# debate/seeds.py): up to 4 a seat drew the same seeds on every question of a batch.
+# Version 4 reads as 5 with `seed_scheme` "run", the seeds it was run with, so its
+# resume and replay stay byte-identical.
 SCHEMA_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
 RECORD_FILE = "record.json"
