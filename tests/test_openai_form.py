@@ -322,3 +322,20 @@ def test_the_labels_schema_keeps_each_answer_to_positions_of_its_stance() -> Non
         labels.text(json.dumps({"Position A": "Yes, open it.", "Position B": "No, keep it.",
                                 "Position C": "Yes, that is the best answer.", "SmolLM2": "C",
                                 "Gemma 3 270M": "A", "SmolLM2 Skeptic": "C"}))  # fmt: skip
+
+
+def test_a_replys_start_opens_the_first_value_every_strand_shares() -> None:
+    # llama-server goes on from it: the keys it would decode, and the whitespace its
+    # schema grammar allows around them, are not left to the model
+    form = form_of(turn_grammar())
+    assert form.next_key(0) == "Reasoning" and form.next_key(2) is None
+    assert formmod.json_start("", form.next_key(0)) == '{"Reasoning": "'
+    kept = form_of(turn_grammar(fields=["answer"])).after('Reasoning: a "b"\n')
+    assert formmod.json_start('Reasoning: a "b"\n', kept.next_key(1)) == (
+        r'{"Reasoning": "a \"b\"", "Answer": "'
+    )
+    assert formmod.json_start("Reasoning: x\n", None) == '{"Reasoning": "x", '
+    assert formmod.json_start("", None) == ""
+    labels = Form(strands=[[formmod.FieldForm(key="Position A", values=["Yes"])],
+                           [formmod.FieldForm(key="Position B", values=["No"])]])  # fmt: skip
+    assert labels.next_key(0) is None  # the strands differ: nothing to begin
