@@ -121,8 +121,13 @@ def test_a_debate_on_llama_servers_v1_records_the_server_and_the_request(
         assert body["cache_prompt"] is False and body["samplers"][0] == "penalties"
         assert body["response_format"]["type"] == "json_schema"
         assert not g.raw_output.startswith("{")  # the answer's lines, not its JSON
+        # it goes on from the start of the JSON object, up to the first value
+        schema = body["response_format"]["json_schema"]["schema"]
+        first_key = next(iter(schema.get("anyOf", [schema])[0]["properties"]))
+        assert body["messages"][-1] == {"role": "assistant", "content": f'{{"{first_key}": "'}
+        assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     # the question's control tokens never reach the server as control tokens
-    first = server.chats[0]["messages"][-1]["content"]
+    first = server.chats[0]["messages"][-2]["content"]
     assert "<|im_end|>" not in first and f"<{JOINER}|im_end|>" in first
     assert any("U+2060" in note for note in turns[0].shortened)  # type: ignore[union-attr]
     assert "<|im_end|>" in record.question  # the record keeps the question as asked
@@ -315,7 +320,9 @@ def test_a_stream_cut_short_is_a_server_down_and_a_whole_stream_the_same_turn(
                 text=lambda e, seen=seen: seen.append(e.text),
             )
             assert record.status == "complete"
-            assert "Reasoning: " in "".join(seen) and '{"' not in "".join(seen)
+            # the turn's lines from its first piece on (llama-server's reply begins in the
+            # request, `{"Reasoning": "`, which the watcher sees as "Reasoning: ")
+            assert "".join(seen).startswith("Reasoning: ") and '{"' not in "".join(seen)
             if dialect == "llama-server":
                 assert record.transcript_sha256 == expected
             server.fail = ["stream-cut"] * 3
@@ -477,7 +484,8 @@ def test_a_turn_max_tokens_cut_goes_on_after_its_whole_fields(dialect: str, tmp_
     """The cut JSON gives the lines it got to; the protocol keeps the whole ones and asks
     for the rest. A server asked for JSON cannot go on from lines, so the schema is that
     of the whole reply, the kept lines fields of one allowed value each: llama-server gets
-    them as the start of the JSON object to go on from, the others write them again
+    them as the start of the JSON object to go on from (up to the next field's value),
+    the others write them again
     (max_tokens grown by what they take). Only what follows them is the continuation."""
     with FakeOpenAIServer(dialect=dialect) as server:
         server.fail = ["cut"]
@@ -497,7 +505,7 @@ def test_a_turn_max_tokens_cut_goes_on_after_its_whole_fields(dialect: str, tmp_
     assert schema["properties"]["Reasoning"] == {"type": "string", "enum": [kept]}
     assert list(schema["properties"]) == ["Reasoning", "Answer"]
     if dialect == "llama-server":
-        start = "{" + f'"Reasoning": {json.dumps(kept, ensure_ascii=False)}, '
+        start = "{" + f'"Reasoning": {json.dumps(kept, ensure_ascii=False)}, "Answer": "'
         assert again["messages"][-1] == {"role": "assistant", "content": start}
         assert again["continue_final_message"] is True
         assert again["max_tokens"] == cont.sampling.max_tokens

@@ -30,6 +30,7 @@ from localtable.backends.openai.gbnf import (
     parse,
 )
 from localtable.backends.openai.jsonlines import JsonLines
+from localtable.debate import positions
 from localtable.debate.parsing import parse_labels, parse_summary, parse_turn
 from localtable.templates import builtin
 
@@ -296,3 +297,45 @@ def test_text_that_is_not_a_json_object_breaks_the_stream_reader() -> None:
     lines = JsonLines({})
     assert lines.feed("Reasoning: no JSON") == ""
     assert lines.broken
+
+
+def test_the_labels_schema_keeps_each_answer_to_positions_of_its_stance() -> None:
+    # the bench's round 1 on /v1: a "No" answer, a "Yes" one and one with neither word;
+    # llama-server's converter keeps anyOf, enum and pattern, so the schema carries the
+    # stance rule only if every strand does: the "No" answer may take only letters whose
+    # label must open with "No", the "Yes" one "Yes"
+    members = ["SmolLM2", "Gemma 3 270M", "SmolLM2 Skeptic"]
+    plans = positions.label_plans(["no", "yes", None], [], max_new=3)
+    grammar = TEMPLATES.render("label.gbnf.j2", members=members,
+                               plans=[p.model_dump() for p in plans],
+                               label_max=positions.LABEL_MAX_CHARS)  # fmt: skip
+    schema = form_of(grammar).json_schema()
+    strands = schema.get("anyOf", [schema])
+    assert strands
+    for strand in strands:
+        props = strand["properties"]
+        for member, word in (("SmolLM2", "No"), ("Gemma 3 270M", "Yes")):
+            for letter in props[member]["enum"]:
+                assert props[f"Position {letter}"]["pattern"].startswith(f"^{word}(")
+    labels = form_of(grammar)
+    with pytest.raises(FormError):  # the bench's answer: "No" under a free "Yes, ..." label
+        labels.text(json.dumps({"Position A": "Yes, open it.", "Position B": "No, keep it.",
+                                "Position C": "Yes, that is the best answer.", "SmolLM2": "C",
+                                "Gemma 3 270M": "A", "SmolLM2 Skeptic": "C"}))  # fmt: skip
+
+
+def test_a_replys_start_opens_the_first_value_every_strand_shares() -> None:
+    # llama-server goes on from it: the keys it would decode, and the whitespace its
+    # schema grammar allows around them, are not left to the model
+    form = form_of(turn_grammar())
+    assert form.next_key(0) == "Reasoning" and form.next_key(2) is None
+    assert formmod.json_start("", form.next_key(0)) == '{"Reasoning": "'
+    kept = form_of(turn_grammar(fields=["answer"])).after('Reasoning: a "b"\n')
+    assert formmod.json_start('Reasoning: a "b"\n', kept.next_key(1)) == (
+        r'{"Reasoning": "a \"b\"", "Answer": "'
+    )
+    assert formmod.json_start("Reasoning: x\n", None) == '{"Reasoning": "x", '
+    assert formmod.json_start("", None) == ""
+    labels = Form(strands=[[formmod.FieldForm(key="Position A", values=["Yes"])],
+                           [formmod.FieldForm(key="Position B", values=["No"])]])  # fmt: skip
+    assert labels.next_key(0) is None  # the strands differ: nothing to begin

@@ -29,12 +29,20 @@ from localtable.backends.openai import dialects
 from localtable.backends.openai.client import OpenAIClient
 from localtable.backends.openai.form import form_of
 from localtable.backends.server.launch import declared_flags
+from localtable.config import load_config
+from localtable.models.files import resolve
 from localtable.record import read_record
 from localtable.templates import TemplateSet
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import MODELS_TOML, REPO, subprocess_env
 from tests.fakes import sampling
 from tests.llamaserver import LlamaServer, llama_server, llama_server_binary
-from tests.realmodels import SMOLLM2_SHA256, localtable, smollm2_path, tiny_models_block
+from tests.realmodels import (
+    SMOLLM2_SHA256,
+    localtable,
+    smollm2_path,
+    tiny_models_block,
+    tiny_panel,
+)
 
 pytestmark = pytest.mark.slow
 QUESTION = "Should every city have free public transport?"
@@ -195,3 +203,40 @@ def test_a_mixed_panel_debates_replays_identically_and_resumes_after_the_server_
     record = read_record(stopped_dir)
     assert record.status == reference.status
     assert record.transcript_sha256 == reference.transcript_sha256
+
+
+@pytest.fixture(scope="module")
+def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    llama_server_binary()
+    gemma = resolve("gemma3-270m", load_config(MODELS_TOML)).path
+    log = tmp_path_factory.mktemp("gemma") / "llama-server.log"
+    with llama_server(gemma, log, extra=("--alias", "gemma")) as running:
+        yield running
+
+
+def test_the_tiny_panel_on_v1_gets_its_labels(
+    server: LlamaServer, gemma_server: LlamaServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    # make bench's /v1 side, round 1: its labels fell back to yes/no grouping in every
+    # repetition (a "No" answer placed under a position of no stance labelled "Yes, ...")
+    panel = tiny_panel()
+    body = ["[debate]", 'panel = "tiny"', "rounds = 1", "seed = 42", "",
+            f'[models.smollm2-135m]\nsource = {{ kind = "openai", url = "{server.url}/v1", '
+            'model = "smollm2" }',
+            f'[models.gemma3-270m]\nsource = {{ kind = "openai", url = "{gemma_server.url}/v1", '
+            'model = "gemma" }', "",
+            f'[panels.tiny]\nsummarizer = "{panel["summarizer"]}"']  # fmt: skip
+    for p in panel["panelists"]:
+        sampled = ", ".join(f"{k} = {v}" for k, v in p["sampling"].items())
+        body += ["[[panels.tiny.panelists]]", f'name = "{p["name"]}"', f'model = "{p["model"]}"',
+                 f'persona = "{p["persona"]}"', f"sampling = {{ {sampled} }}", ""]  # fmt: skip
+    cfg = tmp_path / "models.toml"
+    cfg.write_text("\n".join(body))
+    result, run_dir = debate(cfg, tmp_path / "runs", env)
+    assert result.returncode in (0, 1), result.stderr
+    record = read_record(run_dir)
+    assert all(t.status == "ok" for t in record.turns), [(t.status, t.error) for t in record.turns]
+    (labels,) = record.labelings
+    assert labels.status == "ok", (labels.error, labels.rejected)
+    assert labels.generation is not None and labels.generation.prompt.startswith("{")
+    assert {t.panelist: t.position for t in record.turns} == labels.assigned

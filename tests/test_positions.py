@@ -410,6 +410,23 @@ def test_label_plans_never_let_a_yes_and_a_no_share_a_position() -> None:
     assert pos.label_plans(["no"], ["yes"], max_new=0) == []
 
 
+def test_a_yes_or_no_answer_never_takes_a_new_position_of_no_stance() -> None:
+    # its label (label-free) may open with either word, and a "Yes" and a "No" answer
+    # could both take it: the bench's labeller on /v1 put a "No" answer under a free
+    # position labelled "Yes, ..." in every attempt, and the labels fell back
+    (plan,) = pos.label_plans(["no", "yes", None], [], max_new=3)
+    assert plan.declared == [("A", "yes"), ("B", "no"), ("C", None)]
+    assert plan.choices == [["B"], ["A"], ["A", "B", "C"]]
+    for stances in (["no", None, None], ["yes", "no", None, None], [None, "yes"]):
+        for plan in pos.label_plans(stances, [], max_new=len(stances)):
+            stance_of = dict(plan.declared)
+            for mine, letters in zip(stances, plan.choices, strict=True):
+                assert mine is None or {stance_of[x] for x in letters} == {mine}
+    # an existing position of no stance stays open to them (check_stances reads its holders)
+    (only,) = pos.label_plans(["no", "yes"], [None], max_new=0)
+    assert only.choices == [["A"], ["A"]]
+
+
 def test_the_label_grammar_makes_labels_open_with_their_stance() -> None:
     record, speaker = run(
         {

@@ -56,12 +56,20 @@ def label_plans(
 ) -> list[LabelPlan]:
     """Every shape the labels may take so that a yes and a no never share a position:
     the new positions are declared "Yes" ones first, then "No" ones, then the rest,
-    each stance at least one when it has an answer no existing position can take,
-    and a panelist may take a position of its own stance or of none (an answer that
-    opens with neither may take any). At most max_new new positions in all."""
+    each stance at least one when it has an answer no existing position can take.
+    An answer that opens with neither word may take any position; a "Yes" or "No"
+    one a new position of its own stance, or an existing one of its stance or of
+    none (check_stances reads its holders). Never a new position of no stance: its
+    label's grammar (label-free) does not keep it from opening with "Yes" or "No",
+    nor its choices a "Yes" and a "No" answer from both taking it (a labeller on
+    /v1 put a "No" answer under such a position labelled "Yes, ..." in all its
+    attempts). At most max_new new positions in all."""
 
     def fits(mine: str | None, theirs: str | None) -> bool:
         return mine is None or theirs is None or mine == theirs
+
+    def fits_new(mine: str | None, theirs: str | None) -> bool:
+        return mine is None or mine == theirs
 
     def bounds(s: str | None) -> range:
         count = member_stances.count(s)
@@ -78,8 +86,12 @@ def label_plans(
         stances = ["yes"] * j_yes + ["no"] * j_no + [None] * j_other
         first = len(existing_stances)
         declared = [(LETTERS[first + i], st) for i, st in enumerate(stances)]
-        every = [*zip(LETTERS, existing_stances, strict=False), *declared]
-        choices = [[letter for letter, st in every if fits(m, st)] for m in member_stances]
+        existing = list(zip(LETTERS, existing_stances, strict=False))
+        choices = [
+            [letter for letter, st in existing if fits(m, st)]
+            + [letter for letter, st in declared if fits_new(m, st)]
+            for m in member_stances
+        ]
         if all(choices):
             plans.append(LabelPlan(declared=declared, choices=choices))
     return plans

@@ -108,6 +108,12 @@ class Form(BaseModel):
                 raise FormError(f"the reply's start names a field again ({', '.join(props)})")
         return Form(strands=strands)
 
+    def next_key(self, done: int) -> str | None:
+        """The property every strand writes after its first `done` ones; None when the
+        strands differ there or end."""
+        keys = {s[done].prop if len(s) > done else None for s in self.strands}
+        return keys.pop() if len(keys) == 1 else None
+
     def labels(self) -> dict[str, str]:
         """Property name -> what starts its line in the text ("Reasoning: ", or "")."""
         return {
@@ -151,12 +157,17 @@ def kept_lines(prefill: str) -> list[tuple[str, str]]:
     return kept
 
 
-def json_start(prefill: str) -> str:
-    """A reply's start as the start of its JSON object, as llama.cpp's schema grammar
-    writes it (`{"Reasoning": "...", `): what that grammar can go on from."""
+def json_start(prefill: str, key: str | None) -> str:
+    """The start of a reply's JSON object, compact as json.dumps writes it, which
+    llama.cpp's schema grammar can go on from: the reply's kept lines (`prefill`) as
+    fields, then the opening of field `key`'s value (`{"Reasoning": "...", "Answer":
+    "`); "" when there is neither."""
     fields = [f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
               for k, v in kept_lines(prefill)]  # fmt: skip
-    return "{" + ", ".join(fields) + ", "
+    if key is not None:
+        fields.append(f'{json.dumps(key, ensure_ascii=False)}: "')
+        return "{" + ", ".join(fields)
+    return "{" + ", ".join(fields) + ", " if fields else ""
 
 
 def _object(strand: list[FieldForm]) -> dict[str, Any]:

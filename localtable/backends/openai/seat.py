@@ -7,15 +7,23 @@ takes. The answer's JSON comes back as the turn's lines, so the debate reads it
 as it reads any backend's text. The record keeps the request (without the
 streaming fields) as the generation's prompt and its sha256 as the prompt's hash.
 
+llama-server gets the start of the JSON object as the last, assistant message, up
+to the opening of the first value (`{"Reasoning": "`, form.json_start), and goes on
+from it: the model decodes no key it cannot choose, and writes its JSON as compactly
+as it was begun. Left to start the object itself, the tiny panel's models spent
+tokens on whitespace that llama.cpp's schema grammar allows between any two tokens
+(`{\n  "Reasoning"\n    : "`, a blank line after a key), and Gemma 3 270M wrote 2.6
+times the tokens of its native-server turns (docs/benchmarks.md).
+
 A turn that max_tokens cut goes on after its whole lines (TurnRequest.prefill). A
 server asked for text goes on from them as the last, assistant message. Asked for
 JSON, a server cannot go on from lines: llama-server primes the schema's grammar
 with the reply's start and refuses one that is not JSON ("Failed to initialize
 samplers"), others apply the schema to what they generate only. So the schema is
 that of the whole reply, its kept lines fields of one allowed value each
-(form.Form.after); llama-server gets them as the start of the JSON object
-(form.json_start), which it goes on from; the others write them again, with
-max_tokens grown by what they take. Either way the text is cut after them.
+(form.Form.after); llama-server gets them in the start of the JSON object, which it
+goes on from; the others write them again, with max_tokens grown by what they take.
+Either way the text is cut after them.
 
 Failures: a 400 fails the turn (the same request would be refused again);
 anything else is BackendDown (the run stops, `localtable resume` runs the turn
@@ -49,7 +57,7 @@ from localtable.backends.httpjson import (
 )
 from localtable.backends.openai import dialects
 from localtable.backends.openai.client import OpenAIClient, Reply
-from localtable.backends.openai.form import Form, FormError, form_of, json_start
+from localtable.backends.openai.form import Form, FormError, form_of, json_start, kept_lines
 from localtable.backends.openai.jsonlines import JsonLines
 from localtable.backends.openai.markup import plain, plain_messages
 from localtable.backends.openai.settings import OpenAISettings, identity_now
@@ -199,13 +207,14 @@ class OpenAISeat:
         s = self.settings
         form = self._form(request.grammar, request.prefill)
         sampling, prefill, again, start = request.sampling, request.prefill, "", ""
-        if prefill and form is not None:
+        if form is not None:
             # the reply's start asked for as JSON (the module's docstring says how)
             prefill, again = "", request.prefill
             if s.server == "llama-server":
-                start = json_start(again)
-            if not start or plain(start)[1]:
-                start = ""
+                start = json_start(again, form.next_key(len(kept_lines(again)) if again else 0))
+                if plain(start)[1]:
+                    start = ""
+            if again and not start:
                 grown = self.count_text_tokens(again) + 8 * again.count("\n") + 8
                 sampling = sampling.model_copy(update={"max_tokens": sampling.max_tokens + grown})
         messages, notes = plain_messages(request.messages, prefill or start)
@@ -225,7 +234,7 @@ class OpenAISeat:
         lines = JsonLines(form.labels()) if form is not None else None
         if lines is not None and start:
             lines.feed(start)
-        listener = _listener(request.on_text, lines, skip=len(again))
+        listener = _listener(request.on_text, lines, seen=len(again))
         started = time.monotonic()
         reply = self._send(body, listener)
         seconds = time.monotonic() - started
@@ -314,20 +323,21 @@ class OpenAISeat:
 
 
 def _listener(
-    on_text: Callable[[str], None] | None, lines: JsonLines | None, skip: int = 0
+    on_text: Callable[[str], None] | None, lines: JsonLines | None, seen: int = 0
 ) -> Callable[[str], None] | None:
     """What receives the answer's pieces: the watcher itself, or through the JSON reader
-    that turns them into the turn's lines (the first `skip` characters not shown: the
-    reply's start, which the watcher has seen)."""
+    that turns them into the turn's lines. The watcher has seen the first `seen`
+    characters (the kept lines of a cut turn); the rest of the reply's start, fed to
+    the reader already, goes with the first piece."""
     if on_text is None or lines is None:
         return on_text
+    shown = seen
 
     def piece(text: str) -> None:
-        before = len(lines.text)
-        new = lines.feed(text)
-        if len(lines.text) > skip:
-            new = new[max(0, skip - before) :]
-            if new:
-                on_text(new)
+        nonlocal shown
+        lines.feed(text)
+        if len(lines.text) > shown:
+            on_text(lines.text[shown:])
+            shown = len(lines.text)
 
     return piece
