@@ -12,7 +12,7 @@ to the opening of the first value (`{"Reasoning": "`, form.json_start), and goes
 from it: the model decodes no key it cannot choose, and writes its JSON as compactly
 as it was begun. Left to start the object itself, the tiny panel's models spent
 tokens on whitespace that llama.cpp's schema grammar allows between any two tokens
-(`{\n  "Reasoning"\n    : "`, a blank line after a key), and Gemma 3 270M wrote 2.6
+(`{\n  "Reasoning"\n    : "`, a blank line after a key), and Gemma 3 270M wrote 2.9
 times the tokens of its native-server turns (docs/benchmarks.md).
 
 A turn that max_tokens cut goes on after its whole lines (TurnRequest.prefill). A
