@@ -87,7 +87,7 @@ def required_templates(settings: ProtocolSettings) -> list[str]:
     if settings.output == "structured":
         names += ["turn.gbnf.j2", "sentence.gbnf.j2"]
     if settings.labels:
-        names += ["label.j2", "label.gbnf.j2", "summary_system.j2"]
+        names += ["label.j2", "label.gbnf.j2", "sentence.gbnf.j2", "summary_system.j2"]
     if settings.summary:
         names += ["summarize.j2", "summary_system.j2", "summary.gbnf.j2", "sentence.gbnf.j2"]
     return list(dict.fromkeys(names))

@@ -3,6 +3,8 @@ grammar, counted in code (debate/positions.py), shown by the renderers."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from localtable.debate import positions as pos
@@ -411,9 +413,9 @@ def test_label_plans_never_let_a_yes_and_a_no_share_a_position() -> None:
 
 
 def test_a_yes_or_no_answer_never_takes_a_new_position_of_no_stance() -> None:
-    # its label (label-free) may open with either word, and a "Yes" and a "No" answer
-    # could both take it: the bench's labeller on /v1 put a "No" answer under a free
-    # position labelled "Yes, ..." in every attempt, and the labels fell back
+    # a "Yes" and a "No" answer could both take it: the bench's labeller on /v1 put a
+    # "No" answer under a free position, then labelled "Yes, ...", in every attempt, and
+    # the labels fell back (its label, label-free, now opens with neither word)
     (plan,) = pos.label_plans(["no", "yes", None], [], max_new=3)
     assert plan.declared == [("A", "yes"), ("B", "no"), ("C", None)]
     assert plan.choices == [["B"], ["A"], ["A", "B", "C"]]
@@ -454,6 +456,54 @@ def test_stance_reads_only_a_leading_yes_or_no() -> None:
         pos.stance(a)
         for a in ["Yes, but slowly.", "NO.", '"No" - never', "Not yet.", "Maybe yes", ""]
     ] == ["yes", "no", "no", None, None, None]
+
+
+def rule_pattern(grammar: str, name: str) -> str:
+    """A GBNF rule made only of character classes, bounds, alternatives and other such
+    rules, as a Python regex (their class and bound syntax is the same)."""
+    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines() if " ::= " in line)
+    out = []
+    for part in rules[name].split(" "):
+        m = re.fullmatch(r"([a-z][a-z0-9-]*)(\{.*\})?", part)
+        if part == "|":
+            out.append("|")
+        elif m and m.group(1) in rules:
+            out.append(f"(?:{rule_pattern(grammar, m.group(1))}){m.group(2) or ''}")
+        else:
+            assert part.startswith("["), part  # a literal: not this kind of rule
+            out.append(part)
+    return "".join(out)
+
+
+def test_a_label_of_no_stance_opens_with_neither_yes_nor_no() -> None:
+    (plan,) = pos.label_plans([None], [], max_new=1)
+    assert plan.declared == [("A", None)]
+    grammar = builtin().render(
+        "label.gbnf.j2", members=["A1"], plans=[plan.model_dump()], label_max=pos.LABEL_MAX_CHARS
+    )
+    assert 'new0 ::= "Position A: " label-free "\\n"' in grammar
+    free = re.compile(rule_pattern(grammar, "label-free"))
+    refused = ["Yes, open it", "yes - open it", "YES it is", "Yes", "No.", "no way", "NO",
+               "nO: never", '"Yes" it is', "**No** way", "No-brainer"]  # fmt: skip
+    taken = ["Yesterday's rules", "Nobody wins", "Not yet", "Nope", "Yes2k", "Open it",
+             "Y/N either", "N/A"]  # fmt: skip
+    assert [x for x in refused if free.fullmatch(x)] == []
+    assert [x for x in taken if not free.fullmatch(x)] == []
+    # the grammar and the code agree: what it writes never reads as a yes or a no
+    assert [x for x in refused if pos.stance(x) is None] == []
+    assert [x for x in taken if pos.stance(x) is not None] == []
+    assert not free.fullmatch(" Open it") and not free.fullmatch("(Open) it")  # a word first
+    # its bound: LABEL_MAX_CHARS at most, whichever first word (1 to 4 characters)
+    longest = "Yesx" + "x" * (pos.LABEL_MAX_CHARS - 4)
+    assert free.fullmatch(longest) and not free.fullmatch(longest + "x")
+    assert free.fullmatch("x" * (pos.LABEL_MAX_CHARS - 3))
+    # the same first word as a turn's answer of neither stance (turn.gbnf.j2 answer-other)
+    turn = builtin().render(
+        "turn.gbnf.j2", fields=["answer"], peers=[], letters=[], allow_new=False,
+        own_position="", reasoning_max=300, answer_max=200, multiline=False, kind="open",
+        options=[],
+    )  # fmt: skip
+    assert rule_pattern(turn, "other-first") == rule_pattern(grammar, "other-first")
 
 
 def test_apply_labels_places_turns_and_final_groups_rank_by_size_then_letter() -> None:

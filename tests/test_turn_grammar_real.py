@@ -1,7 +1,8 @@
 """The turn grammar on real llama.cpp (SmolLM2's vocabulary): after the Position line
 names a letter, only an answer of that letter's stance can be written, a leading
 yes or no cannot end without its ground, an answer ends with "." or at its bound,
-and a summary's counterpoint opens with the minority's name (issue #26)."""
+a summary's counterpoint opens with the minority's name, and a position declared
+without a stance gets a label that opens with neither yes nor no (issue #26)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from localtable.debate import positions as pos
 from localtable.templates import builtin
 from tests.realmodels import smollm2_path
 from tests.test_grammar_topk_real import token_array, vocab_only
@@ -112,6 +114,31 @@ def test_near_its_bound_an_answer_begins_no_clause_and_at_it_ends(model: Any) ->
     assert "<eog>" not in near and "." in near
     assert not [p for p in near if set(p) & set(",;:!")], [p for p in near if "," in p][:10]
     assert set(allowed(model, GRAMMAR, start + words[:160])) == {"<eog>"}
+
+
+# round 1's labels of a panel whose one answer opens with neither yes nor no: the one
+# plan declares A without a stance (label-free)
+LABELS = builtin().render(
+    "label.gbnf.j2",
+    members=["A1"],
+    plans=[p.model_dump() for p in pos.label_plans([None], [], max_new=1)],
+    label_max=pos.LABEL_MAX_CHARS,
+)
+
+
+def test_a_position_of_no_stance_is_labelled_with_neither_yes_nor_no(model: Any) -> None:
+    assert 'new0 ::= "Position A: " label-free' in LABELS
+    start = "Position A: "
+    first = allowed(model, LABELS, start)
+    assert "It" in first and "Not" in first, first[:20]
+    assert not {'"', "*", " ", "-"} & set(first), first[:20]  # a word first: '"Yes"' reads as yes
+    # "Yes" and "No" in any case may only be the start of a longer word
+    for opening in ("Yes", "No", "yes", "no", "YES", "NO", "yEs"):
+        after = allowed(model, LABELS, start + opening)
+        assert after and all(p[:1].isascii() and p[:1].isalnum() for p in after), after[:20]
+    # ... as in "Yesterday" and "Nobody", which end a label and go on to the places
+    for label in ("Yesterday's rules", "Nobody wins", "Not yet"):
+        assert allowed(model, LABELS, f"{start}{label}\nA1: ") == ["A"]
 
 
 # a summary whose panel has a minority of one: "Qwen 1.5B", a prefix of another name

@@ -60,10 +60,10 @@ def label_plans(
     An answer that opens with neither word may take any position; a "Yes" or "No"
     one a new position of its own stance, or an existing one of its stance or of
     none (check_stances reads its holders). Never a new position of no stance: its
-    label's grammar (label-free) does not keep it from opening with "Yes" or "No",
-    nor its choices a "Yes" and a "No" answer from both taking it (a labeller on
-    /v1 put a "No" answer under such a position labelled "Yes, ..." in all its
-    attempts). At most max_new new positions in all."""
+    choices could not keep a "Yes" and a "No" answer from both taking it (a labeller
+    on /v1 put a "No" answer under such a position, then labelled "Yes, ...", in all
+    its attempts; its label, label-free, now opens with neither word). At most
+    max_new new positions in all."""
 
     def fits(mine: str | None, theirs: str | None) -> bool:
         return mine is None or theirs is None or mine == theirs
