@@ -324,6 +324,22 @@ def test_the_labels_schema_keeps_each_answer_to_positions_of_its_stance() -> Non
                                 "Gemma 3 270M": "A", "SmolLM2 Skeptic": "C"}))  # fmt: skip
 
 
+def test_the_label_of_a_position_of_no_stance_keeps_its_first_word_in_the_schema() -> None:
+    # label-free opens with other-first (neither yes nor no, in any case): the schema's
+    # pattern keeps that rule, so /v1 cannot label such a position "Yes, ..." either
+    (plan,) = positions.label_plans([None], [], max_new=1)
+    grammar = TEMPLATES.render("label.gbnf.j2", members=["Ada"], plans=[plan.model_dump()],
+                               label_max=positions.LABEL_MAX_CHARS)  # fmt: skip
+    form = form_of(grammar)
+    for label in ("Yes, open it", "yes - open it", "YES it is", "No way", "nO: never"):
+        with pytest.raises(FormError):
+            form.text(json.dumps({"Position A": label, "Ada": "A"}))
+    for label in ("Yesterday's rules", "Nobody wins", "Not yet"):
+        text = form.text(json.dumps({"Position A": label, "Ada": "A"}))
+        assert allowed_by(grammar, text)
+        assert parse_labels(text, members={"Ada": "Ada"}, existing=[]).new == {"A": label}
+
+
 def test_a_replys_start_opens_the_first_value_every_strand_shares() -> None:
     # llama-server goes on from it: the keys it would decode, and the whitespace its
     # schema grammar allows around them, are not left to the model

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from localtable.backends.openai.gbnf import parse
 from localtable.debate import positions as pos
 from localtable.debate.parsing import ParsedLabels
 from localtable.debate.protocol import Debate
@@ -15,6 +16,7 @@ from localtable.record import ParsedTurn, RunRecord, TurnRecord
 from localtable.report.render import build_view
 from localtable.templates import builtin
 from tests.fakes import FakeSpeaker, make_record
+from tests.test_openai_form import whole_regex
 
 R1 = "Reasoning: because {a}\nAnswer: {a}"
 R2 = "Reasoning: I thought again.\nInfluenced by: {i}\nDecision: {d}\nPosition: {p}\nAnswer: {a}"
@@ -459,20 +461,9 @@ def test_stance_reads_only_a_leading_yes_or_no() -> None:
 
 
 def rule_pattern(grammar: str, name: str) -> str:
-    """A GBNF rule made only of character classes, bounds, alternatives and other such
-    rules, as a Python regex (their class and bound syntax is the same)."""
-    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines() if " ::= " in line)
-    out = []
-    for part in rules[name].split(" "):
-        m = re.fullmatch(r"([a-z][a-z0-9-]*)(\{.*\})?", part)
-        if part == "|":
-            out.append("|")
-        elif m and m.group(1) in rules:
-            out.append(f"(?:{rule_pattern(grammar, m.group(1))}){m.group(2) or ''}")
-        else:
-            assert part.startswith("["), part  # a literal: not this kind of rule
-            out.append(part)
-    return "".join(out)
+    """A rule of a GBNF grammar as a Python regex (the /v1 form's independent check)."""
+    rules = parse(grammar)
+    return whole_regex(rules, rules[name])
 
 
 def test_a_label_of_no_stance_opens_with_neither_yes_nor_no() -> None:
@@ -482,7 +473,7 @@ def test_a_label_of_no_stance_opens_with_neither_yes_nor_no() -> None:
         "label.gbnf.j2", members=["A1"], plans=[plan.model_dump()], label_max=pos.LABEL_MAX_CHARS
     )
     assert 'new0 ::= "Position A: " label-free "\\n"' in grammar
-    free = re.compile(rule_pattern(grammar, "label-free"))
+    free = re.compile(rule_pattern(grammar, "label-free"), re.DOTALL)
     refused = ["Yes, open it", "yes - open it", "YES it is", "Yes", "No.", "no way", "NO",
                "nO: never", '"Yes" it is', "**No** way", "No-brainer"]  # fmt: skip
     taken = ["Yesterday's rules", "Nobody wins", "Not yet", "Nope", "Yes2k", "Open it",

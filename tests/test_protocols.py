@@ -56,10 +56,13 @@ SUMMARY = "Summary: They talked.\nCounterpoint: Safety risks.\nAnswer: Yes, open
 # transcript hash with that headline too). Those seeds are the "run" scheme's, which
 # records up to version 4 keep; version 5's seeds depend on the question too
 # ("question"), and change nothing else: the same debates, computed when it came.
+# The label grammar's text (a stance-less position's label opens with neither yes nor
+# no, issue #26 item 3) changed the open debates' request hashes; their transcripts,
+# and every other request, are the same.
 GOLDEN = {
     ("open", "run"): (
         "2af1fbe62aedacb631f131e78b1607d5a64ea7077c8a14b0e69e4b813cab7108",
-        "e4f7ea868c48a599a4e70bfe5fbd0b2dc60a8926d2012598519399eda4935420",
+        "2f3b3dbbacb1583624775269d668322a70e051def168c60e97c1ff45258d7e7e",
     ),
     ("number", "run"): (
         "072f184a9481d76a73e15cd997f036cd8bf73d3dac5ac52d1dea5bc3ed0cd2e6",
@@ -67,7 +70,7 @@ GOLDEN = {
     ),
     ("open", "question"): (
         "3c45b71e699a9643a2883afaceb3dc9542a27b2f7311643bc96f07591509b0ff",
-        "877fa2e81b07e9dcdde488992974a08c9309a048ed71a8500a998d63a937bfe9",
+        "c9855391e0bdf580d8a9bc2e61b0008e370c27bb82a99053cc308835bff073e6",
     ),
     ("number", "question"): (
         "b3532a718d7551fbf0bc2278d23279f037a45770db12ce8e589c0edd1f14621b",
@@ -78,10 +81,11 @@ GOLDEN = {
 # transcript's sha256, and that of every generation's prompt, grammar and seed (the
 # summary's grammar changed with issue #26; the transcript did not). Until version 5's
 # seeds (which depend on the question) it was f8a6cc8c... and 0cbcac4e..., which the
-# "run" scheme still gives: the seeds are all that changed.
+# "run" scheme still gives: the seeds are all that changed. The label grammar's text
+# (issue #26 item 3) changed the second hash again; the transcript did not change.
 GOLDEN_CLI = (
     "e1cb3a2356c9bcc4c755ed139202b5a3310d86fb77886020bb35042016df082e",
-    "3772dc13c60e76805bb8f4eb60c06edcffc8d65c693ea745a29ebaa3e7f44bd6",
+    "8aa3307d2b1d62d1be55734dcb3e4dbcd648ffa085e99ea4bc9a333376bb016c",
 )
 
 
