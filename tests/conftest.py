@@ -32,9 +32,12 @@ def subprocess_env(cache: Path) -> dict[str, str]:
     return env
 
 
-def default_sighup() -> None:
-    """Popen's preexec_fn for a test that sends SIGHUP: a suite started under nohup
-    passes SIGHUP ignored on to every process it starts, and localtable keeps an
-    ignored SIGHUP ignored, as nohup asks (stopsignals.py). The child starts with
-    the default, so the test sees what a terminal's hangup does to localtable."""
+def default_stop_signals() -> None:
+    """Popen's preexec_fn for a test that sends SIGINT or SIGHUP: a suite started under
+    nohup passes SIGHUP ignored on to every process it starts, and one started in the
+    background of a non-interactive shell (`make test &`) passes SIGINT ignored;
+    localtable, like Python itself, keeps an ignored signal ignored, as the shell asked
+    (stopsignals.py). The child starts with both at their default, so the test sees
+    what Ctrl-C or a terminal's hangup does to localtable."""
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from localtable.record import read_record, transcript_sha256
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, default_stop_signals, subprocess_env
 from tests.realmodels import fast_config, localtable, smollm2_path
 
 pytestmark = pytest.mark.slow
@@ -233,6 +233,7 @@ def test_ctrl_c_leaves_a_readable_interrupted_record(tmp_path: Path, env: dict[s
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_stop_signals,
     )
     deadline = time.monotonic() + 3000  # shared 2-core machines can be very slow
     while time.monotonic() < deadline and proc.poll() is None:

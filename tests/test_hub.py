@@ -35,7 +35,7 @@ except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys
 from localtable.config import load_config
 from localtable.errors import ConfigError
 from localtable.models.lock import LockedFile, LockedModel, LockFile, read_lock, write_lock
-from tests.conftest import default_sighup
+from tests.conftest import default_stop_signals
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -444,7 +444,7 @@ def test_a_stop_signal_ends_a_waiting_pull(bench: Bench, sig: signal.Signals, co
             [sys.executable, "-m", "localtable", "pull", "tiny", "--config", str(bench.config),
              "-q"],
             env=bench.env(endpoint=stalled.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, cwd=ROOT, preexec_fn=default_sighup,
+            text=True, cwd=ROOT, preexec_fn=default_stop_signals,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while stalled.accepted == 0 and proc.poll() is None:  # waiting for the Hub to answer

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from localtable.record import read_record
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, default_stop_signals, subprocess_env
 from tests.realmodels import fast_config, localtable
 
 pytestmark = pytest.mark.slow
@@ -79,6 +79,7 @@ def interrupt(runs: Path, env: dict[str, str], config: Path, sig: int, after_tur
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_stop_signals,
     )
     deadline = time.monotonic() + 3000  # shared 2-core machines can be very slow
     while time.monotonic() < deadline and proc.poll() is None:

@@ -16,7 +16,7 @@ import pytest
 from localtable.debate.answers import parse_number
 from localtable.record import read_record
 from localtable.research.batchindex import read_index
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, default_stop_signals, subprocess_env
 from tests.realmodels import fast_config, localtable
 
 pytestmark = pytest.mark.slow
@@ -60,6 +60,7 @@ def test_batch_interrupted_resumed_scored_and_compared(
     proc = subprocess.Popen(
         [sys.executable, "-m", "localtable", *args],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_stop_signals,
     )  # fmt: skip
     deadline = time.monotonic() + 1500
     while time.monotonic() < deadline and proc.poll() is None:

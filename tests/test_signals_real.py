@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from localtable.record import read_record
-from tests.conftest import REPO, default_sighup, subprocess_env
+from tests.conftest import REPO, default_stop_signals, subprocess_env
 from tests.realmodels import fast_config, localtable
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def test_a_stop_signal_ends_the_run_like_ctrl_c(
          "--rounds", "3", "--seed", "11", "--runs-dir", str(runs), "-q"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as under `timeout` or a terminal
-        preexec_fn=default_sighup,
+        preexec_fn=default_stop_signals,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 3000  # shared 2-core machines can be very slow
