@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -159,6 +160,19 @@ def test_a_backend_down_lets_the_others_in_flight_finish_then_stops() -> None:
     assert "C3" not in speaker.started
 
 
+@pytest.fixture
+def ctrl_c_reaches_python() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this process for the test: a suite started in
+    the background of a non-interactive shell inherits SIGINT ignored, and Python then
+    leaves it ignored, so the test's own Ctrl-C would never arrive."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_reaches_python")
 def test_ctrl_c_keeps_every_turn_in_flight_as_interrupted_and_nothing_done_is_lost(
     tmp_path: Path,
 ) -> None:
